@@ -1,0 +1,142 @@
+"""Time the real engine's steps on this machine and fit the simulator's cost model to them.
+
+Runs `mainsail.workers.engine.Engine` on the tiny generated Llama checkpoint (CPU), times
+``Engine.step()`` for controlled batches (single prefills of several lengths, chunked prefills
+over a growing context, decode-only batches of several sizes), writes the measurements as the
+JSON `mainsail.sim.calibrate` reads, fits a ``cpu-tiny`` profile and prints it with the fit's
+error. The simulator itself never imports the engine; this script is the bridge.
+
+    .venv/bin/python bench/sim_calibrate_engine.py --out out/sim_calibration
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mainsail.sim.calibrate import profile_from_measurements
+from mainsail.workers.checkpoint.generator import ensure_checkpoint
+from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+
+BLOCK = 16
+BUDGET = 512
+
+
+def _prompt(n: int, salt: int) -> list[int]:
+    g = torch.Generator().manual_seed(7919 * salt + n)
+    return [int(t) for t in torch.randint(3, 500, (n,), generator=g)]
+
+
+def _timed_step(engine: Engine) -> float:
+    start = time.perf_counter()
+    engine.step()
+    return time.perf_counter() - start
+
+
+def measure_prefills(engine: Engine, salt: int) -> list[dict[str, Any]]:
+    """One request at a time: each step's chunk (n new tokens after c computed) is known."""
+    rows: list[dict[str, Any]] = []
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    for length in (16, 64, 128, 256, 384, 512, 1024, 1536):
+        rid = f"p{salt}-{length}"
+        engine.add_request(EngineRequest(rid, _prompt(length, salt), params))
+        done = 0
+        while engine.has_unfinished():
+            n = min(BUDGET, length - done)
+            seconds = _timed_step(engine)
+            if n > 0:
+                rows.append(
+                    {
+                        "prefill_tokens": n,
+                        "attn_pairs": n * (done + n / 2),
+                        "decode_seqs": 0,
+                        "decode_context": 0,
+                        "seconds": seconds,
+                    }
+                )
+                done += n
+    return rows
+
+
+def measure_decodes(engine: Engine, salt: int) -> list[dict[str, Any]]:
+    """Batches of B requests: after their prefills, each step decodes all B (known context)."""
+    rows: list[dict[str, Any]] = []
+    prompt_len, new_tokens = 64, 24
+    for batch in (1, 2, 4, 8, 16, 32):
+        params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+        for i in range(batch):
+            engine.add_request(
+                EngineRequest(f"d{salt}-{batch}-{i}", _prompt(prompt_len, i), params)
+            )
+        prefill_steps = -(-batch * prompt_len // BUDGET)
+        for _ in range(prefill_steps):
+            engine.step()
+        generated = 1
+        while engine.has_unfinished() and generated < new_tokens:
+            seconds = _timed_step(engine)
+            rows.append(
+                {
+                    "prefill_tokens": 0,
+                    "attn_pairs": 0.0,
+                    "decode_seqs": batch,
+                    "decode_context": batch * (prompt_len + generated),
+                    "seconds": seconds,
+                }
+            )
+            generated += 1
+        for _ in range(10_000):
+            if not engine.has_unfinished():
+                break
+            engine.step()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("out/sim_calibration"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    config = EngineConfig(
+        block_size=BLOCK, max_model_len=2048, max_num_seqs=32, max_batched_tokens=BUDGET
+    )
+    engine = Engine(ensure_checkpoint("llama"), config)
+    measure_prefills(engine, 999)  # warm-up, discarded
+    steps: list[dict[str, Any]] = []
+    for r in range(args.repeats):
+        steps += measure_prefills(engine, r)
+        steps += measure_decodes(engine, r)
+    doc = {
+        "name": "cpu-tiny",
+        "description": f"Mainsail engine, tiny generated Llama, CPU, {args.threads} thread(s)",
+        "sources": ["bench/sim_calibrate_engine.py on this machine"],
+        "kv_capacity_tokens": config.total_kv_blocks * BLOCK,
+        "max_num_seqs": config.max_num_seqs,
+        "max_batched_tokens": BUDGET,
+        "steps": steps,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "measurements.json").write_text(json.dumps(doc, indent=1) + "\n")
+    profile, quality = profile_from_measurements(doc)
+    med = statistics.median(s["seconds"] for s in steps)
+    print(f"{len(steps)} steps measured, median step {med * 1000:.2f} ms")
+    for name in ("step_overhead_s", "token_s", "attn_pair_s", "kv_read_s"):
+        print(f"  {name:16s} {getattr(profile, name):.3e}")
+    print(
+        f"fit: median relative error {100 * quality['median_rel_error']:.1f} %, "
+        f"p90 {100 * quality['p90_rel_error']:.1f} %"
+    )
+    print(f"measurements: {args.out / 'measurements.json'}")
+    print(f"fit a profile file: python -m mainsail.sim.calibrate {args.out / 'measurements.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The `mainsail` command: `up` (local stack), `model init`, `router`, `sim`, `crd`."""

@@ -1,0 +1,1 @@
+"""Local realization of a `ModelDeployment`: Redis, Ray, router and workers as processes."""

@@ -1,0 +1,246 @@
+"""`mainsail up`: one `ModelDeployment` realized on this machine.
+
+The same spec the operator turns into a RayCluster, a router Deployment and a Redis
+StatefulSet becomes, locally: a Redis-compatible server (or `--redis-url`), a local Ray with
+one async actor per worker replica, and a router process. Startup is ordered so that each
+step can fail with a clear message; shutdown reverses it and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mainsail.cli.local.redis_server import RedisServer, free_port
+from mainsail.router.settings import RouterConfig
+from mainsail.spec.deployment import ModelDeployment
+from mainsail.workers.host import WorkerSpec
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StackOptions:
+    """Command-line choices that override or complete the deployment for a local run."""
+
+    host: str = "127.0.0.1"
+    http_port: int | None = None
+    grpc_port: int | None = None
+    redis_url: str | None = None
+    replicas: int | None = None
+    model_cache: Path | None = None
+    ready_file: Path | None = None
+    startup_timeout: float = 300.0
+
+
+@dataclass
+class LocalStack:
+    """The processes of one local deployment; `stop()` is safe to call at any point."""
+
+    deployment: ModelDeployment
+    options: StackOptions
+    progress: Progress
+    model_dir: Path | None = None
+    redis: RedisServer | None = None
+    redis_url: str | None = None
+    router_proc: subprocess.Popen[bytes] | None = None
+    http_port: int = 0
+    grpc_port: int = 0
+    actors: list[Any] = field(default_factory=list)
+    ray_started: bool = False
+    _workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mainsail-up-")))
+
+    # ---------------------------------------------------------------- start
+
+    def start(self) -> None:
+        """Bring every part up, in order; raises with a message naming the step that failed."""
+        self._prepare_model()
+        self._start_redis()
+        self._start_router()
+        self._start_ray()
+        self._start_workers()
+        if self.options.ready_file is not None:
+            self.options.ready_file.write_text(json.dumps(self.endpoints()))
+
+    def _prepare_model(self) -> None:
+        source = self.deployment.spec.model
+        if source.generate is not None:
+            self.progress(f"Preparing tiny {source.generate} checkpoint")
+            from mainsail.workers.checkpoint import ensure_checkpoint
+
+            self.model_dir = ensure_checkpoint(
+                source.generate, cache_dir=self.options.model_cache, seed=source.seed
+            )
+        else:
+            self.model_dir = Path(source.path or "")
+            if not (self.model_dir / "config.json").is_file():
+                raise FileNotFoundError(f"spec.model.path: no config.json in {self.model_dir}")
+
+    def _start_redis(self) -> None:
+        cache = self.deployment.spec.pools.cache
+        if not cache.enabled:
+            return
+        if self.options.redis_url or cache.external_url:
+            self.redis_url = self.options.redis_url or cache.external_url
+            self.progress(f"Using Redis at {self.redis_url}")
+            return
+        self.progress("Starting embedded Redis-compatible server (valkey)")
+        self.redis = RedisServer(maxmemory=cache.max_memory).start()
+        self.redis_url = self.redis.url
+
+    def _start_router(self) -> None:
+        self.progress("Starting router")
+        assert self.model_dir is not None
+        opts = self.options
+        config = RouterConfig.from_deployment(
+            self.deployment,
+            self.model_dir,
+            host=opts.host,
+            http_port=opts.http_port if opts.http_port is not None else free_port(opts.host),
+            grpc_port=opts.grpc_port if opts.grpc_port is not None else free_port(opts.host),
+        )
+        config_path = self._workdir / "router.json"
+        config_path.write_text(config.model_dump_json())
+        ready = self._workdir / "router.ready"
+        log = (self._workdir / "router.log").open("wb")
+        self.router_proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mainsail.router",
+                "--config",
+                str(config_path),
+                "--ready-file",
+                str(ready),
+                "--log-level",
+                "WARNING",
+                "--parent-pid",
+                str(os.getpid()),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.router_proc.poll() is not None:
+                raise RuntimeError(f"router exited:\n{(self._workdir / 'router.log').read_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("router did not start within 60 s")
+            time.sleep(0.05)
+        ports = json.loads(ready.read_text())
+        self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
+
+    def _start_ray(self) -> None:
+        self.progress("Starting local Ray")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        import ray
+
+        total = sum(self._replicas(p.replicas) for p in self._pools().values())
+        # Ray installs a SIGTERM handler that kills the process before our cleanup runs;
+        # keep ours so SIGTERM shuts the whole stack down in order.
+        previous = signal.getsignal(signal.SIGTERM)
+        ray.init(
+            num_cpus=max(1, total),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            namespace=f"mainsail-{self.deployment.metadata.name}",
+        )
+        self.ray_started = True
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+    def _pools(self) -> dict[str, Any]:
+        return self.deployment.spec.pools.worker_pools()
+
+    def _replicas(self, replicas: int) -> int:
+        return self.options.replicas if self.options.replicas is not None else replicas
+
+    def _start_workers(self) -> None:
+        import ray
+
+        from mainsail.workers.ray_actor import actor_class
+
+        assert self.model_dir is not None
+        spec = self.deployment.spec
+        router_address = f"{self.options.host}:{self.grpc_port}"
+        actor = actor_class(num_cpus=1)
+        pending = []
+        for role, pool in self._pools().items():
+            for i in range(self._replicas(pool.replicas)):
+                worker = WorkerSpec(
+                    worker_id=f"{self.deployment.metadata.name}-{role}-{i}",
+                    role=role,
+                    model_name=spec.model.name,
+                    model_dir=self.model_dir,
+                    engine=spec.engine,
+                    router_address=router_address,
+                    host=self.options.host,
+                    adapters=tuple(a.name for a in spec.adapters),
+                )
+                handle = actor.options(name=worker.worker_id).remote(worker.model_dump_json())
+                self.actors.append(handle)
+                pending.append((worker.worker_id, handle.start.remote()))
+        for n, (worker_id, ref) in enumerate(pending, 1):
+            self.progress(f"Starting workers ({n}/{len(pending)}): {worker_id}")
+            ray.get(ref, timeout=self.options.startup_timeout)
+        for handle in self.actors:
+            ray.get(handle.wait_registered.remote(60.0), timeout=90)
+
+    # ---------------------------------------------------------------- report
+
+    def endpoints(self) -> dict[str, Any]:
+        """Where clients and tools reach this stack."""
+        host = self.options.host
+        return {
+            "model": self.deployment.spec.model.name,
+            "http": f"http://{host}:{self.http_port}",
+            "openai_base_url": f"http://{host}:{self.http_port}/v1",
+            "grpc": f"{host}:{self.grpc_port}",
+            "metrics": f"http://{host}:{self.http_port}/metrics",
+            "redis": self.redis_url,
+            "workers": len(self.actors),
+            "model_dir": str(self.model_dir),
+            "router_log": str(self._workdir / "router.log"),
+        }
+
+    # ---------------------------------------------------------------- stop
+
+    def stop(self) -> None:
+        """Stop workers, Ray, the router and Redis; never raises."""
+        if self.ray_started:
+            import ray
+
+            for handle in self.actors:
+                try:
+                    ray.get(handle.stop.remote(), timeout=10)
+                except Exception:
+                    pass
+                try:
+                    ray.kill(handle)
+                except Exception:
+                    pass
+            ray.shutdown()
+            self.ray_started = False
+        if self.router_proc is not None and self.router_proc.poll() is None:
+            self.router_proc.terminate()
+            try:
+                self.router_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.router_proc.kill()
+        if self.redis is not None:
+            self.redis.stop()

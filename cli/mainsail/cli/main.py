@@ -1,0 +1,127 @@
+"""`mainsail`: the command users type. Subcommands import their component lazily, so
+`mainsail --help` is instant and a CPU-only machine never imports what it does not use."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mainsail",
+        description="Mainsail: a Kubernetes-native control plane for serving LLMs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser(
+        "up",
+        help="Run a ModelDeployment locally: Redis, Ray workers and the router.",
+        description="Realize a ModelDeployment on this machine (the same YAML `kubectl apply` "
+        "takes) and serve it until Ctrl-C or SIGTERM.",
+    )
+    up.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        help="ModelDeployment YAML (default: the embedded tiny deployment, "
+        "same as deploy/examples/tiny.yaml).",
+    )
+    up.add_argument(
+        "--host", default="127.0.0.1", help="Address the router binds to (default: loopback only)."
+    )
+    up.add_argument(
+        "--http-port",
+        type=int,
+        help="OpenAI-compatible HTTP port (default: spec.router.httpPort; 0 = any free port).",
+    )
+    up.add_argument(
+        "--grpc-port",
+        type=int,
+        help="gRPC port (default: spec.router.grpcPort; 0 = any free port).",
+    )
+    up.add_argument(
+        "--redis-url",
+        help="Use this Redis (redis://host:port) instead of starting the embedded valkey server.",
+    )
+    up.add_argument("--replicas", type=int, help="Override every worker pool's replica count.")
+    up.add_argument(
+        "--model-cache",
+        type=Path,
+        help="Where generated checkpoints are cached (default: ~/.cache/mainsail/models).",
+    )
+    up.add_argument(
+        "--ready-file",
+        type=Path,
+        help="Write the endpoints as JSON to this file once serving (for scripts).",
+    )
+    up.add_argument("--quiet", action="store_true", help="No progress display.")
+
+    model = sub.add_parser("model", help="Model checkpoints.")
+    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    init = model_sub.add_parser(
+        "init",
+        help="Generate a tiny deterministic checkpoint in Hugging Face layout.",
+        description="Write config.json, model.safetensors and tokenizer.json of a tiny "
+        "Llama-style (dense) or Mixtral-style (MoE) model. No model hub needed.",
+    )
+    init.add_argument(
+        "--arch",
+        choices=["llama", "mixtral"],
+        default="llama",
+        help="Architecture (default: llama).",
+    )
+    init.add_argument("--out", type=Path, required=True, help="Output directory.")
+    init.add_argument("--seed", type=int, default=0, help="Weight seed (default: 0).")
+
+    router = sub.add_parser(
+        "router", help="Run the router process alone (as on a cluster).", add_help=False
+    )
+    router.add_argument("args", nargs=argparse.REMAINDER)
+    sim = sub.add_parser(
+        "sim", help="Replay a trace through the real router in a simulator.", add_help=False
+    )
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    operator = sub.add_parser("operator", help="Run the Kubernetes operator.", add_help=False)
+    operator.add_argument("args", nargs=argparse.REMAINDER)
+    crd = sub.add_parser("crd", help="Print the CustomResourceDefinitions as YAML.")
+    crd.add_argument("--out", type=Path, help="Write files into this directory instead.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mainsail` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from mainsail.cli.up import run_up
+
+        return run_up(args)
+    if args.command == "model":
+        from mainsail.workers.checkpoint import generate_checkpoint
+
+        out = generate_checkpoint(args.arch, args.out, seed=args.seed)
+        print(f"wrote a tiny {args.arch} checkpoint to {out}")
+        return 0
+    if args.command == "router":
+        from mainsail.router.__main__ import main as router_main
+
+        return router_main(args.args)
+    if args.command == "sim":
+        from mainsail.sim.cli import main as sim_main
+
+        return sim_main(args.args)
+    if args.command == "operator":
+        from mainsail.operator.__main__ import main as operator_main
+
+        return int(operator_main(args.args))
+    if args.command == "crd":
+        from mainsail.spec.crd import main as crd_main
+
+        return int(crd_main(["--out", str(args.out)] if args.out else []))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

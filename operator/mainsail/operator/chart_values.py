@@ -1,0 +1,120 @@
+"""The Helm chart's values, typed once: `values.schema.json` is generated from these models.
+
+Why: Helm validates `values.yaml` and every `--set` against `values.schema.json`; writing that
+schema by hand would be a second copy of what the templates read. `python -m
+mainsail.operator.chart_values --write charts/mainsail/values.schema.json` regenerates it, and a
+unit test fails when the committed file or `values.yaml` disagree with these models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from mainsail.operator.settings import OperatorSettings
+
+_DEFAULTS = OperatorSettings()
+
+
+class _Values(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Image(_Values):
+    """The operator's container image."""
+
+    repository: str = Field("ghcr.io/mainsail-dev/mainsail-operator", min_length=1)
+    tag: str = Field("", description="Empty means the chart's appVersion.")
+    pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+
+
+class ServiceAccount(_Values):
+    create: bool = True
+    name: str = Field("", description="Empty means the release's full name.")
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Rbac(_Values):
+    create: bool = Field(True, description="ClusterRole and its binding(s) for the operator.")
+
+
+class Defaults(_Values):
+    """What the operator stamps into every deployment's children."""
+
+    router_image: str = Field(_DEFAULTS.router_image, min_length=1)
+    worker_image: str = Field(_DEFAULTS.worker_image, min_length=1)
+    cache_image: str = Field(_DEFAULTS.redis_image, min_length=1)
+    ray_version: str = Field(_DEFAULTS.ray_version, min_length=1)
+    gpu_type_label: str = Field(_DEFAULTS.gpu_type_label, min_length=1)
+
+
+class ChartValues(_Values):
+    """`values.yaml` of charts/mainsail."""
+
+    replica_count: int = Field(
+        1, ge=0, le=1, description="0 or 1: the operator runs standalone (no peering)."
+    )
+    image: Image = Image()
+    image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
+    watch_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces to watch; empty watches all (ClusterRoleBinding) and otherwise "
+        "each listed namespace gets a RoleBinding only.",
+    )
+    service_account: ServiceAccount = ServiceAccount()
+    rbac: Rbac = Rbac()
+    defaults: Defaults = Defaults()
+    resync_seconds: float = Field(_DEFAULTS.resync_seconds, gt=0, le=3600)
+    verbose: bool = False
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "512Mi"},
+        }
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = defs[node["$ref"].rsplit("/", 1)[-1]]
+            return _inline({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k not in ("title", "$defs")}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def values_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the chart's values, `$ref`s inlined."""
+    raw = ChartValues.model_json_schema(by_alias=True)
+    schema: dict[str, Any] = _inline(raw, raw.get("$defs", {}))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def schema_text() -> str:
+    return json.dumps(values_schema(), indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mainsail.operator.chart_values")
+    parser.add_argument("--write", type=Path, default=None, metavar="values.schema.json")
+    args = parser.parse_args(argv)
+    if args.write is None:
+        sys.stdout.write(schema_text())
+    else:
+        args.write.write_text(schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

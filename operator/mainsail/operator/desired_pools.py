@@ -1,0 +1,216 @@
+"""Worker pools: one `ServingPool` per role and one KubeRay `RayCluster` carrying them all.
+
+Replica flow: the deployment's `pools.<role>.replicas` seeds the ServingPool's `spec.replicas`;
+after that the ServingPool owns the number, so `kubectl scale servingpool`, an HPA or KEDA
+can drive one role, and the RayCluster's worker group follows the ServingPool. Editing the
+deployment's number again (the `declared-replicas` annotation remembers the last one) wins once.
+When the pool's autoscaling is enabled the number is kept within its bounds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mainsail.operator.desired_config import common_env, config_mount, config_volume
+from mainsail.operator.naming import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_DECLARED_REPLICAS,
+    Owner,
+    child_metadata,
+    child_name,
+    labels,
+    selector_labels,
+    selector_string,
+)
+from mainsail.operator.settings import OperatorSettings
+from mainsail.spec.crd import SERVING_POOL_KIND
+from mainsail.spec.deployment import API_GROUP, API_VERSION, ModelDeploymentSpec, Pool
+
+POOL_COMPONENT = "pool"
+WORKER_COMPONENT = "worker"
+HEAD_COMPONENT = "head"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def serving_pool_name(owner: Owner, role: str) -> str:
+    return child_name(owner, role)
+
+
+def ray_cluster_name(owner: Owner) -> str:
+    return child_name(owner)
+
+
+def worker_selector(owner: Owner, role: str) -> str:
+    """Label selector of one role's worker pods (the ServingPool's `status.selector`)."""
+    return selector_string(selector_labels(owner, WORKER_COMPONENT, role))
+
+
+def pool_replicas(pool: Pool, observed: Mapping[str, Any] | None) -> int:
+    """The ServingPool's desired `spec.replicas` given the one that exists (if any)."""
+    declared = pool.replicas
+    replicas = declared
+    if observed is not None:
+        annotations = (observed.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(ANNOTATION_DECLARED_REPLICAS) == str(declared):
+            replicas = int((observed.get("spec") or {}).get("replicas", declared))
+    if pool.autoscaling.enabled:
+        replicas = min(max(replicas, pool.autoscaling.min_replicas), pool.autoscaling.max_replicas)
+    return replicas
+
+
+def serving_pool(owner: Owner, role: str, pool: Pool, replicas: int) -> dict[str, Any]:
+    """The ServingPool child of one role."""
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": SERVING_POOL_KIND,
+        "metadata": child_metadata(
+            owner,
+            serving_pool_name(owner, role),
+            POOL_COMPONENT,
+            role,
+            annotations={ANNOTATION_DECLARED_REPLICAS: str(pool.replicas)},
+        ),
+        "spec": {
+            "deployment": owner.name,
+            "role": role,
+            "replicas": replicas,
+            "template": pool.model_dump(by_alias=True, mode="json"),
+        },
+    }
+
+
+def _pod_template(
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    settings: OperatorSettings,
+    cfg_hash: str,
+    component: str,
+    role: str | None,
+    container: dict[str, Any],
+    pool: Pool | None = None,
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [config_volume(owner)],
+    }
+    if pool is not None:
+        selector = dict(pool.node_selector)
+        if pool.resources.gpu_type is not None:
+            selector[settings.gpu_type_label] = pool.resources.gpu_type
+        if selector:
+            pod["nodeSelector"] = selector
+        if pool.resources.gpus > 0:
+            pod["tolerations"] = [
+                {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+            ]
+    return {
+        "metadata": {
+            "labels": labels(owner, component, role),
+            "annotations": {ANNOTATION_CONFIG_HASH: cfg_hash},
+        },
+        "spec": pod,
+    }
+
+
+def _container(
+    name: str,
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    image: str,
+    extra_env: list[dict[str, str]],
+    requests: dict[str, str],
+    limits: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "env": [*common_env(owner, spec), *extra_env],
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": [config_mount()],
+    }
+
+
+def worker_group(
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    settings: OperatorSettings,
+    cfg_hash: str,
+    role: str,
+    pool: Pool,
+    replicas: int,
+    cache_urls: list[str],
+) -> dict[str, Any]:
+    """One RayCluster worker group: a role's replicas, GPUs as limits, GPU type as selector."""
+    res = pool.resources
+    limits = {"memory": res.memory}
+    if res.gpus > 0:
+        limits[GPU_RESOURCE] = str(res.gpus)
+    env = [
+        {"name": "MAINSAIL_ROLE", "value": role},
+        {"name": "MAINSAIL_CACHE_URLS", "value": ",".join(cache_urls)},
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+    ]
+    container = _container(
+        "ray-worker",
+        owner,
+        spec,
+        settings.worker_image,
+        env,
+        {"cpu": res.cpu, "memory": res.memory},
+        limits,
+    )
+    return {
+        "groupName": role,
+        "replicas": replicas,
+        "minReplicas": 0,
+        "maxReplicas": max(replicas, pool.autoscaling.max_replicas),
+        # A custom Ray resource per role lets actors be placed on their pool's nodes only.
+        "rayStartParams": {"resources": json.dumps(json.dumps({f"mainsail-{role}": 1}))},
+        "template": _pod_template(
+            owner, spec, settings, cfg_hash, WORKER_COMPONENT, role, container, pool
+        ),
+    }
+
+
+def ray_cluster(
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    settings: OperatorSettings,
+    cfg_hash: str,
+    replicas: Mapping[str, int],
+    cache_urls: list[str],
+) -> dict[str, Any]:
+    """The RayCluster: a CPU-only head (no engine on it) and one worker group per pool."""
+    head_env = [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    head = _container(
+        "ray-head",
+        owner,
+        spec,
+        settings.worker_image,
+        head_env,
+        {"cpu": "1", "memory": "2Gi"},
+        {"memory": "2Gi"},
+    )
+    groups = [
+        worker_group(owner, spec, settings, cfg_hash, role, pool, replicas[role], cache_urls)
+        for role, pool in spec.pools.worker_pools().items()
+    ]
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": child_metadata(owner, ray_cluster_name(owner), "ray"),
+        "spec": {
+            "rayVersion": settings.ray_version,
+            "enableInTreeAutoscaling": False,
+            "headGroupSpec": {
+                "rayStartParams": {"num-cpus": "0"},
+                "template": _pod_template(
+                    owner, spec, settings, cfg_hash, HEAD_COMPONENT, None, head
+                ),
+            },
+            "workerGroupSpecs": groups,
+        },
+    }

@@ -1,0 +1,97 @@
+"""The router's Deployment and Service.
+
+The router reads the shared `config.json` (see `desired_config`), so its pods carry the config
+hash as an annotation: editing routing, SLOs or KV settings in the spec rolls the router.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mainsail.operator.desired_config import (
+    CONFIG_PATH,
+    common_env,
+    config_mount,
+    config_volume,
+)
+from mainsail.operator.naming import (
+    ANNOTATION_CONFIG_HASH,
+    Owner,
+    child_metadata,
+    child_name,
+    labels,
+    selector_labels,
+)
+from mainsail.spec.deployment import ModelDeploymentSpec
+
+COMPONENT = "router"
+
+
+def router_name(owner: Owner) -> str:
+    return child_name(owner, COMPONENT)
+
+
+def router_endpoint(owner: Owner, spec: ModelDeploymentSpec) -> str:
+    """In-cluster HTTP URL of the router Service."""
+    return f"http://{router_name(owner)}.{owner.namespace}.svc:{spec.router.http_port}"
+
+
+def router_deployment(
+    owner: Owner, spec: ModelDeploymentSpec, image: str, cfg_hash: str
+) -> dict[str, Any]:
+    """`replicas` router pods behind one Service, probing `/health`."""
+    router = spec.router
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(owner, router_name(owner), COMPONENT),
+        "spec": {
+            "replicas": router.replicas,
+            "selector": {"matchLabels": selector_labels(owner, COMPONENT)},
+            "template": {
+                "metadata": {
+                    "labels": labels(owner, COMPONENT),
+                    "annotations": {ANNOTATION_CONFIG_HASH: cfg_hash},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": COMPONENT,
+                            "image": image,
+                            "args": ["router", "--config", CONFIG_PATH],
+                            "ports": [
+                                {"name": "http", "containerPort": router.http_port},
+                                {"name": "grpc", "containerPort": router.grpc_port},
+                            ],
+                            "env": common_env(owner, spec),
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "periodSeconds": 5,
+                            },
+                            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+                            "volumeMounts": [config_mount()],
+                        }
+                    ],
+                    "volumes": [config_volume(owner)],
+                },
+            },
+        },
+    }
+
+
+def router_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """ClusterIP Service: the deployment's endpoint (HTTP and gRPC)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, router_name(owner), COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner, COMPONENT),
+            "ports": [
+                {"name": "http", "port": spec.router.http_port, "targetPort": "http"},
+                {"name": "grpc", "port": spec.router.grpc_port, "targetPort": "grpc"},
+            ],
+        },
+    }

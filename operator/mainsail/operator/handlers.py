@@ -1,0 +1,155 @@
+"""Kopf wiring, deliberately thin: every trigger asks for a reconcile pass of one deployment.
+
+Triggers: a ModelDeployment's create/update/resume and a periodic timer (drift that raised no
+event, e.g. a change made while the operator was down); a ServingPool's `spec.replicas` change
+(`kubectl scale`, HPA) so the RayCluster follows; and watch events of every labelled child and
+worker pod (a deleted or edited child is put back at once, readiness reaches status). All of
+them go through one `Coalescer`, so a deployment is never reconciled twice at the same time.
+
+The operator keeps kopf's bookkeeping in annotations (`operator.mainsail.dev/*`), not in
+`status`, returns nothing from handlers, and disables kopf's cluster scanning: it needs no
+permission on CRDs or namespaces, only on the kinds it manages (see the chart's ClusterRole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+
+from mainsail.operator.coalescer import Coalescer
+from mainsail.operator.kube import KubeError
+from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+from mainsail.operator.reconciler import Outcome, Reconciler
+from mainsail.operator.settings import OperatorSettings
+from mainsail.spec.deployment import API_GROUP, API_VERSION
+
+ANNOTATION_PREFIX = "operator.mainsail.dev"
+MD_PLURAL = "modeldeployments"
+POOL_PLURAL = "servingpools"
+CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("ray.io", "v1", "rayclusters"),
+    (API_GROUP, API_VERSION, POOL_PLURAL),
+)
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The reconciler and the per-deployment coalescer the handlers share."""
+
+    reconciler: Reconciler
+    settings: OperatorSettings
+
+    def __post_init__(self) -> None:
+        self.coalescer: Coalescer[tuple[str, str]] = Coalescer(self._pass)
+
+    async def request(self, namespace: str | None, name: str | None) -> None:
+        if namespace and name:
+            await self.coalescer.request((namespace, name))
+
+    async def _pass(self, key: tuple[str, str]) -> None:
+        try:
+            outcome = await asyncio.to_thread(self.reconciler.reconcile, *key)
+        except KubeError as exc:
+            if exc.status == 403 and "NamespaceTerminating" in str(exc):
+                log.debug("namespace %s is terminating; leaving %s alone", *key)
+                return
+            raise
+        if outcome is not None:
+            post_events(outcome)
+
+
+def post_events(outcome: Outcome) -> None:
+    """Kubernetes Events on the ModelDeployment for what a pass did."""
+    body = kopf.Body(cast(kopf.RawBody, outcome.body))
+    if outcome.invalid is not None:
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=outcome.invalid[:1000])
+    if outcome.created:
+        kopf.event(
+            body, type="Normal", reason="Created", message="created " + ", ".join(outcome.created)
+        )
+    if outcome.updated:
+        kopf.event(
+            body, type="Normal", reason="Updated", message="updated " + ", ".join(outcome.updated)
+        )
+    if outcome.deleted:
+        kopf.event(
+            body, type="Normal", reason="Deleted", message="deleted " + ", ".join(outcome.deleted)
+        )
+    if outcome.conflicts:
+        message = "exists and is not ours: " + ", ".join(outcome.conflicts)
+        kopf.event(body, type="Warning", reason="NameConflict", message=message)
+    if outcome.ready_after != outcome.ready_before and outcome.ready_after is not None:
+        reason = "Ready" if outcome.ready_after == "True" else "NotReady"
+        kopf.event(
+            body, type="Normal", reason=reason, message=f"Ready is now {outcome.ready_after}"
+        )
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    """All handlers, registered on a fresh registry (no import-time globals)."""
+    registry = kopf.OperatorRegistry()
+    md = (API_GROUP, API_VERSION, MD_PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=ANNOTATION_PREFIX
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        settings.posting.reporting_component = MANAGED_BY
+        settings.posting.level = logging.WARNING  # only kopf's own warnings become events
+        settings.scanning.disabled = True
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+
+    @kopf.on.resume(*md, registry=registry)
+    @kopf.on.create(*md, registry=registry)
+    @kopf.on.update(*md, registry=registry)
+    async def deployment_changed(*, namespace: str | None, name: str, **_: Any) -> None:
+        await runtime.request(namespace, name)
+
+    @kopf.timer(*md, interval=runtime.settings.resync_seconds, registry=registry)
+    async def deployment_resync(*, namespace: str | None, name: str, **_: Any) -> None:
+        await runtime.request(namespace, name)
+
+    @kopf.on.field(API_GROUP, API_VERSION, POOL_PLURAL, field="spec.replicas", registry=registry)
+    async def pool_scaled(
+        *, namespace: str | None, spec: kopf.Spec, old: Any, new: Any, **_: Any
+    ) -> None:
+        log.info("ServingPool of %s scaled from %s to %s", spec.get("deployment"), old, new)
+        await runtime.request(namespace, str(spec.get("deployment", "")))
+
+    children = {LABEL_MANAGED_BY: MANAGED_BY}
+    for group, version, plural in CHILD_RESOURCES:
+
+        @kopf.on.event(group, version, plural, labels=children, registry=registry)
+        async def child_event(
+            *, namespace: str | None, labels: Mapping[str, str], **_: Any
+        ) -> None:
+            await runtime.request(namespace, labels.get(LABEL_DEPLOYMENT))
+
+    workers = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "worker"}
+
+    @kopf.on.event("", "v1", "pods", labels=workers, registry=registry)
+    async def worker_pod_event(
+        *, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> None:
+        await runtime.request(namespace, labels.get(LABEL_DEPLOYMENT))
+
+    return registry

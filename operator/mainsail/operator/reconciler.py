@@ -1,0 +1,214 @@
+"""One reconcile pass of a `ModelDeployment`: observe, plan, apply, report.
+
+Synchronous and free of kopf, so it can be driven by kopf handlers (in a worker thread), by a
+test, or by a benchmark, against any `KubeApi`. Every pass lists the deployment's children by
+label, applies only what differs from the desired state (server-side apply, field manager
+`mainsail-operator`), deletes children the spec no longer asks for, then writes the
+ServingPools' and the deployment's status if they changed. Running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from mainsail.operator.desired import desired_children
+from mainsail.operator.desired_cache import cache_name
+from mainsail.operator.desired_config import config_map_name
+from mainsail.operator.desired_pools import WORKER_COMPONENT, ray_cluster_name
+from mainsail.operator.desired_router import router_name
+from mainsail.operator.kube import KubeApi, Obj
+from mainsail.operator.naming import (
+    LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
+    LABEL_ROLE,
+    MD_API_VERSION,
+    Owner,
+)
+from mainsail.operator.plan import child_key, contains, controlled_by, plan_changes
+from mainsail.operator.settings import OperatorSettings
+from mainsail.operator.status import Observation, deployment_status, serving_pool_status
+from mainsail.spec.crd import SERVING_POOL_KIND
+from mainsail.spec.deployment import KIND, ModelDeploymentSpec
+
+MANAGED_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "StatefulSet"),
+    (MD_API_VERSION, SERVING_POOL_KIND),
+    ("ray.io/v1", "RayCluster"),
+    ("apps/v1", "Deployment"),
+)
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass
+class Outcome:
+    """What one pass did, for events and logs."""
+
+    body: Obj
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    invalid: str | None = None
+    ready_before: str | None = None
+    ready_after: str | None = None
+
+    @property
+    def writes(self) -> int:
+        return len(self.created) + len(self.updated) + len(self.deleted)
+
+
+def _describe(obj: Obj) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _ready_status(status: Any) -> str | None:
+    for cond in (status or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return str(cond.get("status"))
+    return None
+
+
+class Reconciler:
+    """Drives one deployment's children towards its spec; see the module docstring."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        settings: OperatorSettings,
+        clock: Callable[[], datetime.datetime] = utc_now,
+    ) -> None:
+        self._api = api
+        self._settings = settings
+        self._clock = clock
+
+    def reconcile(self, namespace: str, name: str) -> Outcome | None:
+        """One pass for the named deployment; None when it is gone or being deleted."""
+        body = self._api.get(MD_API_VERSION, KIND, namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        return self.reconcile_body(body)
+
+    def _now(self) -> str:
+        return self._clock().astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def reconcile_body(self, body: Obj) -> Outcome:
+        owner = Owner.from_body(body)
+        outcome = Outcome(body=body, ready_before=_ready_status(body.get("status")))
+        try:
+            spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            outcome.invalid = str(exc)
+            self._report_invalid(owner, body, str(exc))
+            return outcome
+        api, ns = self._api, owner.namespace
+        selector = f"{LABEL_DEPLOYMENT}={owner.name}"
+        ours = [
+            obj
+            for api_version, kind in MANAGED_KINDS
+            for obj in api.list(api_version, kind, ns, selector)
+            if controlled_by(obj, owner)
+        ]
+        pools = {
+            obj["spec"]["role"]: obj
+            for obj in ours
+            if obj["kind"] == SERVING_POOL_KIND and "role" in (obj.get("spec") or {})
+        }
+        plan = plan_changes(owner, desired_children(owner, spec, self._settings, pools), ours)
+        current = {child_key(obj): obj for obj in ours}
+        for obj in plan.create:
+            meta = obj["metadata"]
+            existing = api.get(obj["apiVersion"], obj["kind"], ns, meta["name"])
+            if existing is not None and not controlled_by(existing, owner):
+                outcome.conflicts.append(_describe(obj))
+                continue
+            current[child_key(obj)] = api.apply(obj)
+            outcome.created.append(_describe(obj))
+        for obj in plan.update:
+            current[child_key(obj)] = api.apply(obj)
+            outcome.updated.append(_describe(obj))
+        for obj in plan.delete:
+            meta = obj["metadata"]
+            api.delete(obj["apiVersion"], obj["kind"], ns, meta["name"], meta["uid"])
+            current.pop(child_key(obj), None)
+            outcome.deleted.append(_describe(obj))
+        self._write_status(owner, spec, body, current)
+        outcome.ready_after = _ready_status(outcome.body.get("status"))
+        if outcome.ready_after is None:
+            outcome.ready_after = outcome.ready_before
+        return outcome
+
+    def _write_status(
+        self, owner: Owner, spec: ModelDeploymentSpec, body: Obj, current: dict[Any, Obj]
+    ) -> None:
+        api, ns = self._api, owner.namespace
+        selector = f"{LABEL_DEPLOYMENT}={owner.name},{LABEL_COMPONENT}={WORKER_COMPONENT}"
+        pods: dict[str, list[Obj]] = {}
+        for pod in api.list("v1", "Pod", ns, selector):
+            role = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ROLE, "")
+            pods.setdefault(role, []).append(pod)
+        pools: dict[str, Obj] = {}
+        for (_, kind, name), obj in current.items():
+            if kind != SERVING_POOL_KIND:
+                continue
+            role = obj["spec"]["role"]
+            pools[role] = obj
+            status = serving_pool_status(owner, role, obj, pods.get(role, []))
+            if not contains(obj.get("status"), status):
+                pools[role] = api.patch_status(MD_API_VERSION, SERVING_POOL_KIND, ns, name, status)
+        obs = Observation(
+            serving_pools=pools,
+            pool_pods=pods,
+            router=current.get(("apps/v1", "Deployment", router_name(owner))),
+            cache=current.get(("apps/v1", "StatefulSet", cache_name(owner))),
+            config_map=current.get(("v1", "ConfigMap", config_map_name(owner))),
+            ray_cluster=current.get(("ray.io/v1", "RayCluster", ray_cluster_name(owner))),
+        )
+        previous = body.get("status") or {}
+        status = deployment_status(owner, spec, obs, previous, self._now())
+        stale = set(previous.get("pools") or {}) - set(status.get("pools") or {})
+        if contains(previous, status) and not stale:
+            return
+        patch: dict[str, Any] = dict(status)
+        if stale:
+            patch["pools"] = {**status.get("pools", {}), **dict.fromkeys(stale)}
+        body["status"] = api.patch_status(MD_API_VERSION, KIND, ns, owner.name, patch).get(
+            "status", status
+        )
+
+    def _report_invalid(self, owner: Owner, body: Obj, message: str) -> None:
+        now = self._now()
+        status = {
+            "observedGeneration": owner.generation,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "InvalidSpec",
+                    "message": message[:2000],
+                    "lastTransitionTime": now,
+                    "observedGeneration": owner.generation,
+                }
+            ],
+        }
+        before: dict[str, Any] = next(
+            (
+                c
+                for c in (body.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            {},
+        )
+        if (before.get("reason"), before.get("message")) != ("InvalidSpec", message[:2000]):
+            body["status"] = self._api.patch_status(
+                MD_API_VERSION, KIND, owner.namespace, owner.name, status
+            ).get("status", status)

@@ -1,0 +1,66 @@
+"""Operator settings: images and timing, validated once at start-up.
+
+Read from `MAINSAIL_OPERATOR_*` environment variables (the Helm chart sets them from
+`values.yaml`), so a running operator never consults files or globals for these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "MAINSAIL_OPERATOR_"
+
+
+class OperatorSettings(BaseModel):
+    """What the operator stamps into children, and how often it re-checks them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    router_image: str = Field(
+        "ghcr.io/mainsail-dev/mainsail-router:0.1.0", min_length=1, description="Router image."
+    )
+    worker_image: str = Field(
+        "ghcr.io/mainsail-dev/mainsail-worker:0.1.0",
+        min_length=1,
+        description="Ray head and worker image (Ray 2.60 plus the mainsail workers).",
+    )
+    redis_image: str = Field(
+        "valkey/valkey:8.1-alpine", min_length=1, description="Cache pool image (Redis protocol)."
+    )
+    ray_version: str = Field("2.60.0", description="Ray version KubeRay is told the image runs.")
+    gpu_type_label: str = Field(
+        "nvidia.com/gpu.product",
+        min_length=1,
+        description="Node label whose value a pool's `gpuType` must match (GPU feature "
+        "discovery's label).",
+    )
+    field_manager: str = Field(
+        "mainsail-operator", min_length=1, description="Server-side-apply field manager."
+    )
+    resync_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds between full re-checks of each deployment; drift of a child is "
+        "usually caught earlier by its watch event.",
+    )
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="Timeout of one Kubernetes API call."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from `MAINSAIL_OPERATOR_<FIELD>` variables; unknown ones are errors."""
+        env = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        for key, value in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            field = key[len(ENV_PREFIX) :].lower()
+            if field not in cls.model_fields:
+                raise ValueError(f"unknown operator setting {key}")
+            values[field] = value
+        return cls.model_validate(values)

@@ -1,0 +1,212 @@
+"""Status from observed children: per-pool replicas, conditions with reasons, the endpoint.
+
+Pure: the reconciler hands in what it observed (after applying) and the previous status, and
+gets the new status back. A condition keeps its `lastTransitionTime` while its status holds.
+`Ready` is the conjunction of `PoolsReady`, `RouterReady`, `CacheReady` and
+`KVConfigConsistent`; its reason is the first one that is not true.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mainsail.operator.desired_cache import runs_cache
+from mainsail.operator.desired_config import CONFIG_KEY
+from mainsail.operator.desired_pools import serving_pool_name, worker_selector
+from mainsail.operator.desired_router import router_endpoint
+from mainsail.operator.naming import Owner
+from mainsail.spec.crd import Condition, ModelDeploymentStatus, PoolStatus, ServingPoolStatus
+from mainsail.spec.deployment import ModelDeploymentSpec
+
+Obj = Mapping[str, Any]
+CONDITION_TYPES = ("Ready", "PoolsReady", "RouterReady", "CacheReady", "KVConfigConsistent")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A deployment's children as last read or written, by role where it matters."""
+
+    serving_pools: Mapping[str, Obj] = field(default_factory=dict)
+    pool_pods: Mapping[str, Sequence[Obj]] = field(default_factory=dict)
+    router: Obj | None = None
+    cache: Obj | None = None
+    config_map: Obj | None = None
+    ray_cluster: Obj | None = None
+
+
+def pod_ready(pod: Obj) -> bool:
+    """Running, not terminating, and its Ready condition is True."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def serving_pool_status(owner: Owner, role: str, pool: Obj, pods: Sequence[Obj]) -> dict[str, Any]:
+    """The ServingPool's status (`/scale` reads replicas and selector from it)."""
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    status = ServingPoolStatus(
+        observed_generation=(pool.get("metadata") or {}).get("generation"),
+        replicas=len(live),
+        ready_replicas=sum(1 for p in live if pod_ready(p)),
+        selector=worker_selector(owner, role),
+    )
+    return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def _workload_ready(obj: Obj | None) -> tuple[bool, str]:
+    """Deployment/StatefulSet: current generation observed and all replicas ready."""
+    if obj is None:
+        return False, "missing"
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    want, ready = int(spec.get("replicas", 1)), int(status.get("readyReplicas", 0))
+    generation = (obj.get("metadata") or {}).get("generation", 0)
+    if status.get("observedGeneration", 0) < generation and want > 0:
+        return False, f"{ready}/{want} ready, rollout not yet observed"
+    return ready >= want, f"{ready}/{want} ready"
+
+
+def _fingerprints(obs: Observation) -> dict[str, set[str]]:
+    """KV fingerprints each child hands out (config document, container environments)."""
+    found: dict[str, set[str]] = {}
+    if obs.config_map is not None:
+        text = (obs.config_map.get("data") or {}).get(CONFIG_KEY, "{}")
+        try:
+            found["config"] = {str(json.loads(text).get("kvFingerprint"))}
+        except (ValueError, AttributeError):
+            found["config"] = {"<unreadable>"}
+
+    def walk(name: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            if node.get("name") == "MAINSAIL_KV_FINGERPRINT" and "value" in node:
+                found.setdefault(name, set()).add(str(node["value"]))
+            for value in node.values():
+                walk(name, value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(name, value)
+
+    if obs.router is not None:
+        walk("router", obs.router.get("spec"))
+    if obs.ray_cluster is not None:
+        walk("workers", obs.ray_cluster.get("spec"))
+    return found
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int) -> Condition:
+    return Condition(
+        type=kind,
+        status="True" if ok else "False",
+        reason=reason,
+        message=message,
+        last_transition_time="",
+        observed_generation=generation,
+    )
+
+
+def _conditions(owner: Owner, spec: ModelDeploymentSpec, obs: Observation) -> list[Condition]:
+    gen = owner.generation
+    lagging = []
+    for role in spec.pools.worker_pools():
+        pool = obs.serving_pools.get(role)
+        want = int((pool or {}).get("spec", {}).get("replicas", 0)) if pool else None
+        up = sum(1 for p in obs.pool_pods.get(role, ()) if pod_ready(p))
+        if want is None or up < want:
+            lagging.append(f"{role} {up}/{want if want is not None else '?'}")
+    pools = _condition(
+        "PoolsReady",
+        not lagging,
+        "PoolsNotReady" if lagging else "AllPoolsReady",
+        "waiting for workers: " + ", ".join(lagging) if lagging else "all worker pools ready",
+        gen,
+    )
+    router_ok, router_msg = _workload_ready(obs.router)
+    router = _condition(
+        "RouterReady",
+        router_ok,
+        "RouterAvailable" if router_ok else "RouterNotReady",
+        f"router {router_msg}",
+        gen,
+    )
+    cache_spec = spec.pools.cache
+    if not cache_spec.enabled or cache_spec.replicas == 0:
+        cache = _condition("CacheReady", True, "CacheDisabled", "no shared KV tier", gen)
+    elif not runs_cache(cache_spec):
+        cache = _condition("CacheReady", True, "ExternalCache", "using the external Redis", gen)
+    else:
+        ok, msg = _workload_ready(obs.cache)
+        cache = _condition(
+            "CacheReady", ok, "CacheAvailable" if ok else "CacheNotReady", f"cache {msg}", gen
+        )
+    expected = spec.engine.kv_hash().fingerprint()
+    seen = _fingerprints(obs)
+    wrong = sorted(name for name, values in seen.items() if values != {expected})
+    missing = sorted({"config", "router", "workers"} - set(seen))
+    kv_ok = not wrong and not missing
+    kv = _condition(
+        "KVConfigConsistent",
+        kv_ok,
+        "FingerprintsMatch" if kv_ok else ("FingerprintMismatch" if wrong else "ConfigMissing"),
+        f"router and workers hash KV blocks as {expected}"
+        if kv_ok
+        else f"expected {expected}; differs in {wrong or '-'}; missing in {missing or '-'}",
+        gen,
+    )
+    parts = [pools, router, cache, kv]
+    first_bad = next((c for c in parts if c.status != "True"), None)
+    ready = _condition(
+        "Ready",
+        first_bad is None,
+        "DeploymentReady" if first_bad is None else first_bad.reason,
+        "serving" if first_bad is None else first_bad.message,
+        gen,
+    )
+    return [ready, *parts]
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Condition], now: str
+) -> list[Condition]:
+    """Keep `lastTransitionTime` of conditions whose status did not change."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for cond in current:
+        old = before.get(cond.type)
+        same = old is not None and old.get("status") == cond.status
+        stamp = str(old.get("lastTransitionTime")) if same and old is not None else now
+        out.append(cond.model_copy(update={"last_transition_time": stamp}))
+    return out
+
+
+def deployment_status(
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    obs: Observation,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    """The ModelDeployment's whole status, as JSON for a status patch."""
+    pools: dict[str, PoolStatus] = {}
+    for role in spec.pools.worker_pools():
+        pool = obs.serving_pools.get(role) or {}
+        pools[role] = PoolStatus(
+            serving_pool=serving_pool_name(owner, role),
+            replicas=int((pool.get("spec") or {}).get("replicas", 0)),
+            ready_replicas=sum(1 for p in obs.pool_pods.get(role, ()) if pod_ready(p)),
+        )
+    ready_pools = sum(1 for p in pools.values() if p.ready_replicas >= p.replicas)
+    conditions = merge_conditions(
+        (previous or {}).get("conditions") or [], _conditions(owner, spec, obs), now
+    )
+    status = ModelDeploymentStatus(
+        observed_generation=owner.generation,
+        ready=f"{ready_pools}/{len(pools)}",
+        endpoint=router_endpoint(owner, spec),
+        kv_fingerprint=spec.engine.kv_hash().fingerprint(),
+        pools=pools,
+        conditions=conditions,
+    )
+    return status.model_dump(by_alias=True, mode="json", exclude_none=True)

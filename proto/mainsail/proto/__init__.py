@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of Mainsail's wire contract (source: v1/mainsail.proto)."""

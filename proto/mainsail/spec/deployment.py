@@ -1,0 +1,264 @@
+"""`ModelDeployment`: the one typed source of the user's resource.
+
+The same models are read by `mainsail up -f x.yaml` (local realization), by the operator (cluster
+realization) and rendered into the CRD's OpenAPI schema (`mainsail.spec.crd`), so a field is
+declared once. YAML keys are camelCase as Kubernetes users expect; Python attributes are
+snake_case. Unknown keys are errors everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from mainsail.spec.kvhash import KVHashConfig
+
+API_GROUP = "mainsail.dev"
+API_VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+
+
+class SpecModel(BaseModel):
+    """Base: camelCase aliases, unknown keys refused, values immutable once read."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ModelSource(SpecModel):
+    """Where the checkpoint comes from (Hugging Face layout: config, safetensors, tokenizer)."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
+        description="Served model name: the `model` field clients send.",
+    )
+    path: str | None = Field(
+        None,
+        description="Directory holding the checkpoint (on a cluster, a path on a mounted volume).",
+    )
+    generate: Literal["llama", "mixtral"] | None = Field(
+        None,
+        description="Generate a tiny deterministic checkpoint of this architecture instead of "
+        "reading one (for local runs and tests; no model hub needed).",
+    )
+    seed: int = Field(0, ge=0, description="Weight seed when `generate` is set.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.path is None) == (self.generate is None):
+            raise ValueError("model: set exactly one of `path` or `generate`")
+        return self
+
+
+class EngineSettings(SpecModel):
+    """Engine knobs shared by every worker of the deployment."""
+
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
+    hash_seed: int = Field(0, ge=0, le=2**53, description="Seed of the KV block-hash chain.")
+    max_model_len: int = Field(
+        2048, ge=16, le=1_048_576, description="Longest context (prompt + output) in tokens."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights and activations; `auto` reads config.json (float32 on CPU)."
+    )
+    max_num_seqs: int = Field(64, ge=1, le=4096, description="Most sequences in one batch.")
+    max_batched_tokens: int = Field(
+        512, ge=16, le=1_048_576, description="Token budget of one engine step (chunked prefill)."
+    )
+    num_kv_blocks: int | None = Field(
+        None, ge=1, description="KV blocks per worker; default fits max_num_seqs full contexts."
+    )
+    tensor_parallel: int = Field(1, ge=1, le=64, description="Shards per replica (GPUs).")
+
+    def kv_hash(self) -> KVHashConfig:
+        """The hashing parameters every party must share."""
+        return KVHashConfig(block_size=self.block_size, hash_seed=self.hash_seed)
+
+
+class Resources(SpecModel):
+    """What one replica of a pool asks of a node."""
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per replica (nvidia.com/gpu).")
+    gpu_type: str | None = Field(
+        None, description="Node label value for the GPU product, used as a node selector."
+    )
+    cpu: str = Field("1", description="CPU request, Kubernetes quantity.")
+    memory: str = Field("4Gi", description="Memory request, Kubernetes quantity.")
+
+
+class Autoscaling(SpecModel):
+    """Bounds and targets of one pool's autoscaler (signals come from the router)."""
+
+    enabled: bool = False
+    min_replicas: int = Field(1, ge=0, le=10_000, description="0 allows scale to zero.")
+    max_replicas: int = Field(4, ge=1, le=10_000)
+    target_queue_depth: float = Field(
+        4.0, gt=0, description="Waiting requests per replica the autoscaler aims for."
+    )
+    target_kv_utilization: float = Field(
+        0.8, gt=0, le=1, description="KV-cache fraction in use per replica to aim for."
+    )
+    scale_down_delay_seconds: int = Field(
+        120, ge=0, description="How long a lower recommendation must hold before acting."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling: minReplicas must be <= maxReplicas")
+        return self
+
+
+class Pool(SpecModel):
+    """One role's workers (encode, prefill, decode or unified)."""
+
+    replicas: int = Field(1, ge=0, le=10_000, description="Desired workers.")
+    resources: Resources = Resources()
+    autoscaling: Autoscaling = Autoscaling()
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
+class CachePool(SpecModel):
+    """The shared KV tier: Redis in the cluster, or an external URL."""
+
+    enabled: bool = True
+    external_url: str | None = Field(
+        None, pattern=r"^rediss?://", description="Use this Redis instead of running one."
+    )
+    replicas: int = Field(1, ge=0, le=64)
+    max_memory: str = Field("1Gi", description="Redis maxmemory; blocks are evicted LRU.")
+    ttl_seconds: int = Field(0, ge=0, description="0 keeps blocks until LRU evicts them.")
+
+
+class Pools(SpecModel):
+    """Worker pools by role. `unified` serves prefill and decode in one worker."""
+
+    unified: Pool | None = None
+    encode: Pool | None = None
+    prefill: Pool | None = None
+    decode: Pool | None = None
+    cache: CachePool = CachePool()
+
+    @model_validator(mode="after")
+    def _roles(self) -> Pools:
+        if (self.prefill is None) != (self.decode is None):
+            raise ValueError("pools: prefill and decode must be both set or both unset")
+        if self.unified is None and self.prefill is None:
+            raise ValueError("pools: set `unified`, or both `prefill` and `decode`")
+        return self
+
+    def worker_pools(self) -> dict[str, Pool]:
+        """Role name to pool, for the roles that are set (cache excluded)."""
+        roles = {
+            "unified": self.unified,
+            "encode": self.encode,
+            "prefill": self.prefill,
+            "decode": self.decode,
+        }
+        return {name: pool for name, pool in roles.items() if pool is not None}
+
+
+class ScorerWeight(SpecModel):
+    """One scorer of the routing profile and its weight."""
+
+    name: str = Field(..., min_length=1)
+    weight: float = Field(1.0, ge=0, le=1000)
+
+
+class RoutingProfile(SpecModel):
+    """Filters, weighted scorers and a picker, by plugin name (see router/scheduling)."""
+
+    filters: list[str] = Field(default_factory=lambda: ["healthy", "role", "capacity"])
+    scorers: list[ScorerWeight] = Field(
+        default_factory=lambda: [
+            ScorerWeight(name="kv-prefix", weight=2.0),
+            ScorerWeight(name="queue-depth", weight=1.0),
+            ScorerWeight(name="running-requests", weight=1.0),
+            ScorerWeight(name="kv-utilization", weight=0.5),
+        ]
+    )
+    picker: Literal["max-score", "weighted-random"] = "max-score"
+
+
+class RouterSettings(SpecModel):
+    """The global router in front of the pools."""
+
+    replicas: int = Field(1, ge=1, le=100)
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    profile: RoutingProfile = RoutingProfile()
+    kv_index_max_blocks: int = Field(
+        1_000_000, ge=1, description="Cap on the global KV index (block ids kept)."
+    )
+    max_queue: int = Field(
+        4096, ge=1, description="Requests admitted but not yet dispatched before 429."
+    )
+
+
+class SLOClass(SpecModel):
+    """A named service class clients select per request."""
+
+    name: str = Field(..., min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$")
+    priority: int = Field(0, ge=0, le=100, description="Higher is served first.")
+    ttft_ms: float | None = Field(None, gt=0, description="Time-to-first-token target.")
+    tpot_ms: float | None = Field(None, gt=0, description="Time-per-output-token target.")
+
+
+class SLO(SpecModel):
+    """Latency targets; `default` applies when a request names no class."""
+
+    ttft_ms: float = Field(2000, gt=0)
+    tpot_ms: float = Field(200, gt=0)
+    classes: list[SLOClass] = Field(default_factory=list)
+
+
+class Adapter(SpecModel):
+    """A LoRA adapter clients select with `model: <base>:<adapter>` or the adapter field."""
+
+    name: str = Field(..., min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str | None = Field(None, description="Adapter directory (PEFT layout).")
+    generate_rank: int | None = Field(
+        None, ge=1, le=256, description="Generate a tiny random adapter of this rank (tests)."
+    )
+
+
+class ModelDeploymentSpec(SpecModel):
+    """The spec of a `ModelDeployment`."""
+
+    model: ModelSource
+    engine: EngineSettings = EngineSettings()
+    pools: Pools = Pools(unified=Pool())
+    router: RouterSettings = RouterSettings()
+    slo: SLO = SLO()
+    adapters: list[Adapter] = Field(default_factory=list)
+
+
+class ObjectMeta(SpecModel):
+    """The part of Kubernetes metadata a local run reads."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    name: str = Field(..., min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str = "default"
+
+
+class ModelDeployment(SpecModel):
+    """The whole resource as written in YAML (apiVersion, kind, metadata, spec)."""
+
+    api_version: Literal["mainsail.dev/v1alpha1"] = Field(
+        "mainsail.dev/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+
+
+def load_model_deployment(document: dict[str, Any]) -> ModelDeployment:
+    """Validate one parsed YAML document; raises `pydantic.ValidationError` naming the field."""
+    return ModelDeployment.model_validate(document)

@@ -1,0 +1,62 @@
+"""`python -m mainsail.router --config router.json`: run one router process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mainsail.router.server import RouterServer
+from mainsail.router.settings import RouterConfig
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Stop when the launching process is gone, so a crashed `mainsail up` leaves no router."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
+async def _serve(config: RouterConfig, ready_file: Path | None, parent_pid: int | None) -> None:
+    server = RouterServer(config)
+    await server.start()
+    if ready_file is not None:
+        ready_file.write_text(
+            json.dumps({"http_port": server.http_port, "grpc_port": server.grpc_port})
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
+    await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="mainsail-router", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="RouterConfig as JSON.")
+    parser.add_argument("--ready-file", type=Path, help="Write bound ports here once serving.")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--parent-pid", type=int, help="Exit when this parent process is gone.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s router %(message)s")
+    try:
+        config = RouterConfig.model_validate_json(args.config.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"mainsail-router: bad config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(config, args.ready_file, args.parent_pid))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Errors the router reports to clients, in the OpenAI error shape.
+
+Every refusal carries an HTTP status, an OpenAI `type`, the offending `param` where there is
+one, and a message that says what is wrong, so SDK users see a useful exception instead of a
+hang or a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+
+class RouterError(Exception):
+    """A request the router refuses or could not complete."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body OpenAI clients parse."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def grpc_status(self) -> grpc.StatusCode:
+        """The gRPC status closest to the HTTP one."""
+        return _GRPC_BY_HTTP.get(self.status, grpc.StatusCode.INTERNAL)
+
+
+_GRPC_BY_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def bad_request(message: str, param: str | None = None) -> RouterError:
+    """400 for a malformed or out-of-range request."""
+    return RouterError(400, message, param=param)
+
+
+def model_not_found(model: str) -> RouterError:
+    """404 for a model (or adapter) this deployment does not serve."""
+    return RouterError(
+        404,
+        f"The model `{model}` does not exist.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def overloaded(message: str) -> RouterError:
+    """429 when admission control refuses more work (client should back off)."""
+    return RouterError(429, message, type="rate_limit_error", code="overloaded")
+
+
+def unavailable(message: str) -> RouterError:
+    """503 when no worker can take the request."""
+    return RouterError(503, message, type="server_error", code="no_worker_available")
+
+
+def upstream_failed(message: str) -> RouterError:
+    """502 when a worker failed while serving the request."""
+    return RouterError(502, message, type="server_error", code="worker_failed")

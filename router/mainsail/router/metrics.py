@@ -1,0 +1,115 @@
+"""The router's Prometheus metrics, on a registry of its own (no process-wide globals).
+
+Names carry the `mainsail_router_` prefix; `docs/protocol.md` lists them with what the
+autoscaler reads.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
+
+
+class RouterMetrics:
+    """Counters, gauges and histograms the router updates on its request path."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mainsail_router_requests",
+            "Requests by front and outcome.",
+            ["front", "outcome"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "mainsail_router_inflight_requests",
+            "Requests dispatched and not finished.",
+            registry=r,
+        )
+        self.queued = Gauge(
+            "mainsail_router_queued_requests", "Requests waiting for a worker.", registry=r
+        )
+        self.workers = Gauge(
+            "mainsail_router_workers", "Registered workers by role.", ["role"], registry=r
+        )
+        self.ttft = Histogram(
+            "mainsail_router_ttft_seconds",
+            "Time to first token seen by the router.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "mainsail_router_e2e_seconds",
+            "Request latency, arrival to last token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.schedule = Histogram(
+            "mainsail_router_schedule_seconds",
+            "Time to choose a worker (index + profile).",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.plugin = Histogram(
+            "mainsail_router_plugin_seconds",
+            "Time spent per scheduling plugin.",
+            ["plugin"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "mainsail_router_prompt_tokens", "Prompt tokens routed.", registry=r
+        )
+        self.cached_tokens = Counter(
+            "mainsail_router_cached_prompt_tokens",
+            "Prompt tokens served from KV cache.",
+            registry=r,
+        )
+        self.generation_tokens = Counter(
+            "mainsail_router_generation_tokens", "Tokens generated.", registry=r
+        )
+        self.expected_hit_blocks = Counter(
+            "mainsail_router_index_hit_blocks",
+            "Prefix blocks the KV index predicted cached.",
+            ["mode"],
+            registry=r,
+        )
+        self.index_entries = Gauge(
+            "mainsail_router_kv_index_entries",
+            "Block ids held by the global KV index.",
+            registry=r,
+        )
+        self.failovers = Counter(
+            "mainsail_router_failovers",
+            "Requests moved to another worker before any token.",
+            registry=r,
+        )
+        self.refusals = Counter(
+            "mainsail_router_worker_refusals",
+            "Worker registrations refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format served at /metrics."""
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,162 @@
+"""Which workers exist, what they can serve, and how loaded they were last heard.
+
+Workers register themselves (Registry.Register) and heartbeat with a load snapshot. The
+registry refuses a worker whose model or KV hashing parameters differ from the router's —
+loudly, with the reason in the reply — because a silent mismatch makes KV-aware routing
+degrade without anyone noticing. Workers not heard from within `expiry` seconds are dropped.
+The clock is injected so tests and the simulator control time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.spec.kvhash import KVHashConfig
+
+Listener = Callable[["WorkerEntry"], None]
+
+
+@dataclass
+class WorkerEntry:
+    """One registered worker: its static description and its latest dynamic state."""
+
+    info: pb.WorkerInfo
+    last_seen: float
+    load: pb.LoadSnapshot = field(default_factory=pb.LoadSnapshot)
+    outstanding: int = 0
+    failures: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        """The KV hashing fingerprint the worker registered with."""
+        kv = self.info.kv_hash
+        return KVHashConfig(
+            block_size=kv.block_size or 1,
+            hash_seed=kv.hash_seed,
+            algorithm=kv.algorithm or "unspecified",
+        ).fingerprint()
+
+    @property
+    def worker_id(self) -> str:
+        return str(self.info.worker_id)
+
+    @property
+    def address(self) -> str:
+        return str(self.info.address)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of a registration: accepted, or refused with a reason."""
+
+    accepted: bool
+    detail: str = ""
+
+
+class WorkerRegistry:
+    """Registered workers keyed by id; listeners hear about additions and removals."""
+
+    def __init__(
+        self,
+        model: str,
+        kv_hash: KVHashConfig,
+        *,
+        expiry: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if expiry <= 0:
+            raise ValueError(f"expiry must be > 0 seconds, got {expiry}")
+        self._model = model
+        self._kv_hash = kv_hash
+        self._expiry = expiry
+        self._clock = clock
+        self._workers: dict[str, WorkerEntry] = {}
+        self._on_add: list[Listener] = []
+        self._on_remove: list[Listener] = []
+        self.refusals: list[tuple[str, str]] = []
+
+    def subscribe(self, on_add: Listener | None = None, on_remove: Listener | None = None) -> None:
+        """Call ``on_add``/``on_remove`` whenever a worker joins or leaves."""
+        if on_add:
+            self._on_add.append(on_add)
+        if on_remove:
+            self._on_remove.append(on_remove)
+
+    def register(self, info: pb.WorkerInfo) -> Verdict:
+        """Admit ``info`` unless its model or KV hashing parameters disagree with ours."""
+        verdict = self._check(info)
+        if not verdict.accepted:
+            self.refusals.append((info.worker_id, verdict.detail))
+            return verdict
+        old = self._workers.get(info.worker_id)
+        entry = WorkerEntry(info=info, last_seen=self._clock())
+        if old is not None:
+            entry.outstanding = old.outstanding
+            if old.address != info.address:
+                self._remove(old)
+        self._workers[info.worker_id] = entry
+        for listener in self._on_add:
+            listener(entry)
+        return verdict
+
+    def _check(self, info: pb.WorkerInfo) -> Verdict:
+        if not info.worker_id or not info.address:
+            return Verdict(False, "worker_id and address are required")
+        if info.model != self._model:
+            return Verdict(
+                False,
+                f"model mismatch: worker serves {info.model!r}, router serves {self._model!r}",
+            )
+        theirs = WorkerEntry(info=info, last_seen=0.0).fingerprint
+        ours = self._kv_hash.fingerprint()
+        if theirs != ours:
+            return Verdict(False, f"KV hash mismatch: worker {theirs}, router {ours}")
+        return Verdict(True)
+
+    def heartbeat(self, worker_id: str, load: pb.LoadSnapshot) -> bool:
+        """Record a worker's load; False when it is unknown and must register again."""
+        entry = self._workers.get(worker_id)
+        if entry is None:
+            return False
+        entry.last_seen = self._clock()
+        entry.load = load
+        return True
+
+    def deregister(self, worker_id: str) -> None:
+        """Forget a worker that is shutting down."""
+        entry = self._workers.get(worker_id)
+        if entry is not None:
+            self._remove(entry)
+
+    def prune(self) -> list[str]:
+        """Drop workers silent for longer than the expiry; returns their ids."""
+        deadline = self._clock() - self._expiry
+        dead = [e for e in self._workers.values() if e.last_seen < deadline]
+        for entry in dead:
+            self._remove(entry)
+        return [e.worker_id for e in dead]
+
+    def mark_failed(self, worker_id: str) -> None:
+        """The transport to the worker failed: stop routing to it until it registers again."""
+        entry = self._workers.get(worker_id)
+        if entry is not None:
+            self._remove(entry)
+
+    def _remove(self, entry: WorkerEntry) -> None:
+        if self._workers.get(entry.worker_id) is entry:
+            del self._workers[entry.worker_id]
+        for listener in self._on_remove:
+            listener(entry)
+
+    def get(self, worker_id: str) -> WorkerEntry | None:
+        return self._workers.get(worker_id)
+
+    def entries(self) -> list[WorkerEntry]:
+        """Every registered worker, in registration order."""
+        return list(self._workers.values())
+
+    def __len__(self) -> int:
+        return len(self._workers)

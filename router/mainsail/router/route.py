@@ -1,0 +1,367 @@
+"""The one request path both fronts call: validate, admit, schedule, dispatch, stream.
+
+`Router.open` does everything that can fail *before* the first token — validation (400/404),
+admission (429), choosing a worker (503 after `dispatch_timeout`), and fail-over to another
+worker when the chosen one breaks before producing anything — so the HTTP front can still
+answer with a proper status code. The returned `RouteStream` yields the rest; a worker that
+dies after the first token ends the stream with `finish_reason="error"`, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.errors import (
+    RouterError,
+    bad_request,
+    model_not_found,
+    overloaded,
+    unavailable,
+    upstream_failed,
+)
+from mainsail.router.kvindex import KVIndex
+from mainsail.router.metrics import RouterMetrics
+from mainsail.router.registry import WorkerEntry, WorkerRegistry
+from mainsail.router.scheduling import (
+    RequestInfo,
+    SchedulingContext,
+    SchedulingProfile,
+    WorkerSnapshot,
+)
+from mainsail.router.settings import RouterConfig
+from mainsail.router.transport import TransportError, WorkerTransport
+from mainsail.spec.kvhash import chain_hashes
+from mainsail.spec.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request: token ids, sampling and where it may go."""
+
+    request_id: str
+    token_ids: list[int]
+    sampling: pb.SamplingParams
+    adapter: str
+    priority: int
+    ttft_target_s: float
+    info: RequestInfo
+
+
+@dataclass
+class RouteStream:
+    """An open request: the first chunk is already in hand."""
+
+    prepared: Prepared
+    worker_id: str
+    first: pb.TokenChunk
+    rest: AsyncIterator[pb.TokenChunk]
+    started: float
+    _closed: bool = field(default=False)
+
+
+class Router:
+    """Validation, admission, scheduling and dispatch over an injected transport."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        tokenizer: Tokenizer,
+        registry: WorkerRegistry,
+        transport: WorkerTransport,
+        profile: SchedulingProfile,
+        index: KVIndex,
+        metrics: RouterMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.registry = registry
+        self.transport = transport
+        self.profile = profile
+        self.index = index
+        self.metrics = metrics or RouterMetrics()
+        self._clock = clock
+        self._pending = 0
+        self._changed = asyncio.Event()
+        self._slo = {c.name: c for c in config.slo.classes}
+
+    # ------------------------------------------------------------------ validation
+
+    def served_models(self) -> list[str]:
+        """Model ids clients may name: the base model and `<model>:<adapter>`."""
+        base = self.config.model_name
+        return [base, *(f"{base}:{a}" for a in self.config.adapters)]
+
+    def prepare(self, request: pb.GenerateRequest) -> Prepared:
+        """Check and tokenize ``request``; raises RouterError (4xx) naming what is wrong."""
+        adapter = self._resolve_model(request.model, request.adapter)
+        token_ids = self._tokens(request)
+        sampling = pb.SamplingParams()
+        sampling.CopyFrom(request.sampling)
+        if sampling.max_tokens < 0:
+            raise bad_request("max_tokens must be >= 1.", param="max_tokens")
+        if sampling.max_tokens == 0:
+            sampling.max_tokens = self.config.default_max_tokens
+        limit = self.config.max_model_len
+        if len(token_ids) + sampling.max_tokens > limit:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {len(token_ids) + sampling.max_tokens} tokens "
+                f"({len(token_ids)} in the prompt, {sampling.max_tokens} in the completion). "
+                "Please reduce the prompt or max_tokens.",
+                param="max_tokens",
+            )
+        if request.slo_class and request.slo_class not in self._slo:
+            known = ", ".join(sorted(self._slo)) or "none"
+            raise bad_request(
+                f"Unknown SLO class `{request.slo_class}` (known: {known}).", param="slo_class"
+            )
+        slo = self._slo.get(request.slo_class)
+        priority = max(request.priority, slo.priority if slo else 0)
+        ttft_ms = (slo.ttft_ms if slo and slo.ttft_ms else None) or self.config.slo.ttft_ms
+        request_id = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
+        kv = self.config.kv_hash
+        hashes = chain_hashes(token_ids, kv.block_size, kv.hash_seed, adapter or None)
+        info = RequestInfo(
+            request_id=request_id,
+            block_hashes=tuple(hashes),
+            prompt_tokens=len(token_ids),
+            max_tokens=sampling.max_tokens,
+            adapter=adapter or None,
+            role="unified",
+            slo_class=request.slo_class or None,
+            priority=priority,
+        )
+        return Prepared(request_id, token_ids, sampling, adapter, priority, ttft_ms / 1000, info)
+
+    def _resolve_model(self, model: str, adapter: str) -> str:
+        base = self.config.model_name
+        name, _, suffix = model.partition(":")
+        if name != base:
+            raise model_not_found(model)
+        chosen = adapter or suffix
+        if chosen and chosen not in self.config.adapters:
+            raise model_not_found(f"{base}:{chosen}")
+        return chosen
+
+    def _tokens(self, request: pb.GenerateRequest) -> list[int]:
+        given = [bool(request.prompt), bool(request.prompt_token_ids), bool(request.messages)]
+        if sum(given) != 1:
+            raise bad_request(
+                "Give exactly one of prompt, prompt_token_ids or messages.", param="prompt"
+            )
+        if request.messages:
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            token_ids = self.tokenizer.apply_chat_template(messages)
+        elif request.prompt:
+            token_ids = self.tokenizer.encode(request.prompt)
+        else:
+            token_ids = list(request.prompt_token_ids)
+            vocab = self.tokenizer.vocab_size
+            bad = [t for t in token_ids if not 0 <= t < vocab]
+            if bad:
+                raise bad_request(
+                    f"Token ids must be in [0, {vocab}); got {bad[:5]}.", param="prompt"
+                )
+        if not token_ids:
+            raise bad_request("The prompt is empty after tokenization.", param="prompt")
+        return token_ids
+
+    # ------------------------------------------------------------------ dispatch
+
+    def notify(self) -> None:
+        """Wake requests waiting for capacity (a worker joined, heartbeated or finished)."""
+        self._changed.set()
+
+    async def open(self, request: pb.GenerateRequest) -> RouteStream:
+        """Prepare, admit and dispatch ``request``; returns once its first chunk arrived."""
+        prepared = self.prepare(request)
+        if self._pending >= self.config.max_queue:
+            raise overloaded(
+                f"The router's queue is full ({self.config.max_queue} requests waiting); "
+                "retry later."
+            )
+        started = self._clock()
+        tried: set[str] = set()
+        last_error = ""
+        for _attempt in range(self.config.max_attempts):
+            entry = await self._choose(prepared, tried, started)
+            tried.add(entry.worker_id)
+            entry.outstanding += 1
+            self.metrics.inflight.inc()
+            stream = self.transport.submit(entry.address, self._worker_request(prepared))
+            try:
+                first = await anext(stream)
+            except (TransportError, StopAsyncIteration) as exc:
+                last_error = str(exc) or "stream ended before any token"
+                self._release(entry)
+                self.registry.mark_failed(entry.worker_id)
+                self.metrics.failovers.inc()
+                continue
+            except BaseException:
+                self._release(entry)
+                await _close(stream)
+                raise
+            return RouteStream(prepared, entry.worker_id, first, self._rest(entry, stream), started)
+        raise upstream_failed(f"Workers failed before producing a token: {last_error}")
+
+    async def _choose(self, prepared: Prepared, tried: set[str], started: float) -> WorkerEntry:
+        deadline = started + self.config.dispatch_timeout
+        self._pending += 1
+        self.metrics.queued.inc()
+        try:
+            while True:
+                entry = self._schedule(prepared, tried)
+                if entry is not None:
+                    return entry
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise unavailable(
+                        f"No worker could take the request within "
+                        f"{self.config.dispatch_timeout:g} s "
+                        f"({len(self.registry)} registered)."
+                    )
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
+        finally:
+            self._pending -= 1
+            self.metrics.queued.dec()
+
+    def _schedule(self, prepared: Prepared, tried: set[str]) -> WorkerEntry | None:
+        entries = [e for e in self.registry.entries() if e.worker_id not in tried]
+        if not entries:
+            return None
+        t0 = time.perf_counter()
+        hits = self.index.longest_prefix(prepared.info.block_hashes)
+        ctx = SchedulingContext(
+            request=prepared.info,
+            workers=tuple(_snapshot(e) for e in entries),
+            prefix_hits=hits,
+            now=self._clock(),
+        )
+        decision = self.profile.schedule(ctx)
+        self.metrics.schedule.observe(time.perf_counter() - t0)
+        for timing in decision.timings:
+            self.metrics.plugin.labels(f"{timing.kind}:{timing.name}").observe(timing.seconds)
+        if decision.worker_id is None:
+            return None
+        self.metrics.expected_hit_blocks.labels(self.index.mode).inc(
+            hits.get(decision.worker_id, 0)
+        )
+        return self.registry.get(decision.worker_id)
+
+    def _worker_request(self, prepared: Prepared) -> pb.WorkerRequest:
+        return pb.WorkerRequest(
+            request_id=prepared.request_id,
+            prompt_token_ids=prepared.token_ids,
+            sampling=prepared.sampling,
+            adapter=prepared.adapter,
+            priority=prepared.priority,
+        )
+
+    async def _rest(
+        self, entry: WorkerEntry, stream: AsyncIterator[pb.TokenChunk]
+    ) -> AsyncIterator[pb.TokenChunk]:
+        try:
+            async for chunk in stream:
+                yield chunk
+        except TransportError as exc:
+            self.registry.mark_failed(entry.worker_id)
+            yield pb.TokenChunk(finish_reason="error", error=f"worker failed mid-stream: {exc}")
+        finally:
+            self._release(entry)
+
+    def _release(self, entry: WorkerEntry) -> None:
+        entry.outstanding = max(0, entry.outstanding - 1)
+        self.metrics.inflight.dec()
+        self.notify()
+
+    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        """The whole request as responses; errors before the first token raise RouterError."""
+        route = await self.open(request)
+        async for response in self.responses(route):
+            yield response
+
+    async def responses(self, route: RouteStream) -> AsyncIterator[pb.GenerateResponse]:
+        """Turn a route's chunks into client responses, recording latency and usage."""
+        first_seen = self._clock()
+        self.metrics.ttft.observe(first_seen - route.started)
+        chunk: pb.TokenChunk | None = route.first
+        finished = False
+        try:
+            while chunk is not None:
+                if chunk.finish_reason:
+                    finished = True
+                    self._account(chunk)
+                yield self._response(route, chunk)
+                if finished:
+                    break
+                chunk = await anext(route.rest, None)
+            if not finished:
+                yield pb.GenerateResponse(
+                    request_id=route.prepared.request_id,
+                    finish_reason="error",
+                    error="worker closed the stream without finishing",
+                    worker_id=route.worker_id,
+                )
+        finally:
+            if not finished:
+                entry = self.registry.get(route.worker_id)
+                if entry is not None:
+                    await self.transport.abort(entry.address, route.prepared.request_id)
+            await _close(route.rest)
+            self.metrics.e2e.observe(self._clock() - route.started)
+
+    def _account(self, chunk: pb.TokenChunk) -> None:
+        outcome = "ok" if chunk.finish_reason in ("stop", "length") else chunk.finish_reason
+        self.metrics.requests.labels("any", outcome).inc()
+        self.metrics.prompt_tokens.inc(chunk.usage.prompt_tokens)
+        self.metrics.cached_tokens.inc(chunk.usage.cached_tokens)
+        self.metrics.generation_tokens.inc(chunk.usage.completion_tokens)
+
+    def _response(self, route: RouteStream, chunk: pb.TokenChunk) -> pb.GenerateResponse:
+        return pb.GenerateResponse(
+            request_id=route.prepared.request_id,
+            token_ids=chunk.token_ids,
+            text=chunk.text,
+            finish_reason=chunk.finish_reason,
+            logprobs=chunk.logprobs,
+            usage=chunk.usage,
+            worker_id=route.worker_id,
+            error=chunk.error,
+        )
+
+
+def _snapshot(entry: WorkerEntry) -> WorkerSnapshot:
+    load = entry.load
+    return WorkerSnapshot(
+        worker_id=entry.worker_id,
+        role=entry.info.role or "unified",
+        healthy=True,
+        running=load.running,
+        waiting=load.waiting,
+        max_num_seqs=entry.info.max_num_seqs or load.max_num_seqs or 1,
+        kv_blocks_used=load.kv_blocks_used,
+        kv_blocks_total=load.kv_blocks_total,
+        adapters=frozenset(entry.info.adapters),
+        max_model_len=entry.info.max_model_len,
+        outstanding=entry.outstanding,
+        hash_fingerprint=entry.fingerprint,
+    )
+
+
+async def _close(stream: AsyncIterator[pb.TokenChunk]) -> None:
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
+
+
+__all__ = ["Prepared", "RouteStream", "Router", "RouterError"]

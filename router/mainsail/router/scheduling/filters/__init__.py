@@ -1,0 +1,1 @@
+"""Filters: which workers may serve a request at all (one module each)."""

@@ -1,0 +1,35 @@
+"""`adapter`: prefer, strictly, workers that already hold the request's LoRA adapter.
+
+Formula: if ``request.adapter`` is None keep every worker. Otherwise keep the workers with
+``request.adapter in w.adapters``; when no candidate has it loaded, keep all candidates, since
+every worker of a deployment can load any adapter the deployment declares (the chosen worker
+loads it on first use).
+
+Why this choice rather than reading an empty ``adapters`` set as "can load anything": an empty
+set means "none loaded yet" on a freshly started worker, and a filter that treated it as a
+wildcard would let cold workers pass while excluding warm ones that hold other adapters. Use
+this filter for pinned placement; for a soft preference use the `adapter-affinity` scorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from mainsail.router.scheduling.types import SchedulingContext, WorkerSnapshot
+
+
+class AdapterFilter:
+    """Keeps workers holding the adapter, or everyone when nobody holds it yet."""
+
+    name: ClassVar[str] = "adapter"
+    reads: ClassVar[frozenset[str]] = frozenset({"adapters", "request"})
+
+    def filter(
+        self, ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]
+    ) -> list[WorkerSnapshot]:
+        adapter = ctx.request.adapter
+        if adapter is None:
+            return list(candidates)
+        loaded = [w for w in candidates if adapter in w.adapters]
+        return loaded if loaded else list(candidates)

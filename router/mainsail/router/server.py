@@ -1,0 +1,158 @@
+"""The router process: both fronts, the registry's pruning loop and the KV event feed.
+
+`RouterServer` assembles the parts from a `RouterConfig` (seams — transport, clock, RNG —
+injectable for tests) and serves HTTP (uvicorn, on a socket we bind with TCP_NODELAY) and
+gRPC (Inference, Registry, standard health, reflection) from one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.router.grpc_front import InferenceService, RegistryService
+from mainsail.router.http_front import build_app
+from mainsail.router.kv_events import KVEventFeed
+from mainsail.router.kvindex import GlobalKVIndex
+from mainsail.router.metrics import RouterMetrics
+from mainsail.router.registry import WorkerEntry, WorkerRegistry
+from mainsail.router.route import Router
+from mainsail.router.scheduling import build_profile
+from mainsail.router.settings import RouterConfig
+from mainsail.router.transport import GrpcTransport, WorkerTransport
+from mainsail.spec.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with TCP_NODELAY (accepted sockets inherit it on Linux)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class RouterServer:
+    """A running router; `start()` binds, `stop()` releases everything."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        transport: WorkerTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = RouterMetrics()
+        self.transport = transport or GrpcTransport()
+        self.registry = WorkerRegistry(
+            config.model_name, config.kv_hash, expiry=config.worker_expiry, clock=clock
+        )
+        self.index = GlobalKVIndex(max_blocks=config.kv_index_max_blocks)
+        self.router = Router(
+            config,
+            Tokenizer(config.model_dir),
+            self.registry,
+            self.transport,
+            build_profile(config.profile, rng=rng),
+            self.index,
+            self.metrics,
+            clock,
+        )
+        self.feed = KVEventFeed(self.index, self.transport)
+        self.registry.subscribe(on_add=self._added, on_remove=self._removed)
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.http_port = 0
+        self.grpc_port = 0
+
+    def _added(self, entry: WorkerEntry) -> None:
+        self.feed.on_add(entry)
+        self._count_workers()
+
+    def _removed(self, entry: WorkerEntry) -> None:
+        self.feed.on_remove(entry)
+        self._count_workers()
+        task = asyncio.get_running_loop().create_task(self.transport.drop(entry.address))
+        self._tasks.append(task)
+
+    def _count_workers(self) -> None:
+        roles: dict[str, int] = {"unified": 0, "prefill": 0, "decode": 0, "encode": 0}
+        for entry in self.registry.entries():
+            roles[entry.info.role or "unified"] = roles.get(entry.info.role, 0) + 1
+        for role, count in roles.items():
+            self.metrics.workers.labels(role).set(count)
+
+    async def start(self) -> None:
+        """Bind both fronts and start the background loops."""
+        cfg = self.config
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_InferenceServicer_to_server(InferenceService(self.router), server)
+        pb_grpc.add_RegistryServicer_to_server(RegistryService(self.router), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [
+            pb.DESCRIPTOR.services_by_name["Inference"].full_name,
+            pb.DESCRIPTOR.services_by_name["Registry"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
+        self.grpc_port = server.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC port {cfg.host}:{cfg.grpc_port}")
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._grpc = server
+
+        sock = bind_socket(cfg.host, cfg.http_port)
+        self.http_port = sock.getsockname()[1]
+        app = build_app(self.router)
+        uv_config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=30
+        )
+        self._http = uvicorn.Server(uv_config)
+        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
+        self._tasks.append(asyncio.create_task(self._prune_loop()))
+        while not self._http.started:
+            await asyncio.sleep(0.01)
+        log.info("router serving HTTP :%d gRPC :%d", self.http_port, self.grpc_port)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            for worker_id in self.registry.prune():
+                log.warning("worker %s missed its heartbeats; dropped", worker_id)
+            self.metrics.index_entries.set(self.index.stats().entries)
+
+    async def stop(self) -> None:
+        """Stop serving; in-flight streams are cancelled."""
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        await self.feed.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.transport.close()

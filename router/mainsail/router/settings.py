@@ -1,0 +1,70 @@
+"""Router settings: one frozen, validated model, derived from the `ModelDeployment`.
+
+On a cluster the operator writes these into the router's ConfigMap; locally `mainsail up`
+passes the same JSON. The KV hashing parameters come from the deployment's engine settings,
+the one source that workers read too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mainsail.spec.deployment import SLO, ModelDeployment, RoutingProfile
+from mainsail.spec.kvhash import KVHashConfig
+
+
+class RouterConfig(BaseModel):
+    """Everything the router process needs; unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str = Field(..., min_length=1, description="Served model name.")
+    model_dir: Path = Field(
+        ..., description="Checkpoint directory (the router reads its tokenizer)."
+    )
+    adapters: tuple[str, ...] = Field((), description="LoRA adapters the deployment serves.")
+    max_model_len: int = Field(2048, ge=16, description="Longest context in tokens.")
+    kv_hash: KVHashConfig = KVHashConfig()
+    profile: RoutingProfile = RoutingProfile()
+    slo: SLO = SLO()
+    host: str = Field("127.0.0.1", description="Address both fronts bind to.")
+    http_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port.")
+    max_queue: int = Field(4096, ge=1, description="Requests waiting for a worker before 429.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest HTTP body.")
+    dispatch_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request may wait for a worker before 503."
+    )
+    default_max_tokens: int = Field(16, ge=1, description="max_tokens when a request has none.")
+    heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between worker heartbeats.")
+    worker_expiry: float = Field(
+        5.0, gt=0, description="Seconds of silence after which a worker is dropped."
+    )
+    kv_index_max_blocks: int = Field(1_000_000, ge=1, description="Cap on KV index entries.")
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Workers tried for a request that fails before its first token."
+    )
+
+    @classmethod
+    def from_deployment(
+        cls, deployment: ModelDeployment, model_dir: Path, **overrides: object
+    ) -> RouterConfig:
+        """Settings for the router of ``deployment`` (ports and host may be overridden)."""
+        spec = deployment.spec
+        values: dict[str, object] = {
+            "model_name": spec.model.name,
+            "model_dir": model_dir,
+            "adapters": tuple(a.name for a in spec.adapters),
+            "max_model_len": spec.engine.max_model_len,
+            "kv_hash": spec.engine.kv_hash(),
+            "profile": spec.router.profile,
+            "slo": spec.slo,
+            "http_port": spec.router.http_port,
+            "grpc_port": spec.router.grpc_port,
+            "max_queue": spec.router.max_queue,
+            "kv_index_max_blocks": spec.router.kv_index_max_blocks,
+        }
+        values.update(overrides)
+        return cls.model_validate(values)

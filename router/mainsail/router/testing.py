@@ -1,0 +1,83 @@
+"""Fakes shipped with the router, for unit tests, demos and overhead benchmarks.
+
+`FakeTransport` stands in for the gRPC transport: each registered address behaves like a
+worker that streams `max_tokens` deterministic tokens, optionally slowly or failing at a
+chosen point. It exercises the router's real request path (validation, scheduling,
+fail-over, streaming) without an engine; it is never the only evidence that a feature works
+— integration tests drive real workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.transport import TransportError
+
+
+@dataclass
+class FakeWorker:
+    """How one fake worker behaves."""
+
+    token_delay: float = 0.0
+    fail_before_first: bool = False
+    fail_after: int | None = None
+    submitted: list[pb.WorkerRequest] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    kv_batches: list[pb.KVEventBatch] = field(default_factory=list)
+
+
+class FakeTransport:
+    """A `WorkerTransport` whose workers are `FakeWorker`s keyed by address."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, FakeWorker] = {}
+
+    def add(self, address: str, worker: FakeWorker | None = None) -> FakeWorker:
+        self.workers[address] = worker or FakeWorker()
+        return self.workers[address]
+
+    async def submit(self, address: str, request: pb.WorkerRequest) -> AsyncIterator[pb.TokenChunk]:
+        worker = self.workers.get(address)
+        if worker is None:
+            raise TransportError(f"UNAVAILABLE: no worker at {address}")
+        worker.submitted.append(request)
+        if worker.fail_before_first:
+            raise TransportError("UNAVAILABLE: worker is down")
+        n = request.sampling.max_tokens or 16
+        seed = request.prompt_token_ids[-1] if request.prompt_token_ids else 0
+        for i in range(n):
+            if worker.fail_after is not None and i >= worker.fail_after:
+                raise TransportError("UNAVAILABLE: worker died")
+            if worker.token_delay:
+                await asyncio.sleep(worker.token_delay)
+            last = i == n - 1
+            chunk = pb.TokenChunk(
+                request_id=request.request_id,
+                token_ids=[(seed + i) % 97 + 3],
+                text=f" t{i}",
+                finish_reason="length" if last else "",
+            )
+            if last:
+                chunk.usage.prompt_tokens = len(request.prompt_token_ids)
+                chunk.usage.completion_tokens = n
+            yield chunk
+
+    async def abort(self, address: str, request_id: str) -> None:
+        worker = self.workers.get(address)
+        if worker is not None:
+            worker.aborted.append(request_id)
+
+    async def kv_events(self, address: str) -> AsyncIterator[pb.KVEventBatch]:
+        worker = self.workers.get(address)
+        for batch in worker.kv_batches if worker else []:
+            yield batch
+        await asyncio.Event().wait()
+
+    async def drop(self, address: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

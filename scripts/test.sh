@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# What `make test` (and so CI) runs after bootstrap: static checks, then every test tier.
+# The Kubernetes test bed binaries are built or taken from the cache first, so the build's
+# time is visible here and not hidden inside a test's timeout.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=${VENV:-.venv}
+export PATH="$root/$venv/bin:$PATH"
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONDONTWRITEBYTECODE=1
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "test bed binaries (kube-apiserver, etcd, kubectl, helm)"
+deploy/testbed/ensure.sh >/dev/null
+
+step "ruff"
+ruff check .
+ruff format --check .
+step "import contracts"
+lint-imports
+step "mypy --strict"
+mypy proto/mainsail workers/mainsail router/mainsail operator/mainsail cli/mainsail sim/mainsail
+
+step "pytest (unit, integration, e2e)"
+python -m pytest tests -q -ra "$@"

@@ -1,0 +1,258 @@
+"""End to end: `mainsail up` as a user runs it, driven by the real `openai` SDK and gRPC.
+
+One stack (embedded valkey, local Ray, two real engine workers on the tiny checkpoint, the
+router process) serves the whole module; the last test kills the workers mid-stream and the
+module teardown checks that SIGTERM leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.e2e
+STARTUP_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("up")
+    ready = tmp / "ready.json"
+    log = (tmp / "up.log").open("wb")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mainsail.cli.main",
+            "up",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--quiet",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mainsail up did not start:\n{(tmp / 'up.log').read_text()[-4000:]}")
+        time.sleep(0.2)
+    endpoints = json.loads(ready.read_text())
+    endpoints["proc"] = proc
+    endpoints["log"] = tmp / "up.log"
+    yield endpoints
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mainsail up did not exit within 60 s of SIGTERM")
+    _, alive = psutil.wait_procs(descendants, timeout=20)
+    leftovers = [f"{p.pid} {p.name()}" for p in alive if p.is_running()]
+    for p in alive:
+        p.kill()
+    assert code == 0, (endpoints["log"]).read_text()[-3000:]
+    assert not leftovers, f"processes left behind after SIGTERM: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def client(stack: dict[str, Any]) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=stack["openai_base_url"], api_key="none", max_retries=0, timeout=60
+    )
+
+
+def test_completion_non_streaming(client: openai.OpenAI, stack: dict[str, Any]) -> None:
+    out = client.completions.create(
+        model=stack["model"], prompt="The quick brown fox", max_tokens=8, temperature=0
+    )
+    assert out.choices[0].text
+    assert out.usage is not None and out.usage.completion_tokens >= 1
+    assert out.usage.prompt_tokens > 0
+    again = client.completions.create(
+        model=stack["model"], prompt="The quick brown fox", max_tokens=8, temperature=0
+    )
+    assert again.choices[0].text == out.choices[0].text  # greedy is deterministic
+
+
+def test_completion_streaming(client: openai.OpenAI, stack: dict[str, Any]) -> None:
+    whole = client.completions.create(
+        model=stack["model"],
+        prompt="Once upon a time",
+        max_tokens=10,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    parts = list(
+        client.completions.create(
+            model=stack["model"],
+            prompt="Once upon a time",
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert "".join(p.choices[0].text for p in parts if p.choices) == whole.choices[0].text
+    assert parts[-1].choices[0].finish_reason == "length"
+
+
+def test_chat_both_ways(client: openai.OpenAI, stack: dict[str, Any]) -> None:
+    messages: Any = [{"role": "user", "content": "Hello, how are you?"}]
+    out = client.chat.completions.create(
+        model=stack["model"], messages=messages, max_tokens=6, temperature=0, seed=1
+    )
+    assert out.choices[0].message.role == "assistant"
+    assert out.usage is not None and out.usage.total_tokens > 0
+    stream = client.chat.completions.create(
+        model=stack["model"],
+        messages=messages,
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == out.choices[0].message.content
+    assert chunks[-1].usage is not None
+
+
+def test_sampling_with_seed_is_reproducible(client: openai.OpenAI, stack: dict[str, Any]) -> None:
+    kwargs: Any = dict(
+        model=stack["model"],
+        prompt="A seeded story:",
+        max_tokens=12,
+        temperature=0.9,
+        top_p=0.9,
+        seed=42,
+    )
+    assert (
+        client.completions.create(**kwargs).choices[0].text
+        == client.completions.create(**kwargs).choices[0].text
+    )
+
+
+def test_bad_requests_get_4xx_and_the_stack_keeps_serving(
+    client: openai.OpenAI, stack: dict[str, Any]
+) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=stack["model"], prompt="x", max_tokens=100_000)
+    assert "maximum context length" in str(info.value)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=stack["model"], messages=[])
+    resp = httpx.post(
+        stack["openai_base_url"] + "/completions",
+        content=b"{oops",
+        headers={"content-type": "application/json"},
+    )
+    assert resp.status_code == 400 and "error" in resp.json()
+    assert client.completions.create(model=stack["model"], prompt="x", max_tokens=2).choices
+
+
+def test_repeated_long_prompt_hits_the_prefix_cache(
+    client: openai.OpenAI, stack: dict[str, Any]
+) -> None:
+    prompt = "In a village by the sea there lived an old fisherman. " * 12
+    client.completions.create(model=stack["model"], prompt=prompt, max_tokens=2)
+    time.sleep(0.5)  # let KV events reach the router's index
+    second = client.completions.create(model=stack["model"], prompt=prompt, max_tokens=2)
+    assert second.usage is not None
+    details = second.usage.prompt_tokens_details
+    assert details is not None and (details.cached_tokens or 0) >= 64
+
+
+def test_grpc_generate_health_and_reflection(stack: dict[str, Any]) -> None:
+    with grpc.insecure_channel(stack["grpc"]) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        request = pb.GenerateRequest(
+            model=stack["model"],
+            prompt="The quick brown fox",
+            sampling=pb.SamplingParams(max_tokens=5, temperature=0),
+        )
+        responses = list(stub.Generate(request, timeout=60))
+        assert responses[-1].finish_reason in ("stop", "length")
+        assert responses[-1].usage.completion_tokens >= 1
+        assert sum(len(r.token_ids) for r in responses) == responses[-1].usage.completion_tokens
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Generate(pb.GenerateRequest(model="nope", prompt="x"), timeout=10))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        models = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+        assert models.models[0].id == stack["model"]
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reply = next(
+            iter(
+                reflect.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+                )
+            )
+        )
+        names = {s.name for s in reply.list_services_response.service}
+        assert "mainsail.proto.v1.Inference" in names
+
+
+def test_metrics_and_health(stack: dict[str, Any]) -> None:
+    assert httpx.get(stack["http"] + "/health").json()["workers"] == stack["workers"]
+    text = httpx.get(stack["metrics"]).text
+    assert "mainsail_router_ttft_seconds_count" in text
+    assert 'mainsail_router_workers{role="unified"} 2.0' in text
+
+
+def test_workers_dying_mid_stream_end_the_stream_with_an_error(
+    client: openai.OpenAI, stack: dict[str, Any]
+) -> None:
+    """Runs last: kills every worker actor while a long stream is in flight."""
+    stream = client.completions.create(
+        model=stack["model"],
+        prompt="Tell a long story",
+        max_tokens=600,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    iterator = iter(stream)
+    next(iterator)
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any("WorkerActor" in part for part in (p.info["cmdline"] or []))
+    ]
+    assert workers, "no worker actor processes found"
+    for proc in workers:
+        proc.kill()
+    started = time.monotonic()
+    with pytest.raises(openai.APIError):
+        for _ in iterator:
+            pass
+    assert time.monotonic() - started < 30

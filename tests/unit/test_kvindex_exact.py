@@ -1,0 +1,110 @@
+"""The exact global KV index: events, resync, worker removal, tiers, cap and LRU eviction."""
+
+from __future__ import annotations
+
+import pytest
+from mainsail.router.kvindex import GlobalKVIndex, KVIndex
+
+pytestmark = pytest.mark.unit
+
+
+def test_longest_prefix_per_worker() -> None:
+    index = GlobalKVIndex()
+    index.apply_event("a", "stored", [1, 2, 3])
+    index.apply_event("b", "stored", [1, 2])
+    index.apply_event("c", "stored", [2, 3])  # no first block: no prefix
+    assert index.longest_prefix([1, 2, 3, 4]) == {"a": 3, "b": 2}
+    assert index.longest_prefix([9, 1, 2]) == {}
+    assert index.longest_prefix([]) == {}
+
+
+def test_a_gap_ends_the_prefix() -> None:
+    index = GlobalKVIndex()
+    index.apply_event("a", "stored", [1, 2, 3, 4])
+    index.apply_event("a", "removed", [2])
+    assert index.longest_prefix([1, 2, 3, 4]) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("tiers", "expected"),
+    [
+        (("device", "host"), {"a": 3}),  # default: local tiers, any mix of them
+        (("device",), {"a": 1}),
+        (("redis",), {"b": 2}),
+        (("device", "host", "redis"), {"a": 3, "b": 2}),
+    ],
+)
+def test_tiers_select_what_counts_as_held(tiers: tuple[str, ...], expected: dict[str, int]) -> None:
+    index = GlobalKVIndex()
+    index.apply_event("a", "stored", [1], "device")
+    index.apply_event("a", "stored", [2, 3], "host")
+    index.apply_event("b", "stored", [1, 2], "redis")
+    assert index.longest_prefix([1, 2, 3], tiers=tiers) == expected
+    assert index.holders(1) == {("a", "device"), ("b", "redis")}
+
+
+def test_replace_worker_resyncs_one_tier() -> None:
+    index = GlobalKVIndex()
+    index.apply_event("a", "stored", [1, 2, 3], "device")
+    index.apply_event("a", "stored", [7], "host")
+    index.replace_worker("a", [1, 5], "device")
+    assert index.holders(2) == frozenset()
+    assert index.holders(7) == {("a", "host")}
+    assert index.longest_prefix([1, 5]) == {"a": 2}
+    assert index.stats().entries == 3  # 1, 5, 7
+
+
+def test_remove_worker_leaves_no_trace_and_frees_its_slot() -> None:
+    index = GlobalKVIndex()
+    index.apply_event("a", "stored", [1, 2], "device")
+    index.apply_event("a", "stored", [3], "redis")
+    index.apply_event("b", "stored", [1])
+    index.remove_worker("a")
+    index.remove_worker("never-seen")
+    assert index.workers() == {"b"}
+    assert index.longest_prefix([1, 2]) == {"b": 1}
+    stats = index.stats()
+    assert (stats.entries, stats.holders, stats.workers) == (1, 1, 1)
+    index.apply_event("c", "stored", [1, 2])  # reuses a's slot without inheriting its blocks
+    assert index.longest_prefix([1, 2, 3], tiers=("device", "redis")) == {"b": 1, "c": 2}
+
+
+def test_cap_evicts_least_recently_useful() -> None:
+    index = GlobalKVIndex(max_blocks=3)
+    index.apply_event("a", "stored", [1, 2, 3])
+    index.longest_prefix([1])  # a lookup makes block 1 recently useful
+    index.apply_event("b", "stored", [4])  # evicts 2, the least recently useful
+    assert index.holders(2) == frozenset()
+    assert index.longest_prefix([1, 2]) == {"a": 1}
+    assert index.holders(4) == {("b", "device")}
+    stats = index.stats()
+    assert (stats.entries, stats.evictions, stats.max_entries) == (3, 1, 3)
+
+
+def test_removing_unknown_blocks_is_harmless() -> None:
+    index = GlobalKVIndex()
+    index.apply_event("a", "removed", [1])
+    index.apply_event("a", "stored", [1])
+    index.apply_event("a", "removed", [1, 1, 99])
+    assert index.stats().entries == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda i: i.apply_event("a", "evicted", [1]), "event kind"),
+        (lambda i: i.apply_event("a", "stored", [1], "disk"), "tier"),
+        (lambda i: i.longest_prefix([1], tiers=("ssd",)), "tier"),
+        (lambda i: i.longest_prefix([1], tiers=()), "tiers"),
+        (lambda i: GlobalKVIndex(max_blocks=0), "max_blocks"),
+    ],
+)
+def test_bad_input_raises_value_error(call: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(GlobalKVIndex())  # type: ignore[operator]
+
+
+def test_satisfies_the_protocol_and_labels_its_mode() -> None:
+    index: KVIndex = GlobalKVIndex()
+    assert index.mode == "exact"
+    assert index.stats().mode == "exact"

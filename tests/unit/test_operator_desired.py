@@ -1,0 +1,184 @@
+"""Desired children of a ModelDeployment: pure functions, checked without a cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mainsail.operator.desired import desired_children
+from mainsail.operator.desired_pools import pool_replicas
+from mainsail.operator.naming import ANNOTATION_DECLARED_REPLICAS, LABEL_DEPLOYMENT, Owner
+from mainsail.operator.quantity import parse_quantity
+from mainsail.operator.settings import OperatorSettings
+from mainsail.spec.deployment import ModelDeploymentSpec, Pool, load_model_deployment
+
+pytestmark = pytest.mark.unit
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+OWNER = Owner(name="dense-pd", namespace="ns", uid="uid-1", generation=3)
+SETTINGS = OperatorSettings()
+
+
+def _spec(example: str) -> ModelDeploymentSpec:
+    return load_model_deployment(yaml.safe_load((EXAMPLES / example).read_text())).spec
+
+
+def _by_kind(children: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for child in children:
+        out.setdefault(child["kind"], []).append(child)
+    return out
+
+
+def test_dense_split_children_names_labels_and_owner() -> None:
+    children = desired_children(OWNER, _spec("dense-prefill-decode.yaml"), SETTINGS)
+    names = [(c["kind"], c["metadata"]["name"]) for c in children]
+    assert names == [
+        ("ConfigMap", "dense-pd-config"),
+        ("Service", "dense-pd-cache"),
+        ("StatefulSet", "dense-pd-cache"),
+        ("ServingPool", "dense-pd-prefill"),
+        ("ServingPool", "dense-pd-decode"),
+        ("RayCluster", "dense-pd"),
+        ("Service", "dense-pd-router"),
+        ("Deployment", "dense-pd-router"),
+    ]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "ns" and meta["labels"][LABEL_DEPLOYMENT] == "dense-pd"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "mainsail.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "name": "dense-pd",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_ray_cluster_has_one_gpu_worker_group_per_pool() -> None:
+    kinds = _by_kind(desired_children(OWNER, _spec("dense-prefill-decode.yaml"), SETTINGS))
+    groups = {g["groupName"]: g for g in kinds["RayCluster"][0]["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"prefill", "decode"}
+    decode = groups["decode"]
+    assert (decode["replicas"], decode["minReplicas"], decode["maxReplicas"]) == (4, 0, 16)
+    pod = decode["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert json.loads(json.loads(decode["rayStartParams"]["resources"])) == {"mainsail-decode": 1}
+
+
+def test_one_kv_config_is_handed_to_router_and_workers() -> None:
+    spec = _spec("dense-prefill-decode.yaml")
+    kinds = _by_kind(desired_children(OWNER, spec, SETTINGS))
+    config = json.loads(kinds["ConfigMap"][0]["data"]["config.json"])
+    fingerprint = spec.engine.kv_hash().fingerprint()
+    assert config["kvFingerprint"] == fingerprint
+    assert config["kvHash"] == {
+        "block_size": 16,
+        "hash_seed": 42,
+        "algorithm": spec.engine.kv_hash().algorithm,
+    }
+    assert len(config["cache"]["urls"]) == 2
+    router = kinds["Deployment"][0]["spec"]["template"]
+    worker = kinds["RayCluster"][0]["spec"]["workerGroupSpecs"][0]["template"]
+    for template in (router, worker):
+        env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
+        assert env["MAINSAIL_KV_FINGERPRINT"] == fingerprint
+        assert template["spec"]["volumes"][0]["configMap"]["name"] == "dense-pd-config"
+    assert (
+        router["metadata"]["annotations"]["mainsail.dev/config-hash"]
+        == worker["metadata"]["annotations"]["mainsail.dev/config-hash"]
+    )
+
+
+def test_editing_the_routing_profile_changes_the_config_hash() -> None:
+    spec = _spec("dense-prefill-decode.yaml")
+    edited = spec.model_copy(update={"slo": spec.slo.model_copy(update={"ttft_ms": 123.0})})
+
+    def digest(s: ModelDeploymentSpec) -> str:
+        deploy = _by_kind(desired_children(OWNER, s, SETTINGS))["Deployment"][0]
+        return str(
+            deploy["spec"]["template"]["metadata"]["annotations"]["mainsail.dev/config-hash"]
+        )
+
+    assert digest(spec) != digest(edited)
+
+
+@pytest.mark.parametrize(
+    ("example", "has_cache"),
+    [
+        ("mixtral-moe.yaml", False),
+        ("lora-adapters.yaml", False),
+        ("dense-prefill-decode.yaml", True),
+    ],
+)
+def test_cache_pool_runs_only_when_not_external_or_disabled(example: str, has_cache: bool) -> None:
+    kinds = _by_kind(desired_children(OWNER, _spec(example), SETTINGS))
+    assert ("StatefulSet" in kinds) is has_cache
+    urls = json.loads(kinds["ConfigMap"][0]["data"]["config.json"])["cache"]["urls"]
+    if example == "mixtral-moe.yaml":
+        assert urls == ["redis://kv-cache.shared.svc:6379/0"]
+    if example == "lora-adapters.yaml":
+        assert urls == []
+
+
+def test_statefulset_memory_cap_and_limit() -> None:
+    kinds = _by_kind(desired_children(OWNER, _spec("dense-prefill-decode.yaml"), SETTINGS))
+    container = kinds["StatefulSet"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["--maxmemory", str(8 * 2**30)]
+    assert parse_quantity(container["resources"]["limits"]["memory"]) > 8 * 2**30
+
+
+def _observed(replicas: int, declared: int) -> dict[str, Any]:
+    return {
+        "metadata": {"annotations": {ANNOTATION_DECLARED_REPLICAS: str(declared)}},
+        "spec": {"replicas": replicas},
+    }
+
+
+def test_pool_replicas_keep_a_scaled_value_until_the_deployment_changes() -> None:
+    pool = Pool(replicas=2)
+    assert pool_replicas(pool, None) == 2
+    assert pool_replicas(pool, _observed(5, declared=2)) == 5  # kubectl scale wins
+    assert pool_replicas(pool, _observed(5, declared=1)) == 2  # the deployment was edited
+
+
+def test_pool_replicas_stay_within_autoscaling_bounds() -> None:
+    pool = Pool.model_validate(
+        {"replicas": 2, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}}
+    )
+    assert pool_replicas(pool, _observed(9, declared=2)) == 3
+    assert pool_replicas(pool, _observed(0, declared=2)) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1Gi", 2**30),
+        ("500m", 0.5),
+        ("1.5G", 1.5e9),
+        ("2", 2),
+        ("1e3", 1000),
+        ("128974848", 128974848),
+    ],
+)
+def test_quantities(text: str, value: float) -> None:
+    assert float(parse_quantity(text)) == value
+
+
+def test_bad_quantity_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="not a quantity"):
+        parse_quantity("lots")
+
+
+def test_settings_from_env_refuse_unknown_keys() -> None:
+    env = {"MAINSAIL_OPERATOR_RESYNC_SECONDS": "5", "PATH": "/bin"}
+    assert OperatorSettings.from_env(env).resync_seconds == 5
+    with pytest.raises(ValueError, match="unknown operator setting"):
+        OperatorSettings.from_env({"MAINSAIL_OPERATOR_TYPO": "1"})

@@ -1,0 +1,287 @@
+"""The OpenAI HTTP front over the real request path, with fake workers (fast tier).
+
+Real workers behind the same front are covered by tests/integration/test_local_stack.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.http_front import build_app
+from mainsail.router.kvindex import GlobalKVIndex
+from mainsail.router.registry import WorkerRegistry
+from mainsail.router.route import Router
+from mainsail.router.scheduling import build_profile
+from mainsail.router.settings import RouterConfig
+from mainsail.router.testing import FakeTransport, FakeWorker
+from mainsail.spec.deployment import SLO, SLOClass
+from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.unit
+MODEL = "tiny"
+
+
+def make_router(model_dir: Path, **overrides: Any) -> tuple[Router, FakeTransport]:
+    config = RouterConfig(
+        model_name=MODEL,
+        model_dir=model_dir,
+        adapters=("sql",),
+        max_model_len=256,
+        slo=SLO(classes=[SLOClass(name="interactive", priority=10, ttft_ms=100)]),
+        **overrides,
+    )
+    transport = FakeTransport()
+    registry = WorkerRegistry(MODEL, config.kv_hash)
+    router = Router(
+        config,
+        Tokenizer(model_dir),
+        registry,
+        transport,
+        build_profile(config.profile),
+        GlobalKVIndex(max_blocks=10_000),
+    )
+    return router, transport
+
+
+def add_worker(router: Router, transport: FakeTransport, name: str, **behaviour: Any) -> FakeWorker:
+    kv = router.config.kv_hash
+    info = pb.WorkerInfo(
+        worker_id=name,
+        address=f"{name}:1",
+        model=MODEL,
+        role="unified",
+        max_model_len=256,
+        max_num_seqs=8,
+        kv_hash=pb.KVHashParams(
+            block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
+        ),
+    )
+    assert router.registry.register(info).accepted
+    return transport.add(info.address, FakeWorker(**behaviour))
+
+
+@pytest.fixture
+async def client(
+    tiny_model_dir: Path,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Router, FakeTransport]]:
+    router, transport = make_router(tiny_model_dir, dispatch_timeout=0.2, max_body_bytes=2048)
+    add_worker(router, transport, "w0")
+    app = build_app(router)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://router"
+    ) as http:
+        yield http, router, transport
+
+
+def sse_events(body: str) -> list[Any]:
+    events = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        assert block.startswith("data: "), block
+        payload = block[len("data: ") :]
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+async def test_models_lists_base_and_adapters(client: Any) -> None:
+    http, _, _ = client
+    body = (await http.get("/v1/models")).json()
+    assert [m["id"] for m in body["data"]] == [MODEL, f"{MODEL}:sql"]
+
+
+async def test_completion_fills_usage(client: Any) -> None:
+    http, _, transport = client
+    resp = await http.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "hello there", "max_tokens": 4}
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == " t0 t1 t2 t3"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 4
+    assert body["usage"]["prompt_tokens"] == len(
+        transport.workers["w0:1"].submitted[0].prompt_token_ids
+    )
+
+
+async def test_streamed_completion_is_framed_as_sse(client: Any) -> None:
+    http, _, _ = client
+    resp = await http.post(
+        "/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "hi",
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]"
+    texts = [e["choices"][0]["text"] for e in events[:-1] if e["choices"]]
+    assert "".join(texts) == " t0 t1 t2"
+    assert events[-2]["usage"]["completion_tokens"] == 3
+    assert events[-3]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_streamed_chat_opens_with_assistant_role(client: Any) -> None:
+    http, _, _ = client
+    resp = await http.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+            "stream": True,
+        },
+    )
+    events = sse_events(resp.text)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[0]["object"] == "chat.completion.chunk"
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_chat_nonstream_and_adapter_and_slo_class(client: Any) -> None:
+    http, _, transport = client
+    resp = await http.post(
+        "/v1/chat/completions",
+        json={
+            "model": f"{MODEL}:sql",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_completion_tokens": 2,
+            "slo_class": "interactive",
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"] == {"role": "assistant", "content": " t0 t1"}
+    sent = transport.workers["w0:1"].submitted[-1]
+    assert sent.adapter == "sql" and sent.priority == 10
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "param"),
+    [
+        ({"model": "nope", "prompt": "x"}, 404, "model"),
+        ({"model": f"{MODEL}:nope", "prompt": "x"}, 404, "model"),
+        ({"model": MODEL, "prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
+        ({"model": MODEL, "prompt": "x", "max_tokens": 10_000}, 400, "max_tokens"),
+        ({"model": MODEL, "prompt": ""}, 400, "prompt"),
+        ({"model": MODEL}, 400, "prompt"),
+        ({"model": MODEL, "prompt": [10**9]}, 400, "prompt"),
+        ({"model": MODEL, "prompt": "x", "temperature": -1}, 400, "temperature"),
+        ({"model": MODEL, "prompt": "x", "n": 3}, 400, "n"),
+        ({"model": MODEL, "prompt": "x", "slo_class": "gold"}, 400, "slo_class"),
+    ],
+)
+async def test_bad_completion_requests_get_openai_errors(
+    client: Any, payload: dict[str, Any], status: int, param: str
+) -> None:
+    http, _, _ = client
+    resp = await http.post("/v1/completions", json=payload)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param
+    assert error["message"]
+    # The router keeps serving after every refusal.
+    ok = await http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "messages", [[], [{"role": "user", "content": ""}], [{"role": "wizard", "content": "x"}]]
+)
+async def test_bad_chat_messages(client: Any, messages: list[Any]) -> None:
+    http, _, _ = client
+    resp = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": messages})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"].startswith("messages")
+
+
+async def test_malformed_json_and_oversized_body(client: Any) -> None:
+    http, _, _ = client
+    resp = await http.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 400
+    assert "not valid JSON" in resp.json()["error"]["message"]
+    big = {"model": MODEL, "prompt": "x" * 5000}
+    resp = await http.post("/v1/completions", json=big)
+    assert resp.status_code == 413
+    resp = await http.post("/v1/completions", content=b"[1, 2]")
+    assert resp.status_code == 400
+
+
+async def test_unknown_path_and_method(client: Any) -> None:
+    http, _, _ = client
+    assert (await http.get("/v1/nothing")).json()["error"]["code"] == "unknown_url"
+    assert (await http.get("/v1/completions")).status_code == 405
+
+
+async def test_no_worker_gives_503_after_dispatch_timeout(tiny_model_dir: Path) -> None:
+    router, _ = make_router(tiny_model_dir, dispatch_timeout=0.1)
+    app = build_app(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as h:
+        assert (await h.get("/health")).status_code == 503
+        resp = await h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "no_worker_available"
+
+
+async def test_worker_down_before_first_token_fails_over(client: Any) -> None:
+    http, router, transport = client
+    transport.workers["w0:1"].fail_before_first = True
+    add_worker(router, transport, "w1")
+    # w1 looks busier, so the scheduler tries the broken w0 first.
+    router.registry.heartbeat("w1", pb.LoadSnapshot(running=6, waiting=6, max_num_seqs=8))
+    resp = await http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+    assert resp.status_code == 200
+    assert len(transport.workers["w0:1"].submitted) == 1
+    assert router.registry.get("w0") is None  # dropped until it registers again
+    assert len(transport.workers["w1:1"].submitted) == 1
+
+
+async def test_worker_dying_mid_stream_ends_with_error_event(client: Any) -> None:
+    http, _, transport = client
+    transport.workers["w0:1"].fail_after = 2
+    resp = await http.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True}
+    )
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]"
+    assert "worker died" in events[-2]["error"]["message"]
+    resp = await http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
+    assert resp.status_code in (502, 503)
+
+
+async def test_metrics_count_requests(client: Any) -> None:
+    http, _, _ = client
+    await http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})
+    text = (await http.get("/metrics")).text
+    assert 'mainsail_router_requests_total{front="any",outcome="ok"} 1.0' in text
+    assert "mainsail_router_ttft_seconds_bucket" in text
+
+
+def test_registry_refuses_mismatched_kv_hash(tiny_model_dir: Path) -> None:
+    router, _ = make_router(tiny_model_dir)
+    other = KVHashConfig(block_size=32)
+    info = pb.WorkerInfo(
+        worker_id="x",
+        address="x:1",
+        model=MODEL,
+        kv_hash=pb.KVHashParams(block_size=other.block_size, algorithm=other.algorithm),
+    )
+    verdict = router.registry.register(info)
+    assert not verdict.accepted
+    assert "KV hash mismatch" in verdict.detail and "b32" in verdict.detail
+    assert len(router.registry) == 0

@@ -1,0 +1,1 @@
+"""Mainsail workers: the inference engine, its model implementations and the tiny checkpoints."""

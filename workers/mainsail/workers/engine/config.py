@@ -1,0 +1,85 @@
+"""`EngineConfig`: the knobs of one engine instance (paging, batching, dtype, device).
+
+Built from the deployment's `EngineSettings` so that block size and hash seed are the ones
+the router uses (see `mainsail.spec.kvhash`); a mismatch would silently break KV-aware routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.kvhash import HASH_ALGORITHM, KVHashConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings; validated on construction (raises ValueError).
+
+    * ``block_size``: tokens per KV block, and the unit of prefix hashing (default 16, as the
+      router's default).
+    * ``num_kv_blocks``: KV blocks in the cache; ``None`` sizes it so ``max_num_seqs``
+      sequences of ``max_model_len`` tokens fit at once.
+    * ``max_model_len``: longest prompt + output in tokens.
+    * ``max_num_seqs``: most sequences running in one step.
+    * ``max_batched_tokens``: token budget of one step, shared by prefill chunks and decodes;
+      longer prompts are prefilled in chunks.
+    * ``dtype``: ``auto`` means float32 on CPU, the checkpoint's dtype elsewhere.
+    * ``hash_seed``: seed of the KV block-hash chain.
+    * ``device``: torch device string ("cpu", "cuda", "cuda:1").
+    * ``num_threads``: torch intra-op threads for this process; ``None`` leaves torch's
+      default. On a shared CPU, 1 avoids threads spinning against each other.
+    """
+
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    max_batched_tokens: int = 512
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    hash_seed: int = 0
+    device: str = "cpu"
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "block_size": 1 <= self.block_size <= 4096,
+            "num_kv_blocks": self.num_kv_blocks is None or self.num_kv_blocks >= 1,
+            "max_model_len": self.max_model_len >= 1,
+            "max_num_seqs": self.max_num_seqs >= 1,
+            "max_batched_tokens": self.max_batched_tokens >= 1,
+            "dtype": self.dtype in ("auto", "float32", "float16", "bfloat16"),
+            "hash_seed": 0 <= self.hash_seed < 2**64,
+            "num_threads": self.num_threads is None or self.num_threads >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"EngineConfig.{name} is invalid: {getattr(self, name)!r}")
+
+    @property
+    def total_kv_blocks(self) -> int:
+        """Blocks actually allocated (the explicit value or the default sizing)."""
+        if self.num_kv_blocks is not None:
+            return self.num_kv_blocks
+        return self.max_num_seqs * -(-self.max_model_len // self.block_size)
+
+    def kv_hash(self) -> KVHashConfig:
+        """The hashing parameters the router must share with this engine."""
+        return KVHashConfig(
+            block_size=self.block_size, hash_seed=self.hash_seed, algorithm=HASH_ALGORITHM
+        )
+
+    @classmethod
+    def from_engine_settings(cls, settings: EngineSettings, device: str = "cpu") -> EngineConfig:
+        """The config a worker of a deployment with these settings runs with."""
+        return cls(
+            block_size=settings.block_size,
+            num_kv_blocks=settings.num_kv_blocks,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            max_batched_tokens=settings.max_batched_tokens,
+            dtype=settings.dtype,
+            hash_seed=settings.hash_seed,
+            device=device,
+        )

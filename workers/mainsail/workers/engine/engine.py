@@ -1,0 +1,261 @@
+"""`Engine`: one model, one paged KV cache, one scheduler; `step()` advances every request.
+
+Single-threaded by design (the `AsyncEngine` runs it on its own thread): `add_request` checks
+and queues a request, `step` schedules a batch, runs the model once, samples, detokenizes
+and returns one `RequestOutput` per request that produced a token (or finished). A failure
+inside a step finishes that step's requests with ``finish_reason="error"``; the engine and
+its other requests carry on. Bad requests are refused by `check_request` with
+`EngineInputError` before they touch any state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mainsail.workers.engine.block_allocator import BlockAllocator
+from mainsail.workers.engine.config import EngineConfig
+from mainsail.workers.engine.detokenizer import Detokenizer
+from mainsail.workers.engine.errors import EngineInputError
+from mainsail.workers.engine.kv_cache_manager import KVCacheManager
+from mainsail.workers.engine.kv_events import KVEvent
+from mainsail.workers.engine.metrics import EngineMetrics, MetricsRecorder
+from mainsail.workers.engine.model_runner import ModelRunner, StepInput
+from mainsail.workers.engine.request import EngineRequest, FinishReason, RequestOutput
+from mainsail.workers.engine.sampler import SampleRequest, sample
+from mainsail.workers.engine.scheduler import Scheduler
+from mainsail.workers.engine.sequence import Sequence
+from mainsail.workers.engine.tokenizer import Tokenizer
+from mainsail.workers.models import load_model
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Serves one checkpoint directory (Hugging Face layout) on ``config.device``."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        config: EngineConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.model_dir = Path(model_dir)
+        if self.config.num_threads is not None:
+            torch.set_num_threads(self.config.num_threads)
+        model, self.model_config = load_model(self.model_dir, self.config.dtype, self.config.device)
+        if self.config.max_model_len > self.model_config.max_position_embeddings:
+            raise ValueError(
+                f"max_model_len {self.config.max_model_len} exceeds the model's "
+                f"max_position_embeddings {self.model_config.max_position_embeddings}"
+            )
+        self.model_name = self.model_dir.name
+        self.tokenizer = Tokenizer(
+            self.model_dir, self.model_config.eos_token_ids, self.model_config.vocab_size
+        )
+        self._eos = set(self.tokenizer.eos_token_ids)
+        blocks = self.config.total_kv_blocks
+        self._allocator = BlockAllocator(blocks)
+        self._kv = KVCacheManager(self._allocator, self.config.block_size)
+        self._scheduler = Scheduler(
+            self._kv, self.config.max_num_seqs, self.config.max_batched_tokens
+        )
+        self._runner = ModelRunner(model, self.model_config, blocks, self.config.block_size)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._order = itertools.count()
+        self._seqs: dict[str, Sequence] = {}
+        self._pending: list[RequestOutput] = []
+        self._metrics = MetricsRecorder()
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Device memory held by the paged KV cache."""
+        return self._runner.kv_cache_bytes
+
+    def check_request(self, req: EngineRequest) -> None:
+        """Raise `EngineInputError` if ``req`` cannot be served (no state is touched)."""
+        if not isinstance(req.request_id, str) or not req.request_id:
+            raise EngineInputError("request_id must be a non-empty string")
+        if not req.prompt_token_ids:
+            raise EngineInputError("prompt is empty: at least one token is needed")
+        vocab = self.model_config.vocab_size
+        for t in req.prompt_token_ids:
+            if not isinstance(t, int) or not 0 <= t < vocab:
+                raise EngineInputError(
+                    f"prompt token id {t!r} is outside the vocabulary [0, {vocab})"
+                )
+        req.sampling.validate()
+        for t in req.sampling.stop_token_ids:
+            if t >= vocab:
+                raise EngineInputError(f"stop token id {t} is outside the vocabulary [0, {vocab})")
+        total = len(req.prompt_token_ids) + req.sampling.max_tokens
+        if total > self.config.max_model_len:
+            raise EngineInputError(
+                f"prompt ({len(req.prompt_token_ids)} tokens) + max_tokens "
+                f"({req.sampling.max_tokens}) = {total} exceeds max_model_len "
+                f"{self.config.max_model_len}"
+            )
+        needed = -(-total // self.config.block_size)
+        if needed > self._allocator.num_blocks:
+            raise EngineInputError(
+                f"request needs {needed} KV blocks, the engine has {self._allocator.num_blocks}"
+            )
+        if req.adapter is not None:
+            raise EngineInputError(f"adapter {req.adapter!r} is not loaded on this engine")
+
+    def add_request(self, req: EngineRequest) -> None:
+        """Queue ``req``; raises `EngineInputError` if it is bad or its id is in use."""
+        self.check_request(req)
+        if req.request_id in self._seqs:
+            raise EngineInputError(f"request id {req.request_id!r} is already in use")
+        seed = req.sampling.seed
+        gen = torch.Generator(device=self.config.device)
+        gen.manual_seed(seed if seed is not None else self._rng.getrandbits(63))
+        seq = Sequence(
+            request=req,
+            order=next(self._order),
+            block_size=self.config.block_size,
+            hash_seed=self.config.hash_seed,
+            generator=gen,
+            detokenizer=Detokenizer(self.tokenizer.decode, req.prompt_token_ids, req.sampling.stop),
+            arrival=req.arrival_time if req.arrival_time is not None else self._clock(),
+        )
+        self._seqs[req.request_id] = seq
+        self._scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; its final output (reason "abort") comes with the next step."""
+        seq = self._seqs.get(request_id)
+        if seq is not None:
+            self._pending.append(self._finish(seq, "abort"))
+
+    def has_unfinished(self) -> bool:
+        return bool(self._seqs or self._pending)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling step; outputs of requests that advanced or finished."""
+        start = self._clock()
+        outputs, self._pending = self._pending, []
+        batch = self._scheduler.schedule()
+        self._metrics.preemptions += len(batch.preempted)
+        self._metrics.prefix_hit_tokens += batch.prefix_hit_tokens
+        if not batch.items:
+            return outputs
+        inputs = [
+            StepInput(
+                token_ids=seq.token_ids[seq.num_computed : seq.num_computed + n],
+                start=seq.num_computed,
+                block_ids=seq.table.block_ids,
+                wants_logits=seq.num_computed + n == seq.num_tokens,
+            )
+            for seq, n in batch.items
+        ]
+        samplers = [
+            seq for (seq, _), inp in zip(batch.items, inputs, strict=True) if inp.wants_logits
+        ]
+        try:
+            self._runner.copy_blocks(batch.copies)
+            logits = self._runner.execute(inputs)
+            rows = [SampleRequest(s.request.sampling, s.generator) for s in samplers]
+            tokens, logprobs = sample(logits, rows)
+        except Exception as exc:
+            log.exception("engine step failed; finishing its %d requests", len(batch.items))
+            message = f"{type(exc).__name__}: {exc}"
+            return outputs + [self._finish(seq, "error", message) for seq, _ in batch.items]
+        for seq, n in batch.items:
+            seq.num_computed += n
+            self._kv.commit(seq.table, seq.block_hashes, seq.num_computed)
+        now = self._clock()
+        for seq, token, lp in zip(samplers, tokens, logprobs, strict=True):
+            outputs.append(self._advance(seq, token, lp, now))
+        self._metrics.observe_step(self._clock() - start)
+        return outputs
+
+    def metrics(self) -> EngineMetrics:
+        return self._metrics.snapshot(
+            running=len(self._scheduler.running),
+            waiting=len(self._scheduler.waiting),
+            kv_blocks_used=self._allocator.num_used,
+            kv_blocks_total=self._allocator.num_blocks,
+        )
+
+    def drain_kv_events(self) -> list[KVEvent]:
+        """Blocks stored and evicted since the last call, in order."""
+        return self._allocator.drain_events()
+
+    def kv_snapshot(self) -> list[int]:
+        """Every block hash whose KV this engine holds (for a router resync)."""
+        return self._allocator.cached_hashes()
+
+    def fail_all(self, message: str) -> list[RequestOutput]:
+        """Finish every request with reason "error" (the engine loop's last resort)."""
+        return [self._finish(seq, "error", message) for seq in list(self._seqs.values())]
+
+    def _advance(
+        self, seq: Sequence, token: int, logprobs: dict[int, float] | None, now: float
+    ) -> RequestOutput:
+        seq.append(token)
+        params = seq.request.sampling
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            self._metrics.ttft.observe(now - seq.arrival)
+            self._metrics.prompt_tokens_total += seq.prompt_len
+        elif seq.last_token_time is not None:
+            self._metrics.tpot.observe(now - seq.last_token_time)
+        seq.last_token_time = now
+        self._metrics.generation_tokens_total += 1
+        reason: FinishReason | None = None
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self._eos):
+            reason = "stop"
+        else:
+            seq.detokenizer.add(token)
+            if seq.detokenizer.stopped:
+                reason = "stop"
+            elif len(seq.output_ids) >= params.max_tokens:
+                reason = "length"
+        text = seq.detokenizer.take(final=reason is not None)
+        if reason is not None:
+            self._release(seq, reason)
+        return RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=[token],
+            new_text=text,
+            finished=reason is not None,
+            finish_reason=reason,
+            prompt_tokens=seq.prompt_len,
+            completion_tokens=len(seq.output_ids),
+            cached_tokens=seq.cached_tokens or 0,
+            logprobs=[logprobs] if logprobs is not None else None,
+        )
+
+    def _release(self, seq: Sequence, reason: FinishReason) -> None:
+        self._scheduler.remove(seq)
+        self._seqs.pop(seq.request_id, None)
+        seq.finish_reason = reason
+        self._metrics.num_requests_finished += 1
+
+    def _finish(
+        self, seq: Sequence, reason: FinishReason, error: str | None = None
+    ) -> RequestOutput:
+        self._release(seq, reason)
+        return RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=[],
+            new_text="",
+            finished=True,
+            finish_reason=reason,
+            prompt_tokens=seq.prompt_len,
+            completion_tokens=len(seq.output_ids),
+            cached_tokens=seq.cached_tokens or 0,
+            error=error,
+        )

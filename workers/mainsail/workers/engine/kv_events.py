@@ -1,0 +1,20 @@
+"""`KVEvent`: what the router's KV index learns from this engine.
+
+"stored" is emitted when a full block gets its hash (its KV is now reusable); "removed" when a
+hashed block is evicted to make room. Hashes are `mainsail.spec.kvhash` chain hashes, so the
+router can match them against prompts without asking the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class KVEvent:
+    """One batch of block hashes that appeared in or left a tier."""
+
+    kind: Literal["stored", "removed"]
+    block_hashes: list[int]
+    tier: Literal["device"] = "device"

@@ -1,0 +1,110 @@
+"""`EngineMetrics`: the load and latency figures the router and autoscaler read from a worker.
+
+Histograms use fixed bucket bounds (seconds) so workers can be summed; ``counts`` has one
+entry per bound (observations <= bound and > the previous bound) plus a final overflow bucket.
+The recorder is updated only by the engine thread; `snapshot` copies it into a frozen record.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+TTFT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TPOT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+EMA_ALPHA = 0.1
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Bucketed observations: ``counts[i]`` for ``bounds[i-1] < x <= bounds[i]``, last = more."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    total: float
+    count: int
+
+
+@dataclass
+class _HistogramRecorder:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def freeze(self) -> Histogram:
+        return Histogram(self.bounds, tuple(self.counts), self.total, self.count)
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """A snapshot of one engine's state and counters (counters only grow)."""
+
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    prefix_hit_tokens: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    step_time_ms_last: float
+    step_time_ms_ema: float
+    ttft: Histogram
+    tpot: Histogram
+    preemptions: int
+    num_requests_finished: int
+
+    @property
+    def kv_utilization(self) -> float:
+        """Fraction of KV blocks referenced by running sequences, in [0, 1]."""
+        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+
+
+@dataclass
+class MetricsRecorder:
+    """Mutable counters owned by the engine loop."""
+
+    prefix_hit_tokens: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    step_time_ms_last: float = 0.0
+    step_time_ms_ema: float = 0.0
+    preemptions: int = 0
+    num_requests_finished: int = 0
+    ttft: _HistogramRecorder = field(default_factory=lambda: _HistogramRecorder(TTFT_BUCKETS))
+    tpot: _HistogramRecorder = field(default_factory=lambda: _HistogramRecorder(TPOT_BUCKETS))
+
+    def observe_step(self, seconds: float) -> None:
+        ms = seconds * 1000.0
+        self.step_time_ms_last = ms
+        first = self.step_time_ms_ema == 0.0
+        self.step_time_ms_ema = (
+            ms if first else (1 - EMA_ALPHA) * self.step_time_ms_ema + EMA_ALPHA * ms
+        )
+
+    def snapshot(
+        self, running: int, waiting: int, kv_blocks_used: int, kv_blocks_total: int
+    ) -> EngineMetrics:
+        return EngineMetrics(
+            running=running,
+            waiting=waiting,
+            kv_blocks_used=kv_blocks_used,
+            kv_blocks_total=kv_blocks_total,
+            prefix_hit_tokens=self.prefix_hit_tokens,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            step_time_ms_last=self.step_time_ms_last,
+            step_time_ms_ema=self.step_time_ms_ema,
+            ttft=self.ttft.freeze(),
+            tpot=self.tpot.freeze(),
+            preemptions=self.preemptions,
+            num_requests_finished=self.num_requests_finished,
+        )

@@ -1,0 +1,50 @@
+"""What goes into the engine (`EngineRequest`) and what comes out per step (`RequestOutput`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mainsail.workers.engine.sampling_params import SamplingParams
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One generation request, already tokenized.
+
+    ``priority``: higher runs first and is preempted last (the Kubernetes convention).
+    ``adapter``: LoRA adapter name, mixed into the KV hash seed (not loadable yet).
+    ``arrival_time``: clock reading when the request arrived (for TTFT); defaults to now.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0
+    adapter: str | None = None
+    arrival_time: float | None = None
+
+
+@dataclass
+class RequestOutput:
+    """The delta of one request after one step (or its final record).
+
+    ``new_text`` is the incrementally detokenized text of ``new_token_ids``; text that might
+    begin a stop string is held back until it is known not to, and a matched stop string is
+    never emitted. ``logprobs`` has one dict per new token: the top-n token ids of the raw
+    distribution plus the chosen token, mapped to log-probabilities. ``cached_tokens`` counts
+    prompt tokens served from the prefix cache.
+    """
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: FinishReason | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    logprobs: list[dict[int, float]] | None = None
+    error: str | None = None

@@ -1,0 +1,92 @@
+"""`Sequence`: the engine's mutable record of one request while it is scheduled.
+
+Holds the tokens (prompt, then generated), how many of them have KV in the cache
+(``num_computed``), the block table, the chained hashes of every full block (kept equal to
+``chain_hashes(token_ids, block_size, seed, adapter)`` as tokens are appended), the request's
+own random generator and its detokenizer. Preemption by recompute resets ``num_computed`` and
+the block table but keeps tokens and hashes, so a resumed sequence often hits its own
+evicted-but-still-cached blocks.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from mainsail.spec.kvhash import adapter_seed, block_hash, chain_hashes
+from mainsail.workers.engine.detokenizer import Detokenizer
+from mainsail.workers.engine.kv_cache_manager import BlockTable
+from mainsail.workers.engine.request import EngineRequest, FinishReason
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine."""
+
+    request: EngineRequest
+    order: int
+    block_size: int
+    hash_seed: int
+    generator: torch.Generator
+    detokenizer: Detokenizer
+    arrival: float
+    token_ids: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    table: BlockTable = field(default_factory=BlockTable)
+    status: Status = Status.WAITING
+    cached_tokens: int | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finish_reason: FinishReason | None = None
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.request.prompt_token_ids)
+        self.block_hashes = chain_hashes(
+            self.token_ids, self.block_size, self.hash_seed, self.request.adapter
+        )
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len :]
+
+    @property
+    def priority_key(self) -> tuple[int, int]:
+        """Sort key: higher priority first, then first come first served."""
+        return (-self.request.priority, self.order)
+
+    def append(self, token_id: int) -> None:
+        """Add a generated token, hashing the block it completes."""
+        self.token_ids.append(token_id)
+        if self.num_tokens % self.block_size == 0:
+            parent = (
+                self.block_hashes[-1]
+                if self.block_hashes
+                else adapter_seed(self.hash_seed, self.request.adapter)
+            )
+            self.block_hashes.append(block_hash(parent, self.token_ids[-self.block_size :]))
+
+    def reset_for_recompute(self) -> None:
+        """Forget computed KV (blocks must already be freed): the sequence starts over."""
+        self.num_computed = 0
+        self.status = Status.WAITING

@@ -1,0 +1,142 @@
+"""One worker replica: engine + gRPC Worker service + registration, in one event loop.
+
+`WorkerHost` is plain Python so it runs the same inside a Ray actor (`ray_actor.py`, the
+normal way), in a KubeRay worker pod, or in a test process. Loading the checkpoint happens
+in a thread so the actor stays responsive while a large model loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+from pydantic import BaseModel, ConfigDict, Field
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.spec.deployment import EngineSettings
+from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig
+from mainsail.workers.fake_engine import FakeEngine
+from mainsail.workers.kv_publisher import KVEventHub
+from mainsail.workers.registration import Registrar
+from mainsail.workers.service import ServingEngine, WorkerService
+
+log = logging.getLogger(__name__)
+
+
+class WorkerSpec(BaseModel):
+    """What one worker replica needs to start; built by the launcher from the deployment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    worker_id: str = Field(..., min_length=1)
+    role: str = Field("unified", pattern=r"^(unified|prefill|decode|encode)$")
+    model_name: str = Field(..., min_length=1, description="Served name the router expects.")
+    model_dir: Path
+    engine: EngineSettings = EngineSettings()
+    router_address: str | None = Field(None, description="host:port of the router's gRPC.")
+    host: str = Field("127.0.0.1", description="Address the Worker service binds to.")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    adapters: tuple[str, ...] = ()
+    torch_threads: int = Field(1, ge=1, le=256, description="Intra-op threads for the engine.")
+    fake_engine: bool = Field(
+        False, description="Serve `FakeEngine` (instant tokens) instead of the model: benchmarks."
+    )
+
+
+class WorkerHost:
+    """Starts and stops one worker replica."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.engine: ServingEngine | None = None
+        self.hub: KVEventHub | None = None
+        self.registrar: Registrar | None = None
+        self._server: grpc.aio.Server | None = None
+        self._registration: asyncio.Task[None] | None = None
+        self.address = ""
+
+    async def start(self) -> str:
+        """Load the model, serve the Worker API, register; returns the service address."""
+        spec = self.spec
+        engine: ServingEngine
+        if spec.fake_engine:
+            fake = FakeEngine()
+            engine, snapshot = fake, fake.kv_snapshot
+        else:
+            import torch
+
+            torch.set_num_threads(spec.torch_threads)
+            config = EngineConfig.from_engine_settings(spec.engine)
+            real = AsyncEngine(await asyncio.to_thread(Engine, spec.model_dir, config))
+            engine, snapshot = real, real.kv_snapshot
+        self.engine = engine
+        self.hub = KVEventHub(spec.worker_id, engine.drain_kv_events, snapshot)
+        self.hub.start()
+        service = WorkerService(
+            spec.worker_id,
+            self.engine,
+            self.hub,
+            max_num_seqs=spec.engine.max_num_seqs,
+            adapters=spec.adapters,
+        )
+        server = grpc.aio.server()
+        pb_grpc.add_WorkerServicer_to_server(service, server)
+        port = server.add_insecure_port(f"{spec.host}:{spec.port}")
+        await server.start()
+        self._server = server
+        self.address = f"{spec.host}:{port}"
+        if spec.router_address:
+            kv = spec.engine.kv_hash()
+            info = pb.WorkerInfo(
+                worker_id=spec.worker_id,
+                address=self.address,
+                role=spec.role,
+                model=spec.model_name,
+                max_model_len=spec.engine.max_model_len,
+                max_num_seqs=spec.engine.max_num_seqs,
+                kv_hash=pb.KVHashParams(
+                    block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
+                ),
+                adapters=list(spec.adapters),
+            )
+            self.registrar = Registrar(spec.router_address, info, service.load_snapshot)
+            self._registration = asyncio.get_running_loop().create_task(self.registrar.run())
+        log.info("worker %s serving on %s", spec.worker_id, self.address)
+        return self.address
+
+    async def wait_registered(self, timeout: float = 30.0) -> None:
+        """Return once the router accepted this worker; raise if it refused or timed out."""
+        if self.registrar is None or self._registration is None:
+            raise RuntimeError("worker has no router to register with")
+        waiter = asyncio.ensure_future(self.registrar.registered.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self._registration}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiter.cancel()
+        if self._registration in done:
+            self._registration.result()  # raises RegistrationRefused
+        if not done:
+            raise TimeoutError(f"worker {self.spec.worker_id} not registered after {timeout} s")
+
+    async def ping(self) -> str:
+        """Liveness probe used by the launcher."""
+        return self.address
+
+    async def stop(self) -> None:
+        """Deregister, stop serving and stop the engine."""
+        if self._registration is not None:
+            self._registration.cancel()
+            with contextlib.suppress(BaseException):
+                await self._registration
+        if self.registrar is not None:
+            await self.registrar.deregister()
+        if self._server is not None:
+            await self._server.stop(grace=0.5)
+        if self.hub is not None:
+            await self.hub.stop()
+        if isinstance(self.engine, AsyncEngine):
+            await self.engine.shutdown()

@@ -1,0 +1,146 @@
+"""The shared KV tier: full KV blocks in Redis, keyed by their chained hash.
+
+Keys are `mainsail:kv:<fingerprint>:<hash as 16 hex digits>` — one key per block (no hash
+tags), so blocks spread over every slot of a Redis Cluster; values come from `BlockCodec`
+(header + data in one SET, hence atomic). Existence checks and fetches are pipelined: one
+round trip per batch, not per block. Eviction is Redis's own (`maxmemory-policy allkeys-lru`)
+or a TTL.
+
+Redis is an optimisation, never a dependency of correctness: every error (down, slow, full)
+opens a circuit for `backoff_s`, during which the tier answers "miss" and drops writes at no
+cost, so the engine recomputes and no request fails; the next call after the backoff probes
+Redis again, so the tier recovers by itself when Redis returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TierStats:
+    """Counters for metrics and benchmarks."""
+
+    stored_blocks: int = 0
+    fetched_blocks: int = 0
+    lookups: int = 0
+    hit_blocks: int = 0
+    errors: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    skipped_while_down: int = 0
+
+
+class RedisKVTier:
+    """Store, probe and fetch KV blocks in Redis, degrading to a no-op while Redis is down."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        fingerprint: str,
+        *,
+        ttl_s: int = 0,
+        key_prefix: str = "mainsail:kv",
+        backoff_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_s < 0 or backoff_s < 0:
+            raise ValueError("ttl_s and backoff_s must be >= 0")
+        self.client = client
+        self.prefix = f"{key_prefix}:{fingerprint}"
+        self.ttl_s = ttl_s
+        self.backoff_s = backoff_s
+        self._clock = clock
+        self._down_until = 0.0
+        self.stats = TierStats()
+
+    @classmethod
+    def from_url(
+        cls, url: str, fingerprint: str, *, timeout_s: float = 0.5, ttl_s: int = 0
+    ) -> RedisKVTier:
+        """A tier on a new client for ``url``, short socket timeouts: a slow Redis is a miss."""
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+        )
+        return cls(client, fingerprint, ttl_s=ttl_s)
+
+    def key(self, block_hash: int) -> str:
+        return f"{self.prefix}:{block_hash:016x}"
+
+    def available(self) -> bool:
+        """False while the circuit is open after an error."""
+        return self._clock() >= self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        self.stats.errors += 1
+        self._down_until = self._clock() + self.backoff_s
+        log.warning("Redis KV tier unavailable for %.1f s: %s", self.backoff_s, exc)
+
+    def store(self, blocks: Mapping[int, bytes]) -> int:
+        """Write ``blocks`` (hash -> encoded value); returns how many were written."""
+        if not blocks:
+            return 0
+        if not self.available():
+            self.stats.skipped_while_down += len(blocks)
+            return 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for block_hash, value in blocks.items():
+                pipe.set(self.key(block_hash), value, ex=self.ttl_s or None)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return 0
+        self.stats.stored_blocks += len(blocks)
+        self.stats.bytes_written += sum(len(v) for v in blocks.values())
+        return len(blocks)
+
+    def leading_hits(self, block_hashes: Sequence[int]) -> int:
+        """How many of ``block_hashes``, from the first, Redis holds (one round trip)."""
+        if not block_hashes or not self.available():
+            return 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for block_hash in block_hashes:
+                pipe.exists(self.key(block_hash))
+            found = pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return 0
+        self.stats.lookups += 1
+        hits = 0
+        for present in found:
+            if not present:
+                break
+            hits += 1
+        self.stats.hit_blocks += hits
+        return hits
+
+    def fetch(self, block_hashes: Sequence[int]) -> list[bytes]:
+        """Values of the leading ``block_hashes`` Redis still holds (stops at the first miss)."""
+        if not block_hashes or not self.available():
+            return []
+        try:
+            # Pipelined GETs rather than MGET: MGET fails across Redis Cluster slots.
+            pipe = self.client.pipeline(transaction=False)
+            for block_hash in block_hashes:
+                pipe.get(self.key(block_hash))
+            values = pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return []
+        out: list[bytes] = []
+        for value in values:
+            if value is None:
+                break
+            out.append(bytes(value))
+        self.stats.fetched_blocks += len(out)
+        self.stats.bytes_read += sum(len(v) for v in out)
+        return out

@@ -1,0 +1,48 @@
+"""Building blocks shared by the decoder architectures: RMSNorm and the SwiGLU feed-forward.
+
+Parameter names match Hugging Face checkpoints (``weight``, ``gate_proj``...), so a model's
+``state_dict`` keys are exactly the checkpoint's tensor names and loading needs no mapping.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 and scaled by a learned weight."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``. ``names`` lets Mixtral call them w1/w3/w2."""
+
+    def __init__(
+        self,
+        hidden: int,
+        intermediate: int,
+        names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+    ) -> None:
+        super().__init__()
+        self._names = names
+        gate, up, down = names
+        self.add_module(gate, nn.Linear(hidden, intermediate, bias=False))
+        self.add_module(up, nn.Linear(hidden, intermediate, bias=False))
+        self.add_module(down, nn.Linear(intermediate, hidden, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up, down = (getattr(self, n) for n in self._names)
+        out: torch.Tensor = down(F.silu(gate(x)) * up(x))
+        return out

@@ -1,0 +1,80 @@
+"""A worker announces itself to the router and keeps heartbeating its load.
+
+Registration carries the KV hashing parameters; a router that disagrees refuses the worker
+and says why (`RegistrationRefused`), which the worker reports instead of serving traffic
+that would be mis-routed. When the router forgets the worker (restart, missed heartbeats) the
+next heartbeat says so and the worker registers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+class RegistrationRefused(Exception):
+    """The router refused this worker; the message says why."""
+
+
+class Registrar:
+    """Registers ``info`` with the router at ``router_address`` and heartbeats until stopped."""
+
+    def __init__(
+        self,
+        router_address: str,
+        info: pb.WorkerInfo,
+        load: Callable[[], pb.LoadSnapshot],
+        *,
+        retry_s: float = 0.5,
+    ) -> None:
+        self.router_address = router_address
+        self.info = info
+        self.load = load
+        self.retry_s = retry_s
+        self.registered = asyncio.Event()
+        self.refused: str | None = None
+
+    async def run(self) -> None:
+        """Loop forever (cancel to stop); raises RegistrationRefused on a refusal."""
+        async with grpc.aio.insecure_channel(self.router_address) as channel:
+            stub = pb_grpc.RegistryStub(channel)
+            interval = 1.0
+            while True:
+                try:
+                    if not self.registered.is_set():
+                        reply = await stub.Register(self.info, timeout=5.0)
+                        if not reply.accepted:
+                            self.refused = reply.detail
+                            raise RegistrationRefused(reply.detail)
+                        interval = reply.heartbeat_interval or 1.0
+                        self.registered.set()
+                        log.info("registered %s with %s", self.info.worker_id, self.router_address)
+                    beat = await stub.Heartbeat(
+                        pb.HeartbeatRequest(worker_id=self.info.worker_id, load=self.load()),
+                        timeout=5.0,
+                    )
+                    if not beat.known:
+                        self.registered.clear()
+                        continue
+                    await asyncio.sleep(interval)
+                except grpc.aio.AioRpcError as exc:
+                    log.debug("router unreachable (%s); retrying", exc.code().name)
+                    self.registered.clear()
+                    await asyncio.sleep(self.retry_s)
+
+    async def deregister(self) -> None:
+        """Tell the router this worker is leaving (best effort)."""
+        async with grpc.aio.insecure_channel(self.router_address) as channel:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await pb_grpc.RegistryStub(channel).Deregister(
+                    pb.DeregisterRequest(worker_id=self.info.worker_id), timeout=2.0
+                )
