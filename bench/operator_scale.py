@@ -15,14 +15,17 @@ The RayCluster CRD must be installed (the integration fixture installs KubeRay's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +61,16 @@ def count_children(namespace: str) -> int:
     return len(out.split())
 
 
+def wait_alive(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("operator did not come up")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -69,12 +82,19 @@ def run_once(n: int, timeout_s: float) -> tuple[float, float]:
     namespace = f"bench-{n}-{secrets.token_hex(3)}"
     kubectl("create", "namespace", namespace)
     env = {**os.environ, "MAINSAIL_OPERATOR_RESYNC_SECONDS": "60"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    liveness = f"http://127.0.0.1:{port}/healthz"
+    command = [sys.executable, "-m", "mainsail.operator", "-n", namespace, f"--liveness={liveness}"]
+    log = open(os.environ.get("MAINSAIL_BENCH_LOG", os.devnull), "ab")  # noqa: SIM115
     operator = subprocess.Popen(
-        [sys.executable, "-m", "mainsail.operator", "--namespace", namespace],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        command,
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        time.sleep(3)  # operator start-up (imports, login, watches) is not part of the figure
+        wait_alive(liveness, operator)  # start-up (imports, login) is not part of the figure
+        time.sleep(1.0)  # let the watch streams open
         start = time.monotonic()
         kubectl("apply", "-n", namespace, "-f", "-", input=manifest(n))
         want = n * CHILDREN_PER_DEPLOYMENT
@@ -87,6 +107,7 @@ def run_once(n: int, timeout_s: float) -> tuple[float, float]:
     finally:
         os.killpg(operator.pid, signal.SIGTERM)
         operator.wait(timeout=30)
+        log.close()
         kubectl("delete", "namespace", namespace, "--wait=false")
 
 

@@ -124,12 +124,16 @@ def run_case(workers: int, tokens: int, block_size: int, iterations: int, seed: 
     hash_ms = statistics.median(timed(lambda: chain_hashes(token_ids, block_size), 5)[1])
     prompt = chain_hashes(token_ids, block_size)
 
+    # Memory from one build under tracemalloc; latency from a second, identical build without
+    # it (tracemalloc's own records interleave with the index's objects and slow lookups).
     gc.collect()
     tracemalloc.start()
-    index = GlobalKVIndex(max_blocks=1_000_000)
-    fill_index(index, prompt, workers, rng)
+    fill_index(GlobalKVIndex(max_blocks=1_000_000), prompt, workers, random.Random(seed + 1))
     traced, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    gc.collect()
+    index = GlobalKVIndex(max_blocks=1_000_000)
+    fill_index(index, prompt, workers, random.Random(seed + 1))
     stats = index.stats()
 
     snapshots = make_workers(workers, rng)

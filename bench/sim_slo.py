@@ -88,7 +88,14 @@ def main() -> int:
         variant = dataclasses.replace(settings, routing=routing)
         run = run_policy("ours", trace, gpu, variant, hasher)
         print(_row(name, summarise(run, slo)), flush=True)
-    for policy in ("ours-approx", "prefix-hash", "least-loaded", "round-robin", "random"):
+    for policy in (
+        "ours-approx",
+        "prefix-hash",
+        "least-loaded",
+        "round-robin",
+        "random",
+        "least-work",
+    ):
         print(
             _row(policy, summarise(run_policy(policy, trace, gpu, settings, hasher), slo)),
             flush=True,

@@ -234,21 +234,21 @@ def test_workers_dying_mid_stream_end_the_stream_with_an_error(
     client: openai.OpenAI, stack: dict[str, Any]
 ) -> None:
     """Runs last: kills every worker actor while a long stream is in flight."""
-    stream = client.completions.create(
-        model=stack["model"],
-        prompt="Tell a long story",
-        max_tokens=600,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
-    iterator = iter(stream)
-    next(iterator)
     workers = [
         p
         for p in psutil.process_iter(["cmdline"])
         if any("WorkerActor" in part for part in (p.info["cmdline"] or []))
     ]
     assert workers, "no worker actor processes found"
+    stream = client.completions.create(
+        model=stack["model"],
+        prompt="Tell a long story",
+        max_tokens=1000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    iterator = iter(stream)
+    next(iterator)
     for proc in workers:
         proc.kill()
     started = time.monotonic()

@@ -108,3 +108,15 @@ def test_satisfies_the_protocol_and_labels_its_mode() -> None:
     index: KVIndex = GlobalKVIndex()
     assert index.mode == "exact"
     assert index.stats().mode == "exact"
+
+
+def test_many_workers_match_brute_force() -> None:
+    """Masks wider than a machine word, sparse and dense departures alike."""
+    index = GlobalKVIndex()
+    prompt = list(range(100, 112))
+    depth = {f"w{i}": (i * 7) % 13 for i in range(300)}
+    for worker, d in depth.items():
+        index.apply_event(worker, "stored", prompt[:d])
+    index.remove_worker("w5")
+    del depth["w5"]
+    assert index.longest_prefix(prompt) == {w: d for w, d in depth.items() if d}

@@ -6,6 +6,9 @@ the same simulated workers. Each is the textbook version of what peers ship:
 - ``random``: uniform choice.
 - ``round-robin``: workers in turn.
 - ``least-loaded``: fewest requests at the worker (waiting + running); ties broken at random.
+- ``least-work``: a reference point rather than a peer: the worker minimising the prompt
+  tokens it still has to prefill plus this request's uncached tokens there (read from the
+  worker's own cache). It shows what a router could gain from a backlog-in-tokens signal.
 - ``prefix-hash``: modelled on the cache-aware modes of peer routers: consistent hashing (a
   ring with virtual nodes) of the prompt's first ``prefix_tokens`` tokens picks a home worker;
   when the cluster is imbalanced (``max - min > abs_threshold`` and ``max > rel_threshold *
@@ -75,6 +78,25 @@ class LeastLoadedPolicy:
 
     def route(self, req: SimRequest, now: float) -> int | None:
         return _least_loaded(self._workers, self._rng)
+
+
+class LeastWorkPolicy:
+    """Fewest prompt tokens left to prefill, counting this request's cache misses."""
+
+    name = "least-work"
+
+    def __init__(self, workers: Sequence[SimWorker], rng: random.Random) -> None:
+        self._workers = workers
+
+    def route(self, req: SimRequest, now: float) -> int | None:
+        bs = self._workers[0].block_size
+        best, best_cost = 0, -1
+        for w in self._workers:
+            miss = req.input_tokens - bs * w.kv.prefix_hits(req.block_hashes)
+            cost = w.backlog_tokens + miss
+            if best_cost < 0 or cost < best_cost:
+                best, best_cost = w.index, cost
+        return best
 
 
 class PrefixHashPolicy:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from mainsail.sim.baselines import (
     LeastLoadedPolicy,
+    LeastWorkPolicy,
     PrefixHashPolicy,
     RandomPolicy,
     RoundRobinPolicy,
@@ -39,7 +40,15 @@ class KVEventConsumer(Protocol):
     def on_kv_event(self, worker_id: str, kind: str, hashes: list[int]) -> None: ...
 
 
-POLICY_NAMES = ("ours", "ours-approx", "prefix-hash", "least-loaded", "round-robin", "random")
+POLICY_NAMES = (
+    "ours",
+    "ours-approx",
+    "prefix-hash",
+    "least-loaded",
+    "round-robin",
+    "random",
+    "least-work",
+)
 
 
 def make_policy(
@@ -61,6 +70,8 @@ def make_policy(
         return RouterPolicy(workers, rng, clock, routing=routing, approximate=True, changed=changed)
     if name == "prefix-hash":
         return PrefixHashPolicy(workers, rng)
+    if name == "least-work":
+        return LeastWorkPolicy(workers, rng)
     if name == "least-loaded":
         return LeastLoadedPolicy(workers, rng)
     if name == "round-robin":

@@ -71,6 +71,12 @@ class SimWorker:
         """Requests at this worker (waiting plus running)."""
         return len(self.waiting) + len(self.running)
 
+    @property
+    def backlog_tokens(self) -> int:
+        """Prompt tokens still to prefill here (waiting prompts counted whole)."""
+        running = sum(r.input_tokens - r.prefill_done for r in self.running)
+        return running + sum(r.input_tokens for r in self.waiting)
+
     def _invalidate(self) -> None:
         """Drops the cached snapshot and tells the router view this worker changed."""
         self._snapshot = None

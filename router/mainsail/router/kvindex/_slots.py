@@ -10,7 +10,6 @@ keep the masks short.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
 
 
 class WorkerSlots:
@@ -67,9 +66,17 @@ class WorkerSlots:
         return len(self._worker)
 
 
-def iter_bits(mask: int) -> Iterator[int]:
-    """Positions of the set bits of a non-negative ``mask``, lowest first."""
-    while mask:
-        low = mask & -mask
-        yield low.bit_length() - 1
-        mask ^= low
+def bit_positions(mask: int) -> list[int]:
+    """Positions of the set bits of a non-negative ``mask`` (any order).
+
+    Sparse masks peel the top bit (a few big-int operations per set bit); dense ones scan the
+    binary string once (linear in the width), which wins above roughly one bit in ten.
+    """
+    if mask.bit_count() * 10 <= mask.bit_length():
+        out = []
+        while mask:
+            top = mask.bit_length() - 1
+            out.append(top)
+            mask ^= 1 << top
+        return out
+    return [i for i, c in enumerate(bin(mask)[:1:-1]) if c == "1"]

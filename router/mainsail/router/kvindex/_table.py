@@ -1,10 +1,11 @@
 """The bounded block table both index modes are built on.
 
 Layout: an ``OrderedDict`` from block hash to one holder bitmask per tier (bit ``i`` = worker
-slot ``i``, see `_slots`), ordered from least to most recently useful; plus, per (worker slot,
-tier), the set of hashes it holds, so forgetting a worker costs its own blocks rather than a
-scan of the table. Every operation is O(1) per block (amortised) except the lookup walk, which
-is O(blocks of the prompt) with one big-int AND per block.
+slot ``i``, see `_slots`) plus a derived fourth mask, ``device | host``, kept up to date so the
+default lookup does one big-int AND per block; entries are ordered from least to most recently
+useful. Beside it, per (worker slot, tier), the set of hashes the slot holds, so forgetting a
+worker costs its own blocks rather than a scan of the table. Every operation is O(1) per block
+(amortised); the lookup walk is O(blocks of the prompt).
 
 Eviction: inserting a new hash when the table holds ``max_blocks`` drops the least recently
 useful entry first, so ``len(table) <= max_blocks`` always holds. "Useful" is refreshed on
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from mainsail.router.kvindex._slots import iter_bits
+from mainsail.router.kvindex._slots import bit_positions
 
 # Estimated CPython cost per table entry (OrderedDict slot and link, key int, list of 3 masks)
 # and per holder (set slot in the reverse index), calibrated with tracemalloc in
@@ -24,6 +25,8 @@ from mainsail.router.kvindex._slots import iter_bits
 _ENTRY_BYTES = 230
 _HOLDER_BYTES = 60
 _N_TIERS = 3
+_LOCAL = 3  # index of the derived device|host mask in an entry
+_LOCAL_TIERS = (0, 1)
 
 
 class BlockTable:
@@ -61,7 +64,7 @@ class BlockTable:
     def masks(self, block_hash: int) -> tuple[int, ...]:
         """Per-tier holder masks of a hash (all 0 when absent); does not touch."""
         entry = self._entries.get(block_hash)
-        return tuple(entry) if entry is not None else (0,) * _N_TIERS
+        return tuple(entry[:_N_TIERS]) if entry is not None else (0,) * _N_TIERS
 
     def held(self, slot: int, tier: int) -> frozenset[int]:
         """Hashes the slot holds in ``tier``."""
@@ -81,11 +84,13 @@ class BlockTable:
             if entry is None:
                 if len(entries) >= self.max_blocks:
                     self.evict_oldest()
-                entry = entries[h] = [0] * _N_TIERS
+                entry = entries[h] = [0] * (_N_TIERS + 1)
             else:
                 entries.move_to_end(h)
             if not entry[tier] & bit:
                 entry[tier] |= bit
+                if tier in _LOCAL_TIERS:
+                    entry[_LOCAL] |= bit
                 mine.add(h)
                 self.holders += 1
 
@@ -115,8 +120,8 @@ class BlockTable:
     def evict_oldest(self) -> int:
         """Drops the least recently useful entry and returns its hash."""
         h, entry = self._entries.popitem(last=False)
-        for tier, mask in enumerate(entry):
-            for slot in iter_bits(mask):
+        for tier in range(_N_TIERS):
+            for slot in bit_positions(entry[tier]):
                 self._held[slot][tier].discard(h)
                 self.holders -= 1
         self.evictions += 1
@@ -129,35 +134,43 @@ class BlockTable:
 
         One pass over the prompt: ``alive`` is the set of slots that hold every block so far;
         a slot's depth is the position where it leaves ``alive``. Stops when ``alive`` empties.
+        Per block: one dict lookup, one LRU touch, one big-int AND and compare.
         """
+        if not block_hashes:
+            return {}
         get = self._entries.get
         touch = self._entries.move_to_end if self.touch_on_lookup else None
-        t0 = tiers[0]
-        t1 = tiers[1] if len(tiers) > 1 else t0
-        t2 = tiers[2] if len(tiers) > 2 else t0
+        if tiers == _LOCAL_TIERS:
+            t0 = t1 = t2 = _LOCAL
+        else:
+            t0 = tiers[0]
+            t1 = tiers[1] if len(tiers) > 1 else t0
+            t2 = tiers[2] if len(tiers) > 2 else t0
         depth_of: dict[int, int] = {}
-        alive = 0
-        for depth, h in enumerate(block_hashes):
+        alive = -1  # every slot, before the first block
+        depth = 0
+        for h in block_hashes:
             entry = get(h)
             if entry is None:
-                mask = 0
-            else:
-                mask = entry[t0] | entry[t1] | entry[t2]
-                if touch is not None:
-                    touch(h)
-            if depth == 0:
-                alive = mask
-            else:
-                kept = alive & mask
-                if kept != alive:
-                    for slot in iter_bits(alive ^ kept):
-                        depth_of[slot] = depth
-                    alive = kept
-            if not alive:
-                return depth_of
-        total = len(block_hashes)
-        for slot in iter_bits(alive):
-            depth_of[slot] = total
+                break
+            if touch is not None:
+                touch(h)
+            kept = alive & (entry[t0] | entry[t1] | entry[t2] if t0 != t1 else entry[t0])
+            if kept != alive:
+                if not kept:
+                    break
+                if depth:
+                    gone = alive ^ kept
+                    if gone & (gone - 1):
+                        for slot in bit_positions(gone):
+                            depth_of[slot] = depth
+                    else:  # one worker leaves: the common case
+                        depth_of[gone.bit_length() - 1] = depth
+                alive = kept
+            depth += 1
+        if depth and alive:
+            for slot in bit_positions(alive):
+                depth_of[slot] = depth
         return depth_of
 
     def approx_bytes(self, width: int) -> int:
@@ -171,6 +184,8 @@ class BlockTable:
         bit = 1 << slot
         if entry[tier] & bit:
             entry[tier] &= ~bit
+            if tier in _LOCAL_TIERS:
+                entry[_LOCAL] = entry[0] | entry[1]
             self.holders -= 1
             if not any(entry):
                 del self._entries[h]

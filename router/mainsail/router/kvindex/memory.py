@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from mainsail.router.kvindex._slots import WorkerSlots, iter_bits
+from mainsail.router.kvindex._slots import WorkerSlots, bit_positions
 from mainsail.router.kvindex._table import BlockTable
 from mainsail.router.kvindex.protocol import (
     LOCAL_TIERS,
@@ -91,7 +91,7 @@ class GlobalKVIndex:
         return frozenset(
             (worker(slot), TIERS[t])
             for t, mask in enumerate(self._table.masks(block_hash))
-            for slot in iter_bits(mask)
+            for slot in bit_positions(mask)
         )
 
     def workers(self) -> frozenset[str]:

@@ -1,7 +1,10 @@
-"""Building blocks shared by the decoder architectures: RMSNorm and the SwiGLU feed-forward.
+"""Building blocks shared by the decoder architectures: Linear, Embedding, RMSNorm, SwiGLU.
 
 Parameter names match Hugging Face checkpoints (``weight``, ``gate_proj``...), so a model's
 ``state_dict`` keys are exactly the checkpoint's tensor names and loading needs no mapping.
+`Linear` and `Embedding` allocate uninitialised parameters: every weight comes from the
+checkpoint, and random initialisation on the ``meta`` device would pull in torch's slow
+reference-kernel imports (seconds per process) for nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +12,29 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Linear(nn.Module):
+    """``y = x W^T (+ b)`` with an uninitialised ``[out, in]`` weight."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    """Token id -> row of an uninitialised ``[vocab, hidden]`` table."""
+
+    def __init__(self, num_embeddings: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -38,9 +64,9 @@ class GatedMLP(nn.Module):
         super().__init__()
         self._names = names
         gate, up, down = names
-        self.add_module(gate, nn.Linear(hidden, intermediate, bias=False))
-        self.add_module(up, nn.Linear(hidden, intermediate, bias=False))
-        self.add_module(down, nn.Linear(intermediate, hidden, bias=False))
+        self.add_module(gate, Linear(hidden, intermediate, bias=False))
+        self.add_module(up, Linear(hidden, intermediate, bias=False))
+        self.add_module(down, Linear(intermediate, hidden, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up, down = (getattr(self, n) for n in self._names)

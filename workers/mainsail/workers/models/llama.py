@@ -12,7 +12,7 @@ from torch import nn
 
 from mainsail.workers.models.attention import AttentionBatch, paged_attention
 from mainsail.workers.models.config import ModelConfig
-from mainsail.workers.models.layers import GatedMLP, RMSNorm
+from mainsail.workers.models.layers import Embedding, GatedMLP, Linear, RMSNorm
 from mainsail.workers.models.rope import RotaryTable, apply_rotary
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -25,10 +25,10 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
-        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
+        self.q_proj = Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=bias)
+        self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
+        self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
+        self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
 
     def forward(
         self,
@@ -74,7 +74,7 @@ class DecoderLayer(nn.Module):
 class _Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig, layers: list[DecoderLayer]) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -91,7 +91,7 @@ class LlamaForCausalLM(nn.Module):
             DecoderLayer(cfg, self.ffn_name, self.make_ffn(cfg)) for _ in range(cfg.num_layers)
         ]
         self.model = _Backbone(cfg, layers)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary: RotaryTable | None = None
 
     def make_ffn(self, cfg: ModelConfig) -> nn.Module:

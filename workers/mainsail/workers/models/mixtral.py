@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mainsail.workers.models.config import ModelConfig
-from mainsail.workers.models.layers import GatedMLP
+from mainsail.workers.models.layers import GatedMLP, Linear
 from mainsail.workers.models.llama import LlamaForCausalLM
 
 
@@ -28,7 +28,7 @@ class SparseMoE(nn.Module):
                 f"num_local_experts ({cfg.num_experts})"
             )
         self.top_k = cfg.experts_per_token
-        self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.gate = Linear(cfg.hidden_size, cfg.num_experts, bias=False)
         self.experts = nn.ModuleList(
             GatedMLP(cfg.hidden_size, cfg.intermediate_size, names=("w1", "w3", "w2"))
             for _ in range(cfg.num_experts)

@@ -42,5 +42,6 @@ class CapacityFilter:
             w
             for w in candidates
             if need <= w.max_model_len
-            and max(w.outstanding, w.running + w.waiting) < factor * w.max_num_seqs
+            and w.outstanding < (limit := factor * w.max_num_seqs)
+            and w.running + w.waiting < limit
         ]

@@ -24,5 +24,6 @@ def relative_headroom(loads: Sequence[float], slack: float) -> list[float]:
     if not loads:
         return []
     low = min(loads)
-    scale = low + slack
-    return [1.0 - min(1.0, (x - low) / scale) for x in loads]
+    inv = 1.0 / (low + slack)
+    # conditional expressions, not min(): this runs once per worker per decision
+    return [1.0 - d if (d := (x - low) * inv) < 1.0 else 0.0 for x in loads]

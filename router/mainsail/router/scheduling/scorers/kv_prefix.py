@@ -24,5 +24,9 @@ class KVPrefixScorer:
         blocks = len(ctx.request.block_hashes)
         if blocks == 0 or not ctx.prefix_hits:
             return [0.0] * len(candidates)
-        hits = ctx.prefix_hits
-        return [min(1.0, hits.get(w.worker_id, 0) / blocks) for w in candidates]
+        get = ctx.prefix_hits.get
+        inv = 1.0 / blocks
+        scores = [get(w.worker_id, 0) * inv for w in candidates]
+        if max(ctx.prefix_hits.values()) > blocks:  # more hits than blocks: clip to 1
+            scores = [s if s < 1.0 else 1.0 for s in scores]
+        return scores

@@ -21,6 +21,8 @@ class KVUtilizationScorer:
 
     def score(self, ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]) -> list[float]:
         return [
-            max(0.0, 1.0 - w.kv_blocks_used / w.kv_blocks_total) if w.kv_blocks_total else 0.0
+            1.0 - w.kv_blocks_used / w.kv_blocks_total
+            if w.kv_blocks_used < w.kv_blocks_total
+            else 0.0
             for w in candidates
         ]

@@ -35,5 +35,9 @@ class QueueDepthScorer:
         self.slack = slack
 
     def score(self, ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]) -> list[float]:
-        pending = [w.waiting + max(0, w.outstanding - w.running - w.waiting) for w in candidates]
+        # same formula as the docstring, without a max() call per worker
+        pending = [
+            w.outstanding - w.running if w.outstanding > w.running + w.waiting else w.waiting
+            for w in candidates
+        ]
         return relative_headroom(pending, self.slack)
