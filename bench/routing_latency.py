@@ -128,9 +128,11 @@ def run_case(workers: int, tokens: int, block_size: int, iterations: int, seed: 
     # it (tracemalloc's own records interleave with the index's objects and slow lookups).
     gc.collect()
     tracemalloc.start()
-    fill_index(GlobalKVIndex(max_blocks=1_000_000), prompt, workers, random.Random(seed + 1))
+    traced_index = GlobalKVIndex(max_blocks=1_000_000)
+    fill_index(traced_index, prompt, workers, random.Random(seed + 1))
     traced, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    del traced_index
     gc.collect()
     index = GlobalKVIndex(max_blocks=1_000_000)
     fill_index(index, prompt, workers, random.Random(seed + 1))
@@ -210,6 +212,7 @@ def soak(seconds: float, cap: int, workers: int, seed: int) -> None:
     next_print = 0.0
     ops = 0
     print(f"Soak: cap {cap} blocks, {workers} workers, {seconds:g} s")
+    print()
     print("| elapsed s | ops | entries | holders | evictions | est. MB | RSS MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     while (elapsed := time.perf_counter() - start) < seconds:

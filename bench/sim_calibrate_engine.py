@@ -67,29 +67,37 @@ def measure_prefills(engine: Engine, salt: int) -> list[dict[str, Any]]:
 def measure_decodes(engine: Engine, salt: int) -> list[dict[str, Any]]:
     """Batches of B requests: after their prefills, each step decodes all B (known context)."""
     rows: list[dict[str, Any]] = []
-    prompt_len, new_tokens = 64, 24
-    for batch in (1, 2, 4, 8, 16, 32):
+    new_tokens = 24
+    grid = [(64, b) for b in (1, 2, 4, 8, 16, 32)] + [
+        (p, b) for p in (512, 1024) for b in (1, 4, 16)
+    ]
+    for prompt_len, batch in grid:
         params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
         for i in range(batch):
-            engine.add_request(
-                EngineRequest(f"d{salt}-{batch}-{i}", _prompt(prompt_len, i), params)
-            )
-        prefill_steps = -(-batch * prompt_len // BUDGET)
-        for _ in range(prefill_steps):
-            engine.step()
-        generated = 1
-        while engine.has_unfinished() and generated < new_tokens:
-            seconds = _timed_step(engine)
+            rid = f"d{salt}-{prompt_len}-{batch}-{i}"
+            engine.add_request(EngineRequest(rid, _prompt(prompt_len, 100 * salt + i), params))
+        produced: dict[str, int] = {}
+        for _ in range(10_000):  # prefill phase: until every request has its first token
+            if len(produced) == batch:
+                break
+            for out in engine.step():
+                produced[out.request_id] = out.completion_tokens
+        while engine.has_unfinished() and max(produced.values()) < new_tokens - 1:
+            context = sum(prompt_len + n for n in produced.values())
+            start = time.perf_counter()
+            outs = engine.step()
+            seconds = time.perf_counter() - start
             rows.append(
                 {
                     "prefill_tokens": 0,
                     "attn_pairs": 0.0,
                     "decode_seqs": batch,
-                    "decode_context": batch * (prompt_len + generated),
+                    "decode_context": context,
                     "seconds": seconds,
                 }
             )
-            generated += 1
+            for out in outs:
+                produced[out.request_id] = out.completion_tokens
         for _ in range(10_000):
             if not engine.has_unfinished():
                 break
@@ -131,7 +139,8 @@ def main() -> int:
         print(f"  {name:16s} {getattr(profile, name):.3e}")
     print(
         f"fit: median relative error {100 * quality['median_rel_error']:.1f} %, "
-        f"p90 {100 * quality['p90_rel_error']:.1f} %"
+        f"p90 {100 * quality['p90_rel_error']:.1f} %, predicted / measured total time "
+        f"{quality['total_time_ratio']:.2f}"
     )
     print(f"measurements: {args.out / 'measurements.json'}")
     print(f"fit a profile file: python -m mainsail.sim.calibrate {args.out / 'measurements.json'}")

@@ -17,6 +17,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +75,7 @@ def replay_real(trace: list[TraceRequest], timeout_s: float) -> dict[str, list[f
         i: SamplingParams(temperature=0.0, max_tokens=r.output_tokens, ignore_eos=True)
         for i, r in enumerate(trace)
     }
+    busy = 0.0
     t0 = time.perf_counter()
     nxt = 0
     while nxt < len(trace) or engine.has_unfinished():
@@ -88,7 +90,10 @@ def replay_real(trace: list[TraceRequest], timeout_s: float) -> dict[str, list[f
         if not engine.has_unfinished():
             time.sleep(max(0.0, min(0.01, trace[nxt].arrival_s - now)))
             continue
-        for out in engine.step():
+        step_start = time.perf_counter()
+        outs = engine.step()
+        busy += time.perf_counter() - step_start
+        for out in outs:
             stamp = time.perf_counter() - t0
             if out.new_token_ids and out.request_id not in first:
                 first[out.request_id] = stamp
@@ -99,6 +104,8 @@ def replay_real(trace: list[TraceRequest], timeout_s: float) -> dict[str, list[f
         "ttft": [first[i] - trace[int(i)].arrival_s for i in ids],
         "e2e": [done[i] - trace[int(i)].arrival_s for i in ids],
         "end": [max(done.values())],
+        "busy": [busy],
+        "hit_tokens": [float(engine.metrics().prefix_hit_tokens)],
     }
 
 
@@ -113,6 +120,7 @@ def main() -> int:
     ap.add_argument("--time-scale", type=float, default=4.0)
     ap.add_argument("--max-output", type=int, default=48)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--gpu-profiles", type=Path, default=None, help="profiles YAML (cpu-tiny)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     trace = shrink(
@@ -127,7 +135,7 @@ def main() -> int:
     run = run_policy(
         "round-robin",
         trace,
-        load_profile("cpu-tiny"),
+        load_profile("cpu-tiny", args.gpu_profiles),
         SimSettings(workers=1, block_size=BLOCK, max_model_len=2048),
         TinyHasher(BLOCK),
     )
@@ -144,6 +152,12 @@ def main() -> int:
     real_tps = out_tokens / real["end"][0]
     sim_tps = out_tokens / max(r.finished for r in run.requests)
     print(f"| output tokens/s | {real_tps:.0f} | {sim_tps:.0f} | {sim_tps / real_tps:.2f} |")
+    print(_line("engine busy time", real["busy"][0], run.busy_s[0]))
+    sim_hits = sum(r.cached_tokens for r in run.requests)
+    print(
+        f"| prefix-hit tokens | {real['hit_tokens'][0]:.0f} | {sim_hits} | "
+        f"{sim_hits / max(1.0, real['hit_tokens'][0]):.2f} |"
+    )
     return 0
 
 

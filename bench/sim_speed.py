@@ -72,8 +72,8 @@ def main() -> int:
     names = [args.only] if args.only else list(SCENARIOS)
     print(f"block size {args.block_size}; H100 profile; Mooncake trace, 1 h")
     print(
-        f"{'scenario':10s} {'policy':12s} {'requests':>8s} {'sim s':>8s} {'peak MB':>8s} "
-        f"{'µs/decision':>11s} {'hit':>6s} {'SLO':>6s}"
+        f"{'scenario':10s} {'policy':12s} {'requests':>8s} {'wall s':>8s} {'cpu s':>7s} "
+        f"{'peak MB':>8s} {'µs/decision':>11s} {'hit':>6s} {'SLO':>6s}"
     )
     for name in names:
         base = None

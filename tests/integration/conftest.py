@@ -36,7 +36,7 @@ import pytest
 ENSURE_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "testbed" / "ensure.sh"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
-_SERVICE_CIDR = "10.0.0.0/24"
+_SERVICE_CIDR = "10.0.0.0/16"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from the kubelet. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -73,14 +74,20 @@ def kuberay_crd_file() -> Path:
 
 def install_crds(bed: Any) -> None:
     """Our CRDs plus KubeRay's RayCluster, server-side applied and established."""
-    bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "deploy/crds"))
-    bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(kuberay_crd_file()))
+    for source in (ROOT / "deploy/crds", kuberay_crd_file()):
+        bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(source))
     for name in (
         "modeldeployments.mainsail.dev",
         "servingpools.mainsail.dev",
         "rayclusters.ray.io",
     ):
-        bed.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
+        wait_for(functools.partial(established, bed, name), f"CRD {name} established")
+
+
+def established(bed: Any, crd: str) -> bool:
+    """`kubectl wait` errors on a CRD whose status is not written yet, so poll instead."""
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    return bool(bed.kubectl("get", "crd", crd, "-o", f"jsonpath={path}").stdout == "True")
 
 
 def _free_port() -> int:

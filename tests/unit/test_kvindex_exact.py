@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mainsail.router.kvindex import GlobalKVIndex, KVIndex
 
 pytestmark = pytest.mark.unit

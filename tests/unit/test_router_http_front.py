@@ -285,3 +285,27 @@ def test_registry_refuses_mismatched_kv_hash(tiny_model_dir: Path) -> None:
     assert not verdict.accepted
     assert "KV hash mismatch" in verdict.detail and "b32" in verdict.detail
     assert len(router.registry) == 0
+
+
+async def test_workers_without_kv_events_get_approximate_prefix_affinity(
+    tiny_model_dir: Path,
+) -> None:
+    from mainsail.router.kvindex import ApproximateIndex
+
+    router, transport = make_router(tiny_model_dir)
+    router.approx = ApproximateIndex(max_blocks=1000)
+    router.publishes_events = lambda worker_id: False
+    for name in ("a", "b", "c"):
+        add_worker(router, transport, name)
+    app = build_app(router)
+    prompt = "a shared system prompt that spans several KV blocks " * 6
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as h:
+        first = await h.post("/v1/completions", json={"model": MODEL, "prompt": prompt})
+        again = [
+            await h.post("/v1/completions", json={"model": MODEL, "prompt": prompt + f" {i}"})
+            for i in range(4)
+        ]
+        metrics = (await h.get("/metrics")).text
+    chosen = first.headers["x-mainsail-worker"]
+    assert all(r.headers["x-mainsail-worker"] == chosen for r in again)
+    assert 'mainsail_router_index_hit_blocks_total{mode="approximate"}' in metrics

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+
 from mainsail.router.kvindex import ApproximateIndex
 from mainsail.router.scheduling import (
     RequestInfo,

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+
 from mainsail.router.scheduling import RequestInfo, SchedulingContext, WorkerSnapshot
 from mainsail.router.scheduling.filters.adapter import AdapterFilter
 from mainsail.router.scheduling.filters.capacity import CapacityFilter

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from mainsail.router.scheduling.pickers.max_score import MaxScorePicker
 from mainsail.router.scheduling.pickers.weighted_random import WeightedRandomPicker
 
@@ -63,3 +64,14 @@ def test_weighted_random_is_proportional(totals: list[float], expected_share: li
 def test_pickers_refuse_empty(picker: MaxScorePicker | WeightedRandomPicker) -> None:
     with pytest.raises(ValueError, match="no candidates"):
         picker.pick([])
+
+
+def test_round_robin_visits_every_candidate_in_turn() -> None:
+    import random
+
+    from mainsail.router.scheduling.pickers.round_robin import RoundRobinPicker
+
+    picker = RoundRobinPicker(random.Random(3))
+    picks = [picker.pick([0.0, 5.0, 1.0]) for _ in range(9)]
+    assert sorted(picks) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert picks[:3] == picks[3:6]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+
 from mainsail.router.scheduling import (
     RequestInfo,
     SchedulingContext,

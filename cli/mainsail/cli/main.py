@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote a tiny {args.arch} checkpoint to {out}")
         return 0
     if args.command == "router":
-        from mainsail.router.__main__ import main as router_main
+        from mainsail.cli.router_cmd import main as router_main
 
         return router_main(args.args)
     if args.command == "sim":

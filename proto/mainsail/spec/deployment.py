@@ -183,7 +183,9 @@ class RoutingProfile(SpecModel):
             ScorerWeight(name="kv-utilization", weight=0.5),
         ]
     )
-    picker: Literal["max-score", "weighted-random"] = "max-score"
+    picker: Literal["max-score", "weighted-random", "round-robin"] = Field(
+        "max-score", description="How one worker is chosen from the scored candidates."
+    )
 
 
 class RouterSettings(SpecModel):
@@ -244,7 +246,8 @@ class ObjectMeta(SpecModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
-    name: str = Field(..., min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    # 55, not 63: children append suffixes such as "-unified" and must stay valid names.
+    name: str = Field(..., min_length=1, max_length=55, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     namespace: str = "default"
 
 

@@ -29,7 +29,12 @@ class KVEventFeed:
         self.transport = transport
         self.retry_s = retry_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._publishing: set[str] = set()
         self.batches = 0
+
+    def publishes(self, worker_id: str) -> bool:
+        """True once ``worker_id`` has delivered KV events (else the router approximates)."""
+        return worker_id in self._publishing
 
     def on_add(self, entry: WorkerEntry) -> None:
         """Start following a worker (restart if it re-registered)."""
@@ -40,6 +45,7 @@ class KVEventFeed:
 
     def on_remove(self, entry: WorkerEntry) -> None:
         """Stop following a worker and forget its blocks."""
+        self._publishing.discard(entry.worker_id)
         task = self._tasks.pop(entry.worker_id, None)
         if task is not None:
             task.cancel()
@@ -57,6 +63,7 @@ class KVEventFeed:
     def apply(self, worker_id: str, batch: pb.KVEventBatch) -> None:
         """Apply one batch of events from ``worker_id``."""
         self.batches += 1
+        self._publishing.add(worker_id)
         for event in batch.events:
             tier = _TIERS.get(event.tier, "device")
             hashes = list(event.block_hashes)

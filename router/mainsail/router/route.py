@@ -25,7 +25,7 @@ from mainsail.router.errors import (
     unavailable,
     upstream_failed,
 )
-from mainsail.router.kvindex import KVIndex
+from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.scheduling import (
@@ -78,6 +78,8 @@ class Router:
         index: KVIndex,
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        approx: ApproximateIndex | None = None,
+        publishes_events: Callable[[str], bool] = lambda worker_id: True,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
@@ -85,6 +87,8 @@ class Router:
         self.transport = transport
         self.profile = profile
         self.index = index
+        self.approx = approx
+        self.publishes_events = publishes_events
         self.metrics = metrics or RouterMetrics()
         self._clock = clock
         self._pending = 0
@@ -239,7 +243,13 @@ class Router:
         if not entries:
             return None
         t0 = time.perf_counter()
-        hits = self.index.longest_prefix(prepared.info.block_hashes)
+        hashes = prepared.info.block_hashes
+        hits = self.index.longest_prefix(hashes)
+        if self.approx is not None:
+            # Workers that publish no KV events are scored from the router's own history.
+            for worker_id, depth in self.approx.longest_prefix(hashes).items():
+                if not self.publishes_events(worker_id):
+                    hits[worker_id] = max(hits.get(worker_id, 0), depth)
         ctx = SchedulingContext(
             request=prepared.info,
             workers=tuple(_snapshot(e) for e in entries),
@@ -252,9 +262,11 @@ class Router:
             self.metrics.plugin.labels(f"{timing.kind}:{timing.name}").observe(timing.seconds)
         if decision.worker_id is None:
             return None
-        self.metrics.expected_hit_blocks.labels(self.index.mode).inc(
-            hits.get(decision.worker_id, 0)
-        )
+        mode = self.index.mode
+        if self.approx is not None and not self.publishes_events(decision.worker_id):
+            self.approx.record_dispatch(decision.worker_id, hashes)
+            mode = self.approx.mode
+        self.metrics.expected_hit_blocks.labels(mode).inc(hits.get(decision.worker_id, 0))
         return self.registry.get(decision.worker_id)
 
     def _worker_request(self, prepared: Prepared) -> pb.WorkerRequest:

@@ -25,7 +25,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.grpc_front import InferenceService, RegistryService
 from mainsail.router.http_front import build_app
 from mainsail.router.kv_events import KVEventFeed
-from mainsail.router.kvindex import GlobalKVIndex
+from mainsail.router.kvindex import ApproximateIndex, GlobalKVIndex
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.route import Router
@@ -66,6 +66,8 @@ class RouterServer:
             config.model_name, config.kv_hash, expiry=config.worker_expiry, clock=clock
         )
         self.index = GlobalKVIndex(max_blocks=config.kv_index_max_blocks)
+        self.approx = ApproximateIndex(max_blocks=max(1, config.kv_index_max_blocks // 10))
+        self.feed = KVEventFeed(self.index, self.transport)
         self.router = Router(
             config,
             Tokenizer(config.model_dir),
@@ -75,8 +77,9 @@ class RouterServer:
             self.index,
             self.metrics,
             clock,
+            approx=self.approx,
+            publishes_events=self.feed.publishes,
         )
-        self.feed = KVEventFeed(self.index, self.transport)
         self.registry.subscribe(on_add=self._added, on_remove=self._removed)
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
@@ -90,6 +93,7 @@ class RouterServer:
 
     def _removed(self, entry: WorkerEntry) -> None:
         self.feed.on_remove(entry)
+        self.approx.remove_worker(entry.worker_id)
         self._count_workers()
         task = asyncio.get_running_loop().create_task(self.transport.drop(entry.address))
         self._tasks.append(task)

@@ -10,10 +10,9 @@ real steps and writes them as JSON; this module fits the cost model to them. Inp
                 "decode_seqs": 0, "decode_context": 0, "seconds": 0.0123}, ...]}
 
 ``attn_pairs`` is ``sum(n * (c + n / 2))`` over the step's prefill chunks (n new tokens after c
-cached ones). The fit is non-negative least squares on relative error (rows weighted by
-1 / seconds, so short decode steps count as much as long prefills) of the formula in
-`mainsail.sim.cost`. The output is a YAML ``profiles:`` mapping that ``--gpu-profiles`` reads,
-and the fit's median and p90 relative error are printed.
+cached ones). The fit is exact non-negative least squares of the formula in
+`mainsail.sim.cost`, on absolute seconds by default (see `fit` for why). The output is a
+YAML ``profiles:`` mapping that ``--gpu-profiles`` reads; the fit's errors are printed.
 """
 
 from __future__ import annotations
@@ -48,37 +47,58 @@ def design_matrix(steps: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Least squares with every coefficient >= 0 (drop negative columns and refit)."""
-    active = list(range(a.shape[1]))
-    coef = np.zeros(a.shape[1])
-    while active:
-        sol, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
-        if (sol >= 0).all():
-            coef[active] = sol
-            return coef
-        active = [c for c, v in zip(active, sol, strict=True) if v >= 0]
-    return coef
+    """Exact least squares with every coefficient >= 0, by trying every support set.
+
+    The model has four parameters, so the 15 non-empty subsets of columns are cheap; the
+    answer is the best unconstrained fit among subsets whose solution is non-negative.
+    """
+    n = a.shape[1]
+    best, best_err = np.zeros(n), float(np.sum(b * b))
+    for mask in range(1, 1 << n):
+        cols = [c for c in range(n) if mask >> c & 1]
+        sol, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+        if (sol < 0).any():
+            continue
+        coef = np.zeros(n)
+        coef[cols] = sol
+        err = float(np.sum((a @ coef - b) ** 2))
+        if err < best_err:
+            best, best_err = coef, err
+    return best
 
 
-def fit(steps: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
-    """Fitted parameters and fit quality (median and p90 relative error)."""
+def fit(
+    steps: list[dict[str, Any]], weighting: str = "absolute"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Fitted parameters and fit quality (median and p90 relative error).
+
+    ``absolute`` (default) minimises squared seconds, so total busy time, and with it
+    throughput and queueing, is matched; ``relative`` minimises squared relative error, which
+    fits short steps better but under-predicts when measurement noise is one-sided (a shared
+    CPU only ever adds time).
+    """
     a, y = design_matrix(steps)
     if (y <= 0).any():
         raise ValueError("every step's seconds must be > 0")
-    w = 1.0 / y
+    if weighting not in ("absolute", "relative"):
+        raise ValueError(f"weighting must be 'absolute' or 'relative', got {weighting!r}")
+    w = 1.0 / y if weighting == "relative" else np.ones_like(y)
     coef = nnls(a * w[:, None], y * w)
     rel = np.abs(a @ coef - y) / y
     params = dict(zip(_PARAMS, (float(c) for c in coef), strict=True))
     quality = {
         "median_rel_error": float(np.median(rel)),
         "p90_rel_error": float(np.percentile(rel, 90)),
+        "total_time_ratio": float((a @ coef).sum() / y.sum()),
     }
     return params, quality
 
 
-def profile_from_measurements(doc: dict[str, Any]) -> tuple[GPUProfile, dict[str, float]]:
+def profile_from_measurements(
+    doc: dict[str, Any], weighting: str = "absolute"
+) -> tuple[GPUProfile, dict[str, float]]:
     """A validated profile from a measurements document, and its fit quality."""
-    params, quality = fit(list(doc.get("steps", [])))
+    params, quality = fit(list(doc.get("steps", [])), weighting)
     profile = GPUProfile(
         name=str(doc.get("name", "calibrated")),
         description=str(doc.get("description", "fitted by mainsail.sim.calibrate")),
@@ -96,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mainsail.sim.calibrate", description=__doc__)
     p.add_argument("measurements", type=Path)
     p.add_argument("--out", type=Path, default=None, help="write a profiles YAML here")
+    p.add_argument("--weighting", choices=["absolute", "relative"], default="absolute")
     args = p.parse_args(argv)
     try:
         doc = json.loads(args.measurements.read_text())
-        profile, quality = profile_from_measurements(doc)
+        profile, quality = profile_from_measurements(doc, args.weighting)
     except (OSError, ValueError, KeyError) as exc:
         print(f"calibrate: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text, end="")
     print(
         f"# fit over {len(doc['steps'])} steps: median relative error "
-        f"{100 * quality['median_rel_error']:.1f} %, p90 {100 * quality['p90_rel_error']:.1f} %"
+        f"{100 * quality['median_rel_error']:.1f} %, p90 {100 * quality['p90_rel_error']:.1f} %, "
+        f"predicted / measured total time {quality['total_time_ratio']:.2f}"
     )
     if args.out is not None:
         args.out.write_text(text)

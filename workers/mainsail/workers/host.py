@@ -21,6 +21,7 @@ from mainsail.spec.deployment import EngineSettings
 from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub
+from mainsail.workers.kvtier import RedisTierFactory
 from mainsail.workers.registration import Registrar
 from mainsail.workers.service import ServingEngine, WorkerService
 
@@ -44,6 +45,11 @@ class WorkerSpec(BaseModel):
     torch_threads: int = Field(1, ge=1, le=256, description="Intra-op threads for the engine.")
     fake_engine: bool = Field(
         False, description="Serve `FakeEngine` (instant tokens) instead of the model: benchmarks."
+    )
+    redis_url: str | None = Field(
+        None,
+        pattern=r"^(rediss?|unix)://",
+        description="The cache pool's Redis: KV blocks are written to and fetched from it.",
     )
 
 
@@ -70,7 +76,8 @@ class WorkerHost:
             import torch
 
             torch.set_num_threads(spec.torch_threads)
-            config = EngineConfig.from_engine_settings(spec.engine)
+            tier = RedisTierFactory(spec.redis_url) if spec.redis_url else None
+            config = EngineConfig.from_engine_settings(spec.engine, kv_tier=tier)
             real = AsyncEngine(await asyncio.to_thread(Engine, spec.model_dir, config))
             engine, snapshot = real, real.kv_snapshot
         self.engine = engine

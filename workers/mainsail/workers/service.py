@@ -154,7 +154,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             timestamp=self._clock(),
         )
 
-    async def Migrate(  # noqa: N802 - gRPC method name
+    async def Migrate(
         self, request: pb.MigrateRequest, context: grpc.aio.ServicerContext
     ) -> pb.MigrateReply:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "live migration is not available yet")

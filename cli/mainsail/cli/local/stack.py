@@ -191,6 +191,7 @@ class LocalStack:
                     router_address=router_address,
                     host=self.options.host,
                     adapters=tuple(a.name for a in spec.adapters),
+                    redis_url=self.redis_url,
                 )
                 handle = actor.options(name=worker.worker_id).remote(worker.model_dump_json())
                 self.actors.append(handle)
@@ -226,14 +227,11 @@ class LocalStack:
             import ray
 
             for handle in self.actors:
-                try:
+                # Shutting down regardless of how each actor answers.
+                with contextlib.suppress(Exception):
                     ray.get(handle.stop.remote(), timeout=10)
-                except Exception:
-                    pass
-                try:
+                with contextlib.suppress(Exception):
                     ray.kill(handle)
-                except Exception:
-                    pass
             ray.shutdown()
             self.ray_started = False
         if self.router_proc is not None and self.router_proc.poll() is None:

@@ -120,9 +120,17 @@ class BlockTable:
     def evict_oldest(self) -> int:
         """Drops the least recently useful entry and returns its hash."""
         h, entry = self._entries.popitem(last=False)
+        held = self._held
         for tier in range(_N_TIERS):
-            for slot in bit_positions(entry[tier]):
-                self._held[slot][tier].discard(h)
+            mask = entry[tier]
+            if not mask:
+                continue
+            if mask & (mask - 1):
+                for slot in bit_positions(mask):
+                    held[slot][tier].discard(h)
+                    self.holders -= 1
+            else:  # one holder: the common case
+                held[mask.bit_length() - 1][tier].discard(h)
                 self.holders -= 1
         self.evictions += 1
         if self._on_delete is not None:

@@ -69,12 +69,15 @@ class ApproximateIndex:
             if slot is not None:
                 self._table.discard(slot, _DEVICE, hashes)
             return
-        stamp = self._stamp
         hashes = list(hashes)
-        self._table.add(self._slots.assign(worker_id), _DEVICE, hashes)
-        for h in hashes:
-            if h in self._table:
-                stamp[h] = now
+        table = self._table
+        evictions = table.evictions
+        self._stamp.update(dict.fromkeys(hashes, now))  # one C call, not a loop per block
+        table.add(self._slots.assign(worker_id), _DEVICE, hashes)
+        if table.evictions != evictions:  # the add may have evicted (and un-stamped) its own
+            for h in hashes:
+                if h in table:
+                    self._stamp[h] = now
 
     def replace_worker(self, worker_id: str, hashes: Iterable[int], tier: str = "device") -> None:
         """Replaces the guesses for ``worker_id`` with a known set of blocks."""

@@ -15,6 +15,7 @@ from mainsail.router.scheduling.filters.capacity import CapacityFilter
 from mainsail.router.scheduling.filters.healthy import HealthyFilter
 from mainsail.router.scheduling.filters.role import RoleFilter
 from mainsail.router.scheduling.pickers.max_score import MaxScorePicker
+from mainsail.router.scheduling.pickers.round_robin import RoundRobinPicker
 from mainsail.router.scheduling.pickers.weighted_random import WeightedRandomPicker
 from mainsail.router.scheduling.plugin import Filter, PickerFactory, Scorer
 from mainsail.router.scheduling.scorers.adapter_affinity import AdapterAffinityScorer
@@ -60,4 +61,5 @@ def default_registry() -> PluginRegistry:
         registry.register_scorer(s.name, s)
     registry.register_picker(MaxScorePicker.name, MaxScorePicker)
     registry.register_picker(WeightedRandomPicker.name, WeightedRandomPicker)
+    registry.register_picker(RoundRobinPicker.name, RoundRobinPicker)
     return registry

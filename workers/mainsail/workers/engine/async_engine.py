@@ -128,6 +128,7 @@ class AsyncEngine:
             engine.abort(seq_id)
         for out in engine.step() if engine.has_unfinished() else []:
             self._deliver(out.request_id, out)
+        engine.close()
 
     def _apply_commands(self) -> None:
         while True:

@@ -83,15 +83,19 @@ class BlockAllocator:
         if self._ref[block] == 0:
             self._free[block] = None
 
-    def commit(self, block: int, block_hash: int) -> None:
-        """Record that ``block`` holds the full block named ``block_hash``."""
+    def commit(self, block: int, block_hash: int) -> bool:
+        """Record that ``block`` holds the full block named ``block_hash``; True if new.
+
+        False when the block is already hashed or another block holds that hash.
+        """
         if self._ref[block] < 1:
             raise ValueError(f"cannot hash free block {block}")
         if self._hash_of[block] is not None or block_hash in self._by_hash:
-            return
+            return False
         self._hash_of[block] = block_hash
         self._by_hash[block_hash] = block
         self._events.append(("stored", block_hash))
+        return True
 
     def evict(self, max_blocks: int) -> list[int]:
         """Forget up to ``max_blocks`` least recently used cached hashes of free blocks."""

@@ -6,11 +6,16 @@ the router uses (see `mainsail.spec.kvhash`); a mismatch would silently break KV
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from mainsail.spec.deployment import EngineSettings
 from mainsail.spec.kvhash import HASH_ALGORITHM, KVHashConfig
+from mainsail.workers.kvtier import FETCH_POLICIES, FetchPolicy, RedisKVTier
+
+KVTierSource = RedisKVTier | Callable[[str], RedisKVTier]
+"""A tier, or a factory called with the model's KV namespace (`kv_namespace`)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,13 @@ class EngineConfig:
     * ``device``: torch device string ("cpu", "cuda", "cuda:1").
     * ``num_threads``: torch intra-op threads for this process; ``None`` leaves torch's
       default. On a shared CPU, 1 avoids threads spinning against each other.
+    * ``kv_tier``: the shared KV tier (Redis), or a factory given the model's KV namespace
+      (e.g. `RedisTierFactory`); ``None`` = no tier: local prefix cache only.
+    * ``kv_tier_fetch``: ``auto`` fetches a prompt's blocks from the tier when the cost model
+      says it beats recomputing them; ``always`` / ``never`` force it (tests, benchmarks).
+      Writing committed blocks through to the tier happens in every mode.
+    * ``kv_tier_write_queue_blocks``: blocks waiting to be written at most (each a copy of
+      one block); beyond it blocks are dropped and counted, never waited for.
     """
 
     block_size: int = 16
@@ -41,6 +53,9 @@ class EngineConfig:
     hash_seed: int = 0
     device: str = "cpu"
     num_threads: int | None = None
+    kv_tier: KVTierSource | None = None
+    kv_tier_fetch: FetchPolicy = "auto"
+    kv_tier_write_queue_blocks: int = 256
 
     def __post_init__(self) -> None:
         checks = {
@@ -52,6 +67,11 @@ class EngineConfig:
             "dtype": self.dtype in ("auto", "float32", "float16", "bfloat16"),
             "hash_seed": 0 <= self.hash_seed < 2**64,
             "num_threads": self.num_threads is None or self.num_threads >= 1,
+            "kv_tier": self.kv_tier is None
+            or callable(self.kv_tier)
+            or isinstance(self.kv_tier, RedisKVTier),
+            "kv_tier_fetch": self.kv_tier_fetch in FETCH_POLICIES,
+            "kv_tier_write_queue_blocks": self.kv_tier_write_queue_blocks >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -71,7 +91,12 @@ class EngineConfig:
         )
 
     @classmethod
-    def from_engine_settings(cls, settings: EngineSettings, device: str = "cpu") -> EngineConfig:
+    def from_engine_settings(
+        cls,
+        settings: EngineSettings,
+        device: str = "cpu",
+        kv_tier: KVTierSource | None = None,
+    ) -> EngineConfig:
         """The config a worker of a deployment with these settings runs with."""
         return cls(
             block_size=settings.block_size,
@@ -82,4 +107,5 @@ class EngineConfig:
             dtype=settings.dtype,
             hash_seed=settings.hash_seed,
             device=device,
+            kv_tier=kv_tier,
         )

@@ -10,6 +10,7 @@ its other requests carry on. Bad requests are refused by `check_request` with
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -25,6 +26,7 @@ from mainsail.workers.engine.detokenizer import Detokenizer
 from mainsail.workers.engine.errors import EngineInputError
 from mainsail.workers.engine.kv_cache_manager import KVCacheManager
 from mainsail.workers.engine.kv_events import KVEvent
+from mainsail.workers.engine.kv_tier_link import TierLink
 from mainsail.workers.engine.metrics import EngineMetrics, MetricsRecorder
 from mainsail.workers.engine.model_runner import ModelRunner, StepInput
 from mainsail.workers.engine.request import EngineRequest, FinishReason, RequestOutput
@@ -70,6 +72,11 @@ class Engine:
             self._kv, self.config.max_num_seqs, self.config.max_batched_tokens
         )
         self._runner = ModelRunner(model, self.model_config, blocks, self.config.block_size)
+        self._tier: TierLink | None = None
+        if self.config.kv_tier is not None:
+            self._tier = TierLink.connect(
+                self.config, self.model_dir, self.model_config, self._runner, self._kv
+            )
         self._clock = clock
         self._rng = rng or random.Random()
         self._order = itertools.count()
@@ -131,7 +138,8 @@ class Engine:
             arrival=req.arrival_time if req.arrival_time is not None else self._clock(),
         )
         self._seqs[req.request_id] = seq
-        self._scheduler.add(seq)
+        if self._tier is None or not self._tier.start_load(seq):
+            self._scheduler.add(seq)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its final output (reason "abort") comes with the next step."""
@@ -146,7 +154,15 @@ class Engine:
         """Run one scheduling step; outputs of requests that advanced or finished."""
         start = self._clock()
         outputs, self._pending = self._pending, []
+        if self._tier is not None:
+            reserve = len(self._scheduler.running) + -(
+                -self.config.max_batched_tokens // self.config.block_size
+            )
+            for loaded in self._tier.ready(not self._scheduler.has_work(), reserve):
+                self._scheduler.add(loaded)
         batch = self._scheduler.schedule()
+        if self._tier is not None:
+            self._tier.unpin()
         self._metrics.preemptions += len(batch.preempted)
         self._metrics.prefix_hit_tokens += batch.prefix_hit_tokens
         if not batch.items:
@@ -165,16 +181,23 @@ class Engine:
         ]
         try:
             self._runner.copy_blocks(batch.copies)
+            run_start = self._clock()
             logits = self._runner.execute(inputs)
+            run_seconds = self._clock() - run_start
             rows = [SampleRequest(s.request.sampling, s.generator) for s in samplers]
             tokens, logprobs = sample(logits, rows)
         except Exception as exc:
             log.exception("engine step failed; finishing its %d requests", len(batch.items))
             message = f"{type(exc).__name__}: {exc}"
             return outputs + [self._finish(seq, "error", message) for seq, _ in batch.items]
+        committed: list[tuple[int, int]] = []
         for seq, n in batch.items:
             seq.num_computed += n
-            self._kv.commit(seq.table, seq.block_hashes, seq.num_computed)
+            committed += self._kv.commit(seq.table, seq.block_hashes, seq.num_computed)
+        if self._tier is not None:
+            self._tier.write_through(committed)
+            if sum(n for _, n in batch.items if n > 1) >= self.config.block_size:
+                self._tier.observe_prefill(batch.num_tokens, run_seconds)
         now = self._clock()
         for seq, token, lp in zip(samplers, tokens, logprobs, strict=True):
             outputs.append(self._advance(seq, token, lp, now))
@@ -182,16 +205,36 @@ class Engine:
         return outputs
 
     def metrics(self) -> EngineMetrics:
-        return self._metrics.snapshot(
+        snap = self._metrics.snapshot(
             running=len(self._scheduler.running),
-            waiting=len(self._scheduler.waiting),
+            waiting=len(self._scheduler.waiting) + (self._tier.loading if self._tier else 0),
             kv_blocks_used=self._allocator.num_used,
             kv_blocks_total=self._allocator.num_blocks,
         )
+        if self._tier is None:
+            return snap
+        return dataclasses.replace(
+            snap,
+            redis_hit_tokens=self._tier.redis_hit_tokens,
+            kv_tier_stored_blocks=self._tier.writer.stats.written,
+            kv_tier_write_drops=self._tier.writer.stats.dropped,
+            kv_tier_errors=self._tier.tier.stats.errors,
+        )
+
+    @property
+    def kv_tier(self) -> TierLink | None:
+        """The link to the shared KV tier, if one is configured."""
+        return self._tier
 
     def drain_kv_events(self) -> list[KVEvent]:
-        """Blocks stored and evicted since the last call, in order."""
-        return self._allocator.drain_events()
+        """Blocks stored and evicted since the last call, in order (device, then redis)."""
+        events = self._allocator.drain_events()
+        return events + self._tier.drain_events() if self._tier is not None else events
+
+    def close(self) -> None:
+        """Stop the tier's background threads (queued writes get a short grace period)."""
+        if self._tier is not None:
+            self._tier.close()
 
     def kv_snapshot(self) -> list[int]:
         """Every block hash whose KV this engine holds (for a router resync)."""
@@ -239,6 +282,8 @@ class Engine:
         )
 
     def _release(self, seq: Sequence, reason: FinishReason) -> None:
+        if self._tier is not None:
+            self._tier.forget(seq)
         self._scheduler.remove(seq)
         self._seqs.pop(seq.request_id, None)
         seq.finish_reason = reason

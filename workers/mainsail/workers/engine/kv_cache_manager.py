@@ -86,12 +86,17 @@ class KVCacheManager:
             table.block_ids.append(self.allocator.allocate())
         return copies
 
-    def commit(self, table: BlockTable, block_hashes: Sequence[int], num_computed: int) -> None:
-        """Hash every full block whose KV is now computed."""
+    def commit(
+        self, table: BlockTable, block_hashes: Sequence[int], num_computed: int
+    ) -> list[tuple[int, int]]:
+        """Hash every full block whose KV is now computed; returns the new (block, hash)s."""
         full = min(num_computed // self.block_size, len(block_hashes), len(table.block_ids))
+        new: list[tuple[int, int]] = []
         for i in range(table.committed, full):
-            self.allocator.commit(table.block_ids[i], block_hashes[i])
+            if self.allocator.commit(table.block_ids[i], block_hashes[i]):
+                new.append((table.block_ids[i], block_hashes[i]))
         table.committed = max(table.committed, full)
+        return new
 
     def fork(self, parent: BlockTable) -> BlockTable:
         """A new table sharing all of ``parent``'s blocks (copy-on-write on first write)."""

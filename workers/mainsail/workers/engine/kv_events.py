@@ -1,7 +1,9 @@
 """`KVEvent`: what the router's KV index learns from this engine.
 
 "stored" is emitted when a full block gets its hash (its KV is now reusable); "removed" when a
-hashed block is evicted to make room. Hashes are `mainsail.spec.kvhash` chain hashes, so the
+hashed block is evicted to make room. Tier "device" is this engine's paged cache; tier "redis"
+reports blocks this engine wrote to the shared Redis tier (Redis evicts on its own, so that
+tier has no "removed" events). Hashes are `mainsail.spec.kvhash` chain hashes, so the
 router can match them against prompts without asking the engine.
 """
 
@@ -17,4 +19,4 @@ class KVEvent:
 
     kind: Literal["stored", "removed"]
     block_hashes: list[int]
-    tier: Literal["device"] = "device"
+    tier: Literal["device", "host", "redis"] = "device"

@@ -46,7 +46,13 @@ class _HistogramRecorder:
 
 @dataclass(frozen=True)
 class EngineMetrics:
-    """A snapshot of one engine's state and counters (counters only grow)."""
+    """A snapshot of one engine's state and counters (counters only grow).
+
+    ``prefix_hit_tokens`` counts every prompt token served from the cache, including those
+    fetched from the shared tier; ``redis_hit_tokens`` is the part fetched from Redis.
+    ``kv_tier_*``: blocks written to the tier, dropped because its write queue was full, and
+    tier errors (each one closes the tier for its backoff).
+    """
 
     running: int
     waiting: int
@@ -61,6 +67,10 @@ class EngineMetrics:
     tpot: Histogram
     preemptions: int
     num_requests_finished: int
+    redis_hit_tokens: int = 0
+    kv_tier_stored_blocks: int = 0
+    kv_tier_write_drops: int = 0
+    kv_tier_errors: int = 0
 
     @property
     def kv_utilization(self) -> float:

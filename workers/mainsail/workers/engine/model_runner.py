@@ -59,6 +59,28 @@ class ModelRunner:
                 v[dst].copy_(v[src])
 
     @torch.inference_mode()
+    def read_blocks(self, block_ids: Sequence[int]) -> torch.Tensor:
+        """A private copy of blocks: ``[n, layers, 2 (k, v), block_size, kv_heads, head_dim]``."""
+        idx = torch.tensor(list(block_ids), dtype=torch.long, device=self.device)
+        shape = (len(block_ids), len(self.caches), 2, *self.caches[0][0].shape[1:])
+        out = torch.empty(shape, dtype=self.dtype, device=self.device)
+        for layer, (k, v) in enumerate(self.caches):
+            out[:, layer, 0] = k.index_select(0, idx)
+            out[:, layer, 1] = v.index_select(0, idx)
+        return out
+
+    @torch.inference_mode()
+    def write_blocks(self, block_ids: Sequence[int], blocks: torch.Tensor) -> None:
+        """Overwrite blocks with ``blocks`` (layout of `read_blocks`, any device or dtype)."""
+        if blocks.shape[0] != len(block_ids) or blocks.shape[1] != len(self.caches):
+            raise ValueError(f"{len(block_ids)} block ids for blocks {tuple(blocks.shape)}")
+        idx = torch.tensor(list(block_ids), dtype=torch.long, device=self.device)
+        data = blocks.to(self.device, self.dtype)
+        for layer, (k, v) in enumerate(self.caches):
+            k.index_copy_(0, idx, data[:, layer, 0])
+            v.index_copy_(0, idx, data[:, layer, 1])
+
+    @torch.inference_mode()
     def execute(self, inputs: Sequence[StepInput]) -> torch.Tensor:
         """Logits ``[rows wanting logits, vocab]`` (float32), in the order of ``inputs``."""
         ids: list[int] = []

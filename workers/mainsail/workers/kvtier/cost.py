@@ -3,15 +3,27 @@
 fetch_time(n)     = rtt + n * block_bytes / bandwidth
 recompute_time(n) = n * block_size * prefill_seconds_per_token
 
-Fetch when fetch_time < recompute_time. Both rates are measured at run time (exponential
-moving averages of observed transfers and prefill steps), starting from conservative
-defaults, so the decision follows the machine: on a tiny CPU model recomputing is often
-cheaper than a round trip; on a large GPU model fetching almost always wins.
+Fetch when fetch_time < recompute_time. The round trip, the bandwidth and the prefill rate
+are measured at run time (exponential moving averages of observed probes, transfers and
+prefill steps), starting from conservative defaults, so the decision follows the machine:
+on a tiny CPU model recomputing is often cheaper than a round trip; on a large GPU model
+fetching almost always wins. `FetchPolicy` can force the decision (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
+
+FetchPolicy = Literal["auto", "always", "never"]
+FETCH_POLICIES: tuple[FetchPolicy, ...] = ("auto", "always", "never")
+
+
+def decide_fetch(policy: FetchPolicy, model: FetchCostModel, blocks: int) -> bool:
+    """Whether to fetch ``blocks`` leading blocks that Redis holds, under ``policy``."""
+    if blocks <= 0 or policy == "never":
+        return False
+    return policy == "always" or model.should_fetch(blocks)
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,12 @@ class FetchCostModel:
         transfer = max(seconds - self.rtt_s, 1e-6)
         bps = blocks * self.block_bytes / transfer
         return replace(self, bandwidth_bps=(1 - self.alpha) * self.bandwidth_bps + self.alpha * bps)
+
+    def observe_rtt(self, seconds: float) -> FetchCostModel:
+        """Fold a measured round trip (a pipelined existence probe) into the estimate."""
+        if seconds <= 0:
+            return self
+        return replace(self, rtt_s=(1 - self.alpha) * self.rtt_s + self.alpha * seconds)
 
     def observe_prefill(self, tokens: int, seconds: float) -> FetchCostModel:
         """Fold a measured prefill of ``tokens`` taking ``seconds`` into the per-token cost."""

@@ -15,18 +15,21 @@ Redis again, so the tier recovers by itself when Redis returns.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TierStats:
-    """Counters for metrics and benchmarks."""
+    """Counters for metrics and benchmarks (updated under the tier's lock)."""
 
     stored_blocks: int = 0
     fetched_blocks: int = 0
@@ -59,17 +62,32 @@ class RedisKVTier:
         self.backoff_s = backoff_s
         self._clock = clock
         self._down_until = 0.0
+        self._lock = threading.Lock()  # the writer and the loader threads share one tier
         self.stats = TierStats()
 
     @classmethod
     def from_url(
-        cls, url: str, fingerprint: str, *, timeout_s: float = 0.5, ttl_s: int = 0
+        cls,
+        url: str,
+        fingerprint: str,
+        *,
+        timeout_s: float = 0.5,
+        ttl_s: int = 0,
+        backoff_s: float = 2.0,
     ) -> RedisKVTier:
-        """A tier on a new client for ``url``, short socket timeouts: a slow Redis is a miss."""
+        """A tier on a new client for ``url``, short socket timeouts: a slow Redis is a miss.
+
+        One immediate retry on a connection error (a pooled connection to a restarted server
+        is stale), none on a timeout: redis-py's default of 10 backed-off retries would turn
+        a down Redis into seconds of waiting per call.
+        """
         client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
-        return cls(client, fingerprint, ttl_s=ttl_s)
+        return cls(client, fingerprint, ttl_s=ttl_s, backoff_s=backoff_s)
 
     def key(self, block_hash: int) -> str:
         return f"{self.prefix}:{block_hash:016x}"
@@ -79,16 +97,18 @@ class RedisKVTier:
         return self._clock() >= self._down_until
 
     def _failed(self, exc: Exception) -> None:
-        self.stats.errors += 1
-        self._down_until = self._clock() + self.backoff_s
+        with self._lock:
+            self.stats.errors += 1
+            self._down_until = self._clock() + self.backoff_s
         log.warning("Redis KV tier unavailable for %.1f s: %s", self.backoff_s, exc)
 
-    def store(self, blocks: Mapping[int, bytes]) -> int:
+    def store(self, blocks: Mapping[int, bytes | bytearray]) -> int:
         """Write ``blocks`` (hash -> encoded value); returns how many were written."""
         if not blocks:
             return 0
         if not self.available():
-            self.stats.skipped_while_down += len(blocks)
+            with self._lock:
+                self.stats.skipped_while_down += len(blocks)
             return 0
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -98,8 +118,9 @@ class RedisKVTier:
         except redis.RedisError as exc:
             self._failed(exc)
             return 0
-        self.stats.stored_blocks += len(blocks)
-        self.stats.bytes_written += sum(len(v) for v in blocks.values())
+        with self._lock:
+            self.stats.stored_blocks += len(blocks)
+            self.stats.bytes_written += sum(len(v) for v in blocks.values())
         return len(blocks)
 
     def leading_hits(self, block_hashes: Sequence[int]) -> int:
@@ -114,13 +135,14 @@ class RedisKVTier:
         except redis.RedisError as exc:
             self._failed(exc)
             return 0
-        self.stats.lookups += 1
         hits = 0
         for present in found:
             if not present:
                 break
             hits += 1
-        self.stats.hit_blocks += hits
+        with self._lock:
+            self.stats.lookups += 1
+            self.stats.hit_blocks += hits
         return hits
 
     def fetch(self, block_hashes: Sequence[int]) -> list[bytes]:
@@ -141,6 +163,37 @@ class RedisKVTier:
             if value is None:
                 break
             out.append(bytes(value))
-        self.stats.fetched_blocks += len(out)
-        self.stats.bytes_read += sum(len(v) for v in out)
+        with self._lock:
+            self.stats.fetched_blocks += len(out)
+            self.stats.bytes_read += sum(len(v) for v in out)
         return out
+
+
+@dataclass(frozen=True)
+class RedisTierFactory:
+    """Builds a `RedisKVTier` for a namespace once the engine knows it (picklable for Ray).
+
+    ``url``: ``redis://`` or ``rediss://``; ``ttl_s``: 0 leaves eviction to Redis's LRU;
+    ``timeout_s``: socket timeout, so a slow Redis is a miss; ``backoff_s``: how long the
+    tier stays closed after an error before probing Redis again.
+    """
+
+    url: str
+    ttl_s: int = 0
+    timeout_s: float = 0.5
+    backoff_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"KV tier URL must be redis://, rediss:// or unix://: {self.url!r}")
+        if self.ttl_s < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise ValueError("RedisTierFactory: ttl_s, timeout_s and backoff_s must be >= 0")
+
+    def __call__(self, namespace: str) -> RedisKVTier:
+        return RedisKVTier.from_url(
+            self.url,
+            namespace,
+            timeout_s=self.timeout_s,
+            ttl_s=self.ttl_s,
+            backoff_s=self.backoff_s,
+        )
