@@ -33,7 +33,7 @@ proto: setup ## Regenerate the gRPC stubs from proto/mainsail/proto/v1/mainsail.
 	@scripts/gen_proto.sh
 
 crds: setup ## Regenerate deploy/crds and charts/mainsail/crds from the typed spec
-	@$(VENV)/bin/mainsail crd --out deploy/crds
+	@$(VENV)/bin/mainsail crd --write deploy/crds --write charts/mainsail/crds
 
 bench: setup ## Run the quick benchmarks and print their tables
 	@$(PY) bench/router_overhead.py

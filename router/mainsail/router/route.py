@@ -160,21 +160,29 @@ class Router:
             raise bad_request(
                 "Give exactly one of prompt, prompt_token_ids or messages.", param="prompt"
             )
-        if request.messages:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            token_ids = self.tokenizer.apply_chat_template(messages)
-        elif request.prompt:
-            token_ids = self.tokenizer.encode(request.prompt)
-        else:
-            token_ids = list(request.prompt_token_ids)
-            vocab = self.tokenizer.vocab_size
-            bad = [t for t in token_ids if not 0 <= t < vocab]
-            if bad:
-                raise bad_request(
-                    f"Token ids must be in [0, {vocab}); got {bad[:5]}.", param="prompt"
-                )
+        try:
+            if request.messages:
+                messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                token_ids = self.tokenizer.apply_chat_template(messages)
+            elif request.prompt:
+                token_ids = self.tokenizer.encode(request.prompt)
+            else:
+                token_ids = self._given_ids(request)
+        except ValueError as exc:
+            # The chat template refused the conversation (for example a role it rejects).
+            raise bad_request(
+                f"The prompt could not be formatted: {exc}", param="messages"
+            ) from None
         if not token_ids:
             raise bad_request("The prompt is empty after tokenization.", param="prompt")
+        return token_ids
+
+    def _given_ids(self, request: pb.GenerateRequest) -> list[int]:
+        token_ids = list(request.prompt_token_ids)
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise bad_request(f"Token ids must be in [0, {vocab}); got {bad[:5]}.", param="prompt")
         return token_ids
 
     # ------------------------------------------------------------------ dispatch

@@ -106,8 +106,7 @@ class TierLink:
         if not wanted:
             return
         copies = self._runner.read_blocks([block_of[h] for h in wanted])
-        for i, h in enumerate(wanted):
-            self.writer.submit(h, copies[i])
+        self.writer.submit_many([(h, copies[i]) for i, h in enumerate(wanted)])
 
     def drain_events(self) -> list[KVEvent]:
         stored = self.writer.drain_stored()
@@ -149,6 +148,7 @@ class TierLink:
                 log.exception("KV tier load failed; recomputing %s", seq.request_id)
                 continue
             self._insert(seq, result, reserve)
+            self.loader.recycle(result)
         return done
 
     def unpin(self) -> None:
@@ -191,7 +191,10 @@ class TierLink:
                 break
         if not targets or result.blocks is None:
             return
-        self._runner.write_blocks(targets, result.blocks[sources])
+        first, last = sources[0], sources[-1]
+        contiguous = last - first + 1 == len(sources)  # the usual case: a view, not a copy
+        rows = result.blocks[first : last + 1] if contiguous else result.blocks[sources]
+        self._runner.write_blocks(targets, rows)
         for block, src in zip(targets, sources, strict=True):
             self._alloc.commit(block, result.hashes[src])
         self.writer.remember([result.hashes[s] for s in sources])

@@ -41,21 +41,33 @@ class BlockCodec:
         header = json.dumps(meta, separators=(",", ":")).encode()
         return _MAGIC + _HEADER_LEN.pack(len(header)) + header
 
+    @property
+    def header(self) -> bytes:
+        """The bytes every value of this layout starts with (magic, length, JSON header)."""
+        return self._prefix
+
     def _header(self) -> bytes:
         return self._prefix[len(_MAGIC) + _HEADER_LEN.size :]
 
-    def encode(self, block: torch.Tensor) -> bytearray:
-        """Bytes of ``block`` (shape `shape`, any device) with its header (one copy)."""
+    def parts(self, block: torch.Tensor) -> tuple[bytes, memoryview]:
+        """The value of ``block`` as (header, data), the data a view of the block's memory.
+
+        No copy when ``block`` is a contiguous CPU tensor of the codec's dtype (as the engine
+        hands them over); `RedisKVTier.store` sends the two parts as one value.
+        """
         if tuple(block.shape) != self.shape:
             raise ValueError(f"block shape {tuple(block.shape)} != codec shape {self.shape}")
         block = block.detach()
         if block.device.type != "cpu" or block.dtype != self.dtype or not block.is_contiguous():
             block = block.to("cpu", self.dtype).contiguous()
-        raw = block.view(torch.uint8).numpy().reshape(-1)
-        head = len(self._prefix)
-        out = bytearray(head + raw.nbytes)
-        out[:head] = self._prefix
-        memoryview(out)[head:] = raw.data
+        return self._prefix, block.view(torch.uint8).numpy().reshape(-1).data
+
+    def encode(self, block: torch.Tensor) -> bytearray:
+        """Bytes of ``block`` (shape `shape`, any device) with its header (one copy)."""
+        head, data = self.parts(block)
+        out = bytearray(len(head) + data.nbytes)
+        out[: len(head)] = head
+        memoryview(out)[len(head) :] = data
         return out
 
     def decode(self, value: bytes | bytearray) -> torch.Tensor:

@@ -3,8 +3,8 @@
 Keys are `mainsail:kv:<fingerprint>:<hash as 16 hex digits>` — one key per block (no hash
 tags), so blocks spread over every slot of a Redis Cluster; values come from `BlockCodec`
 (header + data in one SET, hence atomic). Existence checks and fetches are pipelined: one
-round trip per batch, not per block. Eviction is Redis's own (`maxmemory-policy allkeys-lru`)
-or a TTL.
+round trip per batch, not per block (`run_pipeline`, without redis-py's per-command
+overhead). Eviction is Redis's own (`maxmemory-policy allkeys-lru`) or a TTL.
 
 Redis is an optimisation, never a dependency of correctness: every error (down, slow, full)
 opens a circuit for `backoff_s`, during which the tier answers "miss" and drops writes at no
@@ -21,8 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
+import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from mainsail.workers.kvtier.bulk_get import get_into
+from mainsail.workers.kvtier.lean_pipeline import Arg, Value, run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class RedisKVTier:
             raise ValueError("ttl_s and backoff_s must be >= 0")
         self.client = client
         self.prefix = f"{key_prefix}:{fingerprint}"
+        self._prefix_bytes = self.prefix.encode()
         self.ttl_s = ttl_s
         self.backoff_s = backoff_s
         self._clock = clock
@@ -79,18 +84,23 @@ class RedisKVTier:
 
         One immediate retry on a connection error (a pooled connection to a restarted server
         is stale), none on a timeout: redis-py's default of 10 backed-off retries would turn
-        a down Redis into seconds of waiting per call.
+        a down Redis into seconds of waiting per call. Reads of 1 MiB per system call (not
+        64 KiB): blocks of large models are megabytes, and smaller reads halve fetch speed.
         """
         client = redis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            socket_read_size=1 << 20,
         )
         return cls(client, fingerprint, ttl_s=ttl_s, backoff_s=backoff_s)
 
     def key(self, block_hash: int) -> str:
         return f"{self.prefix}:{block_hash:016x}"
+
+    def _key(self, block_hash: int) -> bytes:
+        return b"%s:%016x" % (self._prefix_bytes, block_hash)
 
     def available(self) -> bool:
         """False while the circuit is open after an error."""
@@ -102,25 +112,27 @@ class RedisKVTier:
             self._down_until = self._clock() + self.backoff_s
         log.warning("Redis KV tier unavailable for %.1f s: %s", self.backoff_s, exc)
 
-    def store(self, blocks: Mapping[int, bytes | bytearray]) -> int:
-        """Write ``blocks`` (hash -> encoded value); returns how many were written."""
+    def store(self, blocks: Mapping[int, Value]) -> int:
+        """Write ``blocks`` (hash -> encoded value, or its parts); returns how many were written.
+
+        Each block is one SET (atomic); all go in one pipelined round trip.
+        """
         if not blocks:
             return 0
         if not self.available():
             with self._lock:
                 self.stats.skipped_while_down += len(blocks)
             return 0
+        ttl: tuple[Arg, ...] = (b"EX", b"%d" % self.ttl_s) if self.ttl_s else ()
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for block_hash, value in blocks.items():
-                pipe.set(self.key(block_hash), value, ex=self.ttl_s or None)
-            pipe.execute()
+            commands = [(b"SET", self._key(h), v, *ttl) for h, v in blocks.items()]
+            run_pipeline(self.client, commands, expect=b"+OK\r\n")
         except redis.RedisError as exc:
             self._failed(exc)
             return 0
         with self._lock:
             self.stats.stored_blocks += len(blocks)
-            self.stats.bytes_written += sum(len(v) for v in blocks.values())
+            self.stats.bytes_written += sum(_size(v) for v in blocks.values())
         return len(blocks)
 
     def leading_hits(self, block_hashes: Sequence[int]) -> int:
@@ -128,10 +140,7 @@ class RedisKVTier:
         if not block_hashes or not self.available():
             return 0
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for block_hash in block_hashes:
-                pipe.exists(self.key(block_hash))
-            found = pipe.execute()
+            found = run_pipeline(self.client, [(b"EXISTS", self._key(h)) for h in block_hashes])
         except redis.RedisError as exc:
             self._failed(exc)
             return 0
@@ -151,10 +160,7 @@ class RedisKVTier:
             return []
         try:
             # Pipelined GETs rather than MGET: MGET fails across Redis Cluster slots.
-            pipe = self.client.pipeline(transaction=False)
-            for block_hash in block_hashes:
-                pipe.get(self.key(block_hash))
-            values = pipe.execute()
+            values = run_pipeline(self.client, [(b"GET", self._key(h)) for h in block_hashes])
         except redis.RedisError as exc:
             self._failed(exc)
             return []
@@ -167,6 +173,34 @@ class RedisKVTier:
             self.stats.fetched_blocks += len(out)
             self.stats.bytes_read += sum(len(v) for v in out)
         return out
+
+    def fetch_into(
+        self, block_hashes: Sequence[int], header: bytes, out: torch.Tensor
+    ) -> int | None:
+        """Receive the leading ``block_hashes``' values (``header`` + data) into ``out[i]``.
+
+        Returns how many leading blocks arrived intact (0 while Redis is down), or None when
+        this client cannot receive in place (use `fetch`).
+        """
+        if not block_hashes or not self.available():
+            return 0
+        try:
+            got = get_into(self.client, [self._key(h) for h in block_hashes], header, out)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return 0
+        if got is None:
+            return None
+        row = len(header) + out[0].numel() * out.element_size()
+        with self._lock:
+            self.stats.fetched_blocks += got
+            self.stats.bytes_read += got * row
+        return got
+
+
+def _size(value: Value) -> int:
+    parts = value if isinstance(value, tuple) else (value,)
+    return sum(map(len, parts))
 
 
 @dataclass(frozen=True)

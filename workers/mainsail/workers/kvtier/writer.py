@@ -2,7 +2,8 @@
 
 Why a thread with a bounded queue: the engine step must never wait on Redis. The engine
 hands over a private copy of each newly hashed block (`submit` never blocks); this thread
-encodes batches of them and stores each batch in one pipelined round trip. When Redis is slower
+stores batches of them, each in one pipelined round trip, the blocks' memory going to the
+socket with the codec's header in front and no further copy. When Redis is slower
 than the engine produces blocks the queue fills and further blocks are dropped and counted
 (`dropped`): the tier is a cache, a missing block only costs a recompute later.
 
@@ -88,14 +89,20 @@ class BlockWriter:
 
     def submit(self, block_hash: int, block: torch.Tensor) -> bool:
         """Queue ``block`` (a private copy the caller no longer touches); False if dropped."""
+        return self.submit_many([(block_hash, block)]) == 1
+
+    def submit_many(self, blocks: list[tuple[int, torch.Tensor]]) -> int:
+        """Queue ``blocks`` at once (one wake-up of the writer); returns how many were queued.
+
+        Those beyond the queue's room are dropped and counted.
+        """
         with self._cond:
-            if len(self._items) >= self.max_queue_blocks:
-                self.stats.dropped += 1
-                return False
-            self._items.append((block_hash, block))
-            self.stats.submitted += 1
+            room = max(0, self.max_queue_blocks - len(self._items))
+            self._items.extend(blocks[:room])
+            self.stats.submitted += min(room, len(blocks))
+            self.stats.dropped += max(0, len(blocks) - room)
             self._cond.notify()
-            return True
+            return min(room, len(blocks))
 
     def remember(self, block_hashes: list[int]) -> None:
         """Note blocks known to be in the tier (e.g. just fetched from it)."""
@@ -146,7 +153,7 @@ class BlockWriter:
                 self._busy = True
             written: list[int] = []
             try:
-                values = {h: self.codec.encode(block) for h, block in batch}
+                values = {h: self.codec.parts(block) for h, block in batch}
                 if self.tier.store(values) == len(values):
                     written = list(values)
             except Exception:  # an encoding bug must not kill the thread

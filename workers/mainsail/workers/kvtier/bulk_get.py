@@ -1,0 +1,135 @@
+"""`get_into`: pipelined GETs whose values land straight in a tensor, with no copy in between.
+
+Why: through redis-py a 2 MiB block is copied three times before it is a tensor (socket
+buffer, parser buffer, `bytes` object) plus once more to decode, which halves fetch speed
+for blocks of large models. Here each reply's header is read and checked against the
+codec's, and its payload is received with `recv_into` directly into the block's row of the
+staging tensor: one copy, done by the kernel.
+
+redis-py still owns the connection (URL, auth, TLS, timeouts, pool); this module writes the
+commands with `send_packed_command` and reads the replies from the connection's socket. That
+socket is a private attribute of redis-py's `Connection`; when it is absent (another client
+type or a future redis-py), `get_into` returns None and the tier falls back to ordinary GETs.
+Any error discards the connection.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import redis
+import torch
+
+from mainsail.workers.kvtier.lean_pipeline import pack
+
+_CHUNK = 1 << 20
+_LINE_READ = 64 << 10  # bytes per read while looking for a reply header (payload rarely)
+
+
+class _Replies:
+    """Reads RESP replies from a socket, payloads straight into caller memory."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self._scratch: memoryview | None = None
+
+    def _fill(self) -> None:
+        data = self.sock.recv(_LINE_READ)
+        if not data:
+            raise redis.ConnectionError("connection closed by server")
+        self.buf += data
+
+    def line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        out = bytes(self.buf[:end])
+        del self.buf[: end + 2]
+        return out
+
+    def into(self, target: memoryview) -> None:
+        """Fill ``target`` exactly: buffered bytes first, then the socket."""
+        n = min(len(self.buf), len(target))
+        target[:n] = self.buf[:n]
+        del self.buf[:n]
+        while n < len(target):
+            got = self.sock.recv_into(target[n:], len(target) - n)
+            if not got:
+                raise redis.ConnectionError("connection closed by server")
+            n += got
+
+    def skip(self, count: int) -> None:
+        if self._scratch is None or len(self._scratch) < min(count, _CHUNK):
+            self._scratch = memoryview(bytearray(min(max(count, 2), _CHUNK)))
+        scratch = self._scratch
+        while count:
+            step = min(count, len(scratch))
+            self.into(scratch[:step])
+            count -= step
+
+
+def get_into(
+    client: redis.Redis, keys: Sequence[bytes], header: bytes, out: torch.Tensor
+) -> int | None:
+    """GET ``keys``; values ``header + row`` are received into ``out[i]`` (contiguous CPU).
+
+    Returns how many leading keys existed with exactly that header and size (a miss or a
+    foreign value ends the run; the rest of the replies is read and dropped), or None when
+    the client offers no raw socket. Raises `redis.RedisError` on any failure.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or not keys:
+        return None if pool is None else 0
+    if out.shape[0] < len(keys) or not out.is_contiguous() or out.device.type != "cpu":
+        raise ValueError("get_into needs a contiguous CPU tensor with a row per key")
+    rows = out.view(torch.uint8).reshape(out.shape[0], -1).numpy()
+    row_bytes = rows.shape[1]
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(pack([(b"GET", k) for k in keys]))
+        sock = getattr(conn, "_sock", None)
+        if not isinstance(sock, socket.socket):
+            conn.disconnect()
+            return None
+        replies = _Replies(sock)
+        good, run = 0, True
+        for _ in keys:
+            line = replies.line()
+            kind = line[:1]
+            if kind == b"-":
+                raise redis.ResponseError(line[1:].decode(errors="replace"))
+            if kind == b"_":  # RESP3 null: a miss
+                run = False
+                continue
+            if kind != b"$":  # RESP3 bulk errors ("!") included: never expected from GET
+                raise redis.ConnectionError(f"unexpected reply to GET: {line[:32]!r}")
+            size = int(line[1:])
+            if size < 0:  # RESP2 null: a miss
+                run = False
+                continue
+            if run and size == len(header) + row_bytes:
+                head = memoryview(bytearray(len(header)))
+                replies.into(head)
+                if head == header:
+                    replies.into(memoryview(rows[good]))
+                    good += 1
+                else:
+                    run = False
+                    replies.skip(row_bytes)
+            else:
+                run = False
+                replies.skip(size)
+            replies.skip(2)
+        return good
+    except TimeoutError as exc:
+        conn.disconnect()
+        raise redis.TimeoutError(str(exc)) from exc
+    except OSError as exc:
+        conn.disconnect()
+        raise redis.ConnectionError(str(exc)) from exc
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
