@@ -144,6 +144,8 @@ def run_policy(
     doc["spec"]["pools"]["unified"]["replicas"] = args.workers
     doc["spec"]["engine"]["maxModelLen"] = 1024
     doc["spec"]["engine"]["numKvBlocks"] = args.kv_blocks
+    # Without the shared Redis tier every hit is a routing decision's doing.
+    doc["spec"]["pools"]["cache"] = {"enabled": args.with_redis}
     if profile:
         doc["spec"]["router"]["profile"] = profile
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-kvbench-"))
@@ -216,6 +218,11 @@ def main() -> int:
     parser.add_argument(
         "--kv-blocks", type=int, default=384, help="KV blocks per worker (cache pressure)."
     )
+    parser.add_argument(
+        "--with-redis",
+        action="store_true",
+        help="Keep the shared Redis KV tier on (hits then also come from Redis).",
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     args = parser.parse_args()
     prompts = build_prompts(args.requests, args.tokens_per_block, args.max_blocks)
@@ -223,7 +230,8 @@ def main() -> int:
     print(
         f"\nLive replay: {len(prompts)} Mooncake requests, {args.workers} tiny-CPU workers with "
         f"{args.kv_blocks} KV blocks each, {args.tokens_per_block} tokens per trace block, "
-        f"speedup {args.speedup:g}x; ideal hit rate (one infinite cache) "
+        f"speedup {args.speedup:g}x, Redis tier {'on' if args.with_redis else 'off'}; "
+        f"ideal hit rate (one infinite cache) "
         f"{ideal_hit_rate(prompts, 16):.1%}\n"
     )
     print("| policy | prefix hit rate | TTFT p50 ms | TTFT p99 ms | max share / fair |")
