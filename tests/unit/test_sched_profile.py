@@ -51,6 +51,7 @@ def test_default_profile_assembles_in_order() -> None:
     assert [f.name for f in profile.filters] == ["healthy", "role", "capacity"]
     assert [(s.scorer.name, s.weight) for s in profile.scorers] == [
         ("kv-prefix", 2.0),
+        ("prefill-backlog", 1.0),
         ("queue-depth", 1.0),
         ("running-requests", 1.0),
         ("kv-utilization", 0.5),
@@ -84,8 +85,9 @@ def test_prefers_cached_prefix_when_loads_are_equal() -> None:
     decision = profile.schedule(ctx)
     assert decision.worker_id == "b"
     assert decision.components["kv-prefix"] == 1.0
-    assert decision.scores["b"] == pytest.approx(2.0 + 1.0 + 1.0 + 0.5 * 0.9)
-    assert decision.scores["c"] == pytest.approx(2.0 * 0.25 + 1.0 + 1.0 + 0.5 * 0.9)
+    # kv-prefix 2 x 1, prefill-backlog 1 x 1, queue-depth 1, running 1, kv-utilization 0.5 x 0.9
+    assert decision.scores["b"] == pytest.approx(2.0 + 1.0 + 1.0 + 1.0 + 0.5 * 0.9)
+    assert decision.scores["c"] == pytest.approx(2.0 * 0.25 + 1.0 + 1.0 + 1.0 + 0.5 * 0.9)
 
 
 def test_filters_run_before_scoring() -> None:
@@ -121,6 +123,7 @@ def test_every_plugin_is_timed_with_the_injected_clock() -> None:
         ("filter", "role"),
         ("filter", "capacity"),
         ("scorer", "kv-prefix"),
+        ("scorer", "prefill-backlog"),
         ("scorer", "queue-depth"),
         ("scorer", "running-requests"),
         ("scorer", "kv-utilization"),

@@ -184,3 +184,20 @@ def test_plugins_read_only_what_they_declare(kind: str, plugin: Any) -> None:
     assert len(out) <= len(ws)
     if kind == "scorer":
         assert all(0.0 <= s <= 1.0 for s in out)
+
+
+def test_prefill_backlog_prefers_fewer_pending_prompt_tokens() -> None:
+    from mainsail.router.scheduling.scorers.prefill_backlog import PrefillBacklogScorer
+
+    scorer = PrefillBacklogScorer(slack=512)
+    base = dataclasses.replace(BASE, pending_prefill_tokens=0)
+    light = dataclasses.replace(base, worker_id="light", pending_prefill_tokens=100)
+    heavy = dataclasses.replace(base, worker_id="heavy", pending_prefill_tokens=8000)
+    same_requests = dataclasses.replace(base, worker_id="mid", pending_prefill_tokens=400)
+    candidates = (light, heavy, same_requests)
+    scores = scorer.score(ctx(candidates), list(candidates))
+    assert scores[0] == 1.0
+    assert scores[1] == 0.0
+    assert 0.0 < scores[2] < 1.0
+    with pytest.raises(ValueError, match="slack"):
+        PrefillBacklogScorer(slack=0)

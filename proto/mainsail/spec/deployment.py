@@ -178,6 +178,7 @@ class RoutingProfile(SpecModel):
     scorers: list[ScorerWeight] = Field(
         default_factory=lambda: [
             ScorerWeight(name="kv-prefix", weight=2.0),
+            ScorerWeight(name="prefill-backlog", weight=1.0),
             ScorerWeight(name="queue-depth", weight=1.0),
             ScorerWeight(name="running-requests", weight=1.0),
             ScorerWeight(name="kv-utilization", weight=0.5),

@@ -27,6 +27,7 @@ class WorkerEntry:
     last_seen: float
     load: pb.LoadSnapshot = field(default_factory=pb.LoadSnapshot)
     outstanding: int = 0
+    pending_prefill: int = 0  # uncached prompt tokens dispatched here, first token not yet seen
     failures: int = 0
 
     @property

@@ -203,9 +203,13 @@ class Router:
         tried: set[str] = set()
         last_error = ""
         for _attempt in range(self.config.max_attempts):
-            entry = await self._choose(prepared, tried, started)
+            entry, hit_blocks = await self._choose(prepared, tried, started)
             tried.add(entry.worker_id)
             entry.outstanding += 1
+            # Prefill work this request adds until its first token: the router's own, current
+            # view of the backlog (worker reports lag by up to a heartbeat).
+            backlog = max(0, len(prepared.token_ids) - hit_blocks * self.config.kv_hash.block_size)
+            entry.pending_prefill += backlog
             self.metrics.inflight.inc()
             stream = self.transport.submit(entry.address, self._worker_request(prepared))
             try:
@@ -220,18 +224,22 @@ class Router:
                 self._release(entry)
                 await _close(stream)
                 raise
+            finally:
+                entry.pending_prefill = max(0, entry.pending_prefill - backlog)
             return RouteStream(prepared, entry.worker_id, first, self._rest(entry, stream), started)
         raise upstream_failed(f"Workers failed before producing a token: {last_error}")
 
-    async def _choose(self, prepared: Prepared, tried: set[str], started: float) -> WorkerEntry:
+    async def _choose(
+        self, prepared: Prepared, tried: set[str], started: float
+    ) -> tuple[WorkerEntry, int]:
         deadline = started + self.config.dispatch_timeout
         self._pending += 1
         self.metrics.queued.inc()
         try:
             while True:
-                entry = self._schedule(prepared, tried)
-                if entry is not None:
-                    return entry
+                chosen = self._schedule(prepared, tried)
+                if chosen is not None:
+                    return chosen
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise unavailable(
@@ -246,7 +254,8 @@ class Router:
             self._pending -= 1
             self.metrics.queued.dec()
 
-    def _schedule(self, prepared: Prepared, tried: set[str]) -> WorkerEntry | None:
+    def _schedule(self, prepared: Prepared, tried: set[str]) -> tuple[WorkerEntry, int] | None:
+        """The chosen worker and how many leading blocks the index says it holds."""
         entries = [e for e in self.registry.entries() if e.worker_id not in tried]
         if not entries:
             return None
@@ -274,8 +283,10 @@ class Router:
         if self.approx is not None and not self.publishes_events(decision.worker_id):
             self.approx.record_dispatch(decision.worker_id, hashes)
             mode = self.approx.mode
-        self.metrics.expected_hit_blocks.labels(mode).inc(hits.get(decision.worker_id, 0))
-        return self.registry.get(decision.worker_id)
+        depth = hits.get(decision.worker_id, 0)
+        self.metrics.expected_hit_blocks.labels(mode).inc(depth)
+        entry = self.registry.get(decision.worker_id)
+        return None if entry is None else (entry, depth)
 
     def _worker_request(self, prepared: Prepared) -> pb.WorkerRequest:
         return pb.WorkerRequest(
@@ -374,6 +385,7 @@ def _snapshot(entry: WorkerEntry) -> WorkerSnapshot:
         max_model_len=entry.info.max_model_len,
         outstanding=entry.outstanding,
         hash_fingerprint=entry.fingerprint,
+        pending_prefill_tokens=max(load.pending_prefill_tokens, entry.pending_prefill),
     )
 
 

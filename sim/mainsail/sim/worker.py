@@ -99,6 +99,7 @@ class SimWorker:
                 max_model_len=self._max_model_len,
                 outstanding=self.load,
                 hash_fingerprint=self._fingerprint,
+                pending_prefill_tokens=self.backlog_tokens,
             )
             self._snapshot = snap
         return snap

@@ -151,6 +151,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             adapters=list(self.adapters),
             preemptions=m.preemptions,
             requests_finished=m.num_requests_finished,
+            pending_prefill_tokens=m.pending_prefill_tokens,
             timestamp=self._clock(),
         )
 

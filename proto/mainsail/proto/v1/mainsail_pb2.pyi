@@ -534,6 +534,7 @@ class LoadSnapshot(_message.Message):
     PREEMPTIONS_FIELD_NUMBER: _builtins.int
     REQUESTS_FINISHED_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
+    PENDING_PREFILL_TOKENS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     running: _builtins.int
     waiting: _builtins.int
@@ -547,6 +548,10 @@ class LoadSnapshot(_message.Message):
     preemptions: _builtins.int
     requests_finished: _builtins.int
     timestamp: _builtins.float
+    pending_prefill_tokens: _builtins.int
+    """Prompt tokens queued or admitted but not yet computed: the prefill work ahead of a new
+    request (a request count hides that one prompt can be 100x another).
+    """
     @_builtins.property
     def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -566,10 +571,11 @@ class LoadSnapshot(_message.Message):
         preemptions: _builtins.int = ...,
         requests_finished: _builtins.int = ...,
         timestamp: _builtins.float = ...,
+        pending_prefill_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "max_num_seqs", b"max_num_seqs", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "max_num_seqs", b"max_num_seqs", "pending_prefill_tokens", b"pending_prefill_tokens", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,6 +21,7 @@ from mainsail.router.scheduling.plugin import Filter, PickerFactory, Scorer
 from mainsail.router.scheduling.scorers.adapter_affinity import AdapterAffinityScorer
 from mainsail.router.scheduling.scorers.kv_prefix import KVPrefixScorer
 from mainsail.router.scheduling.scorers.kv_utilization import KVUtilizationScorer
+from mainsail.router.scheduling.scorers.prefill_backlog import PrefillBacklogScorer
 from mainsail.router.scheduling.scorers.queue_depth import QueueDepthScorer
 from mainsail.router.scheduling.scorers.running_requests import RunningRequestsScorer
 
@@ -57,6 +58,7 @@ def default_registry() -> PluginRegistry:
         RunningRequestsScorer,
         KVUtilizationScorer,
         AdapterAffinityScorer,
+        PrefillBacklogScorer,
     ):
         registry.register_scorer(s.name, s)
     registry.register_picker(MaxScorePicker.name, MaxScorePicker)

@@ -34,11 +34,19 @@ class WorkerSnapshot:
     max_model_len: int  # longest context (prompt + output), tokens
     outstanding: int  # requests this router dispatched there and has not seen finish
     hash_fingerprint: str  # `KVHashConfig.fingerprint()` the worker hashes with
+    pending_prefill_tokens: int = 0  # prompt tokens ahead of a new request (see docs/protocol.md)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"worker {self.worker_id!r}: unknown role {self.role!r}")
-        for name in ("running", "waiting", "kv_blocks_used", "kv_blocks_total", "outstanding"):
+        for name in (
+            "running",
+            "waiting",
+            "kv_blocks_used",
+            "kv_blocks_total",
+            "outstanding",
+            "pending_prefill_tokens",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"worker {self.worker_id!r}: {name} must be >= 0")
         if self.max_num_seqs < 1 or self.max_model_len < 1:

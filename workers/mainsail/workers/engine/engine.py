@@ -211,6 +211,11 @@ class Engine:
             kv_blocks_used=self._allocator.num_used,
             kv_blocks_total=self._allocator.num_blocks,
         )
+        pending = sum(
+            max(0, seq.prompt_len - seq.num_computed)
+            for seq in (*self._scheduler.running, *self._scheduler.waiting)
+        )
+        snap = dataclasses.replace(snap, pending_prefill_tokens=pending)
         if self._tier is None:
             return snap
         return dataclasses.replace(

@@ -67,6 +67,7 @@ class EngineMetrics:
     tpot: Histogram
     preemptions: int
     num_requests_finished: int
+    pending_prefill_tokens: int = 0  # prompt tokens admitted or queued, not yet computed
     redis_hit_tokens: int = 0
     kv_tier_stored_blocks: int = 0
     kv_tier_write_drops: int = 0
