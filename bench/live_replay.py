@@ -46,7 +46,7 @@ from mainsail.sim.live import (
     summarise_live,
 )
 from mainsail.sim.metrics import SLOTargets
-from mainsail.sim.traces import load_trace
+from mainsail.sim.traces import default_jitter_s, load_trace, scale_trace
 
 STARTUP_TIMEOUT_S = 300.0
 
@@ -111,6 +111,13 @@ def main() -> int:
     parser.add_argument("--trace", default="mooncake", help="mooncake, azure-code, azure-conv")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--time-scale", type=float, default=20.0, help="Arrivals S-fold faster.")
+    parser.add_argument(
+        "--rate-scale", type=float, default=1.0, help="Superposed copies of the trace (as sim)."
+    )
+    parser.add_argument(
+        "--jitter", type=float, help="Spread arrivals over [t, t+J) s (default: as the sim)."
+    )
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=300.0, help="Whole replay bound.")
     parser.add_argument("--request-timeout", type=float, default=120.0)
     parser.add_argument("--tokens-per-block", type=int, default=32)
@@ -131,9 +138,13 @@ def main() -> int:
 
     scaling = PromptScaling(args.tokens_per_block, args.max_blocks, 500, 3, args.max_output_tokens)
     trace = load_trace(args.trace, limit=args.requests)
+    jitter = default_jitter_s(args.trace) if args.jitter is None else args.jitter
+    trace = scale_trace(trace, rate_scale=args.rate_scale, jitter_s=jitter, seed=args.seed)
     requests = build_requests(trace, scaling, args.time_scale)
-    settings = ReplaySettings(args.requests, args.max_seconds, args.request_timeout)
-    slo = SLOTargets(args.ttft_slo_ms / 1000, args.ttft_slo_per_1k_ms / 1000, args.tpot_slo_ms / 1000)
+    settings = ReplaySettings(max(1, len(requests)), args.max_seconds, args.request_timeout)
+    slo = SLOTargets(
+        args.ttft_slo_ms / 1000, args.ttft_slo_per_1k_ms / 1000, args.tpot_slo_ms / 1000
+    )
     protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
 
     def run_all(http: str | None, grpc_addr: str | None, workers: list[str]) -> list[LiveSummary]:
@@ -159,7 +170,8 @@ def main() -> int:
         where = f"`mainsail up`, {args.workers} tiny-CPU workers, {args.kv_blocks} KV blocks each"
     setup: dict[str, object] = {
         "target": where,
-        "trace": f"{args.trace}, first {len(requests)} requests, time-scale {args.time_scale:g}x",
+        "trace": f"{args.trace}, first {args.requests} requests x rate-scale {args.rate_scale:g}, "
+        f"jitter {jitter:g} s, time-scale {args.time_scale:g}x",
         "prompts": f"{args.tokens_per_block} tokens per trace block, at most {args.max_blocks} "
         f"blocks, at most {args.max_output_tokens} output tokens",
         "bounds": f"{args.max_seconds:g} s per replay, {args.request_timeout:g} s per request",

@@ -48,6 +48,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _http_impl() -> str:
+    """httptools (C parser, ~3x h11's request rate here) when installed, else h11."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
 class RouterServer:
     """A running router; `start()` binds, `stop()` releases everything."""
 
@@ -131,7 +140,12 @@ class RouterServer:
         self.http_port = sock.getsockname()[1]
         app = build_app(self.router)
         uv_config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=30
+            app,
+            http=_http_impl(),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_keep_alive=30,
         )
         self._http = uvicorn.Server(uv_config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
