@@ -245,7 +245,8 @@ def main() -> int:
     print(
         f"\nLive replay: {len(prompts)} Mooncake requests, {args.workers} tiny-CPU workers with "
         f"{args.kv_blocks} KV blocks each, {args.tokens_per_block} tokens per trace block, "
-        f"speedup {args.speedup:g}x, medians of {args.repeats} runs, Redis tier {'on' if args.with_redis else 'off'}; "
+        f"speedup {args.speedup:g}x, medians of {args.repeats} runs, "
+        f"Redis tier {'on' if args.with_redis else 'off'}; "
         f"ideal hit rate (one infinite cache) "
         f"{ideal_hit_rate(prompts, 16):.1%}\n"
     )
