@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ import httpx
 import yaml
 
 from mainsail.cli.defaults import TINY_DEPLOYMENT
+from mainsail.cli.local.child import UpProcess
 from mainsail.sim.prompts import trace_block_tokens
 from mainsail.sim.traces import default_data_dir, load_mooncake
 
@@ -150,45 +148,11 @@ def run_policy(
         doc["spec"]["router"]["profile"] = profile
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-kvbench-"))
     (tmp / "d.yaml").write_text(yaml.safe_dump(doc))
-    ready = tmp / "ready.json"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mainsail.cli.main",
-            "up",
-            "-f",
-            str(tmp / "d.yaml"),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--quiet",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "up.log").open("wb"),
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"stack failed: {(tmp / 'up.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        ep = json.loads(ready.read_text())
+    with UpProcess(tmp, ["-f", str(tmp / "d.yaml"), "--http-port", "0", "--grpc-port", "0"]) as up:
+        ep = up.start()
         results = asyncio.run(
             replay(ep["http"], ep["model"], prompts, args.speedup, args.max_seconds)
         )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
     ttfts = sorted(r["ttft"] for r in results)
     share = Counter(r["worker"] for r in results)
     fair = len(results) / args.workers

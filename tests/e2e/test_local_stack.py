@@ -7,11 +7,6 @@ module teardown checks that SIGTERM leaves no process behind.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from mainsail.cli.local.child import UpProcess
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 
@@ -33,51 +29,14 @@ STARTUP_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("up")
-    ready = tmp / "ready.json"
-    log = (tmp / "up.log").open("wb")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mainsail.cli.main",
-            "up",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--quiet",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mainsail up did not start:\n{(tmp / 'up.log').read_text()[-4000:]}")
-        time.sleep(0.2)
-    endpoints = json.loads(ready.read_text())
-    endpoints["proc"] = proc
-    endpoints["log"] = tmp / "up.log"
-    yield endpoints
-    descendants = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGTERM)
+    up = UpProcess(tmp_path_factory.mktemp("up"), ["--http-port", "0", "--grpc-port", "0"])
     try:
-        code = proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("mainsail up did not exit within 60 s of SIGTERM")
-    _, alive = psutil.wait_procs(descendants, timeout=20)
-    leftovers = [f"{p.pid} {p.name()}" for p in alive if p.is_running()]
-    for p in alive:
-        p.kill()
-    assert code == 0, (endpoints["log"]).read_text()[-3000:]
+        endpoints = up.start(STARTUP_TIMEOUT)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield endpoints
+    code, leftovers = up.stop(60)
+    assert code == 0, f"mainsail up exited {code} after SIGTERM:\n{up.log_tail()}"
     assert not leftovers, f"processes left behind after SIGTERM: {leftovers}"
 
 

@@ -18,27 +18,14 @@ from mainsail.router.kvindex import ApproximateIndex
 from mainsail.router.scheduling import (
     RequestInfo,
     SchedulingContext,
-    WorkerSnapshot,
     build_profile,
 )
+from mainsail.router.testing import idle_worker
 from mainsail.spec.deployment import RoutingProfile, ScorerWeight
 
 pytestmark = pytest.mark.unit
 
-BASE = WorkerSnapshot(
-    worker_id="w",
-    role="unified",
-    healthy=True,
-    running=0,
-    waiting=0,
-    max_num_seqs=64,
-    kv_blocks_used=1000,
-    kv_blocks_total=10_000,
-    adapters=frozenset(),
-    max_model_len=8192,
-    outstanding=0,
-    hash_fingerprint="fp",
-)
+BASE = idle_worker(max_num_seqs=64, kv_blocks_used=1000, kv_blocks_total=10_000, max_model_len=8192)
 SHARED = tuple(range(1000, 1030))  # a 30-block system prompt every request shares
 
 

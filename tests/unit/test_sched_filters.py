@@ -12,23 +12,11 @@ from mainsail.router.scheduling.filters.adapter import AdapterFilter
 from mainsail.router.scheduling.filters.capacity import CapacityFilter
 from mainsail.router.scheduling.filters.healthy import HealthyFilter
 from mainsail.router.scheduling.filters.role import RoleFilter
+from mainsail.router.testing import idle_worker
 
 pytestmark = pytest.mark.unit
 
-BASE = WorkerSnapshot(
-    worker_id="w",
-    role="unified",
-    healthy=True,
-    running=0,
-    waiting=0,
-    max_num_seqs=4,
-    kv_blocks_used=0,
-    kv_blocks_total=100,
-    adapters=frozenset(),
-    max_model_len=1000,
-    outstanding=0,
-    hash_fingerprint="fp",
-)
+BASE = idle_worker(max_num_seqs=4, max_model_len=1000)
 
 
 def worker(worker_id: str, **changes: Any) -> WorkerSnapshot:

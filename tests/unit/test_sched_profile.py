@@ -16,24 +16,12 @@ from mainsail.router.scheduling import (
     build_profile,
     default_registry,
 )
+from mainsail.router.testing import idle_worker
 from mainsail.spec.deployment import RoutingProfile, ScorerWeight
 
 pytestmark = pytest.mark.unit
 
-BASE = WorkerSnapshot(
-    worker_id="w",
-    role="unified",
-    healthy=True,
-    running=0,
-    waiting=0,
-    max_num_seqs=8,
-    kv_blocks_used=10,
-    kv_blocks_total=100,
-    adapters=frozenset(),
-    max_model_len=4096,
-    outstanding=0,
-    hash_fingerprint="fp",
-)
+BASE = idle_worker(kv_blocks_used=10)
 REQUEST = RequestInfo("r", (11, 12, 13, 14), 64, 16)
 
 

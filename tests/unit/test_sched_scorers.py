@@ -21,23 +21,11 @@ from mainsail.router.scheduling.scorers.kv_utilization import KVUtilizationScore
 from mainsail.router.scheduling.scorers.queue_depth import QueueDepthScorer
 from mainsail.router.scheduling.scorers.running_requests import RunningRequestsScorer
 from mainsail.router.scheduling.types import CONTEXT_FIELDS, SNAPSHOT_FIELDS
+from mainsail.router.testing import idle_worker
 
 pytestmark = pytest.mark.unit
 
-BASE = WorkerSnapshot(
-    worker_id="w",
-    role="unified",
-    healthy=True,
-    running=0,
-    waiting=0,
-    max_num_seqs=8,
-    kv_blocks_used=0,
-    kv_blocks_total=100,
-    adapters=frozenset(),
-    max_model_len=4096,
-    outstanding=0,
-    hash_fingerprint="fp",
-)
+BASE = idle_worker()
 
 
 def workers(*changes: dict[str, Any]) -> tuple[WorkerSnapshot, ...]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.scheduling import WorkerSnapshot
 from mainsail.router.transport import TransportError
 
 
@@ -81,3 +83,23 @@ class FakeTransport:
 
     async def close(self) -> None:
         return None
+
+
+def idle_worker(worker_id: str = "w", **changes: Any) -> WorkerSnapshot:
+    """A healthy, idle unified worker snapshot; ``changes`` override any field (tests, demos)."""
+    fields: dict[str, Any] = {
+        "worker_id": worker_id,
+        "role": "unified",
+        "healthy": True,
+        "running": 0,
+        "waiting": 0,
+        "max_num_seqs": 8,
+        "kv_blocks_used": 0,
+        "kv_blocks_total": 100,
+        "adapters": frozenset(),
+        "max_model_len": 4096,
+        "outstanding": 0,
+        "hash_fingerprint": "fp",
+    }
+    fields.update(changes)
+    return WorkerSnapshot(**fields)
