@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -34,6 +33,7 @@ import uvicorn
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.router.server import bind_socket
 from mainsail.spec.deployment import EngineSettings
 from mainsail.workers.engine import EngineRequest, SamplingParams
 from mainsail.workers.fake_engine import FakeEngine
@@ -134,17 +134,6 @@ async def _json(send: Send, obj: dict[str, Any], status: int = 200) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # asyncio sets TCP_NODELAY only on sockets created with proto=IPPROTO_TCP; without it the
-    # first SSE event waits ~40 ms for the client's delayed ACK. Accepted sockets inherit it.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    return sock
-
-
 async def serve(args: argparse.Namespace) -> None:
     """Serve HTTP and gRPC until SIGTERM/SIGINT; register with the router if asked."""
     engine = FakeEngine(token_delay=args.token_delay)
@@ -155,7 +144,7 @@ async def serve(args: argparse.Namespace) -> None:
     pb_grpc.add_WorkerServicer_to_server(service, server)
     grpc_port = server.add_insecure_port(f"{args.host}:{args.grpc_port}")
     await server.start()
-    sock = _listen(args.host, args.http_port)
+    sock = bind_socket(args.host, args.http_port)  # the router's own: TCP_NODELAY
     config = uvicorn.Config(
         OpenAIApp(engine, args.model), log_level="warning", lifespan="off", access_log=False
     )
