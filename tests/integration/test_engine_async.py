@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mainsail.workers.checkpoint import generate_checkpoint
 from mainsail.workers.engine import (
     AsyncEngine,
     Engine,
@@ -22,20 +21,15 @@ from mainsail.workers.engine import (
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_checkpoint("llama", tmp_path_factory.mktemp("ck") / "llama")
-
-
 async def _collect(engine: AsyncEngine, req: EngineRequest) -> list[RequestOutput]:
     return [out async for out in engine.generate(req)]
 
 
 @pytest.mark.integration
-async def test_concurrent_streams_match_the_sync_engine(model_dir: Path) -> None:
+async def test_concurrent_streams_match_the_sync_engine(tiny_model_dir: Path) -> None:
     config = EngineConfig(max_model_len=128)
     prompts = {f"r{i}": list(range(5, 12 + 3 * i)) for i in range(6)}
-    sync = Engine(model_dir, config)
+    sync = Engine(tiny_model_dir, config)
     for rid, p in prompts.items():
         sync.add_request(EngineRequest(rid, p, GREEDY))
     expected: dict[str, list[int]] = {rid: [] for rid in prompts}
@@ -44,7 +38,7 @@ async def test_concurrent_streams_match_the_sync_engine(model_dir: Path) -> None
             break
         for out in sync.step():
             expected[out.request_id] += out.new_token_ids
-    engine = AsyncEngine(Engine(model_dir, config))
+    engine = AsyncEngine(Engine(tiny_model_dir, config))
     try:
         results = await asyncio.wait_for(
             asyncio.gather(
@@ -62,8 +56,8 @@ async def test_concurrent_streams_match_the_sync_engine(model_dir: Path) -> None
 
 
 @pytest.mark.integration
-async def test_bad_input_raises_before_output_and_cancel_aborts(model_dir: Path) -> None:
-    engine = AsyncEngine(Engine(model_dir, EngineConfig(max_model_len=128)))
+async def test_bad_input_raises_before_output_and_cancel_aborts(tiny_model_dir: Path) -> None:
+    engine = AsyncEngine(Engine(tiny_model_dir, EngineConfig(max_model_len=128)))
     try:
         with pytest.raises(EngineInputError, match="prompt is empty"):
             await _collect(engine, EngineRequest("bad", [], GREEDY))
@@ -87,8 +81,8 @@ async def test_bad_input_raises_before_output_and_cancel_aborts(model_dir: Path)
 
 
 @pytest.mark.integration
-async def test_abort_ends_the_stream_with_reason_abort(model_dir: Path) -> None:
-    engine = AsyncEngine(Engine(model_dir, EngineConfig(max_model_len=512)))
+async def test_abort_ends_the_stream_with_reason_abort(tiny_model_dir: Path) -> None:
+    engine = AsyncEngine(Engine(tiny_model_dir, EngineConfig(max_model_len=512)))
     try:
         params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
         outs: list[RequestOutput] = []

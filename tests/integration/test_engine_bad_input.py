@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mainsail.workers.checkpoint import generate_checkpoint
 from mainsail.workers.engine import (
     CheckpointError,
     Engine,
@@ -22,11 +21,6 @@ from mainsail.workers.engine import (
 )
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_checkpoint("llama", tmp_path_factory.mktemp("ck") / "llama")
 
 
 def _drain(engine: Engine) -> dict[str, list[RequestOutput]]:
@@ -53,9 +47,9 @@ def _drain(engine: Engine) -> dict[str, list[RequestOutput]]:
     ],
 )
 def test_bad_requests_are_refused_while_others_are_served(
-    model_dir: Path, prompt: list[int], params: SamplingParams, message: str
+    tiny_model_dir: Path, prompt: list[int], params: SamplingParams, message: str
 ) -> None:
-    engine = Engine(model_dir, EngineConfig(max_model_len=256))
+    engine = Engine(tiny_model_dir, EngineConfig(max_model_len=256))
     engine.add_request(EngineRequest("good", [10, 11, 12], GREEDY))
     engine.step()
     with pytest.raises(EngineInputError, match=message):
@@ -65,24 +59,24 @@ def test_bad_requests_are_refused_while_others_are_served(
 
 
 @pytest.mark.integration
-def test_duplicate_ids_and_unknown_adapters_are_refused(model_dir: Path) -> None:
-    engine = Engine(model_dir, EngineConfig(max_model_len=64))
+def test_duplicate_ids_and_unknown_adapters_are_refused(tiny_model_dir: Path) -> None:
+    engine = Engine(tiny_model_dir, EngineConfig(max_model_len=64))
     engine.add_request(EngineRequest("a", [4, 5], GREEDY))
     with pytest.raises(EngineInputError, match="already in use"):
         engine.add_request(EngineRequest("a", [4, 5], GREEDY))
     with pytest.raises(EngineInputError, match="adapter 'x'"):
         engine.add_request(EngineRequest("b", [4, 5], GREEDY, adapter="x"))
     with pytest.raises(EngineInputError, match="KV blocks"):
-        Engine(model_dir, EngineConfig(max_model_len=64, num_kv_blocks=2)).add_request(
+        Engine(tiny_model_dir, EngineConfig(max_model_len=64, num_kv_blocks=2)).add_request(
             EngineRequest("c", list(range(3, 40)), GREEDY)
         )
 
 
 @pytest.mark.integration
 def test_a_failing_step_finishes_its_requests_with_error_and_serving_continues(
-    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = Engine(model_dir, EngineConfig(max_model_len=64))
+    engine = Engine(tiny_model_dir, EngineConfig(max_model_len=64))
     runner = engine._runner
     real = runner.execute
     calls = {"n": 0}
@@ -111,8 +105,8 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.integration
-def test_missing_tensor_is_named(model_dir: Path, tmp_path: Path) -> None:
-    broken = _copy(model_dir, tmp_path / "missing")
+def test_missing_tensor_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = _copy(tiny_model_dir, tmp_path / "missing")
     tensors = load_file(str(broken / "model.safetensors"))
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(broken / "model.safetensors"))
@@ -123,8 +117,8 @@ def test_missing_tensor_is_named(model_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_mismatched_tensor_is_named(model_dir: Path, tmp_path: Path) -> None:
-    broken = _copy(model_dir, tmp_path / "shape")
+def test_mismatched_tensor_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = _copy(tiny_model_dir, tmp_path / "shape")
     tensors = load_file(str(broken / "model.safetensors"))
     tensors["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(16, 64)
     save_file(tensors, str(broken / "model.safetensors"))
@@ -135,8 +129,8 @@ def test_mismatched_tensor_is_named(model_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_unknown_architecture_is_named(model_dir: Path, tmp_path: Path) -> None:
-    broken = _copy(model_dir, tmp_path / "arch")
+def test_unknown_architecture_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = _copy(tiny_model_dir, tmp_path / "arch")
     cfg = json.loads((broken / "config.json").read_text())
     cfg["architectures"] = ["GPTNeoXForCausalLM"]
     (broken / "config.json").write_text(json.dumps(cfg))

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mainsail.spec.kvhash import chain_hashes
-from mainsail.workers.checkpoint import generate_checkpoint
 from mainsail.workers.engine import (
     Engine,
     EngineConfig,
@@ -22,11 +21,6 @@ from mainsail.workers.engine import (
 )
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_checkpoint("llama", tmp_path_factory.mktemp("ck") / "llama")
 
 
 def _prompt(n: int, salt: int = 0) -> list[int]:
@@ -58,35 +52,35 @@ def _generate(
 
 
 @pytest.mark.integration
-def test_alone_equals_inside_a_batch_of_32_mixed_lengths(model_dir: Path) -> None:
+def test_alone_equals_inside_a_batch_of_32_mixed_lengths(tiny_model_dir: Path) -> None:
     prompts = {f"r{i}": _prompt(1 + (i * 37) % 150, salt=i) for i in range(32)}
     config = EngineConfig(max_model_len=256, max_batched_tokens=256)
-    batched = _generate(Engine(model_dir, config), prompts)
-    alone_engine = Engine(model_dir, config)
+    batched = _generate(Engine(tiny_model_dir, config), prompts)
+    alone_engine = Engine(tiny_model_dir, config)
     for rid in ("r0", "r5", "r17", "r31"):
         assert _generate(alone_engine, {rid: prompts[rid]}) == {rid: batched[rid]}
     assert all(len(t) == GREEDY.max_tokens for t in batched.values())
 
 
 @pytest.mark.integration
-def test_seeded_sampling_is_independent_of_batching(model_dir: Path) -> None:
+def test_seeded_sampling_is_independent_of_batching(tiny_model_dir: Path) -> None:
     params = SamplingParams(
         temperature=0.8, top_p=0.95, top_k=50, seed=11, max_tokens=8, ignore_eos=True
     )
     prompts = {f"s{i}": _prompt(10 + i, salt=3) for i in range(8)}
-    batched = _generate(Engine(model_dir, EngineConfig(max_model_len=128)), prompts, params)
+    batched = _generate(Engine(tiny_model_dir, EngineConfig(max_model_len=128)), prompts, params)
     alone = _generate(
-        Engine(model_dir, EngineConfig(max_model_len=128)), {"s3": prompts["s3"]}, params
+        Engine(tiny_model_dir, EngineConfig(max_model_len=128)), {"s3": prompts["s3"]}, params
     )
     assert alone["s3"] == batched["s3"]
 
 
 @pytest.mark.integration
-def test_prefix_cache_hit_equals_cold_run_and_reports_events(model_dir: Path) -> None:
+def test_prefix_cache_hit_equals_cold_run_and_reports_events(tiny_model_dir: Path) -> None:
     config = EngineConfig(max_model_len=256, block_size=16)
     shared = _prompt(96, salt=5)
-    cold = _generate(Engine(model_dir, config), {"cold": [*shared, 7, 8, 9]})["cold"]
-    engine = Engine(model_dir, config)
+    cold = _generate(Engine(tiny_model_dir, config), {"cold": [*shared, 7, 8, 9]})["cold"]
+    engine = Engine(tiny_model_dir, config)
     _generate(engine, {"warm-up": [*shared, 1, 2]})
     stored = [h for e in engine.drain_kv_events() if e.kind == "stored" for h in e.block_hashes]
     assert stored[:6] == chain_hashes(shared, 16, seed=0)
@@ -99,14 +93,14 @@ def test_prefix_cache_hit_equals_cold_run_and_reports_events(model_dir: Path) ->
 
 
 @pytest.mark.integration
-def test_preemption_and_resume_give_the_same_tokens(model_dir: Path) -> None:
+def test_preemption_and_resume_give_the_same_tokens(tiny_model_dir: Path) -> None:
     prompts = {f"p{i}": _prompt(20 + 9 * i, salt=9) for i in range(6)}
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     roomy = _generate(
-        Engine(model_dir, EngineConfig(max_model_len=128, block_size=8)), prompts, params
+        Engine(tiny_model_dir, EngineConfig(max_model_len=128, block_size=8)), prompts, params
     )
     tight_engine = Engine(
-        model_dir, EngineConfig(max_model_len=128, block_size=8, num_kv_blocks=14)
+        tiny_model_dir, EngineConfig(max_model_len=128, block_size=8, num_kv_blocks=14)
     )
     tight = _generate(tight_engine, prompts, params)
     assert tight == roomy
@@ -118,8 +112,8 @@ def test_preemption_and_resume_give_the_same_tokens(model_dir: Path) -> None:
 
 
 @pytest.mark.integration
-def test_priority_abort_and_metrics(model_dir: Path) -> None:
-    engine = Engine(model_dir, EngineConfig(max_model_len=128, max_num_seqs=1))
+def test_priority_abort_and_metrics(tiny_model_dir: Path) -> None:
+    engine = Engine(tiny_model_dir, EngineConfig(max_model_len=128, max_num_seqs=1))
     engine.add_request(EngineRequest("low", _prompt(8), GREEDY, priority=0))
     engine.add_request(EngineRequest("high", _prompt(9), GREEDY, priority=5))
     engine.add_request(EngineRequest("gone", _prompt(10), GREEDY, priority=9))
@@ -143,8 +137,8 @@ def test_priority_abort_and_metrics(model_dir: Path) -> None:
 
 
 @pytest.mark.integration
-def test_stop_strings_and_eos(model_dir: Path) -> None:
-    engine = Engine(model_dir, EngineConfig(max_model_len=128))
+def test_stop_strings_and_eos(tiny_model_dir: Path) -> None:
+    engine = Engine(tiny_model_dir, EngineConfig(max_model_len=128))
     prompt = engine.tokenizer.encode("The captain wrote in the log")
     free = _drain_text(engine, prompt, SamplingParams(temperature=0.0, max_tokens=12))
     stop = free[3:6]

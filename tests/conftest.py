@@ -1,4 +1,4 @@
-"""Fixtures for unit tests: a tiny checkpoint (cached) and a router wired to fake workers."""
+"""Fixtures for every tier: the generated tiny checkpoint, cached once per machine."""
 
 from __future__ import annotations
 
