@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import httpx
 import pytest
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.http_front import build_app
+from mainsail.router.http_front import HttpFront
+from mainsail.router.http_server import HttpServer
 from mainsail.router.kvindex import GlobalKVIndex
 from mainsail.router.registry import WorkerRegistry
 from mainsail.router.route import Router
 from mainsail.router.scheduling import build_profile
+from mainsail.router.server import bind_socket
 from mainsail.router.settings import RouterConfig
 from mainsail.router.testing import FakeTransport, FakeWorker
 from mainsail.spec.deployment import SLO, SLOClass
@@ -68,16 +71,27 @@ def add_worker(router: Router, transport: FakeTransport, name: str, **behaviour:
     return transport.add(info.address, FakeWorker(**behaviour))
 
 
+@asynccontextmanager
+async def serving(router: Router) -> AsyncIterator[httpx.AsyncClient]:
+    """The real HTTP server on a loopback port, and a client for it."""
+    server = HttpServer(HttpFront(router).handle, max_body_bytes=router.config.max_body_bytes)
+    sock = bind_socket("127.0.0.1", 0)
+    await server.start(sock)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            yield http
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def client(
     tiny_model_dir: Path,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Router, FakeTransport]]:
     router, transport = make_router(tiny_model_dir, dispatch_timeout=0.2, max_body_bytes=2048)
     add_worker(router, transport, "w0")
-    app = build_app(router)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://router"
-    ) as http:
+    async with serving(router) as http:
         yield http, router, transport
 
 
@@ -230,8 +244,7 @@ async def test_unknown_path_and_method(client: Any) -> None:
 
 async def test_no_worker_gives_503_after_dispatch_timeout(tiny_model_dir: Path) -> None:
     router, _ = make_router(tiny_model_dir, dispatch_timeout=0.1)
-    app = build_app(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as h:
+    async with serving(router) as h:
         assert (await h.get("/health")).status_code == 503
         resp = await h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
     assert resp.status_code == 503
@@ -297,9 +310,8 @@ async def test_workers_without_kv_events_get_approximate_prefix_affinity(
     router.publishes_events = lambda worker_id: False
     for name in ("a", "b", "c"):
         add_worker(router, transport, name)
-    app = build_app(router)
     prompt = "a shared system prompt that spans several KV blocks " * 6
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as h:
+    async with serving(router) as h:
         first = await h.post("/v1/completions", json={"model": MODEL, "prompt": prompt})
         again = [
             await h.post("/v1/completions", json={"model": MODEL, "prompt": prompt + f" {i}"})
@@ -309,3 +321,16 @@ async def test_workers_without_kv_events_get_approximate_prefix_affinity(
     chosen = first.headers["x-mainsail-worker"]
     assert all(r.headers["x-mainsail-worker"] == chosen for r in again)
     assert 'mainsail_router_index_hit_blocks_total{mode="approximate"}' in metrics
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_worker_is_released_when_the_first_chunk_finishes(client: Any, stream: bool) -> None:
+    http, router, _ = client
+    for max_tokens in (1, 3):
+        resp = await http.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "x", "max_tokens": max_tokens, "stream": stream},
+        )
+        assert resp.status_code == 200
+    entry = router.registry.get("w0")
+    assert entry is not None and entry.outstanding == 0

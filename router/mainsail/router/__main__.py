@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mainsail.router.server import RouterServer
@@ -25,6 +27,11 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
 async def _serve(config: RouterConfig, ready_file: Path | None, parent_pid: int | None) -> None:
     server = RouterServer(config)
     await server.start()
+    # Everything loaded so far (tokenizer, protobuf descriptors, gRPC) lives as long as the
+    # process; a full collection scanned it for ~35 ms, a TTFT outlier every few hundred
+    # requests. Frozen objects are skipped by every later collection.
+    gc.collect()
+    gc.freeze()
     if ready_file is not None:
         ready_file.write_text(
             json.dumps({"http_port": server.http_port, "grpc_port": server.grpc_port})
@@ -54,8 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"mainsail-router: bad config {args.config}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(config, args.ready_file, args.parent_pid))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(config, args.ready_file, args.parent_pid))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (the `router` extra): its loop and transports cost the router
+    less CPU per request than asyncio's own; asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -85,3 +85,7 @@ def unavailable(message: str) -> RouterError:
 def upstream_failed(message: str) -> RouterError:
     """502 when a worker failed while serving the request."""
     return RouterError(502, message, type="server_error", code="worker_failed")
+
+
+class TransportError(Exception):
+    """The worker could not be reached or broke the stream (the router's side of the wire)."""

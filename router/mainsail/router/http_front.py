@@ -3,82 +3,79 @@
 It only translates: JSON bodies become `GenerateRequest`s for `Router.open`, chunks become
 OpenAI objects or SSE events. Errors before the first token are real HTTP statuses with
 OpenAI error bodies; an error after streaming began arrives as an SSE `error` event followed
-by `[DONE]`, which the `openai` SDK raises as an APIError.
+by `[DONE]`, which the `openai` SDK raises as an APIError. A streamed response makes one
+socket write per worker message (its events, and on the last one `[DONE]` and the end of the
+body), so a worker that sends several ready tokens at once costs one write, not several.
+Served by `mainsail.router.http_server`; also /health (503 until a worker is registered)
+and /metrics (Prometheus text).
 """
 
 from __future__ import annotations
 
-import abc
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import RouterError, bad_request
-from mainsail.router.openai_schema import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    parse_body,
+from mainsail.router.http_wire import (
+    ChunkWriter,
+    Request,
+    Response,
+    StreamResponse,
+    json_response,
 )
+from mainsail.router.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
+from mainsail.router.openai_shapes import ChatShape, CompletionShape, Shape, sse_event
 from mainsail.router.route import Router, RouteStream
 
-Handler = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response | StreamResponse]]
+_DONE = b"data: [DONE]\n\n"
+_SSE = b"text/event-stream"
 
 
-def build_app(router: Router, ready: Callable[[], bool] | None = None) -> Starlette:
-    """The ASGI app serving ``router``; ``ready`` decides /health (default: any worker)."""
-    front = _HttpFront(router, ready or (lambda: len(router.registry) > 0))
-    routes = [
-        Route("/v1/models", front.models, methods=["GET"]),
-        Route("/v1/completions", front.guard(front.completions), methods=["POST"]),
-        Route("/v1/chat/completions", front.guard(front.chat), methods=["POST"]),
-        Route("/health", front.health, methods=["GET"]),
-        Route("/metrics", front.metrics, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes)
-    app.add_exception_handler(404, front.not_found)
-    app.add_exception_handler(405, front.not_allowed)
-    return app
+class HttpFront:
+    """Request → response for every path; the server calls `handle`."""
 
-
-class _HttpFront:
-    def __init__(self, router: Router, ready: Callable[[], bool]) -> None:
+    def __init__(self, router: Router, ready: Callable[[], bool] | None = None) -> None:
         self.router = router
-        self.ready = ready
+        self.ready = ready or (lambda: len(router.registry) > 0)
+        self.routes: dict[str, dict[str, Endpoint]] = {
+            "/v1/models": {"GET": self.models},
+            "/v1/completions": {"POST": self.completions},
+            "/v1/chat/completions": {"POST": self.chat},
+            "/health": {"GET": self.health},
+            "/metrics": {"GET": self.metrics},
+        }
+        self._http_errors = {
+            status: router.metrics.requests.labels("http", f"http_{status}")
+            for status in (400, 404, 413, 429, 502, 503)
+        }
 
-    def guard(self, handler: Handler) -> Handler:
-        async def wrapped(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RouterError as exc:
-                self.router.metrics.requests.labels("http", f"http_{exc.status}").inc()
-                return JSONResponse(exc.body(), status_code=exc.status)
-
-        return wrapped
-
-    async def _json(self, request: Request) -> Any:
-        limit = self.router.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RouterError(413, f"The request body exceeds {limit} bytes.")
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise RouterError(413, f"The request body exceeds {limit} bytes.")
+    async def handle(self, request: Request) -> Response | StreamResponse:
+        """Dispatch ``request``; refusals become OpenAI error bodies with their status."""
+        methods = self.routes.get(request.path)
+        if methods is None:
+            err = RouterError(404, f"Unknown path {request.path}.", code="unknown_url")
+            return json_response(err.body(), 404)
+        endpoint = methods.get(request.method)
+        if endpoint is None and request.method == "HEAD":
+            endpoint = methods.get("GET")
+        if endpoint is None:
+            msg = f"Method {request.method} is not allowed on {request.path}."
+            allow = ", ".join(methods).encode()
+            return json_response(RouterError(405, msg).body(), 405, [(b"allow", allow)])
         try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"The request body is not valid JSON: {exc}") from None
+            return await endpoint(request)
+        except RouterError as exc:
+            counter = self._http_errors.get(exc.status)
+            if counter is None:
+                counter = self.router.metrics.requests.labels("http", f"http_{exc.status}")
+            counter.inc()
+            return json_response(exc.body(), exc.status)
 
-    # ------------------------------------------------------------------ endpoints
+    # ------------------------------------------------------------------ plain endpoints
 
     async def models(self, request: Request) -> Response:
         created = int(time.time())
@@ -92,26 +89,27 @@ class _HttpFront:
             }
             for m in self.router.served_models()
         ]
-        return JSONResponse({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:
         ok = self.ready()
         body = {"status": "ok" if ok else "no workers", "workers": len(self.router.registry)}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        return json_response(body, 200 if ok else 503)
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.router.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(200, self.router.metrics.render(), b"text/plain; version=0.0.4")
 
-    async def not_found(self, request: Request, exc: Exception) -> Response:
-        err = RouterError(404, f"Unknown path {request.url.path}.", code="unknown_url")
-        return JSONResponse(err.body(), status_code=404)
+    # ------------------------------------------------------------------ generation
 
-    async def not_allowed(self, request: Request, exc: Exception) -> Response:
-        err = RouterError(405, f"Method {request.method} is not allowed on {request.url.path}.")
-        return JSONResponse(err.body(), status_code=405)
+    def _json(self, request: Request) -> object:
+        # The server refuses bodies over max_body_bytes with 413 before we get here.
+        try:
+            return json.loads(request.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise bad_request(f"The request body is not valid JSON: {exc}") from None
 
-    async def completions(self, request: Request) -> Response:
-        body = parse_body(CompletionRequest, await self._json(request))
+    async def completions(self, request: Request) -> Response | StreamResponse:
+        body = parse_body(CompletionRequest, self._json(request))
         req = _sampling_request(body)
         if isinstance(body.prompt, str):
             req.prompt = body.prompt
@@ -122,12 +120,14 @@ class _HttpFront:
         if body.logprobs is not None:
             req.sampling.logprobs = max(body.logprobs, 1)
         route = await self.router.open(req)
-        shaper = _CompletionShape(body.model, self.router, body.logprobs is not None)
+        shape = CompletionShape(
+            body.model, self.router.tokenizer, body.logprobs is not None, route.prepared.request_id
+        )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await self._respond(route, shaper, body.stream, include_usage)
+        return await self._respond(route, shape, body.stream, include_usage)
 
-    async def chat(self, request: Request) -> Response:
-        body = parse_body(ChatCompletionRequest, await self._json(request))
+    async def chat(self, request: Request) -> Response | StreamResponse:
+        body = parse_body(ChatCompletionRequest, self._json(request))
         req = _sampling_request(body)
         if body.max_completion_tokens is not None:
             req.sampling.max_tokens = body.max_completion_tokens
@@ -136,44 +136,65 @@ class _HttpFront:
         if body.logprobs:
             req.sampling.logprobs = max(body.top_logprobs or 0, 1)
         route = await self.router.open(req)
-        shaper = _ChatShape(body.model, self.router, body.logprobs)
+        shape = ChatShape(
+            body.model, self.router.tokenizer, body.logprobs, route.prepared.request_id
+        )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await self._respond(route, shaper, body.stream, include_usage)
+        return await self._respond(route, shape, body.stream, include_usage)
 
     async def _respond(
-        self, route: RouteStream, shaper: _Shape, stream: bool, include_usage: bool
-    ) -> Response:
-        responses = self.router.responses(route)
+        self, route: RouteStream, shape: Shape, stream: bool, include_usage: bool
+    ) -> Response | StreamResponse:
+        headers = [
+            (b"x-mainsail-worker", route.worker_id.encode()),
+            (b"x-request-id", route.prepared.request_id.encode()),
+        ]
         if stream:
-            return StreamingResponse(
-                _sse(responses, shaper, include_usage),
-                media_type="text/event-stream",
-                headers={
-                    "Cache-Control": "no-cache",
-                    "X-Accel-Buffering": "no",
-                    "X-Mainsail-Worker": route.worker_id,
-                    "X-Request-Id": route.prepared.request_id,
-                },
-            )
+            headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+            async def body(writer: ChunkWriter) -> None:
+                await self._stream(route, shape, include_usage, writer)
+
+            return StreamResponse(200, _SSE, headers, body)
         text: list[str] = []
         logprobs: list[pb.TokenLogprob] = []
-        last = pb.GenerateResponse()
-        async for response in responses:
-            text.append(response.text)
-            logprobs.extend(response.logprobs)
-            last = response
+        last = pb.TokenChunk()
+        async with aclosing(self.router.chunks(route)) as chunks:
+            async for chunk in chunks:
+                text.append(chunk.text)
+                logprobs.extend(chunk.logprobs)
+                last = chunk
         if last.finish_reason not in ("stop", "length"):
             self.router.metrics.requests.labels("http", "upstream_error").inc()
             err = RouterError(502, last.error or "generation failed", type="server_error")
-            return JSONResponse(err.body(), status_code=502)
+            return json_response(err.body(), 502)
         self.router.metrics.requests.labels("http", "ok").inc()
-        return JSONResponse(
-            shaper.whole("".join(text), logprobs, last),
-            headers={
-                "X-Mainsail-Worker": route.worker_id,
-                "X-Request-Id": route.prepared.request_id,
-            },
-        )
+        return json_response(shape.whole("".join(text), logprobs, last), headers=headers)
+
+    async def _stream(
+        self, route: RouteStream, shape: Shape, include_usage: bool, writer: ChunkWriter
+    ) -> None:
+        """The SSE body: one write per worker message, `[DONE]` with the last."""
+        out = [shape.opening()]
+        async with aclosing(self.router.chunks(route)) as chunks:
+            async for chunk in chunks:
+                finish = chunk.finish_reason
+                if finish == "error" or finish == "abort":
+                    err = RouterError(502, chunk.error or "generation failed", type="server_error")
+                    out.append(sse_event(err.body()))
+                    break
+                if chunk.text or finish or chunk.logprobs:
+                    out.append(shape.delta_event(chunk))
+                if finish:
+                    if include_usage:
+                        out.append(shape.usage_event(chunk))
+                    break
+                writer.write(b"".join(out))
+                out.clear()
+                await writer.drain()
+            # The end of the body goes out before the route's clean-up (closing `chunks`).
+            out.append(_DONE)
+            writer.write(b"".join(out), last=True)
 
 
 def _sampling_request(body: CompletionRequest | ChatCompletionRequest) -> pb.GenerateRequest:
@@ -197,177 +218,3 @@ def _sampling_request(body: CompletionRequest | ChatCompletionRequest) -> pb.Gen
     s.stop.extend(body.stop_list())
     s.ignore_eos = body.ignore_eos
     return req
-
-
-async def _sse(
-    responses: AsyncIterator[pb.GenerateResponse], shaper: _Shape, include_usage: bool
-) -> AsyncIterator[bytes]:
-    yield _event(shaper.opening())
-    async for response in responses:
-        if response.finish_reason in ("error", "abort"):
-            err = RouterError(502, response.error or "generation failed", type="server_error")
-            yield _event(err.body())
-            break
-        if response.text or response.finish_reason or response.logprobs:
-            yield _event(shaper.delta(response))
-        if response.finish_reason and include_usage:
-            yield _event(shaper.usage_chunk(response))
-    yield b"data: [DONE]\n\n"
-
-
-def _event(obj: dict[str, Any] | None) -> bytes:
-    if obj is None:
-        return b""
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _usage(usage: pb.Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-
-
-class _Shape(abc.ABC):
-    """OpenAI object shapes for one endpoint."""
-
-    object_whole = ""
-    object_chunk = ""
-    prefix = ""
-
-    def __init__(self, model: str, router: Router, logprobs: bool) -> None:
-        self.model = model
-        self.router = router
-        self.logprobs = logprobs
-        self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-
-    def _frame(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-
-    def _token(self, token_id: int) -> str:
-        return self.router.tokenizer.decode([token_id], skip_special_tokens=False)
-
-    def opening(self) -> dict[str, Any] | None:
-        return None
-
-    def usage_chunk(self, response: pb.GenerateResponse) -> dict[str, Any]:
-        frame = self._frame(self.object_chunk, [])
-        frame["usage"] = _usage(response.usage)
-        return frame
-
-    @abc.abstractmethod
-    def delta(self, response: pb.GenerateResponse) -> dict[str, Any]:
-        """One streamed chunk."""
-
-    @abc.abstractmethod
-    def whole(
-        self, text: str, logprobs: list[pb.TokenLogprob], last: pb.GenerateResponse
-    ) -> dict[str, Any]:
-        """The non-streamed response."""
-
-
-class _CompletionShape(_Shape):
-    object_whole = object_chunk = "text_completion"
-    prefix = "cmpl"
-
-    def _logprobs(self, items: list[pb.TokenLogprob]) -> dict[str, Any] | None:
-        if not self.logprobs:
-            return None
-        return {
-            "tokens": [self._token(i.token_id) for i in items],
-            "token_logprobs": [i.logprob for i in items],
-            "top_logprobs": [
-                {self._token(t): lp for t, lp in zip(i.top_token_ids, i.top_logprobs, strict=False)}
-                for i in items
-            ],
-            "text_offset": [],
-        }
-
-    def delta(self, response: pb.GenerateResponse) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "text": response.text,
-            "logprobs": self._logprobs(list(response.logprobs)),
-            "finish_reason": response.finish_reason or None,
-        }
-        return self._frame(self.object_chunk, [choice])
-
-    def whole(
-        self, text: str, logprobs: list[pb.TokenLogprob], last: pb.GenerateResponse
-    ) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": self._logprobs(logprobs),
-            "finish_reason": last.finish_reason,
-        }
-        frame = self._frame(self.object_whole, [choice])
-        frame["usage"] = _usage(last.usage)
-        return frame
-
-
-class _ChatShape(_Shape):
-    object_whole = "chat.completion"
-    object_chunk = "chat.completion.chunk"
-    prefix = "chatcmpl"
-
-    def _logprobs(self, items: list[pb.TokenLogprob]) -> dict[str, Any] | None:
-        if not self.logprobs:
-            return None
-        content = []
-        for i in items:
-            token = self._token(i.token_id)
-            tops = [
-                {"token": self._token(t), "logprob": lp, "bytes": list(self._token(t).encode())}
-                for t, lp in zip(i.top_token_ids, i.top_logprobs, strict=False)
-            ]
-            content.append(
-                {
-                    "token": token,
-                    "logprob": i.logprob,
-                    "bytes": list(token.encode()),
-                    "top_logprobs": tops,
-                }
-            )
-        return {"content": content}
-
-    def opening(self) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "delta": {"role": "assistant", "content": ""},
-            "logprobs": None,
-            "finish_reason": None,
-        }
-        return self._frame(self.object_chunk, [choice])
-
-    def delta(self, response: pb.GenerateResponse) -> dict[str, Any]:
-        delta = {"content": response.text} if response.text else {}
-        choice = {
-            "index": 0,
-            "delta": delta,
-            "logprobs": self._logprobs(list(response.logprobs)),
-            "finish_reason": response.finish_reason or None,
-        }
-        return self._frame(self.object_chunk, [choice])
-
-    def whole(
-        self, text: str, logprobs: list[pb.TokenLogprob], last: pb.GenerateResponse
-    ) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": self._logprobs(logprobs),
-            "finish_reason": last.finish_reason,
-        }
-        frame = self._frame(self.object_whole, [choice])
-        frame["usage"] = _usage(last.usage)
-        return frame

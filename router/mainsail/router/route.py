@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import (
@@ -29,6 +31,7 @@ from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.scheduling import (
+    PluginTiming,
     RequestInfo,
     SchedulingContext,
     SchedulingProfile,
@@ -62,6 +65,7 @@ class RouteStream:
     first: pb.TokenChunk
     rest: AsyncIterator[pb.TokenChunk]
     started: float
+    entry: WorkerEntry | None = None  # released (outstanding count) when the route ends
     _closed: bool = field(default=False)
 
 
@@ -94,6 +98,16 @@ class Router:
         self._pending = 0
         self._changed = asyncio.Event()
         self._slo = {c.name: c for c in config.slo.classes}
+        # Request ids: a random per-process prefix (unique across router replicas sharing
+        # workers) and a counter; a uuid4 per request cost more than the rest of the id work.
+        self._id_prefix = f"req-{secrets.token_hex(6)}-"
+        self._ids = itertools.count(1)
+        # Labelled metric children, looked up once instead of per request.
+        self._plugin_metric: dict[tuple[str, str], Any] = {}
+        self._hit_metric: dict[str, Any] = {}
+        self._outcome_metric: dict[str, Any] = {}
+        self._unrecorded: list[tuple[float, tuple[PluginTiming, ...], str, int]] = []
+        self._static: dict[str, tuple[WorkerEntry, str, frozenset[str], str, int, int]] = {}
 
     # ------------------------------------------------------------------ validation
 
@@ -129,7 +143,7 @@ class Router:
         slo = self._slo.get(request.slo_class)
         priority = max(request.priority, slo.priority if slo else 0)
         ttft_ms = (slo.ttft_ms if slo and slo.ttft_ms else None) or self.config.slo.ttft_ms
-        request_id = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
+        request_id = request.request_id or f"{self._id_prefix}{next(self._ids):x}"
         kv = self.config.kv_hash
         hashes = chain_hashes(token_ids, kv.block_size, kv.hash_seed, adapter or None)
         info = RequestInfo(
@@ -212,6 +226,7 @@ class Router:
             entry.pending_prefill += backlog
             self.metrics.inflight.inc()
             stream = self.transport.submit(entry.address, self._worker_request(prepared))
+            self._record_schedules()  # after the request is on its way, off its latency
             try:
                 first = await anext(stream)
             except (TransportError, StopAsyncIteration) as exc:
@@ -226,7 +241,8 @@ class Router:
                 raise
             finally:
                 entry.pending_prefill = max(0, entry.pending_prefill - backlog)
-            return RouteStream(prepared, entry.worker_id, first, self._rest(entry, stream), started)
+            rest = self._rest(entry, stream)
+            return RouteStream(prepared, entry.worker_id, first, rest, started, entry)
         raise upstream_failed(f"Workers failed before producing a token: {last_error}")
 
     async def _choose(
@@ -240,6 +256,7 @@ class Router:
                 chosen = self._schedule(prepared, tried)
                 if chosen is not None:
                     return chosen
+                self._record_schedules()
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise unavailable(
@@ -250,6 +267,9 @@ class Router:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
+        except BaseException:
+            self._record_schedules()
+            raise
         finally:
             self._pending -= 1
             self.metrics.queued.dec()
@@ -269,24 +289,78 @@ class Router:
                     hits[worker_id] = max(hits.get(worker_id, 0), depth)
         ctx = SchedulingContext(
             request=prepared.info,
-            workers=tuple(_snapshot(e) for e in entries),
+            workers=tuple([self._snapshot(e) for e in entries]),
             prefix_hits=hits,
             now=self._clock(),
         )
         decision = self.profile.schedule(ctx)
-        self.metrics.schedule.observe(time.perf_counter() - t0)
-        for timing in decision.timings:
-            self.metrics.plugin.labels(f"{timing.kind}:{timing.name}").observe(timing.seconds)
+        elapsed = time.perf_counter() - t0
         if decision.worker_id is None:
+            self._unrecorded.append((elapsed, decision.timings, "", 0))
             return None
         mode = self.index.mode
         if self.approx is not None and not self.publishes_events(decision.worker_id):
             self.approx.record_dispatch(decision.worker_id, hashes)
             mode = self.approx.mode
         depth = hits.get(decision.worker_id, 0)
-        self.metrics.expected_hit_blocks.labels(mode).inc(depth)
+        self._unrecorded.append((elapsed, decision.timings, mode, depth))
         entry = self.registry.get(decision.worker_id)
         return None if entry is None else (entry, depth)
+
+    def _record_schedules(self) -> None:
+        """Scheduling metrics (time, per-plugin times, expected hits) of recent decisions."""
+        for elapsed, timings, mode, depth in self._unrecorded:
+            self.metrics.schedule.observe(elapsed)
+            for timing in timings:
+                key = (timing.kind, timing.name)
+                child = self._plugin_metric.get(key)
+                if child is None:
+                    child = self.metrics.plugin.labels(f"{timing.kind}:{timing.name}")
+                    self._plugin_metric[key] = child
+                child.observe(timing.seconds)
+            if mode:
+                hit_child = self._hit_metric.get(mode)
+                if hit_child is None:
+                    hit_child = self._hit_metric[mode] = self.metrics.expected_hit_blocks.labels(
+                        mode
+                    )
+                hit_child.inc(depth)
+        self._unrecorded.clear()
+
+    def _snapshot(self, entry: WorkerEntry) -> WorkerSnapshot:
+        # What a registration fixes (role, adapters, KV hash fingerprint) is computed once per
+        # registered entry; load and the router's own counts are read every time.
+        cached = self._static.get(entry.worker_id)
+        if cached is None or cached[0] is not entry:
+            info = entry.info
+            cached = (
+                entry,
+                info.role or "unified",
+                frozenset(info.adapters),
+                entry.fingerprint,
+                info.max_num_seqs,
+                info.max_model_len,
+            )
+            if len(self._static) > 2 * len(self.registry) + 64:
+                self._static.clear()  # workers that left; bounded under churn
+            self._static[entry.worker_id] = cached
+        _, role, adapters, fingerprint, max_num_seqs, max_model_len = cached
+        load = entry.load
+        return WorkerSnapshot(
+            worker_id=entry.worker_id,
+            role=role,
+            healthy=True,
+            running=load.running,
+            waiting=load.waiting,
+            max_num_seqs=max_num_seqs or load.max_num_seqs or 1,
+            kv_blocks_used=load.kv_blocks_used,
+            kv_blocks_total=load.kv_blocks_total,
+            adapters=adapters,
+            max_model_len=max_model_len,
+            outstanding=entry.outstanding,
+            hash_fingerprint=fingerprint,
+            pending_prefill_tokens=max(load.pending_prefill_tokens, entry.pending_prefill),
+        )
 
     def _worker_request(self, prepared: Prepared) -> pb.WorkerRequest:
         return pb.WorkerRequest(
@@ -306,8 +380,6 @@ class Router:
         except TransportError as exc:
             self.registry.mark_failed(entry.worker_id)
             yield pb.TokenChunk(finish_reason="error", error=f"worker failed mid-stream: {exc}")
-        finally:
-            self._release(entry)
 
     def _release(self, entry: WorkerEntry) -> None:
         entry.outstanding = max(0, entry.outstanding - 1)
@@ -322,6 +394,13 @@ class Router:
 
     async def responses(self, route: RouteStream) -> AsyncIterator[pb.GenerateResponse]:
         """Turn a route's chunks into client responses, recording latency and usage."""
+        async for chunk in self.chunks(route):
+            yield self._response(route, chunk)
+
+    async def chunks(self, route: RouteStream) -> AsyncGenerator[pb.TokenChunk, None]:
+        """The route's chunks as the worker sent them, ending with one that has a finish
+        reason ("error" when the worker broke off); records latency and usage, releases the
+        worker and aborts the request if the caller stops early."""
         first_seen = self._clock()
         self.metrics.ttft.observe(first_seen - route.started)
         chunk: pb.TokenChunk | None = route.first
@@ -331,16 +410,15 @@ class Router:
                 if chunk.finish_reason:
                     finished = True
                     self._account(chunk)
-                yield self._response(route, chunk)
+                yield chunk
                 if finished:
                     break
                 chunk = await anext(route.rest, None)
             if not finished:
-                yield pb.GenerateResponse(
+                yield pb.TokenChunk(
                     request_id=route.prepared.request_id,
                     finish_reason="error",
                     error="worker closed the stream without finishing",
-                    worker_id=route.worker_id,
                 )
         finally:
             if not finished:
@@ -348,11 +426,20 @@ class Router:
                 if entry is not None:
                     await self.transport.abort(entry.address, route.prepared.request_id)
             await _close(route.rest)
+            # Released here, not in `_rest`: a route whose first chunk finished it never
+            # starts `rest`, and closing an unstarted generator runs none of its code.
+            if not route._closed:
+                route._closed = True
+                if route.entry is not None:
+                    self._release(route.entry)
             self.metrics.e2e.observe(self._clock() - route.started)
 
     def _account(self, chunk: pb.TokenChunk) -> None:
         outcome = "ok" if chunk.finish_reason in ("stop", "length") else chunk.finish_reason
-        self.metrics.requests.labels("any", outcome).inc()
+        child = self._outcome_metric.get(outcome)
+        if child is None:
+            child = self._outcome_metric[outcome] = self.metrics.requests.labels("any", outcome)
+        child.inc()
         self.metrics.prompt_tokens.inc(chunk.usage.prompt_tokens)
         self.metrics.cached_tokens.inc(chunk.usage.cached_tokens)
         self.metrics.generation_tokens.inc(chunk.usage.completion_tokens)
@@ -368,25 +455,6 @@ class Router:
             worker_id=route.worker_id,
             error=chunk.error,
         )
-
-
-def _snapshot(entry: WorkerEntry) -> WorkerSnapshot:
-    load = entry.load
-    return WorkerSnapshot(
-        worker_id=entry.worker_id,
-        role=entry.info.role or "unified",
-        healthy=True,
-        running=load.running,
-        waiting=load.waiting,
-        max_num_seqs=entry.info.max_num_seqs or load.max_num_seqs or 1,
-        kv_blocks_used=load.kv_blocks_used,
-        kv_blocks_total=load.kv_blocks_total,
-        adapters=frozenset(entry.info.adapters),
-        max_model_len=entry.info.max_model_len,
-        outstanding=entry.outstanding,
-        hash_fingerprint=entry.fingerprint,
-        pending_prefill_tokens=max(load.pending_prefill_tokens, entry.pending_prefill),
-    )
 
 
 async def _close(stream: AsyncIterator[pb.TokenChunk]) -> None:

@@ -1,7 +1,7 @@
 """The router process: both fronts, the registry's pruning loop and the KV event feed.
 
 `RouterServer` assembles the parts from a `RouterConfig` (seams — transport, clock, RNG —
-injectable for tests) and serves HTTP (uvicorn, on a socket we bind with TCP_NODELAY) and
+injectable for tests) and serves HTTP (`http_server`, on a socket we bind with TCP_NODELAY) and
 gRPC (Inference, Registry, standard health, reflection) from one asyncio loop.
 """
 
@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 
 import grpc
-import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.grpc_front import InferenceService, RegistryService
-from mainsail.router.http_front import build_app
+from mainsail.router.http_front import HttpFront
+from mainsail.router.http_server import HttpServer
 from mainsail.router.kv_events import KVEventFeed
 from mainsail.router.kvindex import ApproximateIndex, GlobalKVIndex
 from mainsail.router.metrics import RouterMetrics
@@ -46,15 +46,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
-
-
-def _http_impl() -> str:
-    """httptools (C parser, ~3x h11's request rate here) when installed, else h11."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return "h11"
-    return "httptools"
 
 
 class RouterServer:
@@ -91,7 +82,7 @@ class RouterServer:
         )
         self.registry.subscribe(on_add=self._added, on_remove=self._removed)
         self._grpc: grpc.aio.Server | None = None
-        self._http: uvicorn.Server | None = None
+        self._http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.http_port = 0
         self.grpc_port = 0
@@ -138,20 +129,10 @@ class RouterServer:
 
         sock = bind_socket(cfg.host, cfg.http_port)
         self.http_port = sock.getsockname()[1]
-        app = build_app(self.router)
-        uv_config = uvicorn.Config(
-            app,
-            http=_http_impl(),
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            timeout_keep_alive=30,
-        )
-        self._http = uvicorn.Server(uv_config)
-        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
+        front = HttpFront(self.router)
+        self._http = HttpServer(front.handle, max_body_bytes=cfg.max_body_bytes, keep_alive_s=30.0)
+        await self._http.start(sock)
         self._tasks.append(asyncio.create_task(self._prune_loop()))
-        while not self._http.started:
-            await asyncio.sleep(0.01)
         log.info("router serving HTTP :%d gRPC :%d", self.http_port, self.grpc_port)
 
     async def _prune_loop(self) -> None:
@@ -164,7 +145,7 @@ class RouterServer:
     async def stop(self) -> None:
         """Stop serving; in-flight streams are cancelled."""
         if self._http is not None:
-            self._http.should_exit = True
+            await self._http.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         await self.feed.close()

@@ -1,24 +1,24 @@
 """The router's one seam to workers: submit, abort and KV events over gRPC.
 
-`GrpcTransport` keeps one channel per worker address (HTTP/2 multiplexes every request to
-that worker over it; gRPC sets TCP_NODELAY on its sockets). Tests and benchmarks inject
+`GrpcTransport` keeps one channel per worker address (gRPC sets TCP_NODELAY on its sockets)
+and sends every request to that worker over one long-lived `Worker.SubmitMany` stream
+(`mainsail.router.worker_stream`): a gRPC call per request cost the router about as much CPU
+as everything else it does for a request. Tests and benchmarks inject
 `mainsail.router.testing.FakeTransport` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol
 
 import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-
-
-class TransportError(Exception):
-    """The worker could not be reached or broke the stream."""
+from mainsail.router.errors import TransportError
+from mainsail.router.worker_stream import WorkerStream
 
 
 class WorkerTransport(Protocol):
@@ -58,6 +58,7 @@ class GrpcTransport:
 
     def __init__(self) -> None:
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.WorkerStub]] = {}
+        self._streams: dict[str, WorkerStream] = {}
 
     def _stub(self, address: str) -> pb_grpc.WorkerStub:
         found = self._stubs.get(address)
@@ -67,15 +68,20 @@ class GrpcTransport:
             self._stubs[address] = found
         return found[1]
 
-    async def submit(self, address: str, request: pb.WorkerRequest) -> AsyncIterator[pb.TokenChunk]:
-        call = self._stub(address).Submit(request)
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise TransportError(f"{exc.code().name}: {exc.details()}") from exc
-        finally:
-            call.cancel()
+    def submit(
+        self, address: str, request: pb.WorkerRequest
+    ) -> AsyncGenerator[pb.TokenChunk, None]:
+        stream = self._streams.get(address)
+        if stream is None or stream.closed:
+            stream = WorkerStream(self._stub(address).SubmitMany, self._aborter(address))
+            self._streams[address] = stream
+        return stream.submit(request)
+
+    def _aborter(self, address: str) -> Callable[[str], Coroutine[Any, Any, None]]:
+        async def abort(request_id: str) -> None:
+            await self.abort(address, request_id)
+
+        return abort
 
     async def abort(self, address: str, request_id: str) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -92,11 +98,20 @@ class GrpcTransport:
             call.cancel()
 
     async def drop(self, address: str) -> None:
+        stream = self._streams.pop(address, None)
+        if stream is not None:
+            stream.close()
         found = self._stubs.pop(address, None)
         if found is not None:
             await found[0].close()
 
     async def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
         for channel, _ in self._stubs.values():
             await channel.close()
         self._stubs.clear()
+
+
+__all__ = ["GrpcTransport", "TransportError", "WorkerTransport"]

@@ -10,8 +10,9 @@ serving everyone else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -58,27 +59,159 @@ def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
 
 def chunk_from_output(out: RequestOutput) -> pb.TokenChunk:
     """One engine output as a wire chunk; usage is filled on the last one."""
+    return chunk_from_outputs([out])
+
+
+def chunk_from_outputs(outs: Sequence[RequestOutput]) -> pb.TokenChunk:
+    """Outputs that were ready together as one wire chunk: token ids, text and logprobs
+    concatenated in order; finish reason, error and usage from the last output."""
+    last = outs[-1]
     chunk = pb.TokenChunk(
-        request_id=out.request_id,
-        token_ids=out.new_token_ids,
-        text=out.new_text,
-        finish_reason=out.finish_reason or "" if out.finished else "",
-        error=out.error or "",
+        request_id=last.request_id,
+        finish_reason=last.finish_reason or "" if last.finished else "",
+        error=last.error or "",
     )
-    if out.logprobs:
-        for token_id, top in zip(out.new_token_ids, out.logprobs, strict=False):
-            ranked = sorted(top.items(), key=lambda kv: kv[1], reverse=True)
-            chunk.logprobs.add(
-                token_id=token_id,
-                logprob=top.get(token_id, ranked[0][1] if ranked else 0.0),
-                top_token_ids=[t for t, _ in ranked],
-                top_logprobs=[lp for _, lp in ranked],
-            )
-    if out.finished:
-        chunk.usage.prompt_tokens = out.prompt_tokens
-        chunk.usage.completion_tokens = out.completion_tokens
-        chunk.usage.cached_tokens = out.cached_tokens
+    if len(outs) == 1:
+        chunk.token_ids.extend(last.new_token_ids)
+        chunk.text = last.new_text
+    else:
+        for out in outs:
+            chunk.token_ids.extend(out.new_token_ids)
+        chunk.text = "".join(out.new_text for out in outs)
+    for out in outs:
+        if out.logprobs:
+            _add_logprobs(chunk, out)
+    if last.finished:
+        chunk.usage.prompt_tokens = last.prompt_tokens
+        chunk.usage.completion_tokens = last.completion_tokens
+        chunk.usage.cached_tokens = last.cached_tokens
     return chunk
+
+
+def _add_logprobs(chunk: pb.TokenChunk, out: RequestOutput) -> None:
+    for token_id, top in zip(out.new_token_ids, out.logprobs or (), strict=False):
+        ranked = sorted(top.items(), key=lambda kv: kv[1], reverse=True)
+        chunk.logprobs.add(
+            token_id=token_id,
+            logprob=top.get(token_id, ranked[0][1] if ranked else 0.0),
+            top_token_ids=[t for t, _ in ranked],
+            top_logprobs=[lp for _, lp in ranked],
+        )
+
+
+_End = None  # marks the end of an engine stream in the ready queue
+Ready = asyncio.Queue[RequestOutput | BaseException | None]
+
+
+async def _pump(outputs: AsyncIterator[RequestOutput], ready: Ready) -> None:
+    """Move an engine stream into ``ready`` as fast as the engine produces it."""
+    try:
+        async for out in outputs:
+            ready.put_nowait(out)
+        ready.put_nowait(_End)
+    except Exception as exc:  # handed to the RPC, which raises it there
+        ready.put_nowait(exc)
+
+
+async def coalesced(
+    outputs: AsyncIterator[RequestOutput],
+) -> AsyncGenerator[list[RequestOutput], None]:
+    """The engine's outputs in batches of those ready at once (never waiting for more).
+
+    The RPC sends one message per batch: a consumer that keeps up sees one output per message,
+    one that falls behind (or an engine that yields several outputs without pausing) costs
+    one message for all that were ready. Closing this stream stops the engine stream.
+    """
+    ready: Ready = asyncio.Queue()
+    pump = asyncio.get_running_loop().create_task(_pump(outputs, ready))
+    try:
+        while True:
+            item = await ready.get()
+            batch: list[RequestOutput] = []
+            while True:
+                if item is _End:
+                    if batch:
+                        yield batch
+                    return
+                if isinstance(item, BaseException):
+                    if batch:
+                        yield batch
+                    raise item
+                batch.append(item)
+                if item.finished or ready.empty():
+                    break
+                item = ready.get_nowait()
+            yield batch
+            if batch[-1].finished:
+                return
+    finally:
+        if not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+
+class _Multiplexer:
+    """The requests of one SubmitMany stream: a task per request, outputs gathered per id."""
+
+    def __init__(self, engine: ServingEngine) -> None:
+        self.engine = engine
+        self.ready: dict[str, list[RequestOutput]] = {}
+        self.failed: dict[str, str] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()
+
+    async def read(self, batches: AsyncIterator[pb.WorkerRequestBatch]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for batch in batches:
+                for request in batch.requests:
+                    rid = request.request_id
+                    if rid in self.tasks:
+                        self._fail(rid, f"INVALID_ARGUMENT: request id {rid!r} is already in use")
+                        continue
+                    self.tasks[rid] = loop.create_task(self._run(request))
+        finally:
+            self.wake.set()
+
+    async def _run(self, request: pb.WorkerRequest) -> None:
+        rid = request.request_id
+        try:
+            engine_request = EngineRequest(
+                request_id=rid,
+                prompt_token_ids=list(request.prompt_token_ids),
+                sampling=sampling_from_proto(request.sampling),
+                priority=request.priority,
+                adapter=request.adapter or None,
+            )
+            async for out in self.engine.generate(engine_request):
+                pending = self.ready.get(rid)
+                if pending is None:
+                    self.ready[rid] = [out]
+                    self.wake.set()
+                else:
+                    pending.append(out)
+        except EngineInputError as exc:
+            self._fail(rid, f"INVALID_ARGUMENT: {exc}")
+        except Exception as exc:  # the engine failed this request; others carry on
+            self._fail(rid, f"INTERNAL: {type(exc).__name__}: {exc}")
+        finally:
+            self.tasks.pop(rid, None)
+            self.wake.set()
+
+    def _fail(self, rid: str, message: str) -> None:
+        self.failed[rid] = message
+        self.ready.setdefault(rid, [])
+        self.wake.set()
+
+    def chunk(self, rid: str, outs: list[RequestOutput]) -> pb.TokenChunk:
+        error = self.failed.pop(rid, None)
+        if error is None:
+            return chunk_from_outputs(outs)
+        chunk = chunk_from_outputs(outs) if outs else pb.TokenChunk(request_id=rid)
+        chunk.finish_reason = "error"
+        chunk.error = error
+        return chunk
 
 
 class WorkerService(pb_grpc.WorkerServicer):
@@ -112,11 +245,37 @@ class WorkerService(pb_grpc.WorkerServicer):
                 priority=request.priority,
                 adapter=request.adapter or None,
             )
-            outputs = self.engine.generate(engine_request)
-            async for out in outputs:
-                yield chunk_from_output(out)
+            batches = coalesced(self.engine.generate(engine_request))
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    yield chunk_from_outputs(batch)
         except EngineInputError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def SubmitMany(
+        self,
+        request_iterator: AsyncIterator[pb.WorkerRequestBatch],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.TokenChunkBatch]:
+        """Every request on one stream; what is ready for all of them goes out as one message,
+        each request's ready outputs as one chunk."""
+        mux = _Multiplexer(self.engine)
+        reader = asyncio.get_running_loop().create_task(mux.read(request_iterator))
+        try:
+            while True:
+                await mux.wake.wait()
+                mux.wake.clear()
+                if mux.ready:
+                    ready, mux.ready = mux.ready, {}
+                    yield pb.TokenChunkBatch(
+                        chunks=[mux.chunk(rid, outs) for rid, outs in ready.items()]
+                    )
+                if reader.done() and not mux.tasks and not mux.ready:
+                    return
+        finally:
+            reader.cancel()
+            for task in list(mux.tasks.values()):
+                task.cancel()
 
     async def Abort(
         self, request: pb.AbortRequest, context: grpc.aio.ServicerContext

@@ -154,6 +154,11 @@ class WorkerStub:
                 request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.WorkerRequest.SerializeToString,
                 response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.TokenChunk.FromString,
                 _registered_method=True)
+        self.SubmitMany = channel.stream_stream(
+                '/mainsail.proto.v1.Worker/SubmitMany',
+                request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.WorkerRequestBatch.SerializeToString,
+                response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.TokenChunkBatch.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/mainsail.proto.v1.Worker/Abort',
                 request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.AbortRequest.SerializeToString,
@@ -186,6 +191,18 @@ class WorkerServicer:
 
     def Submit(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitMany(self, request_iterator, context):
+        """Many requests over one long-lived stream (what the router uses): each WorkerRequest starts
+        a request, each TokenChunk names its request_id, and a request ends with the chunk that
+        has a finish_reason. A request the worker refuses or fails before its first token gets a
+        single chunk with finish_reason "error" and no tokens. Stop one request with Abort.
+        Both sides put whatever is ready into one message, so a busy stream costs one message
+        per batch rather than per request or per token.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -227,6 +244,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.WorkerRequest.FromString,
                     response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.TokenChunk.SerializeToString,
+            ),
+            'SubmitMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitMany,
+                    request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.WorkerRequestBatch.FromString,
+                    response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.TokenChunkBatch.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -281,6 +303,33 @@ class Worker:
             '/mainsail.proto.v1.Worker/Submit',
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.WorkerRequest.SerializeToString,
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.TokenChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mainsail.proto.v1.Worker/SubmitMany',
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.WorkerRequestBatch.SerializeToString,
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.TokenChunkBatch.FromString,
             options,
             channel_credentials,
             insecure,

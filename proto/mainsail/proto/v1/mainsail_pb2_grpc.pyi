@@ -69,6 +69,14 @@ class WorkerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkerAsyncStub: ...
     Submit: _grpc.UnaryStreamMultiCallable[_mainsail_pb2.WorkerRequest, _mainsail_pb2.TokenChunk]
+    SubmitMany: _grpc.StreamStreamMultiCallable[_mainsail_pb2.WorkerRequestBatch, _mainsail_pb2.TokenChunkBatch]
+    """Many requests over one long-lived stream (what the router uses): each WorkerRequest starts
+    a request, each TokenChunk names its request_id, and a request ends with the chunk that
+    has a finish_reason. A request the worker refuses or fails before its first token gets a
+    single chunk with finish_reason "error" and no tokens. Stop one request with Abort.
+    Both sides put whatever is ready into one message, so a busy stream costs one message
+    per batch rather than per request or per token.
+    """
     Abort: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.AbortRequest, _mainsail_pb2.AbortReply]
     Health: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.HealthRequest, _mainsail_pb2.HealthReply]
     Load: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.LoadRequest, _mainsail_pb2.LoadSnapshot]
@@ -79,6 +87,14 @@ class WorkerStub:
 class WorkerAsyncStub(WorkerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryStreamMultiCallable[_mainsail_pb2.WorkerRequest, _mainsail_pb2.TokenChunk]  # type: ignore[assignment]
+    SubmitMany: _aio.StreamStreamMultiCallable[_mainsail_pb2.WorkerRequestBatch, _mainsail_pb2.TokenChunkBatch]  # type: ignore[assignment]
+    """Many requests over one long-lived stream (what the router uses): each WorkerRequest starts
+    a request, each TokenChunk names its request_id, and a request ends with the chunk that
+    has a finish_reason. A request the worker refuses or fails before its first token gets a
+    single chunk with finish_reason "error" and no tokens. Stop one request with Abort.
+    Both sides put whatever is ready into one message, so a busy stream costs one message
+    per batch rather than per request or per token.
+    """
     Abort: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.AbortRequest, _mainsail_pb2.AbortReply]  # type: ignore[assignment]
     Health: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.HealthRequest, _mainsail_pb2.HealthReply]  # type: ignore[assignment]
     Load: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.LoadRequest, _mainsail_pb2.LoadSnapshot]  # type: ignore[assignment]
@@ -92,6 +108,20 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _mainsail_pb2.WorkerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_mainsail_pb2.TokenChunk], _abc.AsyncIterator[_mainsail_pb2.TokenChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def SubmitMany(
+        self,
+        request_iterator: _MaybeAsyncIterator[_mainsail_pb2.WorkerRequestBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_mainsail_pb2.TokenChunkBatch], _abc.AsyncIterator[_mainsail_pb2.TokenChunkBatch]]:
+        """Many requests over one long-lived stream (what the router uses): each WorkerRequest starts
+        a request, each TokenChunk names its request_id, and a request ends with the chunk that
+        has a finish_reason. A request the worker refuses or fails before its first token gets a
+        single chunk with finish_reason "error" and no tokens. Stop one request with Abort.
+        Both sides put whatever is ready into one message, so a busy stream costs one message
+        per batch rather than per request or per token.
+        """
 
     @_abc_1.abstractmethod
     def Abort(
