@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,39 +19,22 @@ from typing import Any
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import (
     RouterError,
-    bad_request,
-    model_not_found,
     overloaded,
     unavailable,
     upstream_failed,
 )
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
+from mainsail.router.prepare import Prepared, RequestPreparer
 from mainsail.router.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.scheduling import (
-    PluginTiming,
-    RequestInfo,
     SchedulingContext,
     SchedulingProfile,
-    WorkerSnapshot,
 )
 from mainsail.router.settings import RouterConfig
 from mainsail.router.transport import TransportError, WorkerTransport
-from mainsail.spec.kvhash import chain_hashes
+from mainsail.router.worker_view import ScheduleRecorder, WorkerViews
 from mainsail.spec.tokenizer import Tokenizer
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A validated request: token ids, sampling and where it may go."""
-
-    request_id: str
-    token_ids: list[int]
-    sampling: pb.SamplingParams
-    adapter: str
-    priority: int
-    ttft_target_s: float
-    info: RequestInfo
 
 
 @dataclass
@@ -97,107 +78,20 @@ class Router:
         self._clock = clock
         self._pending = 0
         self._changed = asyncio.Event()
-        self._slo = {c.name: c for c in config.slo.classes}
-        # Request ids: a random per-process prefix (unique across router replicas sharing
-        # workers) and a counter; a uuid4 per request cost more than the rest of the id work.
-        self._id_prefix = f"req-{secrets.token_hex(6)}-"
-        self._ids = itertools.count(1)
-        # Labelled metric children, looked up once instead of per request.
-        self._plugin_metric: dict[tuple[str, str], Any] = {}
-        self._hit_metric: dict[str, Any] = {}
+        self.preparer = RequestPreparer(config, tokenizer)
+        self._views = WorkerViews(registry)
+        self._recorder = ScheduleRecorder(self.metrics)
         self._outcome_metric: dict[str, Any] = {}
-        self._unrecorded: list[tuple[float, tuple[PluginTiming, ...], str, int]] = []
-        self._static: dict[str, tuple[WorkerEntry, str, frozenset[str], str, int, int]] = {}
 
     # ------------------------------------------------------------------ validation
 
     def served_models(self) -> list[str]:
         """Model ids clients may name: the base model and `<model>:<adapter>`."""
-        base = self.config.model_name
-        return [base, *(f"{base}:{a}" for a in self.config.adapters)]
+        return self.preparer.served_models()
 
     def prepare(self, request: pb.GenerateRequest) -> Prepared:
         """Check and tokenize ``request``; raises RouterError (4xx) naming what is wrong."""
-        adapter = self._resolve_model(request.model, request.adapter)
-        token_ids = self._tokens(request)
-        sampling = pb.SamplingParams()
-        sampling.CopyFrom(request.sampling)
-        if sampling.max_tokens < 0:
-            raise bad_request("max_tokens must be >= 1.", param="max_tokens")
-        if sampling.max_tokens == 0:
-            sampling.max_tokens = self.config.default_max_tokens
-        limit = self.config.max_model_len
-        if len(token_ids) + sampling.max_tokens > limit:
-            raise bad_request(
-                f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {len(token_ids) + sampling.max_tokens} tokens "
-                f"({len(token_ids)} in the prompt, {sampling.max_tokens} in the completion). "
-                "Please reduce the prompt or max_tokens.",
-                param="max_tokens",
-            )
-        if request.slo_class and request.slo_class not in self._slo:
-            known = ", ".join(sorted(self._slo)) or "none"
-            raise bad_request(
-                f"Unknown SLO class `{request.slo_class}` (known: {known}).", param="slo_class"
-            )
-        slo = self._slo.get(request.slo_class)
-        priority = max(request.priority, slo.priority if slo else 0)
-        ttft_ms = (slo.ttft_ms if slo and slo.ttft_ms else None) or self.config.slo.ttft_ms
-        request_id = request.request_id or f"{self._id_prefix}{next(self._ids):x}"
-        kv = self.config.kv_hash
-        hashes = chain_hashes(token_ids, kv.block_size, kv.hash_seed, adapter or None)
-        info = RequestInfo(
-            request_id=request_id,
-            block_hashes=tuple(hashes),
-            prompt_tokens=len(token_ids),
-            max_tokens=sampling.max_tokens,
-            adapter=adapter or None,
-            role=self.config.request_role,
-            slo_class=request.slo_class or None,
-            priority=priority,
-        )
-        return Prepared(request_id, token_ids, sampling, adapter, priority, ttft_ms / 1000, info)
-
-    def _resolve_model(self, model: str, adapter: str) -> str:
-        base = self.config.model_name
-        name, _, suffix = model.partition(":")
-        if name != base:
-            raise model_not_found(model)
-        chosen = adapter or suffix
-        if chosen and chosen not in self.config.adapters:
-            raise model_not_found(f"{base}:{chosen}")
-        return chosen
-
-    def _tokens(self, request: pb.GenerateRequest) -> list[int]:
-        given = [bool(request.prompt), bool(request.prompt_token_ids), bool(request.messages)]
-        if sum(given) != 1:
-            raise bad_request(
-                "Give exactly one of prompt, prompt_token_ids or messages.", param="prompt"
-            )
-        try:
-            if request.messages:
-                messages = [{"role": m.role, "content": m.content} for m in request.messages]
-                token_ids = self.tokenizer.apply_chat_template(messages)
-            elif request.prompt:
-                token_ids = self.tokenizer.encode(request.prompt)
-            else:
-                token_ids = self._given_ids(request)
-        except ValueError as exc:
-            # The chat template refused the conversation (for example a role it rejects).
-            raise bad_request(
-                f"The prompt could not be formatted: {exc}", param="messages"
-            ) from None
-        if not token_ids:
-            raise bad_request("The prompt is empty after tokenization.", param="prompt")
-        return token_ids
-
-    def _given_ids(self, request: pb.GenerateRequest) -> list[int]:
-        token_ids = list(request.prompt_token_ids)
-        vocab = self.tokenizer.vocab_size
-        bad = [t for t in token_ids if not 0 <= t < vocab]
-        if bad:
-            raise bad_request(f"Token ids must be in [0, {vocab}); got {bad[:5]}.", param="prompt")
-        return token_ids
+        return self.preparer.prepare(request)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -226,7 +120,7 @@ class Router:
             entry.pending_prefill += backlog
             self.metrics.inflight.inc()
             stream = self.transport.submit(entry.address, self._worker_request(prepared))
-            self._record_schedules()  # after the request is on its way, off its latency
+            self._recorder.flush()  # after the request is on its way, off its latency
             try:
                 first = await anext(stream)
             except (TransportError, StopAsyncIteration) as exc:
@@ -256,7 +150,7 @@ class Router:
                 chosen = self._schedule(prepared, tried)
                 if chosen is not None:
                     return chosen
-                self._record_schedules()
+                self._recorder.flush()
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise unavailable(
@@ -268,7 +162,7 @@ class Router:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
         except BaseException:
-            self._record_schedules()
+            self._recorder.flush()
             raise
         finally:
             self._pending -= 1
@@ -289,78 +183,23 @@ class Router:
                     hits[worker_id] = max(hits.get(worker_id, 0), depth)
         ctx = SchedulingContext(
             request=prepared.info,
-            workers=tuple([self._snapshot(e) for e in entries]),
+            workers=tuple([self._views.snapshot(e) for e in entries]),
             prefix_hits=hits,
             now=self._clock(),
         )
         decision = self.profile.schedule(ctx)
         elapsed = time.perf_counter() - t0
         if decision.worker_id is None:
-            self._unrecorded.append((elapsed, decision.timings, "", 0))
+            self._recorder.add(elapsed, decision.timings, "", 0)
             return None
         mode = self.index.mode
         if self.approx is not None and not self.publishes_events(decision.worker_id):
             self.approx.record_dispatch(decision.worker_id, hashes)
             mode = self.approx.mode
         depth = hits.get(decision.worker_id, 0)
-        self._unrecorded.append((elapsed, decision.timings, mode, depth))
+        self._recorder.add(elapsed, decision.timings, mode, depth)
         entry = self.registry.get(decision.worker_id)
         return None if entry is None else (entry, depth)
-
-    def _record_schedules(self) -> None:
-        """Scheduling metrics (time, per-plugin times, expected hits) of recent decisions."""
-        for elapsed, timings, mode, depth in self._unrecorded:
-            self.metrics.schedule.observe(elapsed)
-            for timing in timings:
-                key = (timing.kind, timing.name)
-                child = self._plugin_metric.get(key)
-                if child is None:
-                    child = self.metrics.plugin.labels(f"{timing.kind}:{timing.name}")
-                    self._plugin_metric[key] = child
-                child.observe(timing.seconds)
-            if mode:
-                hit_child = self._hit_metric.get(mode)
-                if hit_child is None:
-                    hit_child = self._hit_metric[mode] = self.metrics.expected_hit_blocks.labels(
-                        mode
-                    )
-                hit_child.inc(depth)
-        self._unrecorded.clear()
-
-    def _snapshot(self, entry: WorkerEntry) -> WorkerSnapshot:
-        # What a registration fixes (role, adapters, KV hash fingerprint) is computed once per
-        # registered entry; load and the router's own counts are read every time.
-        cached = self._static.get(entry.worker_id)
-        if cached is None or cached[0] is not entry:
-            info = entry.info
-            cached = (
-                entry,
-                info.role or "unified",
-                frozenset(info.adapters),
-                entry.fingerprint,
-                info.max_num_seqs,
-                info.max_model_len,
-            )
-            if len(self._static) > 2 * len(self.registry) + 64:
-                self._static.clear()  # workers that left; bounded under churn
-            self._static[entry.worker_id] = cached
-        _, role, adapters, fingerprint, max_num_seqs, max_model_len = cached
-        load = entry.load
-        return WorkerSnapshot(
-            worker_id=entry.worker_id,
-            role=role,
-            healthy=True,
-            running=load.running,
-            waiting=load.waiting,
-            max_num_seqs=max_num_seqs or load.max_num_seqs or 1,
-            kv_blocks_used=load.kv_blocks_used,
-            kv_blocks_total=load.kv_blocks_total,
-            adapters=adapters,
-            max_model_len=max_model_len,
-            outstanding=entry.outstanding,
-            hash_fingerprint=fingerprint,
-            pending_prefill_tokens=max(load.pending_prefill_tokens, entry.pending_prefill),
-        )
 
     def _worker_request(self, prepared: Prepared) -> pb.WorkerRequest:
         return pb.WorkerRequest(

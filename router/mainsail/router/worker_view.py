@@ -1,0 +1,92 @@
+"""What the scheduling profile sees of each registered worker, and the metrics of its choices.
+
+Why apart from dispatch: building a `WorkerSnapshot` per worker per decision is on every
+request's path, so what a registration fixes (role, adapters, KV hash fingerprint, limits) is
+computed once per registered entry, and only load and the router's own counts are read each
+time. Scheduling metrics (decision time, per-plugin times, expected hit blocks by index mode)
+are recorded after the request is on its way, off its latency.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mainsail.router.metrics import RouterMetrics
+from mainsail.router.registry import WorkerEntry, WorkerRegistry
+from mainsail.router.scheduling import PluginTiming, WorkerSnapshot
+
+_Static = tuple[WorkerEntry, str, frozenset[str], str, int, int]
+
+
+class WorkerViews:
+    """`WorkerSnapshot`s of registry entries, with each entry's fixed part cached."""
+
+    def __init__(self, registry: WorkerRegistry) -> None:
+        self.registry = registry
+        self._static: dict[str, _Static] = {}
+
+    def snapshot(self, entry: WorkerEntry) -> WorkerSnapshot:
+        """The worker as the profile sees it now (latest load report, router's own counts)."""
+        cached = self._static.get(entry.worker_id)
+        if cached is None or cached[0] is not entry:
+            info = entry.info
+            cached = (
+                entry,
+                info.role or "unified",
+                frozenset(info.adapters),
+                entry.fingerprint,
+                info.max_num_seqs,
+                info.max_model_len,
+            )
+            if len(self._static) > 2 * len(self.registry) + 64:
+                self._static.clear()  # workers that left; bounded under churn
+            self._static[entry.worker_id] = cached
+        _, role, adapters, fingerprint, max_num_seqs, max_model_len = cached
+        load = entry.load
+        return WorkerSnapshot(
+            worker_id=entry.worker_id,
+            role=role,
+            healthy=True,
+            running=load.running,
+            waiting=load.waiting,
+            max_num_seqs=max_num_seqs or load.max_num_seqs or 1,
+            kv_blocks_used=load.kv_blocks_used,
+            kv_blocks_total=load.kv_blocks_total,
+            adapters=adapters,
+            max_model_len=max_model_len,
+            outstanding=entry.outstanding,
+            hash_fingerprint=fingerprint,
+            pending_prefill_tokens=max(load.pending_prefill_tokens, entry.pending_prefill),
+        )
+
+
+class ScheduleRecorder:
+    """Buffers each decision's timings and flushes them to the metrics when asked."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self.metrics = metrics
+        self._plugin: dict[tuple[str, str], Any] = {}  # labelled children, looked up once
+        self._hits: dict[str, Any] = {}
+        self._pending: list[tuple[float, tuple[PluginTiming, ...], str, int]] = []
+
+    def add(self, elapsed: float, timings: tuple[PluginTiming, ...], mode: str, depth: int) -> None:
+        """One decision: seconds taken, per-plugin timings, index mode ("" if none), hit depth."""
+        self._pending.append((elapsed, timings, mode, depth))
+
+    def flush(self) -> None:
+        """Record every buffered decision."""
+        for elapsed, timings, mode, depth in self._pending:
+            self.metrics.schedule.observe(elapsed)
+            for timing in timings:
+                key = (timing.kind, timing.name)
+                child = self._plugin.get(key)
+                if child is None:
+                    child = self.metrics.plugin.labels(f"{timing.kind}:{timing.name}")
+                    self._plugin[key] = child
+                child.observe(timing.seconds)
+            if mode:
+                hit_child = self._hits.get(mode)
+                if hit_child is None:
+                    hit_child = self._hits[mode] = self.metrics.expected_hit_blocks.labels(mode)
+                hit_child.inc(depth)
+        self._pending.clear()
