@@ -51,11 +51,16 @@ def _run(
     return got
 
 
-@pytest.fixture(scope="module", params=["llama", "mixtral"])
+@pytest.fixture(scope="module", params=["llama", "mixtral", "llama-small"])
 def checkpoint(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Any]:
-    path = generate_checkpoint(request.param, tmp_path_factory.mktemp("ck") / request.param)
+    arch, _, size = request.param.partition("-")
+    path = generate_checkpoint(
+        arch,
+        tmp_path_factory.mktemp("ck") / request.param,
+        size=size or "tiny",  # type: ignore[arg-type]
+    )
     ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref.eval()
     return path, ref
@@ -100,8 +105,13 @@ def test_sharded_checkpoint_gives_the_same_tokens(
     checkpoint: tuple[Path, Any], tmp_path: Path
 ) -> None:
     path, _ = checkpoint
-    arch = "mixtral" if "mixtral" in path.name else "llama"
-    sharded = generate_checkpoint(arch, tmp_path / "sharded", shards=2)  # type: ignore[arg-type]
+    arch, _, size = path.name.partition("-")
+    sharded = generate_checkpoint(
+        arch,  # type: ignore[arg-type]
+        tmp_path / "sharded",
+        shards=2,
+        size=size or "tiny",  # type: ignore[arg-type]
+    )
     prompts = [_prompt(20, 2)]
     config = EngineConfig(max_model_len=128)
     assert (

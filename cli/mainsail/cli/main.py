@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--out", type=Path, required=True, help="Output directory.")
     init.add_argument("--seed", type=int, default=0, help="Weight seed (default: 0).")
+    init.add_argument(
+        "--size",
+        choices=["tiny", "small"],
+        default="tiny",
+        help="tiny: hidden 64, 2 layers (tests); small: hidden 256, 4 layers, prefill costs "
+        "real CPU time (benchmarks). Default: tiny.",
+    )
 
     # These hand their arguments to the component's own parser (see _delegate).
     sub.add_parser("router", help="Run the router process alone (as on a cluster).")
@@ -119,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "model":
         from mainsail.workers.checkpoint import generate_checkpoint
 
-        out = generate_checkpoint(args.arch, args.out, seed=args.seed)
-        print(f"wrote a tiny {args.arch} checkpoint to {out}")
+        out = generate_checkpoint(args.arch, args.out, seed=args.seed, size=args.size)
+        print(f"wrote a {args.size} {args.arch} checkpoint to {out}")
         return 0
     return 2
 

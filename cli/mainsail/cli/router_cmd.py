@@ -39,7 +39,9 @@ def router_config_from_document(doc: dict[str, Any], host: str = "0.0.0.0") -> R
         from mainsail.workers.checkpoint import ensure_checkpoint
 
         assert spec.model.generate is not None
-        model_dir = ensure_checkpoint(spec.model.generate, seed=spec.model.seed)
+        model_dir = ensure_checkpoint(
+            spec.model.generate, seed=spec.model.seed, size=spec.model.size
+        )
     config = RouterConfig.from_deployment(deployment, model_dir, host=host)
     declared = doc.get("kvFingerprint")
     if declared and declared != config.kv_hash.fingerprint():

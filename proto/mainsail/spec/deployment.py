@@ -48,6 +48,12 @@ class ModelSource(SpecModel):
         "reading one (for local runs and tests; no model hub needed).",
     )
     seed: int = Field(0, ge=0, description="Weight seed when `generate` is set.")
+    size: Literal["tiny", "small"] = Field(
+        "tiny",
+        description="Size of the generated checkpoint when `generate` is set: `tiny` (hidden "
+        "64, 2 layers; forward passes nearly free, for tests) or `small` (hidden 256, 4 layers; "
+        "prefill costs real CPU time, for benchmarks).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:

@@ -77,11 +77,14 @@ class LocalStack:
     def _prepare_model(self) -> None:
         source = self.deployment.spec.model
         if source.generate is not None:
-            self.progress(f"Preparing tiny {source.generate} checkpoint")
+            self.progress(f"Preparing {source.size} {source.generate} checkpoint")
             from mainsail.workers.checkpoint import ensure_checkpoint
 
             self.model_dir = ensure_checkpoint(
-                source.generate, cache_dir=self.options.model_cache, seed=source.seed
+                source.generate,
+                cache_dir=self.options.model_cache,
+                seed=source.seed,
+                size=source.size,
             )
         else:
             self.model_dir = Path(source.path or "")

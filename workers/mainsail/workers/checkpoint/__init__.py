@@ -1,6 +1,6 @@
-"""Tiny deterministic checkpoints (Llama-style dense and Mixtral-style MoE) in HF layout."""
+"""Generated deterministic checkpoints (Llama-style dense, Mixtral-style MoE; sizes tiny, small)."""
 
 from mainsail.workers.checkpoint.generator import MARKER, ensure_checkpoint, generate_checkpoint
-from mainsail.workers.checkpoint.weights import Arch
+from mainsail.workers.checkpoint.weights import Arch, Size
 
-__all__ = ["MARKER", "Arch", "ensure_checkpoint", "generate_checkpoint"]
+__all__ = ["MARKER", "Arch", "Size", "ensure_checkpoint", "generate_checkpoint"]

@@ -1,10 +1,10 @@
-"""Writes tiny deterministic checkpoints in Hugging Face layout, and caches them.
+"""Writes small deterministic checkpoints in Hugging Face layout, and caches them.
 
 Why: tests, benches and `mainsail up` need a real model (loadable by `transformers` as well as
 by our engine) without a model hub or network. The output directory holds `config.json`,
 `model.safetensors` (or shards plus `model.safetensors.index.json`), `tokenizer.json`,
 `tokenizer_config.json` (with a chat template) and `generation_config.json`, plus a marker file
-recording the arch, seed and a SHA-256 of every file. Generating again with the same arch and
+recording the arch, size, seed and a SHA-256 of every file. Generating again with the same arch and
 seed into a complete directory does nothing; every file is written under a temporary name and
 renamed, and the marker is written last, so concurrent generators cannot leave a torn checkpoint.
 """
@@ -28,6 +28,8 @@ from mainsail.workers.checkpoint.weights import (
     PAD_ID,
     VOCAB_SIZE,
     Arch,
+    Size,
+    dims,
     model_config,
     model_weights,
 )
@@ -51,7 +53,7 @@ def _write_json(path: Path, obj: Any) -> None:
     _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _is_complete(out_dir: Path, arch: str, seed: int, shards: int) -> bool:
+def _is_complete(out_dir: Path, arch: str, size: str, seed: int, shards: int) -> bool:
     marker = out_dir / MARKER
     if not marker.is_file():
         return False
@@ -59,8 +61,11 @@ def _is_complete(out_dir: Path, arch: str, seed: int, shards: int) -> bool:
         meta = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if (meta.get("arch"), meta.get("seed"), meta.get("version"), meta.get("shards")) != (
+    # Markers written before sizes existed have no "size": they are tiny checkpoints.
+    found = (meta.get("arch"), meta.get("size", "tiny"), meta.get("seed"))
+    if (*found, meta.get("version"), meta.get("shards")) != (
         arch,
+        size,
         seed,
         GENERATOR_VERSION,
         shards,
@@ -98,8 +103,10 @@ def _save_weights(out_dir: Path, tensors: dict[str, torch.Tensor], shards: int) 
     return [*written, "model.safetensors.index.json"]
 
 
-def generate_checkpoint(arch: Arch, out_dir: Path, seed: int = 0, shards: int = 1) -> Path:
-    """Write the tiny ``arch`` model with weights from ``seed`` into ``out_dir``; return it.
+def generate_checkpoint(
+    arch: Arch, out_dir: Path, seed: int = 0, shards: int = 1, size: Size = "tiny"
+) -> Path:
+    """Write the ``size`` ``arch`` model with weights from ``seed`` into ``out_dir``; return it.
 
     ``shards`` > 1 splits the weights over that many safetensors files with an index (to
     exercise sharded loading). Skips all work when ``out_dir`` already holds the same
@@ -111,13 +118,14 @@ def generate_checkpoint(arch: Arch, out_dir: Path, seed: int = 0, shards: int = 
         raise ValueError(f"seed must be >= 0, got {seed}")
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
+    dims(size)  # validates
     out_dir = Path(out_dir)
-    if _is_complete(out_dir, arch, seed, shards):
+    if _is_complete(out_dir, arch, size, seed, shards):
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).unlink(missing_ok=True)
-    files = _save_weights(out_dir, model_weights(arch, seed), shards)
-    _write_json(out_dir / "config.json", model_config(arch))
+    files = _save_weights(out_dir, model_weights(arch, seed, size), shards)
+    _write_json(out_dir / "config.json", model_config(arch, size))
     _write_atomic(out_dir / "tokenizer.json", build_tokenizer(VOCAB_SIZE).to_str().encode())
     _write_json(out_dir / "tokenizer_config.json", tokenizer_config(MAX_POSITIONS))
     generation = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
@@ -125,6 +133,7 @@ def generate_checkpoint(arch: Arch, out_dir: Path, seed: int = 0, shards: int = 
     files += ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
     marker = {
         "arch": arch,
+        "size": size,
         "seed": seed,
         "version": GENERATOR_VERSION,
         "shards": shards,
@@ -134,10 +143,15 @@ def generate_checkpoint(arch: Arch, out_dir: Path, seed: int = 0, shards: int = 
     return out_dir
 
 
-def ensure_checkpoint(arch: Arch, cache_dir: Path | None = None, seed: int = 0) -> Path:
-    """The cached tiny checkpoint ``<cache_dir>/<arch>-s<seed>/``, generated on first use.
+def ensure_checkpoint(
+    arch: Arch, cache_dir: Path | None = None, seed: int = 0, size: Size = "tiny"
+) -> Path:
+    """The cached checkpoint, generated on first use: ``<cache_dir>/<arch>-s<seed>/`` for
+    ``tiny`` (the name predates sizes, so existing caches stay valid) and
+    ``<cache_dir>/<arch>-<size>-s<seed>/`` for other sizes.
 
     ``cache_dir`` defaults to ``~/.cache/mainsail/models``.
     """
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-    return generate_checkpoint(arch, root / f"{arch}-s{seed}", seed=seed)
+    name = f"{arch}-s{seed}" if size == "tiny" else f"{arch}-{size}-s{seed}"
+    return generate_checkpoint(arch, root / name, seed=seed, size=size)

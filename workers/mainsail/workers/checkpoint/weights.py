@@ -1,4 +1,9 @@
-"""Configuration and deterministic weights of the tiny Llama- and Mixtral-style checkpoints.
+"""Configuration and deterministic weights of the generated Llama- and Mixtral-style checkpoints.
+
+Two sizes share one vocabulary and tokenizer. ``tiny`` (hidden 64, 2 layers) makes every
+forward pass nearly free: right for tests. ``small`` (hidden 256, 4 layers, ~3.3 M weights per
+token) makes prefill cost real CPU time (a few hundred microseconds per prompt token on one
+core), so benchmarks can see what a prefix-cache hit saves.
 
 Why these scales: a tiny model initialised like a training run (std 0.02) has nearly flat
 logits, so greedy decoding would hinge on rounding noise and barely depend on the prompt.
@@ -11,18 +16,41 @@ which is what real checkpoints on disk look like.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 Arch = Literal["llama", "mixtral"]
+Size = Literal["tiny", "small"]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Shape of one generated model size (heads divide ``hidden``; kv heads divide heads)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+SIZES: dict[str, Dims] = {
+    "tiny": Dims(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128),
+    "small": Dims(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=768),
+}
 
 VOCAB_SIZE = 512
-HIDDEN = 64
-LAYERS = 2
-HEADS = 4
-KV_HEADS = 2
-INTERMEDIATE = 128
+HIDDEN = SIZES["tiny"].hidden
+LAYERS = SIZES["tiny"].layers
+HEADS = SIZES["tiny"].heads
+KV_HEADS = SIZES["tiny"].kv_heads
+INTERMEDIATE = SIZES["tiny"].intermediate
 EXPERTS = 4
 EXPERTS_PER_TOKEN = 2
 MAX_POSITIONS = 4096
@@ -30,18 +58,26 @@ BOS_ID, EOS_ID, PAD_ID = 0, 1, 2
 HEAD_GAIN = 4.0
 
 
-def model_config(arch: Arch) -> dict[str, Any]:
-    """The `config.json` of the tiny model of ``arch``."""
+def dims(size: Size) -> Dims:
+    """The shape of ``size``; raises ValueError for an unknown size."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; expected one of {sorted(SIZES)}")
+    return SIZES[size]
+
+
+def model_config(arch: Arch, size: Size = "tiny") -> dict[str, Any]:
+    """The `config.json` of the generated ``size`` model of ``arch``."""
+    d = dims(size)
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": VOCAB_SIZE,
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "head_dim": HIDDEN // HEADS,
+        "hidden_size": d.hidden,
+        "intermediate_size": d.intermediate,
+        "num_hidden_layers": d.layers,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
+        "head_dim": d.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": MAX_POSITIONS,
         "rope_theta": 10000.0,
@@ -73,8 +109,10 @@ def model_config(arch: Arch) -> dict[str, Any]:
     return config
 
 
-def model_weights(arch: Arch, seed: int) -> dict[str, torch.Tensor]:
-    """All tensors of the tiny model, deterministic in ``seed`` (float32, contiguous)."""
+def model_weights(arch: Arch, seed: int, size: Size = "tiny") -> dict[str, torch.Tensor]:
+    """All tensors of the ``size`` model, deterministic in ``seed`` (float32, contiguous)."""
+    d = dims(size)
+    hidden, heads, kv_heads, inter = d.hidden, d.heads, d.kv_heads, d.intermediate
     gen = torch.Generator().manual_seed(seed)
 
     def normal(*shape: int, std: float) -> torch.Tensor:
@@ -84,31 +122,31 @@ def model_weights(arch: Arch, seed: int) -> dict[str, torch.Tensor]:
         return normal(out_features, in_features, std=gain / in_features**0.5)
 
     def norm() -> torch.Tensor:
-        return 1.0 + normal(HIDDEN, std=0.1)
+        return 1.0 + normal(hidden, std=0.1)
 
-    head_dim = HIDDEN // HEADS
+    head_dim = d.head_dim
     out: dict[str, torch.Tensor] = {
-        "model.embed_tokens.weight": normal(VOCAB_SIZE, HIDDEN, std=1.0)
+        "model.embed_tokens.weight": normal(VOCAB_SIZE, hidden, std=1.0)
     }
-    for i in range(LAYERS):
+    for i in range(d.layers):
         p = f"model.layers.{i}."
         out[p + "input_layernorm.weight"] = norm()
-        out[p + "self_attn.q_proj.weight"] = linear(HEADS * head_dim, HIDDEN)
-        out[p + "self_attn.k_proj.weight"] = linear(KV_HEADS * head_dim, HIDDEN)
-        out[p + "self_attn.v_proj.weight"] = linear(KV_HEADS * head_dim, HIDDEN)
-        out[p + "self_attn.o_proj.weight"] = linear(HIDDEN, HEADS * head_dim)
+        out[p + "self_attn.q_proj.weight"] = linear(heads * head_dim, hidden)
+        out[p + "self_attn.k_proj.weight"] = linear(kv_heads * head_dim, hidden)
+        out[p + "self_attn.v_proj.weight"] = linear(kv_heads * head_dim, hidden)
+        out[p + "self_attn.o_proj.weight"] = linear(hidden, heads * head_dim)
         out[p + "post_attention_layernorm.weight"] = norm()
         if arch == "llama":
-            out[p + "mlp.gate_proj.weight"] = linear(INTERMEDIATE, HIDDEN)
-            out[p + "mlp.up_proj.weight"] = linear(INTERMEDIATE, HIDDEN)
-            out[p + "mlp.down_proj.weight"] = linear(HIDDEN, INTERMEDIATE)
+            out[p + "mlp.gate_proj.weight"] = linear(inter, hidden)
+            out[p + "mlp.up_proj.weight"] = linear(inter, hidden)
+            out[p + "mlp.down_proj.weight"] = linear(hidden, inter)
         else:
             moe = p + "block_sparse_moe."
-            out[moe + "gate.weight"] = linear(EXPERTS, HIDDEN, gain=2.0)
+            out[moe + "gate.weight"] = linear(EXPERTS, hidden, gain=2.0)
             for e in range(EXPERTS):
-                out[moe + f"experts.{e}.w1.weight"] = linear(INTERMEDIATE, HIDDEN)
-                out[moe + f"experts.{e}.w3.weight"] = linear(INTERMEDIATE, HIDDEN)
-                out[moe + f"experts.{e}.w2.weight"] = linear(HIDDEN, INTERMEDIATE)
+                out[moe + f"experts.{e}.w1.weight"] = linear(inter, hidden)
+                out[moe + f"experts.{e}.w3.weight"] = linear(inter, hidden)
+                out[moe + f"experts.{e}.w2.weight"] = linear(hidden, inter)
     out["model.norm.weight"] = norm()
-    out["lm_head.weight"] = linear(VOCAB_SIZE, HIDDEN, gain=HEAD_GAIN)
+    out["lm_head.weight"] = linear(VOCAB_SIZE, hidden, gain=HEAD_GAIN)
     return out
