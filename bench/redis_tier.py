@@ -8,9 +8,11 @@ block, 32 layers x 8 KV heads x 128 dims x 2 x 2 bytes = 2 MiB), on one server, 
   `flush` (pipelined SETs of header + tensor memory on the writer thread);
 * tier read = the engine's load path: `BlockLoader` (one pipelined EXISTS probe, pipelined
   GETs received into a staging tensor, headers checked), `fetch=always`;
-* baseline = `redis-benchmark -c 1 -P <same pipeline> -d <same value size> -t set,get`
-  (Debian `redis-tools`: `apt-get install -y redis-tools`); when it is missing, a redis-py
-  raw pipeline of pre-built values, labelled as such. The raw redis-py pipeline is printed
+* baseline = `redis-benchmark -c 1 -P <same pipeline> -d <same value size> -n <same blocks>`,
+  SET with ``-r 1e9`` (fresh keys, like block writes), GET of one existing key; the exact
+  command lines are printed and `redis_benchmark` says why each flag (Debian `redis-tools`:
+  `apt-get install -y redis-tools`); when it is missing, a redis-py raw pipeline of
+  pre-built values, labelled as such. The raw redis-py pipeline is printed
   in any case, to separate client overhead from the tier's own.
 
 MB/s are medians over ``--repeats``; ratio = tier / baseline (target >= 0.70).
@@ -133,26 +135,48 @@ def raw_pipeline(client: redis.Redis, size: int, blocks: int, pipeline: int) -> 
     return rates[0], rates[1]
 
 
-def redis_benchmark(port: int, size: int, blocks: int, pipeline: int) -> tuple[float, float]:
-    """(SET, GET) MB/s from redis-benchmark, one connection, same pipelining and value size."""
+RB_KEYSPACE = 1_000_000_000  # -r: SETs go to fresh keys, as the engine's block writes do
+
+
+def redis_benchmark_commands(port: int, size: int, blocks: int, pipeline: int) -> list[list[str]]:
+    """The two redis-benchmark runs that mirror the tier's traffic (see `redis_benchmark`)."""
     binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     assert binary is not None
-    args = ["-h", "127.0.0.1", "-p", str(port), "-c", "1", "-P", str(pipeline), "-n", str(blocks)]
-    out = subprocess.run(
-        [binary, *args, "-d", str(size), "-t", "set,get", "--csv"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    ).stdout
+    common = ["-h", "127.0.0.1", "-p", str(port), "-c", "1", "-P", str(pipeline)]
+    common += ["-n", str(blocks), "-d", str(size), "--csv"]
+    return [
+        [binary, *common, "-r", str(RB_KEYSPACE), "-t", "set"],
+        [binary, *common, "-t", "get"],
+    ]
+
+
+def redis_benchmark(
+    client: redis.Redis, port: int, size: int, blocks: int, pipeline: int
+) -> tuple[float, float]:
+    """(SET, GET) MB/s from redis-benchmark with the tier's concurrency and batching.
+
+    Flags and why: ``-c 1`` because the tier has one writer thread and one loader thread,
+    each with one request in flight; ``-P <pipeline>`` because both send a batch of blocks
+    per round trip (a step's blocks, up to the write queue's 256; a prompt's blocks) and wait
+    for its replies before the next; ``-d`` the tier's value size (header + block);
+    ``-n`` the blocks the tier moves. SET runs with ``-r 1e9`` so each SET creates a new
+    key, as block writes do (without ``-r`` every SET overwrites one key). GET runs without
+    ``-r`` (random keys would mostly miss and return nothing): it reads one existing key of
+    the same size, which is cache-hot, so the read baseline is, if anything, too strict.
+    """
+    set_cmd, get_cmd = redis_benchmark_commands(port, size, blocks, pipeline)
     rates = {}
-    for line in out.splitlines()[1:]:
-        cells = [c.strip('"') for c in line.split(",")]
-        rates[cells[0]] = float(cells[1]) * size / MB
+    for cmd in (set_cmd, get_cmd):
+        if cmd is get_cmd:
+            client.set("key:__rand_int__", bytes(size))
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300).stdout
+        for line in out.splitlines()[1:]:
+            cells = [c.strip('"') for c in line.split(",")]
+            rates[cells[0]] = float(cells[1]) * size / MB
     return rates["SET"], rates["GET"]
 
 
-def throughput(srv: RedisServer, total_mb: int) -> None:
+def throughput(srv: RedisServer, total_mb: int, only: str = "") -> None:
     """Per repeat, tier / raw / baseline back to back; medians of MB/s and of ratios."""
     have_bench = bool(shutil.which("redis-benchmark") or shutil.which("valkey-benchmark"))
     if not have_bench:
@@ -162,25 +186,33 @@ def throughput(srv: RedisServer, total_mb: int) -> None:
     header = f"{'block':<34}{'value B':>9}{'pipe':>5} {'op':<6}{'tier MB/s':>10}"
     print(f"{header}{'redis-py raw':>13}{label:>22}{'tier/base':>10}")
     for name, (layers, bs, heads, dim, dtype) in LAYOUTS.items():
+        if only not in name:
+            continue
         codec = BlockCodec(layers, bs, heads, dim, dtype, f"bench/{name}")
         size = len(codec.encode(torch.zeros(codec.shape, dtype=dtype)))
         blocks = max(64, total_mb * 2**20 // size)
         pipeline = max(1, min(256, (16 << 20) // codec.block_bytes()))
         paths = TierPaths(srv.url, codec, blocks, pipeline)
         rows: dict[str, list[tuple[float, float, float]]] = {"write": [], "read": []}
+        if have_bench:
+            for cmd in redis_benchmark_commands(srv.port, size, blocks, pipeline):
+                print("  $ " + " ".join([Path(cmd[0]).name, *cmd[1:]]))
         try:
             for _ in range(REPEATS):
+                # Each writer starts on an empty database, so each pays for new keys alike.
+                client.flushdb()
                 tier_w = paths.write()
                 tier_r = paths.read()
+                client.flushdb()
                 raw_w, raw_r = raw_pipeline(client, size, blocks, pipeline)
+                client.flushdb()
                 base_w, base_r = (
-                    redis_benchmark(srv.port, size, blocks, pipeline)
+                    redis_benchmark(client, srv.port, size, blocks, pipeline)
                     if have_bench
                     else (raw_w, raw_r)
                 )
                 rows["write"].append((tier_w, raw_w, base_w))
                 rows["read"].append((tier_r, raw_r, base_r))
-                client.flushdb()
         finally:
             paths.close()
         for op, runs in rows.items():
@@ -252,6 +284,7 @@ def main() -> None:
     ap.add_argument("--total-mb", type=int, default=128, help="data per throughput run")
     ap.add_argument("--server", choices=["valkey", "redis-server"], default="valkey")
     ap.add_argument("--skip-ttft", action="store_true")
+    ap.add_argument("--only", default="", help="only block layouts whose name contains this")
     args = ap.parse_args()
     REPEATS = args.repeats
     torch.set_num_threads(1)
@@ -269,7 +302,7 @@ def main() -> None:
             f"server: {args.server} {version} on 127.0.0.1:{srv.port} | "
             f"redis-py {redis.__version__} ({parser}) | medians of {REPEATS}"
         )
-        throughput(srv, args.total_mb)
+        throughput(srv, args.total_mb, args.only)
         if not args.skip_ttft:
             ttft(srv, ensure_checkpoint("llama"), [512, 1024, 2048, 4000])
 

@@ -105,6 +105,32 @@ def measure_decodes(engine: Engine, salt: int) -> list[dict[str, Any]]:
     return rows
 
 
+def engine_config() -> EngineConfig:
+    """The worker configuration both calibration and the fidelity replay use."""
+    return EngineConfig(
+        block_size=BLOCK, max_model_len=2048, max_num_seqs=32, max_batched_tokens=BUDGET
+    )
+
+
+def calibrate(config: EngineConfig, repeats: int, threads: int, salt: int = 0) -> dict[str, Any]:
+    """Measurements document of a fresh engine with ``config`` (``repeats`` passes)."""
+    engine = Engine(ensure_checkpoint("llama"), config)
+    measure_prefills(engine, 999 + salt)  # warm-up, discarded
+    steps: list[dict[str, Any]] = []
+    for r in range(repeats):
+        steps += measure_prefills(engine, salt + r)
+        steps += measure_decodes(engine, salt + r)
+    return {
+        "name": "cpu-tiny",
+        "description": f"Mainsail engine, tiny generated Llama, CPU, {threads} thread(s)",
+        "sources": ["bench/sim_calibrate_engine.py on this machine"],
+        "kv_capacity_tokens": config.total_kv_blocks * config.block_size,
+        "max_num_seqs": config.max_num_seqs,
+        "max_batched_tokens": config.max_batched_tokens,
+        "steps": steps,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("out/sim_calibration"))
@@ -112,24 +138,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    config = EngineConfig(
-        block_size=BLOCK, max_model_len=2048, max_num_seqs=32, max_batched_tokens=BUDGET
-    )
-    engine = Engine(ensure_checkpoint("llama"), config)
-    measure_prefills(engine, 999)  # warm-up, discarded
-    steps: list[dict[str, Any]] = []
-    for r in range(args.repeats):
-        steps += measure_prefills(engine, r)
-        steps += measure_decodes(engine, r)
-    doc = {
-        "name": "cpu-tiny",
-        "description": f"Mainsail engine, tiny generated Llama, CPU, {args.threads} thread(s)",
-        "sources": ["bench/sim_calibrate_engine.py on this machine"],
-        "kv_capacity_tokens": config.total_kv_blocks * BLOCK,
-        "max_num_seqs": config.max_num_seqs,
-        "max_batched_tokens": BUDGET,
-        "steps": steps,
-    }
+    doc = calibrate(engine_config(), args.repeats, args.threads)
+    steps = doc["steps"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "measurements.json").write_text(json.dumps(doc, indent=1) + "\n")
     profile, quality = profile_from_measurements(doc)

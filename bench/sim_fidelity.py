@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mainsail.sim.cost import load_profile
+from mainsail.sim.calibrate import profile_from_measurements
 from mainsail.sim.prompts import PromptHasher, trace_block_tokens
 from mainsail.sim.simulation import SimSettings, run_policy
 from mainsail.sim.traces import TraceRequest, load_trace, scale_trace
 from mainsail.spec.kvhash import chain_hashes
 from mainsail.workers.checkpoint.generator import ensure_checkpoint
-from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+from mainsail.workers.engine import Engine, EngineRequest, SamplingParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_calibrate_engine import calibrate, engine_config  # type: ignore[import-not-found]
 
 SHRINK = 16  # 512-token trace blocks become 32-token blocks
 BLOCK = 16
@@ -65,10 +69,7 @@ def shrink(trace: list[TraceRequest], max_out: int) -> list[TraceRequest]:
 
 def replay_real(trace: list[TraceRequest], timeout_s: float) -> dict[str, list[float]]:
     """Open-loop replay into one engine; TTFT/E2E from each request's scheduled arrival."""
-    config = EngineConfig(
-        block_size=BLOCK, max_model_len=2048, max_num_seqs=32, max_batched_tokens=512
-    )
-    engine = Engine(ensure_checkpoint("llama"), config)
+    engine = Engine(ensure_checkpoint("llama"), engine_config())
     first: dict[str, float] = {}
     done: dict[str, float] = {}
     params = {
@@ -109,9 +110,84 @@ def replay_real(trace: list[TraceRequest], timeout_s: float) -> dict[str, list[f
     }
 
 
-def _line(name: str, real: float, sim: float) -> str:
-    ratio = sim / real if real else math.nan
-    return f"| {name} | {real * 1000:.1f} | {sim * 1000:.1f} | {ratio:.2f} |"
+def _ratio(sim: float, real: float) -> float:
+    return sim / real if real else math.nan
+
+
+def one_repeat(
+    trace: list[TraceRequest], threads: int, salt: int, timeout_s: float, weighting: str
+) -> dict[str, float]:
+    """Calibrate afresh, replay for real, simulate with that calibration; the figures."""
+    t_cal = time.perf_counter()
+    doc = calibrate(engine_config(), 1, threads, salt)
+    profile, quality = profile_from_measurements(doc, weighting)
+    cal_s = time.perf_counter() - t_cal
+    real = replay_real(trace, timeout_s)
+    run = run_policy(
+        "round-robin",
+        trace,
+        profile,
+        SimSettings(workers=1, block_size=BLOCK, max_model_len=2048),
+        TinyHasher(BLOCK),
+    )
+    sim_ttft = [r.ttft for r in run.requests]
+    sim_e2e = [r.e2e for r in run.requests]
+    sim_end = max(r.finished for r in run.requests)
+    out_tokens = sum(r.output_tokens for r in trace)
+    sim_hits = sum(r.cached_tokens for r in run.requests)
+    return {
+        "calibration_s": cal_s,
+        "fit_total_ratio": quality["total_time_ratio"],
+        "real_ttft_p50": float(np.percentile(real["ttft"], 50)),
+        "sim_ttft_p50": float(np.percentile(sim_ttft, 50)),
+        "real_ttft_p90": float(np.percentile(real["ttft"], 90)),
+        "sim_ttft_p90": float(np.percentile(sim_ttft, 90)),
+        "real_ttft_mean": statistics.fmean(real["ttft"]),
+        "sim_ttft_mean": statistics.fmean(sim_ttft),
+        "real_e2e_p50": float(np.percentile(real["e2e"], 50)),
+        "sim_e2e_p50": float(np.percentile(sim_e2e, 50)),
+        "real_tok_s": out_tokens / real["end"][0],
+        "sim_tok_s": out_tokens / sim_end,
+        "real_req_s": len(trace) / real["end"][0],
+        "sim_req_s": len(trace) / sim_end,
+        "real_busy": real["busy"][0],
+        "sim_busy": run.busy_s[0],
+        "real_hits": real["hit_tokens"][0],
+        "sim_hits": float(sim_hits),
+    }
+
+
+ROWS = (
+    ("TTFT p50 (ms)", "ttft_p50", 1000.0),
+    ("TTFT p90 (ms)", "ttft_p90", 1000.0),
+    ("TTFT mean (ms)", "ttft_mean", 1000.0),
+    ("E2E p50 (ms)", "e2e_p50", 1000.0),
+    ("output tokens/s", "tok_s", 1.0),
+    ("completed requests/s", "req_s", 1.0),
+    ("engine busy time (s)", "busy", 1.0),
+    ("prefix-hit tokens", "hits", 1.0),
+)
+
+
+def report(results: list[dict[str, float]], trace: list[TraceRequest], threads: int) -> None:
+    """Markdown table: medians over repeats and every repeat's sim/real ratio."""
+    print(
+        f"{len(trace)} requests over {trace[-1].arrival_s:.1f} s, one worker, {threads} "
+        f"thread(s), {len(results)} repeats (each calibrated afresh right before its replay)"
+    )
+    print("| metric | real (median) | sim (median) | sim / real per repeat | median ratio |")
+    print("|---|---:|---:|---|---:|")
+    for label, key, scale in ROWS:
+        reals = [r[f"real_{key}"] for r in results]
+        sims = [r[f"sim_{key}"] for r in results]
+        ratios = [_ratio(r[f"sim_{key}"], r[f"real_{key}"]) for r in results]
+        print(
+            f"| {label} | {statistics.median(reals) * scale:.1f} | "
+            f"{statistics.median(sims) * scale:.1f} | "
+            f"{', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f} |"
+        )
+    cal = ", ".join(f"{r['fit_total_ratio']:.2f}" for r in results)
+    print(f"calibration fit predicted/measured total step time per repeat: {cal}")
 
 
 def main() -> int:
@@ -119,10 +195,14 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--time-scale", type=float, default=4.0)
     ap.add_argument("--max-output", type=int, default=48)
-    ap.add_argument("--timeout", type=float, default=600.0)
-    ap.add_argument("--gpu-profiles", type=Path, default=None, help="profiles YAML (cpu-tiny)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (engine and fit)")
+    ap.add_argument("--timeout", type=float, default=180.0, help="per live replay")
+    ap.add_argument("--weighting", choices=["absolute", "relative"], default="absolute")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    if args.repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    torch.set_num_threads(args.threads)
     trace = shrink(
         scale_trace(
             load_trace("mooncake", limit=args.requests),
@@ -131,33 +211,17 @@ def main() -> int:
         ),
         args.max_output,
     )
-    real = replay_real(trace, args.timeout)
-    run = run_policy(
-        "round-robin",
-        trace,
-        load_profile("cpu-tiny", args.gpu_profiles),
-        SimSettings(workers=1, block_size=BLOCK, max_model_len=2048),
-        TinyHasher(BLOCK),
-    )
-    sim_ttft = [r.ttft for r in run.requests]
-    sim_e2e = [r.e2e for r in run.requests]
-    out_tokens = sum(r.output_tokens for r in trace)
-    print(f"{len(trace)} requests over {trace[-1].arrival_s:.1f} s, one worker, cpu-tiny profile")
-    print("| metric | real engine (ms) | simulator (ms) | sim / real |")
-    print("|---|---:|---:|---:|")
-    for name, fn in (("p50", 50), ("p90", 90)):
-        print(_line(f"TTFT {name}", np.percentile(real["ttft"], fn), np.percentile(sim_ttft, fn)))
-    print(_line("TTFT mean", statistics.fmean(real["ttft"]), statistics.fmean(sim_ttft)))
-    print(_line("E2E p50", np.percentile(real["e2e"], 50), np.percentile(sim_e2e, 50)))
-    real_tps = out_tokens / real["end"][0]
-    sim_tps = out_tokens / max(r.finished for r in run.requests)
-    print(f"| output tokens/s | {real_tps:.0f} | {sim_tps:.0f} | {sim_tps / real_tps:.2f} |")
-    print(_line("engine busy time", real["busy"][0], run.busy_s[0]))
-    sim_hits = sum(r.cached_tokens for r in run.requests)
-    print(
-        f"| prefix-hit tokens | {real['hit_tokens'][0]:.0f} | {sim_hits} | "
-        f"{sim_hits / max(1.0, real['hit_tokens'][0]):.2f} |"
-    )
+    results = []
+    for rep in range(args.repeats):
+        res = one_repeat(trace, args.threads, 10 * rep, args.timeout, args.weighting)
+        print(
+            f"repeat {rep + 1}: calibration {res['calibration_s']:.0f} s, TTFT p50 sim/real "
+            f"{_ratio(res['sim_ttft_p50'], res['real_ttft_p50']):.2f}, busy sim/real "
+            f"{_ratio(res['sim_busy'], res['real_busy']):.2f}",
+            flush=True,
+        )
+        results.append(res)
+    report(results, trace, args.threads)
     return 0
 
 

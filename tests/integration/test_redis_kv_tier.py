@@ -29,9 +29,10 @@ def server() -> Iterator[RedisServer]:
         yield srv
 
 
-def codec(fp: str = "b16s0") -> BlockCodec:
+def codec(fp: str = "b16s0", kv_heads: int = 2) -> BlockCodec:
+    """8 KiB blocks (the tiny model's: `RespBatch` paths); kv_heads=16: 64 KiB+ (zero-copy)."""
     return BlockCodec(
-        layers=2, block_size=16, kv_heads=2, head_dim=16, dtype=torch.float32, fingerprint=fp
+        layers=2, block_size=16, kv_heads=kv_heads, head_dim=16, dtype=torch.float32, fingerprint=fp
     )
 
 
@@ -99,15 +100,16 @@ class _NoPoolClient:
         return self._inner.pipeline(transaction=transaction)
 
 
-@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize(("protocol", "kv_heads"), [(2, 2), (3, 2), (2, 16), (3, 16)])
 def test_blocks_land_in_place_with_misses_and_foreign_values(
-    server: RedisServer, protocol: int
+    server: RedisServer, protocol: int, kv_heads: int
 ) -> None:
-    c = codec()
+    c = codec(kv_heads=kv_heads)
     tier = RedisKVTier(redis.Redis.from_url(server.url, protocol=protocol), "b16s0")
     blocks = torch.randn((4, *c.shape))
     assert tier.store({h: c.parts(blocks[h]) for h in range(4)}) == 4
-    assert tier.store({7: bytes(c.encode(blocks[0]))[:-1], 8: codec("other").encode(blocks[0])})
+    other = codec("other", kv_heads)
+    assert tier.store({7: bytes(c.encode(blocks[0]))[:-1], 8: other.encode(blocks[0])})
     out = torch.zeros((6, *c.shape))
     assert tier.fetch_into([0, 1, 2, 3], c.header, out) == 4
     assert torch.equal(out[:4], blocks)
@@ -148,3 +150,38 @@ def test_error_replies_open_the_circuit(server: RedisServer) -> None:
         finally:
             admin.config_set("maxmemory", "64mb")
             admin.config_set("maxmemory-policy", "allkeys-lru")
+
+
+@pytest.mark.parametrize("ttl_s", [0, 100])
+def test_batched_small_block_writes_are_read_back_bit_exact(
+    server: RedisServer, ttl_s: int
+) -> None:
+    c = codec()
+    tier = RedisKVTier.from_url(server.url, "b16s0", ttl_s=ttl_s)
+    blocks = torch.randn((70, *c.shape))
+    hashes = [random.getrandbits(64) for _ in range(70)]
+    stored = tier.store_rows(hashes, c.header, lambda s, e: c.rows(list(blocks[s:e])))
+    assert stored == 70  # in chunks: 8, then 32 per send
+    assert tier.leading_hits([*hashes[:5], 1, hashes[6]]) == 5
+    for h, block in zip(hashes[::23], blocks[::23], strict=True):
+        value = tier.client.get(tier.key(h))
+        assert isinstance(value, bytes) and torch.equal(c.decode(value), block)
+    ttl = tier.client.ttl(tier.key(hashes[-1]))
+    assert (0 < ttl <= 100) if ttl_s else ttl == -1
+    out = torch.zeros((70, *c.shape))
+    assert tier.fetch_into(hashes, c.header, out) == 70
+    assert torch.equal(out, blocks)
+
+
+def test_batched_writes_degrade_on_error_replies(server: RedisServer) -> None:
+    c = codec()
+    tier = RedisKVTier.from_url(server.url, "b16s0", backoff_s=0.0)
+    rows = c.rows(list(torch.randn((3, *c.shape))))
+    tier.client.config_set("maxmemory", "1")
+    try:
+        assert tier.store_rows([1, 2, 3], c.header, rows) == 0  # OOM replies: no exception
+    finally:
+        tier.client.config_set("maxmemory", "64mb")
+    assert tier.stats.errors == 1
+    assert tier.store_rows([1, 2, 3], c.header, rows) == 3  # the connection was replaced
+    assert tier.leading_hits([1, 2, 3]) == 3

@@ -16,12 +16,13 @@ Any error discards the connection.
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
 
+import numpy as np
 import redis
 import torch
 
-from mainsail.workers.kvtier.lean_pipeline import pack
+from mainsail.workers.kvtier.lean_pipeline import Buffer, pack
+from mainsail.workers.kvtier.resp_batch import SMALL_BLOCK_BYTES, RespBatch, recv_rows
 
 _CHUNK = 1 << 20
 _LINE_READ = 64 << 10  # bytes per read while looking for a reply header (payload rarely)
@@ -69,59 +70,40 @@ class _Replies:
             count -= step
 
 
-def get_into(
-    client: redis.Redis, keys: Sequence[bytes], header: bytes, out: torch.Tensor
-) -> int | None:
-    """GET ``keys``; values ``header + row`` are received into ``out[i]`` (contiguous CPU).
+def get_into(client: redis.Redis, keys: np.ndarray, header: bytes, out: torch.Tensor) -> int | None:
+    """GET ``keys`` (rows of `hex_keys`); values ``header + row`` land in ``out[i]``.
 
-    Returns how many leading keys existed with exactly that header and size (a miss or a
-    foreign value ends the run; the rest of the replies is read and dropped), or None when
-    the client offers no raw socket. Raises `redis.RedisError` on any failure.
+    ``out`` is a contiguous CPU tensor. Returns how many leading keys existed with exactly
+    that header and size (a miss or a foreign value ends the run; the rest of the replies is
+    read and dropped), or None when the client offers no raw socket. Raises
+    `redis.RedisError` on any failure. Small blocks (`SMALL_BLOCK_BYTES`) take `RespBatch`:
+    the replies of the leading hits are received into one buffer, checked and copied with
+    numpy; large ones are received straight into their rows.
     """
     pool = getattr(client, "connection_pool", None)
-    if pool is None or not keys:
+    if pool is None or not len(keys):
         return None if pool is None else 0
     if out.shape[0] < len(keys) or not out.is_contiguous() or out.device.type != "cpu":
         raise ValueError("get_into needs a contiguous CPU tensor with a row per key")
     rows = out.view(torch.uint8).reshape(out.shape[0], -1).numpy()
     row_bytes = rows.shape[1]
+    small = row_bytes <= SMALL_BLOCK_BYTES
+    if small:
+        packed: list[Buffer] = [RespBatch(b"GET", keys.shape[1]).pack(keys).reshape(-1).data]
+    else:
+        packed = list(pack([(b"GET", k.tobytes()) for k in keys]))
     conn = pool.get_connection()
     try:
-        conn.send_packed_command(pack([(b"GET", k) for k in keys]))
+        conn.send_packed_command(packed)
         sock = getattr(conn, "_sock", None)
         if not isinstance(sock, socket.socket):
             conn.disconnect()
             return None
         replies = _Replies(sock)
-        good, run = 0, True
-        for _ in keys:
-            line = replies.line()
-            kind = line[:1]
-            if kind == b"-":
-                raise redis.ResponseError(line[1:].decode(errors="replace"))
-            if kind == b"_":  # RESP3 null: a miss
-                run = False
-                continue
-            if kind != b"$":  # RESP3 bulk errors ("!") included: never expected from GET
-                raise redis.ConnectionError(f"unexpected reply to GET: {line[:32]!r}")
-            size = int(line[1:])
-            if size < 0:  # RESP2 null: a miss
-                run = False
-                continue
-            if run and size == len(header) + row_bytes:
-                head = memoryview(bytearray(len(header)))
-                replies.into(head)
-                if head == header:
-                    replies.into(memoryview(rows[good]))
-                    good += 1
-                else:
-                    run = False
-                    replies.skip(row_bytes)
-            else:
-                run = False
-                replies.skip(size)
-            replies.skip(2)
-        return good
+        good = 0
+        if small:
+            good = _leading_hits_into(replies, len(keys), header, rows)
+        return _read_rest(replies, len(keys) - good, header, rows, good)
     except TimeoutError as exc:
         conn.disconnect()
         raise redis.TimeoutError(str(exc)) from exc
@@ -133,3 +115,59 @@ def get_into(
         raise
     finally:
         pool.release(conn)
+
+
+def _leading_hits_into(replies: _Replies, count: int, header: bytes, rows: np.ndarray) -> int:
+    """Receive the leading hit replies as fixed-size rows; leave the rest to `_read_rest`."""
+    row_bytes = rows.shape[1]
+    prefix = b"$%d\r\n" % (len(header) + row_bytes) + header
+    stride = len(prefix) + row_bytes + 2
+    want = np.frombuffer(prefix, dtype=np.uint8)
+
+    def valid(batch: np.ndarray) -> np.ndarray:
+        ok: np.ndarray = (
+            (batch[:, : len(prefix)] == want).all(axis=1)
+            & (batch[:, -2] == ord("\r"))
+            & (batch[:, -1] == ord("\n"))
+        )
+        return ok
+
+    buf, good, rest = recv_rows(replies.sock, count, stride, valid, prefix)
+    if good:
+        rows[:good] = buf[: good * stride].reshape(good, stride)[:, len(prefix) : -2]
+    replies.buf = bytearray(rest)
+    return good
+
+
+def _read_rest(replies: _Replies, count: int, header: bytes, rows: np.ndarray, good: int) -> int:
+    """Read ``count`` more GET replies; while the run holds, hits go to ``rows[good:]``."""
+    row_bytes = rows.shape[1]
+    run = good == 0  # after leading hits of `_leading_hits_into`, the next reply broke the run
+    for _ in range(count):
+        line = replies.line()
+        kind = line[:1]
+        if kind == b"-":
+            raise redis.ResponseError(line[1:].decode(errors="replace"))
+        if kind == b"_":  # RESP3 null: a miss
+            run = False
+            continue
+        if kind != b"$":  # RESP3 bulk errors ("!") included: never expected from GET
+            raise redis.ConnectionError(f"unexpected reply to GET: {line[:32]!r}")
+        size = int(line[1:])
+        if size < 0:  # RESP2 null: a miss
+            run = False
+            continue
+        if run and size == len(header) + row_bytes:
+            head = memoryview(bytearray(len(header)))
+            replies.into(head)
+            if head == header:
+                replies.into(memoryview(rows[good]))
+                good += 1
+            else:
+                run = False
+                replies.skip(row_bytes)
+        else:
+            run = False
+            replies.skip(size)
+        replies.skip(2)
+    return good

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -61,6 +62,20 @@ class BlockCodec:
         if block.device.type != "cpu" or block.dtype != self.dtype or not block.is_contiguous():
             block = block.to("cpu", self.dtype).contiguous()
         return self._prefix, block.view(torch.uint8).numpy().reshape(-1).data
+
+    def rows(self, blocks: Sequence[torch.Tensor]) -> np.ndarray:
+        """The data of ``blocks`` as one uint8 array, a row per block (one copy in all).
+
+        For batches of small blocks (`RespBatch`), where a view per block costs more than
+        copying its bytes.
+        """
+        shape = torch.Size(self.shape)
+        if any(b.shape != shape for b in blocks):
+            raise ValueError(f"block shapes differ from codec shape {self.shape}")
+        with torch.inference_mode():  # no autograd history, so no per-block detach
+            stacked = torch.stack(list(blocks)).to("cpu", self.dtype)
+        rows: np.ndarray = stacked.contiguous().view(torch.uint8).reshape(len(blocks), -1).numpy()
+        return rows
 
     def encode(self, block: torch.Tensor) -> bytearray:
         """Bytes of ``block`` (shape `shape`, any device) with its header (one copy)."""

@@ -16,14 +16,18 @@ their own (Redis Cluster) go through the ordinary `Pipeline`.
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
+import numpy as np
 import redis
 
 Arg = bytes | bytearray | memoryview
 Value = Arg | tuple[Arg, ...]
 """One command argument; a tuple is sent as one argument made of its parts (no join)."""
+Buffer = Arg | np.ndarray
+"""Bytes to send: also a uint8 array (a whole `RespBatch`)."""
+T = TypeVar("T")
 _INLINE_MAX = 16 << 10
 
 
@@ -72,17 +76,37 @@ def run_pipeline(
             pipe.execute_command(*args)  # type: ignore[no-untyped-call]
         replies = list(pipe.execute())
         return [] if expect is not None else replies
-    packed = pack(commands)
+
+    def receive(conn: Any) -> list[Any]:
+        sock = getattr(conn, "_sock", None)
+        if expect is not None and isinstance(sock, socket.socket):
+            _expect_replies(sock, expect, len(commands))
+            return []
+        replies = [conn.read_response(disable_decoding=True) for _ in commands]
+        return [] if expect is not None else replies
+
+    return exchange(pool, pack(commands), receive)
+
+
+def exchange(
+    pool: Any,
+    packed: Sequence[Buffer] | Callable[[], Iterable[Buffer]],
+    receive: Callable[[Any], T],
+) -> T:
+    """Send ``packed`` on a pooled connection and return ``receive(connection)``.
+
+    ``packed`` may be a function making the buffers as they are sent (called again for a
+    retry), so the server works on the first while the next is being made.
+
+    Raises `redis.RedisError`. A connection that saw any error is discarded; a connection
+    error is retried once on a fresh connection (the tier's commands are idempotent).
+    """
     for attempt in (0, 1):
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(packed, check_health=attempt == 0)
-            sock = getattr(conn, "_sock", None)
-            if expect is not None and isinstance(sock, socket.socket):
-                _expect_replies(sock, expect, len(commands))
-                return []
-            replies = [conn.read_response(disable_decoding=True) for _ in commands]
-            return [] if expect is not None else replies
+            buffers = packed() if callable(packed) else packed
+            conn.send_packed_command(buffers, check_health=attempt == 0)
+            return receive(conn)
         except TimeoutError as exc:
             conn.disconnect()
             raise redis.TimeoutError(str(exc)) from exc

@@ -7,10 +7,13 @@ arrival order, so Redis sees at most one probe or fetch per worker at a time.
 
 Per request: one pipelined existence probe of the hashes after the local prefix hits (one
 round trip); if `decide_fetch` says the leading hits are worth it, one pipelined fetch; the
-values land in one CPU staging tensor. A block written under another layout, a
-truncated value or a Redis error ends the fetched run there (the rest is recomputed). The
-cost model learns the round trip and bandwidth here and the prefill rate from the engine
-(`observe_prefill`); it is replaced, never mutated, under a lock.
+values land in one CPU staging tensor. When the policy fetches even a single block (`always`,
+or `auto` once the measured costs say so), no number of hits can change the decision, so
+the probe is skipped and the blocks fetched at once: one round trip instead of two. A block
+written under another layout, a truncated value or a Redis error ends the fetched run there
+(the rest is recomputed). The cost model learns the round trip and bandwidth here and the
+prefill rate from the engine (`observe_prefill`); it is replaced, never mutated, under a
+lock.
 
 Values are received straight into a CPU staging tensor (`RedisKVTier.fetch_into`), at most
 ``max_fetch_bytes`` per load. Staging tensors are recycled (`recycle`, once the engine has
@@ -124,6 +127,8 @@ class BlockLoader:
 
     def _load(self, start: int, hashes: list[int]) -> LoadResult:
         t0 = self._clock()
+        if decide_fetch(self.policy, self.cost, 1):
+            return self._fetch_without_probe(start, hashes, t0)
         hits = min(self.tier.leading_hits(hashes), self.max_fetch_blocks)
         probed = self._clock() - t0
         with self._lock:
@@ -141,6 +146,24 @@ class BlockLoader:
                 self._cost = self._cost.observe_fetch(good, fetched)
         seconds = self._clock() - t0
         return LoadResult(start, hashes[:good], staging[:good], hits, seconds, staging)
+
+    def _fetch_without_probe(self, start: int, hashes: list[int], t0: float) -> LoadResult:
+        """When even one block pays for its fetch, any number does: GET without probing.
+
+        A probe would only cost a round trip (and Redis a lookup per block) here. A missing
+        block costs a tiny reply; blocks after a gap are received and dropped, bounded by
+        ``max_fetch_bytes``. The round trip estimate is then left as the probes last saw it.
+        """
+        want = hashes[: self.max_fetch_blocks]
+        staging = self._take_staging(len(want))
+        good = self.tier.fetch_into(want, self.codec.header, staging)
+        if good is None:
+            good = self._fetch_and_decode(want, staging)
+        seconds = self._clock() - t0
+        if good:
+            with self._lock:
+                self._cost = self._cost.observe_fetch(good, seconds)
+        return LoadResult(start, want[:good], staging[:good], good, seconds, staging)
 
     def _fetch_and_decode(self, hashes: list[int], staging: torch.Tensor) -> int:
         """The portable path: values as bytes, then decoded (one more copy)."""

@@ -4,7 +4,8 @@ Keys are `mainsail:kv:<fingerprint>:<hash as 16 hex digits>` — one key per blo
 tags), so blocks spread over every slot of a Redis Cluster; values come from `BlockCodec`
 (header + data in one SET, hence atomic). Existence checks and fetches are pipelined: one
 round trip per batch, not per block (`run_pipeline`, without redis-py's per-command
-overhead). Eviction is Redis's own (`maxmemory-policy allkeys-lru`) or a TTL.
+overhead; for small blocks `RespBatch` packs and checks a whole batch with numpy).
+Eviction is Redis's own (`maxmemory-policy allkeys-lru`) or a TTL.
 
 Redis is an optimisation, never a dependency of correctness: every error (down, slow, full)
 opens a circuit for `backoff_s`, during which the tier answers "miss" and drops writes at no
@@ -17,16 +18,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mainsail.workers.kvtier.bulk_get import get_into
-from mainsail.workers.kvtier.lean_pipeline import Arg, Value, run_pipeline
+from mainsail.workers.kvtier.lean_pipeline import Arg, Buffer, Value, exchange, run_pipeline
+from mainsail.workers.kvtier.resp_batch import RespBatch, hex_keys, read_exists, read_ok
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ class RedisKVTier:
         self.backoff_s = backoff_s
         self._clock = clock
         self._down_until = 0.0
+        key_len = len(self._prefix_bytes) + 17
+        self._exists = RespBatch(b"EXISTS", key_len)
+        self._sets: dict[tuple[bytes, int], RespBatch] = {}
         self._lock = threading.Lock()  # the writer and the loader threads share one tier
         self.stats = TierStats()
 
@@ -135,12 +141,90 @@ class RedisKVTier:
             self.stats.bytes_written += sum(_size(v) for v in blocks.values())
         return len(blocks)
 
+    def store_rows(
+        self,
+        block_hashes: Sequence[int],
+        header: bytes,
+        rows: np.ndarray | Callable[[int, int], np.ndarray],
+    ) -> int:
+        """Write blocks given as ``header`` + data row ``i`` (uint8), one row per hash.
+
+        Same contract as `store`, for small blocks: the SETs are packed with numpy
+        (`RespBatch`) and the ``+OK`` replies checked in one pass. ``rows`` is an array, or
+        ``rows(start, end)`` giving the rows of blocks ``start:end``: it is then called chunk
+        by chunk while the previous chunk is already on its way, so Redis stores one chunk
+        while the next is being prepared.
+        """
+        n = len(block_hashes)
+        if not n:
+            return 0
+        get_rows = rows if callable(rows) else _slicer(rows)
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            data = get_rows(0, n)
+            return self.store({h: (header, data[i].data) for i, h in enumerate(block_hashes)})
+        if not self.available():
+            with self._lock:
+                self.stats.skipped_while_down += n
+            return 0
+        keys = hex_keys(self._prefix_bytes, block_hashes)
+        row_bytes = 0
+
+        def payload() -> Iterator[Buffer]:
+            nonlocal row_bytes
+            step, start = 8, 0  # a small first chunk gets Redis going; then by bytes
+            while start < n:
+                data = get_rows(start, min(n, start + step))
+                if data.ndim != 2 or data.dtype != np.uint8 or data.shape[0] < 1:
+                    raise ValueError(f"store_rows: rows must be uint8 rows, got {data.shape}")
+                end = start + data.shape[0]
+                row_bytes = data.shape[1]
+                step = max(1, _CHUNK_BYTES // row_bytes)
+                batch = self._set_batch(header, row_bytes)
+                yield batch.pack(keys[start:end], data).reshape(-1).data
+                start = end
+
+        try:
+            exchange(pool, payload, lambda conn: read_ok(conn, n))
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return 0
+        with self._lock:
+            self.stats.stored_blocks += n
+            self.stats.bytes_written += n * (len(header) + row_bytes)
+        return n
+
+    def _set_batch(self, header: bytes, row_bytes: int) -> RespBatch:
+        batch = self._sets.get((header, row_bytes))
+        if batch is None:
+            ttl = (b"EX", b"%d" % self.ttl_s) if self.ttl_s else ()
+            key_len = len(self._prefix_bytes) + 17
+            batch = RespBatch(
+                b"SET", key_len, value_prefix=header, value_bytes=row_bytes, extra=ttl
+            )
+            self._sets = {**self._sets, (header, row_bytes): batch}
+        return batch
+
+    def _exists_flags(self, block_hashes: Sequence[int]) -> list[bool]:
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            return [
+                bool(x)
+                for x in run_pipeline(
+                    self.client, [(b"EXISTS", self._key(h)) for h in block_hashes]
+                )
+            ]
+        payload = self._exists.pack(hex_keys(self._prefix_bytes, block_hashes))
+        n = len(block_hashes)
+
+        return exchange(pool, [payload.reshape(-1).data], lambda conn: read_exists(conn, n))
+
     def leading_hits(self, block_hashes: Sequence[int]) -> int:
         """How many of ``block_hashes``, from the first, Redis holds (one round trip)."""
         if not block_hashes or not self.available():
             return 0
         try:
-            found = run_pipeline(self.client, [(b"EXISTS", self._key(h)) for h in block_hashes])
+            found = self._exists_flags(block_hashes)
         except redis.RedisError as exc:
             self._failed(exc)
             return 0
@@ -185,7 +269,8 @@ class RedisKVTier:
         if not block_hashes or not self.available():
             return 0
         try:
-            got = get_into(self.client, [self._key(h) for h in block_hashes], header, out)
+            keys = hex_keys(self._prefix_bytes, block_hashes)
+            got = get_into(self.client, keys, header, out)
         except redis.RedisError as exc:
             self._failed(exc)
             return 0
@@ -196,6 +281,13 @@ class RedisKVTier:
             self.stats.fetched_blocks += got
             self.stats.bytes_read += got * row
         return got
+
+
+_CHUNK_BYTES = 256 << 10  # per send of `store_rows`: Redis stores one while the next is packed
+
+
+def _slicer(rows: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    return lambda start, end: rows[start:end]
 
 
 def _size(value: Value) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from mainsail.workers.kvtier.codec import BlockCodec
 from mainsail.workers.kvtier.redis_tier import RedisKVTier
+from mainsail.workers.kvtier.resp_batch import SMALL_BLOCK_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,18 @@ class BlockWriter:
         while len(self._known) > self.remember_blocks:
             self._known.popitem(last=False)
 
+    def _store(self, batch: list[tuple[int, torch.Tensor]]) -> list[int]:
+        """Store one batch; the hashes written (all or none)."""
+        if self.codec.block_bytes() <= SMALL_BLOCK_BYTES:
+            hashes = [h for h, _ in batch]
+            blocks = [block for _, block in batch]
+            stored = self.tier.store_rows(
+                hashes, self.codec.header, lambda start, end: self.codec.rows(blocks[start:end])
+            )
+            return hashes if stored == len(hashes) else []
+        values = {h: self.codec.parts(block) for h, block in batch}
+        return list(values) if self.tier.store(values) == len(values) else []
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -153,9 +166,7 @@ class BlockWriter:
                 self._busy = True
             written: list[int] = []
             try:
-                values = {h: self.codec.parts(block) for h, block in batch}
-                if self.tier.store(values) == len(values):
-                    written = list(values)
+                written = self._store(batch)
             except Exception:  # an encoding bug must not kill the thread
                 log.exception("KV tier writer failed on a batch of %d blocks", len(batch))
             with self._cond:
