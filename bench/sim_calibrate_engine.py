@@ -105,6 +105,33 @@ def measure_decodes(engine: Engine, salt: int) -> list[dict[str, Any]]:
     return rows
 
 
+def measure_after_idle(engine: Engine, salt: int) -> list[dict[str, Any]]:
+    """Single short prefills, each after the engine sat idle, as at a replay's light load."""
+    rows: list[dict[str, Any]] = []
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    for rep in range(3):
+        for length in (16, 64, 128, 256):
+            time.sleep(0.05)
+            rid = f"i{salt}-{rep}-{length}"
+            prompt = _prompt(length, 50_000 + 100 * salt + 10 * rep)
+            engine.add_request(EngineRequest(rid, prompt, params))
+            rows.append(
+                {
+                    "prefill_tokens": length,
+                    "attn_pairs": length * length / 2,
+                    "decode_seqs": 0,
+                    "decode_context": 0,
+                    "after_idle": 1,
+                    "seconds": _timed_step(engine),
+                }
+            )
+            for _ in range(10_000):
+                if not engine.has_unfinished():
+                    break
+                engine.step()
+    return rows
+
+
 def engine_config() -> EngineConfig:
     """The worker configuration both calibration and the fidelity replay use."""
     return EngineConfig(
@@ -120,6 +147,7 @@ def calibrate(config: EngineConfig, repeats: int, threads: int, salt: int = 0) -
     for r in range(repeats):
         steps += measure_prefills(engine, salt + r)
         steps += measure_decodes(engine, salt + r)
+        steps += measure_after_idle(engine, salt + r)
     return {
         "name": "cpu-tiny",
         "description": f"Mainsail engine, tiny generated Llama, CPU, {threads} thread(s)",
@@ -127,6 +155,8 @@ def calibrate(config: EngineConfig, repeats: int, threads: int, salt: int = 0) -
         "kv_capacity_tokens": config.total_kv_blocks * config.block_size,
         "max_num_seqs": config.max_num_seqs,
         "max_batched_tokens": config.max_batched_tokens,
+        # The engine pads a decode batch's block tables to its longest sequence.
+        "decode_attention": "padded",
         "steps": steps,
     }
 

@@ -31,6 +31,14 @@ def test_step_time_is_the_documented_linear_formula() -> None:
     assert P.decode_step_time(4, 1000) == pytest.approx(0.01 + 4e-4 + 1e-3)
 
 
+def test_decode_context_sums_or_pads_to_the_longest_sequence() -> None:
+    assert P.decode_context([]) == 0
+    assert P.decode_context([10, 30, 20]) == 60
+    padded = P.model_copy(update={"decode_attention": "padded"})
+    assert padded.decode_context([10, 30, 20]) == 90
+    assert padded.decode_context([25, 25]) == P.decode_context([25, 25])  # equal: no padding
+
+
 def test_prefill_time_chunks_by_the_token_budget_over_a_growing_context() -> None:
     expected = sum(
         P.step_time(n, attn_pairs(n, c), 0, 0) for n, c in ((100, 0), (100, 100), (50, 200))

@@ -28,7 +28,7 @@ import yaml
 
 from mainsail.sim.cost import GPUProfile
 
-_PARAMS = ("step_overhead_s", "token_s", "attn_pair_s", "kv_read_s")
+_PARAMS = ("step_overhead_s", "token_s", "attn_pair_s", "kv_read_s", "idle_wake_s")
 
 
 def design_matrix(steps: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,8 @@ def design_matrix(steps: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     for i, s in enumerate(steps):
         try:
             tokens = float(s["prefill_tokens"]) + float(s["decode_seqs"])
-            rows.append([1.0, tokens, float(s["attn_pairs"]), float(s["decode_context"])])
+            idle = float(s.get("after_idle", 0))
+            rows.append([1.0, tokens, float(s["attn_pairs"]), float(s["decode_context"]), idle])
             y.append(float(s["seconds"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"step {i}: {exc!r}") from exc
@@ -49,7 +50,7 @@ def design_matrix(steps: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact least squares with every coefficient >= 0, by trying every support set.
 
-    The model has four parameters, so the 15 non-empty subsets of columns are cheap; the
+    The model has five parameters, so the 31 non-empty subsets of columns are cheap; the
     answer is the best unconstrained fit among subsets whose solution is non-negative.
     """
     n = a.shape[1]
@@ -106,6 +107,7 @@ def profile_from_measurements(
         kv_capacity_tokens=int(doc["kv_capacity_tokens"]),
         max_num_seqs=int(doc.get("max_num_seqs", 256)),
         max_batched_tokens=int(doc.get("max_batched_tokens", 8192)),
+        decode_attention=doc.get("decode_attention", "sum"),
         **params,
     )
     return profile, quality

@@ -184,6 +184,7 @@ class SimWorker:
 
     def _plan(self, now: float) -> None:
         """Chooses the next step's work and asks the loop to end it."""
+        after_idle = not self._busy
         decodes = [r for r in self.running if r.prefill_done >= r.input_tokens]
         budget = self.profile.max_batched_tokens - len(decodes)
         chunks: list[tuple[SimRequest, int]] = []
@@ -204,12 +205,12 @@ class SimWorker:
             return
         self._busy = True
         p = self.profile
-        ctx = sum(r.context for r in decodes)
+        ctx = p.decode_context([r.context for r in decodes])
         if chunks or len(decodes) != len(self.running):
             self._steps = 1
             pairs = sum(attn_pairs(n, r.prefill_done) for r, n in chunks)
             new = sum(n for _, n in chunks)
-            duration = p.step_time(new, pairs, len(decodes), ctx)
+            duration = p.step_time(new, pairs, len(decodes), ctx, after_idle)
         else:
             self._steps = min(r.decode_left for r in decodes)
             self._ff_a = p.step_overhead_s + p.token_s * len(decodes) + p.kv_read_s * ctx
