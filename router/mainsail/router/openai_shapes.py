@@ -66,6 +66,20 @@ class Shape(abc.ABC):
             "choices": choices,
         }
 
+    def _whole_frame(
+        self, body: dict[str, Any], logprobs: list[pb.TokenLogprob], last: pb.TokenChunk
+    ) -> dict[str, Any]:
+        """A non-streamed response: one choice holding ``body``, with usage."""
+        choice = {
+            "index": 0,
+            **body,
+            "logprobs": self._logprobs(logprobs),
+            "finish_reason": last.finish_reason,
+        }
+        frame = self._frame(self.object_whole, [choice])
+        frame["usage"] = usage_dict(last.usage)
+        return frame
+
     def _token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
@@ -140,15 +154,7 @@ class CompletionShape(Shape):
     def whole(
         self, text: str, logprobs: list[pb.TokenLogprob], last: pb.TokenChunk
     ) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": self._logprobs(logprobs),
-            "finish_reason": last.finish_reason,
-        }
-        frame = self._frame(self.object_whole, [choice])
-        frame["usage"] = usage_dict(last.usage)
-        return frame
+        return self._whole_frame({"text": text}, logprobs, last)
 
 
 class ChatShape(Shape):
@@ -205,12 +211,5 @@ class ChatShape(Shape):
     def whole(
         self, text: str, logprobs: list[pb.TokenLogprob], last: pb.TokenChunk
     ) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": self._logprobs(logprobs),
-            "finish_reason": last.finish_reason,
-        }
-        frame = self._frame(self.object_whole, [choice])
-        frame["usage"] = usage_dict(last.usage)
-        return frame
+        message = {"role": "assistant", "content": text}
+        return self._whole_frame({"message": message}, logprobs, last)
