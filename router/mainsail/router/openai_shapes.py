@@ -110,6 +110,10 @@ class Shape(abc.ABC):
         """The choice's text field(s), rendered."""
 
     @abc.abstractmethod
+    def _logprobs(self, items: list[pb.TokenLogprob]) -> dict[str, Any] | None:
+        """The choice's `logprobs` object (None unless the request asked for them)."""
+
+    @abc.abstractmethod
     def delta(self, chunk: pb.TokenChunk) -> dict[str, Any]:
         """One streamed chunk as an object."""
 
