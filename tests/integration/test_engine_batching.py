@@ -158,3 +158,28 @@ def _drain_one(engine: Engine, prompt: list[int], params: SamplingParams) -> lis
 
 def _drain_text(engine: Engine, prompt: list[int], params: SamplingParams) -> str:
     return "".join(o.new_text for o in _drain_one(engine, prompt, params))
+
+
+@pytest.mark.integration
+def test_last_step_records_the_shape_the_simulator_is_fitted_to(tiny_model_dir: Path) -> None:
+    """`Engine.last_step`: prefill chunks (new, computed) and decode contexts of each step."""
+    config = EngineConfig(max_model_len=256, max_batched_tokens=40, block_size=16)
+    engine = Engine(tiny_model_dir, config)
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    engine.add_request(EngineRequest("a", _prompt(30, salt=1), params))
+    engine.add_request(EngineRequest("b", _prompt(25, salt=2), params))
+    shapes = []
+    for _ in range(50):
+        if not engine.has_unfinished():
+            break
+        engine.step()
+        assert engine.last_step is not None
+        assert engine.last_step.seconds > 0
+        shapes.append((engine.last_step.prefill, engine.last_step.decode_contexts))
+    assert shapes[:4] == [
+        (((30, 0), (10, 0)), ()),  # a whole, then b's first chunk fills the 40-token budget
+        (((15, 10),), (30,)),  # b's rest beside a's first decode over its 30 prompt tokens
+        ((), (31, 25)),
+        ((), (26,)),  # a finished: 3 tokens are its prefill's and two decodes
+    ]
+    assert engine.step() == [] and engine.last_step is None  # nothing ran

@@ -8,7 +8,7 @@ Public surface (kept small and stable; the worker service and Ray actor are buil
 
 from mainsail.workers.engine.async_engine import AsyncEngine
 from mainsail.workers.engine.config import EngineConfig
-from mainsail.workers.engine.engine import Engine
+from mainsail.workers.engine.engine import Engine, StepShape
 from mainsail.workers.engine.errors import EngineInputError
 from mainsail.workers.engine.kv_events import KVEvent
 from mainsail.workers.engine.metrics import EngineMetrics, Histogram
@@ -30,5 +30,6 @@ __all__ = [
     "KVEvent",
     "RequestOutput",
     "SamplingParams",
+    "StepShape",
     "Tokenizer",
 ]

@@ -39,6 +39,22 @@ from mainsail.workers.models import load_model
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+    """What the last step computed and how long it took: the simulator's cost-model inputs.
+
+    Why the engine records it: fitting the simulator's step-time model to steps taken under a
+    real replay (their real mix of prefill chunks and decodes, on the machine as loaded at the
+    time) predicts latency far better than synthetic back-to-back calibration batches; see
+    docs/simulator.md. ``prefill`` holds ``(new tokens, tokens already computed)`` per prefill
+    chunk, ``decode_contexts`` the context length of each decoding sequence.
+    """
+
+    prefill: tuple[tuple[int, int], ...]
+    decode_contexts: tuple[int, ...]
+    seconds: float
+
+
 class Engine:
     """Serves one checkpoint directory (Hugging Face layout) on ``config.device``."""
 
@@ -83,6 +99,7 @@ class Engine:
         self._seqs: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []
         self._metrics = MetricsRecorder()
+        self.last_step: StepShape | None = None
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -153,6 +170,7 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; outputs of requests that advanced or finished."""
         start = self._clock()
+        self.last_step = None
         outputs, self._pending = self._pending, []
         if self._tier is not None:
             reserve = len(self._scheduler.running) + -(
@@ -163,6 +181,13 @@ class Engine:
         batch = self._scheduler.schedule()
         if self._tier is not None:
             self._tier.unpin()
+        shape_p: list[tuple[int, int]] = []
+        shape_d: list[int] = []
+        for seq, n in batch.items:
+            if n == 1 and seq.num_computed >= seq.prompt_len:
+                shape_d.append(seq.num_computed)
+            else:
+                shape_p.append((n, seq.num_computed))
         self._metrics.preemptions += len(batch.preempted)
         self._metrics.prefix_hit_tokens += batch.prefix_hit_tokens
         if not batch.items:
@@ -201,7 +226,9 @@ class Engine:
         now = self._clock()
         for seq, token, lp in zip(samplers, tokens, logprobs, strict=True):
             outputs.append(self._advance(seq, token, lp, now))
-        self._metrics.observe_step(self._clock() - start)
+        seconds = self._clock() - start
+        self._metrics.observe_step(seconds)
+        self.last_step = StepShape(tuple(shape_p), tuple(shape_d), seconds)
         return outputs
 
     def metrics(self) -> EngineMetrics:
