@@ -15,7 +15,7 @@ latency = router TTFT - direct TTFT for the same client in the same repeat. Ever
 the median over `--repeats`. Also reported: the router process's CPU time per request (from
 /proc, over its whole run) and the busiest backend's share of requests.
 
-Usage: `python bench/router_peers.py [--requests 200] [--repeats 3] [--backends 2]`.
+Usage: `python bench/router_peers.py [--requests 1000] [--repeats 3] [--backends 2]`.
 """
 
 from __future__ import annotations
@@ -295,7 +295,9 @@ def _cpu_s(proc: psutil.Process) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=200, help="Sequential, per client.")
+    parser.add_argument(
+        "--requests", type=int, default=1000, help="Sequential, per client (p99 needs many)."
+    )
     parser.add_argument("--concurrent-requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)

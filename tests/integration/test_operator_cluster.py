@@ -8,6 +8,7 @@ from the kubelet. Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -109,6 +111,10 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "MAINSAIL_OPERATOR_RESYNC_SECONDS": "3",
+            # The autoscaler reads each deployment's router on loopback, at the deployment's
+            # router.httpPort (there are no Services to resolve here).
+            "MAINSAIL_OPERATOR_AUTOSCALE_SECONDS": "1",
+            "MAINSAIL_OPERATOR_ROUTER_METRICS_URL": "http://127.0.0.1:{port}/metrics",
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -509,3 +515,146 @@ def test_operator_identity_cannot_touch_secrets(
         "--kubeconfig", str(operator_identity[2]), "get", "secrets", "-n", namespace, check=False
     )
     assert proc.returncode != 0 and "forbidden" in proc.stderr
+
+
+class LoopbackRouter:
+    """A real `python -m mainsail.router` on loopback and one worker registered with it by the
+    real `Registrar`, heartbeating whatever load the test sets (nothing is served)."""
+
+    def __init__(self, model_dir: Path, tmp: Path) -> None:
+        from mainsail.router.settings import RouterConfig
+
+        self.http_port = _free_port()
+        config = RouterConfig(
+            model_name="tiny-auto", model_dir=model_dir, http_port=self.http_port, grpc_port=0
+        )
+        (tmp / "router.json").write_text(config.model_dump_json())
+        ready = tmp / "router.ready"
+        with (tmp / "router.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mainsail.router", "--config", str(tmp / "router.json"),
+                 "--ready-file", str(ready)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        ports = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), "router")
+        self.kv = config.kv_hash
+        self.grpc = f"127.0.0.1:{ports['grpc_port']}"
+        self.load = {"running": 0, "waiting": 0, "kv_blocks_used": 0, "kv_blocks_total": 1000}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        from mainsail.proto.v1 import mainsail_pb2 as pb
+        from mainsail.workers.registration import Registrar
+
+        info = pb.WorkerInfo(
+            worker_id="w-0", address="127.0.0.1:1", role="unified", model="tiny-auto",
+            max_model_len=2048, max_num_seqs=8,
+            kv_hash=pb.KVHashParams(
+                block_size=self.kv.block_size, hash_seed=self.kv.hash_seed,
+                algorithm=self.kv.algorithm,
+            ),
+        )  # fmt: skip
+
+        def snapshot() -> pb.LoadSnapshot:
+            load = dict(self.load)
+            return pb.LoadSnapshot(
+                worker_id="w-0",
+                running=load["running"],
+                waiting=load["waiting"],
+                kv_blocks_used=load["kv_blocks_used"],
+                kv_blocks_total=load["kv_blocks_total"],
+            )
+
+        registrar = Registrar(self.grpc, info, snapshot)
+
+        async def run() -> None:
+            task = asyncio.create_task(registrar.run())
+            while not self._stop.is_set():
+                await asyncio.sleep(0.1)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(run())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+
+
+def test_autoscaler_follows_the_router_load(
+    kube_testbed: Any,
+    kube_namespace: str,
+    operator: OperatorProcess,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Load heartbeated to a real router moves the ServingPool and the RayCluster; a dead
+    router changes nothing and status says why."""
+    bed, ns = kube_testbed, kube_namespace
+    router = LoopbackRouter(tiny_model_dir, tmp_path)
+    try:
+        md = {
+            "apiVersion": "mainsail.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "auto"},
+            "spec": {
+                "model": {"name": "tiny-auto", "generate": "llama"},
+                "router": {"httpPort": router.http_port},
+                "pools": {
+                    "unified": {
+                        "replicas": 1,
+                        "autoscaling": {
+                            "enabled": True, "minReplicas": 1, "maxReplicas": 4,
+                            "targetQueueDepth": 2, "targetKvUtilization": 0.8,
+                            "scaleDownDelaySeconds": 3,
+                        },
+                    }
+                },
+            },
+        }  # fmt: skip
+        bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
+
+        def replicas() -> tuple[int, int]:
+            pool = get(bed, ns, "servingpool", "auto-unified")["spec"]["replicas"]
+            groups = get(bed, ns, "raycluster", "auto")["spec"]["workerGroupSpecs"]
+            return int(pool), int(groups[0]["replicas"])
+
+        def autoscaling() -> dict[str, Any]:
+            status = get(bed, ns, "modeldeployment", "auto").get("status") or {}
+            return dict((status.get("autoscaling") or {}).get("unified") or {})
+
+        wait_for(lambda: replicas() == (1, 1), "pool at its declared 1")
+        wait_for(lambda: "idle" in autoscaling().get("reason", ""), "an idle pass in status")
+
+        router.load.update(running=4, waiting=6, kv_blocks_used=300)  # ceil(6 / 2) = 3
+        wait_for(lambda: replicas() == (3, 3), "scale-up to 3 in pool and RayCluster")
+        status = autoscaling()
+        assert status["desiredReplicas"] == 3 and "6 waiting" in status["reason"]
+        assert status["lastScaleTime"]
+
+        router.load.update(running=0, waiting=0, kv_blocks_used=900)  # 90 % > 80 %: 2 replicas
+        wait_for(lambda: replicas() == (2, 2), "scale-down to 2 after the delay")
+        assert "KV cache 90% used" in autoscaling()["reason"]
+
+        router.stop()
+        wait_for(
+            lambda: "signals unavailable" in autoscaling().get("reason", ""),
+            "a dead router reported",
+        )
+        time.sleep(2)  # two more passes: nothing moves without signals
+        assert replicas() == (2, 2)
+        events = json.loads(
+            bed.kubectl(
+                "get", "events", "-n", ns, "--field-selector", "involvedObject.name=auto",
+                "-o", "json",
+            ).stdout
+        )["items"]  # fmt: skip
+        assert {"ScaledUp", "ScaledDown"} <= {e["reason"] for e in events}
+    finally:
+        router.stop()

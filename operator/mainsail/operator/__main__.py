@@ -12,9 +12,11 @@ import logging
 
 import kopf
 
+from mainsail.operator.autoscaler import Autoscaler
 from mainsail.operator.handlers import Runtime, build_registry
 from mainsail.operator.kube import RestKubeApi, api_client_from_environment
 from mainsail.operator.reconciler import Reconciler
+from mainsail.operator.router_signals import RouterScrape
 from mainsail.operator.settings import OperatorSettings
 
 
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = OperatorSettings.from_env()
     client = api_client_from_environment()
     api = RestKubeApi(client, settings.field_manager, settings.request_timeout_seconds)
-    runtime = Runtime(Reconciler(api, settings), settings)
+    autoscaler = Autoscaler(api, RouterScrape(settings.request_timeout_seconds), settings)
+    runtime = Runtime(Reconciler(api, settings), settings, autoscaler)
     kopf.run(
         registry=build_registry(runtime),
         standalone=True,

@@ -71,6 +71,12 @@ class ChartValues(_Values):
     rbac: Rbac = Rbac()
     defaults: Defaults = Defaults()
     resync_seconds: float = Field(_DEFAULTS.resync_seconds, gt=0, le=3600)
+    autoscale_seconds: float = Field(
+        _DEFAULTS.autoscale_seconds,
+        gt=0,
+        le=3600,
+        description="Seconds between autoscaler passes (pools with `autoscaling.enabled`).",
+    )
     verbose: bool = False
     resources: dict[str, Any] = Field(
         default_factory=lambda: {

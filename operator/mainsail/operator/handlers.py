@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import kopf
 
+from mainsail.operator.autoscaler import Autoscaler
 from mainsail.operator.coalescer import Coalescer
 from mainsail.operator.kube import KubeError
 from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
@@ -44,21 +45,57 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """The reconciler and the per-deployment coalescer the handlers share."""
+    """The reconciler, the autoscaler and the per-deployment coordination they share.
+
+    A reconcile pass and an autoscaler write never overlap for one deployment (``_lock``): the
+    reconciler re-applies the ServingPool with the replicas it observed, and must not observe
+    them just before the autoscaler changes them.
+    """
 
     reconciler: Reconciler
     settings: OperatorSettings
+    autoscaler: Autoscaler | None = None
 
     def __post_init__(self) -> None:
         self.coalescer: Coalescer[tuple[str, str]] = Coalescer(self._pass)
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
     async def request(self, namespace: str | None, name: str | None) -> None:
         if namespace and name:
             await self.coalescer.request((namespace, name))
 
+    async def autoscale(self, body: Mapping[str, Any]) -> None:
+        """One autoscaler pass: scrape outside the lock, decide and write inside it."""
+        if self.autoscaler is None:
+            return
+        reading = await self.autoscaler.read(body)
+        if reading is None:
+            return
+        async with self._lock((reading.owner.namespace, reading.owner.name)):
+            result = await asyncio.to_thread(self.autoscaler.apply, reading)
+        kbody = kopf.Body(cast(kopf.RawBody, dict(body)))
+        for change in result.changes:
+            verb = "ScaledUp" if change.after > change.before else "ScaledDown"
+            message = f"{change.role}: {change.before} -> {change.after} ({change.reason})"
+            kopf.event(kbody, type="Normal", reason=verb, message=message[:1000])
+
+    def forget(self, namespace: str | None, name: str | None) -> None:
+        """A deployment was deleted: drop what the runtime kept for it."""
+        if namespace and name:
+            self._locks.pop((namespace, name), None)
+            if self.autoscaler is not None:
+                self.autoscaler.forget_deployment(namespace, name)
+
     async def _pass(self, key: tuple[str, str]) -> None:
         try:
-            outcome = await asyncio.to_thread(self.reconciler.reconcile, *key)
+            async with self._lock(key):
+                outcome = await asyncio.to_thread(self.reconciler.reconcile, *key)
         except KubeError as exc:
             if exc.status == 403 and "NamespaceTerminating" in str(exc):
                 log.debug("namespace %s is terminating; leaving %s alone", *key)
@@ -127,6 +164,17 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.timer(*md, interval=runtime.settings.resync_seconds, registry=registry)
     async def deployment_resync(*, namespace: str | None, name: str, **_: Any) -> None:
         await runtime.request(namespace, name)
+
+    @kopf.timer(*md, interval=runtime.settings.autoscale_seconds, registry=registry)
+    async def deployment_autoscale(*, body: kopf.Body, **_: Any) -> None:
+        await runtime.autoscale(body)
+
+    @kopf.on.event(*md, registry=registry)
+    async def deployment_event(
+        *, type: str | None, namespace: str | None, name: str, **_: Any
+    ) -> None:
+        if type == "DELETED":
+            runtime.forget(namespace, name)
 
     @kopf.on.field(API_GROUP, API_VERSION, POOL_PLURAL, field="spec.replicas", registry=registry)
     async def pool_scaled(

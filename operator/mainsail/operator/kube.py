@@ -51,6 +51,10 @@ class KubeApi(Protocol):
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> Obj: ...
 
+    def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> Obj: ...
+
 
 def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     """REST path of a namespaced collection or object."""
@@ -130,6 +134,16 @@ class RestKubeApi:
             path,
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
+        )
+        return self._required(result)
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> Obj:
+        """A JSON merge patch of the object (the autoscaler's `spec.replicas`)."""
+        path = resource_path(api_version, kind, namespace, name)
+        result = self._call(
+            "PATCH", path, body=dict(patch), content_type="application/merge-patch+json"
         )
         return self._required(result)
 

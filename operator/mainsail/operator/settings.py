@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "MAINSAIL_OPERATOR_"
 
@@ -50,6 +50,33 @@ class OperatorSettings(BaseModel):
     request_timeout_seconds: float = Field(
         30.0, gt=0, le=600, description="Timeout of one Kubernetes API call."
     )
+    autoscale_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Seconds between autoscaler passes over a deployment with an autoscaled "
+        "pool (one scrape of its router per pass).",
+    )
+    router_metrics_url: str = Field(
+        "http://{router}.{namespace}.svc:{port}/metrics",
+        min_length=1,
+        description="Where the autoscaler reads a deployment's load. Placeholders: {router} "
+        "(the router Service's name), {namespace}, {port} (spec.router.httpPort).",
+    )
+
+    @field_validator("router_metrics_url")
+    @classmethod
+    def _placeholders(cls, url: str) -> str:
+        try:
+            url.format(router="r", namespace="n", port=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"router_metrics_url: only {{router}}, {{namespace}} and {{port}} may be used "
+                f"({exc!r})"
+            ) from exc
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("router_metrics_url must be an http(s) URL")
+        return url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

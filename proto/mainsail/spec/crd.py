@@ -71,6 +71,17 @@ class PoolStatus(SpecModel):
     ready_replicas: int = Field(0, ge=0, description="Workers whose pods are Ready.")
 
 
+class AutoscalerStatus(SpecModel):
+    """The autoscaler's last pass over one pool (see docs/operator.md#autoscaling)."""
+
+    desired_replicas: int = Field(..., ge=0, description="What it set (or kept).")
+    recommended_replicas: int = Field(
+        ..., ge=0, description="What the load alone asked for, before bounds and the delay."
+    )
+    reason: str = Field("", max_length=1024, description="The signal that decided, in words.")
+    last_scale_time: str | None = Field(None, description="RFC 3339 time it last changed it.")
+
+
 class ModelDeploymentStatus(SpecModel):
     """What the operator observed about a ModelDeployment's children."""
 
@@ -79,6 +90,9 @@ class ModelDeploymentStatus(SpecModel):
     endpoint: str | None = Field(None, description="In-cluster URL of the router (HTTP).")
     kv_fingerprint: str | None = Field(None, description="KV hash parameters handed out.")
     pools: dict[str, PoolStatus] = Field(default_factory=dict)
+    autoscaling: dict[str, AutoscalerStatus] = Field(
+        default_factory=dict, description="Per autoscaled role, written by the autoscaler."
+    )
     conditions: list[Condition] = Field(default_factory=list)
 
 

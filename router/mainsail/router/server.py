@@ -27,6 +27,7 @@ from mainsail.router.http_server import HttpServer
 from mainsail.router.kv_events import KVEventFeed
 from mainsail.router.kvindex import ApproximateIndex, GlobalKVIndex
 from mainsail.router.metrics import RouterMetrics
+from mainsail.router.pool_load import PoolLoadCollector
 from mainsail.router.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.route import Router
 from mainsail.router.scheduling import build_profile
@@ -81,6 +82,7 @@ class RouterServer:
             publishes_events=self.feed.publishes,
         )
         self.registry.subscribe(on_add=self._added, on_remove=self._removed)
+        self.metrics.registry.register(PoolLoadCollector(self.registry.entries))
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
