@@ -189,6 +189,58 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
     assert 'mainsail_router_workers{role="unified"} 2.0' in text
 
 
+def test_a_worker_dying_mid_stream_costs_the_request_nothing(stack: dict[str, Any]) -> None:
+    """Live migration: SIGKILL the worker serving a greedy stream; the router continues the
+    request on the other worker and the client gets exactly the tokens of an undisturbed run.
+    Runs second to last: it leaves one worker."""
+    request = pb.GenerateRequest(
+        model=stack["model"],
+        prompt="Once upon a time, in a harbour full of sails",
+        sampling=pb.SamplingParams(max_tokens=600, temperature=0, ignore_eos=True),
+    )
+    with grpc.insecure_channel(stack["grpc"]) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        reference = [t for r in stub.Generate(request, timeout=120) for t in r.token_ids]
+        assert len(reference) == 600
+        tokens: list[int] = []
+        served_by: list[str] = []
+        killed = None
+        last = pb.GenerateResponse()
+        for last in stub.Generate(request, timeout=120):
+            tokens += last.token_ids
+            served_by.append(last.worker_id)
+            if killed is None and len(tokens) >= 20:
+                workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+                address = next(w["address"] for w in workers if w["id"] == last.worker_id)
+                port = int(address.rsplit(":", 1)[1])
+                killed = next(
+                    c.pid
+                    for c in psutil.net_connections("tcp")
+                    if c.status == psutil.CONN_LISTEN
+                    and getattr(c.laddr, "port", None) == port
+                    and c.pid
+                )
+                psutil.Process(killed).kill()
+    assert killed is not None, "the stream finished before a worker could be killed"
+    assert last.finish_reason == "length" and not last.error
+    assert len(set(served_by)) == 2, "the request should have moved to the other worker"
+    assert tokens == reference
+    assert last.usage.completion_tokens == 600
+    assert last.usage.prompt_tokens == reference_prompt_tokens(stack, request)
+    metrics = httpx.get(stack["metrics"], timeout=10).text
+    assert "mainsail_router_resumes_total 1.0" in metrics
+
+
+def reference_prompt_tokens(stack: dict[str, Any], request: pb.GenerateRequest) -> int:
+    """Prompt tokens of ``request`` as an undisturbed run reports them."""
+    short = pb.GenerateRequest()
+    short.CopyFrom(request)
+    short.sampling.max_tokens = 1
+    with grpc.insecure_channel(stack["grpc"]) as channel:
+        responses = list(pb_grpc.InferenceStub(channel).Generate(short, timeout=60))
+    return int(responses[-1].usage.prompt_tokens)
+
+
 def test_workers_dying_mid_stream_end_the_stream_with_an_error(
     client: openai.OpenAI, stack: dict[str, Any]
 ) -> None:

@@ -89,7 +89,9 @@ async def serving(router: Router) -> AsyncIterator[httpx.AsyncClient]:
 async def client(
     tiny_model_dir: Path,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Router, FakeTransport]]:
-    router, transport = make_router(tiny_model_dir, dispatch_timeout=0.2, max_body_bytes=2048)
+    router, transport = make_router(
+        tiny_model_dir, dispatch_timeout=0.2, resume_timeout=0.2, max_body_bytes=2048
+    )
     add_worker(router, transport, "w0")
     async with serving(router) as http:
         yield http, router, transport
@@ -264,7 +266,9 @@ async def test_worker_down_before_first_token_fails_over(client: Any) -> None:
     assert len(transport.workers["w1:1"].submitted) == 1
 
 
-async def test_worker_dying_mid_stream_ends_with_error_event(client: Any) -> None:
+async def test_worker_dying_mid_stream_with_no_other_worker_ends_with_error_event(
+    client: Any,
+) -> None:
     http, _, transport = client
     transport.workers["w0:1"].fail_after = 2
     resp = await http.post(
@@ -275,6 +279,35 @@ async def test_worker_dying_mid_stream_ends_with_error_event(client: Any) -> Non
     assert "worker died" in events[-2]["error"]["message"]
     resp = await http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
     assert resp.status_code in (502, 503)
+
+
+async def test_worker_dying_mid_stream_moves_the_request_to_another_worker(client: Any) -> None:
+    """Live migration: the stream carries on from w1, which continues from the tokens sent."""
+    http, router, transport = client
+    transport.workers["w0:1"].fail_after = 2
+    router.registry.heartbeat("w0", pb.LoadSnapshot(max_num_seqs=8))
+    add_worker(router, transport, "w1")
+    router.registry.heartbeat("w1", pb.LoadSnapshot(running=6, waiting=6, max_num_seqs=8))
+    resp = await http.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "x y", "max_tokens": 5, "stream": True,
+              "stream_options": {"include_usage": True}},
+    )  # fmt: skip
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]"
+    text = "".join(e["choices"][0]["text"] for e in events[:-1] if e.get("choices"))
+    assert text == " t0 t1 t0 t1 t2"  # two from w0, then w1's first three
+    assert events[-3]["choices"][0]["finish_reason"] == "length"
+    (original,) = transport.workers["w0:1"].submitted
+    (moved,) = transport.workers["w1:1"].submitted
+    streamed = [(original.prompt_token_ids[-1] + i) % 97 + 3 for i in range(2)]
+    assert list(moved.prompt_token_ids) == [*original.prompt_token_ids, *streamed]
+    assert moved.sampling.max_tokens == 3 and moved.request_id == original.request_id
+    usage = events[-2]["usage"]
+    assert usage["prompt_tokens"] == len(original.prompt_token_ids)
+    assert usage["completion_tokens"] == 5
+    assert router.registry.get("w0") is None
+    assert "mainsail_router_resumes_total 1.0" in (await http.get("/metrics")).text
 
 
 async def test_metrics_count_requests(client: Any) -> None:

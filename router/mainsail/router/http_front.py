@@ -47,6 +47,7 @@ class HttpFront:
             "/v1/chat/completions": {"POST": self.chat},
             "/health": {"GET": self.health},
             "/metrics": {"GET": self.metrics},
+            "/workers": {"GET": self.workers},
         }
         self._http_errors = {
             status: router.metrics.requests.labels("http", f"http_{status}")
@@ -98,6 +99,24 @@ class HttpFront:
 
     async def metrics(self, request: Request) -> Response:
         return Response(200, self.router.metrics.render(), b"text/plain; version=0.0.4")
+
+    async def workers(self, request: Request) -> Response:
+        """Registered workers and their last reported load (for operators and debugging)."""
+        data = [
+            {
+                "id": e.worker_id,
+                "role": e.info.role or "unified",
+                "address": e.address,
+                "adapters": list(e.info.adapters),
+                "running": e.load.running,
+                "waiting": e.load.waiting,
+                "outstanding": e.outstanding,
+                "kv_blocks_used": e.load.kv_blocks_used,
+                "kv_blocks_total": e.load.kv_blocks_total,
+            }
+            for e in self.router.registry.entries()
+        ]
+        return json_response({"object": "list", "data": data})
 
     # ------------------------------------------------------------------ generation
 

@@ -103,6 +103,11 @@ class RouterMetrics:
             "Requests moved to another worker before any token.",
             registry=r,
         )
+        self.resumes = Counter(
+            "mainsail_router_resumes",
+            "Requests moved to another worker after their first token (worker failed).",
+            registry=r,
+        )
         self.refusals = Counter(
             "mainsail_router_worker_refusals",
             "Worker registrations refused, by reason.",

@@ -3,8 +3,17 @@
 `Router.open` does everything that can fail *before* the first token — validation (400/404),
 admission (429), choosing a worker (503 after `dispatch_timeout`), and fail-over to another
 worker when the chosen one breaks before producing anything — so the HTTP front can still
-answer with a proper status code. The returned `RouteStream` yields the rest; a worker that
-dies after the first token ends the stream with `finish_reason="error"`, never a hang.
+answer with a proper status code. The returned `RouteStream` yields the rest.
+
+A worker that dies *after* the first token costs the request nothing: the router moves it to
+another worker and continues it there (live migration by recompute). The new worker gets the
+prompt plus every token already streamed as its prompt — its prefix cache or the Redis KV tier
+usually holds most of that — and the remaining token budget; the client's stream carries on
+with the next token, and the final usage counts the original prompt and all completion tokens.
+Greedy requests continue exactly as they would have (the engine's recompute is
+token-identical); seeded sampling continues from a fresh generator state. Only when no worker
+takes it within `resume_timeout`, or after `max_resumes` moves, does the stream end with
+`finish_reason="error"` — never a hang.
 """
 
 from __future__ import annotations
@@ -135,14 +144,16 @@ class Router:
                 raise
             finally:
                 entry.pending_prefill = max(0, entry.pending_prefill - backlog)
-            rest = self._rest(entry, stream)
-            return RouteStream(prepared, entry.worker_id, first, rest, started, entry)
+            route = RouteStream(prepared, entry.worker_id, first, _nothing(), started, entry)
+            route.rest = self._rest(route, stream)
+            return route
         raise upstream_failed(f"Workers failed before producing a token: {last_error}")
 
     async def _choose(
-        self, prepared: Prepared, tried: set[str], started: float
+        self, prepared: Prepared, tried: set[str], started: float, timeout: float | None = None
     ) -> tuple[WorkerEntry, int]:
-        deadline = started + self.config.dispatch_timeout
+        timeout = self.config.dispatch_timeout if timeout is None else timeout
+        deadline = started + timeout
         self._pending += 1
         self.metrics.queued.inc()
         try:
@@ -154,8 +165,7 @@ class Router:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise unavailable(
-                        f"No worker could take the request within "
-                        f"{self.config.dispatch_timeout:g} s "
+                        f"No worker could take the request within {timeout:g} s "
                         f"({len(self.registry)} registered)."
                     )
                 self._changed.clear()
@@ -211,14 +221,72 @@ class Router:
         )
 
     async def _rest(
-        self, entry: WorkerEntry, stream: AsyncIterator[pb.TokenChunk]
+        self, route: RouteStream, stream: AsyncIterator[pb.TokenChunk]
     ) -> AsyncIterator[pb.TokenChunk]:
+        """The chunks after the first; moves the request to another worker when its worker
+        fails mid-stream (see the module docstring)."""
+        generated = list(route.first.token_ids)
+        resumes = 0
+        while True:
+            try:
+                async for chunk in stream:
+                    generated.extend(chunk.token_ids)
+                    if resumes and chunk.finish_reason:
+                        _whole_usage(chunk, len(route.prepared.token_ids), len(generated))
+                    yield chunk
+                    if chunk.finish_reason:
+                        return
+                why = "worker closed the stream without finishing"
+            except TransportError as exc:
+                why = f"worker failed mid-stream: {exc}"
+                self.registry.mark_failed(route.worker_id)
+            resumed = None
+            while resumed is None and resumes < self.config.max_resumes:
+                resumes += 1
+                resumed = await self._resume(route, generated)
+            if resumed is None:
+                yield pb.TokenChunk(request_id=route.prepared.request_id, finish_reason="error",
+                                    error=why)  # fmt: skip
+                return
+            stream = resumed
+
+    async def _resume(
+        self, route: RouteStream, generated: list[int]
+    ) -> AsyncIterator[pb.TokenChunk] | None:
+        """Continues ``route`` on another worker; its stream, or None if that failed too."""
+        prepared = route.prepared
+        budget = prepared.sampling.max_tokens - len(generated)
+        if budget <= 0:
+            return None
+        deadline = self.config.resume_timeout
+        tried = {route.worker_id}
         try:
-            async for chunk in stream:
-                yield chunk
-        except TransportError as exc:
+            entry, _hits = await self._choose(prepared, tried, self._clock(), deadline)
+        except RouterError:
+            return None
+        if route.entry is not None:
+            self._release(route.entry)
+        route.entry, route.worker_id = entry, entry.worker_id
+        entry.outstanding += 1
+        self.metrics.inflight.inc()
+        self.metrics.resumes.inc()
+        sampling = pb.SamplingParams()
+        sampling.CopyFrom(prepared.sampling)
+        sampling.max_tokens = budget
+        request = pb.WorkerRequest(
+            request_id=prepared.request_id,
+            prompt_token_ids=[*prepared.token_ids, *generated],
+            sampling=sampling,
+            adapter=prepared.adapter,
+            priority=prepared.priority,
+        )
+        stream = self.transport.submit(entry.address, request)
+        try:
+            first = await anext(stream)
+        except (TransportError, StopAsyncIteration):
             self.registry.mark_failed(entry.worker_id)
-            yield pb.TokenChunk(finish_reason="error", error=f"worker failed mid-stream: {exc}")
+            return None
+        return _prepend(first, stream)
 
     def _release(self, entry: WorkerEntry) -> None:
         entry.outstanding = max(0, entry.outstanding - 1)
@@ -294,6 +362,26 @@ class Router:
             worker_id=route.worker_id,
             error=chunk.error,
         )
+
+
+async def _nothing() -> AsyncIterator[pb.TokenChunk]:
+    return
+    yield  # an async generator that yields nothing (a placeholder until `_rest` is set)
+
+
+async def _prepend(
+    first: pb.TokenChunk, rest: AsyncIterator[pb.TokenChunk]
+) -> AsyncIterator[pb.TokenChunk]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _whole_usage(chunk: pb.TokenChunk, prompt_tokens: int, completion_tokens: int) -> None:
+    """A resumed worker counted the streamed tokens as prompt; report the request's own."""
+    chunk.usage.prompt_tokens = prompt_tokens
+    chunk.usage.completion_tokens = completion_tokens
+    chunk.usage.cached_tokens = min(chunk.usage.cached_tokens, prompt_tokens)
 
 
 async def _close(stream: AsyncIterator[pb.TokenChunk]) -> None:

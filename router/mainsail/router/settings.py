@@ -52,6 +52,18 @@ class RouterConfig(BaseModel):
     max_attempts: int = Field(
         3, ge=1, le=10, description="Workers tried for a request that fails before its first token."
     )
+    max_resumes: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Times a request whose worker fails after its first token is moved to "
+        "another worker and continued (0: end it with finish_reason `error`).",
+    )
+    resume_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds such a request waits for another worker before it ends with an error.",
+    )
 
     @classmethod
     def from_deployment(
