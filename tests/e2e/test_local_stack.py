@@ -189,6 +189,41 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
     assert 'mainsail_router_workers{role="unified"} 2.0' in text
 
 
+def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> None:
+    """`POST /workers/<id>/drain` moves a greedy stream to the other worker mid-flight; the
+    client gets exactly the tokens of an undisturbed run. The drain is lifted after."""
+    request = pb.GenerateRequest(
+        model=stack["model"],
+        prompt="A long voyage begins at dawn",
+        sampling=pb.SamplingParams(max_tokens=600, temperature=0, ignore_eos=True),
+    )
+    with grpc.insecure_channel(stack["grpc"]) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        reference = [t for r in stub.Generate(request, timeout=120) for t in r.token_ids]
+        tokens: list[int] = []
+        served_by: list[str] = []
+        drained = None
+        last = pb.GenerateResponse()
+        for last in stub.Generate(request, timeout=120):
+            tokens += last.token_ids
+            served_by.append(last.worker_id)
+            if drained is None and len(tokens) >= 20:
+                drained = last.worker_id
+                reply = httpx.post(f"{stack['http']}/workers/{drained}/drain", timeout=10)
+                assert reply.json() == {"worker": drained, "draining": True, "migrated": 1}
+    try:
+        assert drained is not None, "the stream finished before the drain"
+        assert last.finish_reason == "length" and not last.error
+        assert served_by[-1] != drained
+        assert tokens == reference
+        assert last.usage.completion_tokens == 600
+        metrics = httpx.get(stack["metrics"], timeout=10).text
+        assert "mainsail_router_migrations_total 1.0" in metrics
+    finally:
+        if drained is not None:
+            httpx.delete(f"{stack['http']}/workers/{drained}/drain", timeout=10)
+
+
 def test_a_worker_dying_mid_stream_costs_the_request_nothing(stack: dict[str, Any]) -> None:
     """Live migration: SIGKILL the worker serving a greedy stream; the router continues the
     request on the other worker and the client gets exactly the tokens of an undisturbed run.

@@ -72,6 +72,11 @@ def model_not_found(model: str) -> RouterError:
     )
 
 
+def not_found(message: str) -> RouterError:
+    """404 for an admin target (worker, request) the router does not know."""
+    return RouterError(404, message, code="not_found")
+
+
 def overloaded(message: str) -> RouterError:
     """429 when admission control refuses more work (client should back off)."""
     return RouterError(429, message, type="rate_limit_error", code="overloaded")

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.errors import RouterError, bad_request
+from mainsail.router.errors import RouterError, bad_request, not_found
 from mainsail.router.http_wire import (
     ChunkWriter,
     Request,
@@ -57,6 +57,8 @@ class HttpFront:
     async def handle(self, request: Request) -> Response | StreamResponse:
         """Dispatch ``request``; refusals become OpenAI error bodies with their status."""
         methods = self.routes.get(request.path)
+        if methods is None and request.path.startswith(("/workers/", "/requests/")):
+            methods = self._admin(request)
         if methods is None:
             err = RouterError(404, f"Unknown path {request.path}.", code="unknown_url")
             return json_response(err.body(), 404)
@@ -100,6 +102,37 @@ class HttpFront:
     async def metrics(self, request: Request) -> Response:
         return Response(200, self.router.metrics.render(), b"text/plain; version=0.0.4")
 
+    def _admin(self, request: Request) -> dict[str, Endpoint] | None:
+        """`/workers/<id>/drain` (POST drains, DELETE undrains) and
+        `/requests/<id>/migrate` (POST, optional JSON body `{"worker": "<id>"}`)."""
+        parts = request.path.strip("/").split("/")
+        if len(parts) != 3:
+            return None
+        kind, ident, action = parts
+        if kind == "workers" and action == "drain":
+
+            async def drain(request: Request) -> Response:
+                on = request.method == "POST"
+                moved = await self.router.drain(ident, on)
+                return json_response({"worker": ident, "draining": on, "migrated": moved})
+
+            return {"POST": drain, "DELETE": drain}
+        if kind == "requests" and action == "migrate":
+
+            async def migrate(request: Request) -> Response:
+                body = self._json(request) if request.body else {}
+                target = body.get("worker") if isinstance(body, dict) else None
+                if target is not None and not isinstance(target, str):
+                    raise bad_request("`worker` must be a worker id string.", param="worker")
+                if target and self.router.registry.get(target) is None:
+                    raise not_found(f"No worker {target!r} is registered.")
+                if not await self.router.migrate(ident, target):
+                    raise not_found(f"No request {ident!r} is streaming here.")
+                return json_response({"request": ident, "migrating": True, "worker": target})
+
+            return {"POST": migrate}
+        return None
+
     async def workers(self, request: Request) -> Response:
         """Registered workers and their last reported load (for operators and debugging)."""
         data = [
@@ -113,6 +146,7 @@ class HttpFront:
                 "outstanding": e.outstanding,
                 "kv_blocks_used": e.load.kv_blocks_used,
                 "kv_blocks_total": e.load.kv_blocks_total,
+                "draining": e.draining,
             }
             for e in self.router.registry.entries()
         ]

@@ -108,6 +108,11 @@ class RouterMetrics:
             "Requests moved to another worker after their first token (worker failed).",
             registry=r,
         )
+        self.migrations = Counter(
+            "mainsail_router_migrations",
+            "Streaming requests moved to another worker on request (drain, migrate).",
+            registry=r,
+        )
         self.refusals = Counter(
             "mainsail_router_worker_refusals",
             "Worker registrations refused, by reason.",

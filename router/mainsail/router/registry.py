@@ -29,6 +29,7 @@ class WorkerEntry:
     outstanding: int = 0
     pending_prefill: int = 0  # uncached prompt tokens dispatched here, first token not yet seen
     failures: int = 0
+    draining: bool = False  # an operator asked to empty it: no new requests are sent here
 
     @property
     def fingerprint(self) -> str:

@@ -14,6 +14,10 @@ Greedy requests continue exactly as they would have (the engine's recompute is
 token-identical); seeded sampling continues from a fresh generator state. Only when no worker
 takes it within `resume_timeout`, or after `max_resumes` moves, does the stream end with
 `finish_reason="error"` — never a hang.
+
+The same move on request (`Router.migrate`, `Router.drain`): the router aborts the request on
+its worker, swallows that worker's final "abort" chunk and continues the request elsewhere —
+how a worker is emptied for maintenance or scale-down without cutting a stream.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import (
     RouterError,
+    not_found,
     overloaded,
     unavailable,
     upstream_failed,
@@ -56,6 +61,7 @@ class RouteStream:
     rest: AsyncIterator[pb.TokenChunk]
     started: float
     entry: WorkerEntry | None = None  # released (outstanding count) when the route ends
+    migrate_to: str | None = None  # set by `Router.migrate`: "" = any worker, else its id
     _closed: bool = field(default=False)
 
 
@@ -91,6 +97,7 @@ class Router:
         self._views = WorkerViews(registry)
         self._recorder = ScheduleRecorder(self.metrics)
         self._outcome_metric: dict[str, Any] = {}
+        self._active: dict[str, RouteStream] = {}  # open routes by request id (for migration)
 
     # ------------------------------------------------------------------ validation
 
@@ -146,6 +153,7 @@ class Router:
                 entry.pending_prefill = max(0, entry.pending_prefill - backlog)
             route = RouteStream(prepared, entry.worker_id, first, _nothing(), started, entry)
             route.rest = self._rest(route, stream)
+            self._active[prepared.request_id] = route
             return route
         raise upstream_failed(f"Workers failed before producing a token: {last_error}")
 
@@ -180,7 +188,9 @@ class Router:
 
     def _schedule(self, prepared: Prepared, tried: set[str]) -> tuple[WorkerEntry, int] | None:
         """The chosen worker and how many leading blocks the index says it holds."""
-        entries = [e for e in self.registry.entries() if e.worker_id not in tried]
+        entries = [
+            e for e in self.registry.entries() if e.worker_id not in tried and not e.draining
+        ]
         if not entries:
             return None
         t0 = time.perf_counter()
@@ -223,15 +233,23 @@ class Router:
     async def _rest(
         self, route: RouteStream, stream: AsyncIterator[pb.TokenChunk]
     ) -> AsyncIterator[pb.TokenChunk]:
-        """The chunks after the first; moves the request to another worker when its worker
-        fails mid-stream (see the module docstring)."""
+        """The chunks after the first. Moves the request to another worker when its worker
+        fails mid-stream, or when `migrate` asked for it (see the module docstring)."""
         generated = list(route.first.token_ids)
-        resumes = 0
+        resumes = 0  # moves after failures, bounded by max_resumes
+        moved = False
         while True:
+            migrating = False
             try:
                 async for chunk in stream:
                     generated.extend(chunk.token_ids)
-                    if resumes and chunk.finish_reason:
+                    if chunk.finish_reason == "abort" and route.migrate_to is not None:
+                        migrating = True  # our own abort: move on instead of finishing
+                        if chunk.token_ids:
+                            chunk.finish_reason = ""
+                            yield chunk
+                        break
+                    if moved and chunk.finish_reason:
                         _whole_usage(chunk, len(route.prepared.token_ids), len(generated))
                     yield chunk
                     if chunk.finish_reason:
@@ -241,35 +259,47 @@ class Router:
                 why = f"worker failed mid-stream: {exc}"
                 self.registry.mark_failed(route.worker_id)
             resumed = None
+            if migrating:
+                target, route.migrate_to = route.migrate_to, None
+                resumed = await self._resume(route, generated, target or None)
+                if resumed is not None:
+                    self.metrics.migrations.inc()
+                why = "the request could not be moved to another worker"
             while resumed is None and resumes < self.config.max_resumes:
                 resumes += 1
                 resumed = await self._resume(route, generated)
+                if resumed is not None:
+                    self.metrics.resumes.inc()
             if resumed is None:
                 yield pb.TokenChunk(request_id=route.prepared.request_id, finish_reason="error",
                                     error=why)  # fmt: skip
                 return
-            stream = resumed
+            stream, moved = resumed, True
 
     async def _resume(
-        self, route: RouteStream, generated: list[int]
+        self, route: RouteStream, generated: list[int], target: str | None = None
     ) -> AsyncIterator[pb.TokenChunk] | None:
-        """Continues ``route`` on another worker; its stream, or None if that failed too."""
+        """Continues ``route`` on another worker (``target`` if given and registered); its
+        stream, or None if no worker took it."""
         prepared = route.prepared
         budget = prepared.sampling.max_tokens - len(generated)
         if budget <= 0:
             return None
-        deadline = self.config.resume_timeout
-        tried = {route.worker_id}
-        try:
-            entry, _hits = await self._choose(prepared, tried, self._clock(), deadline)
-        except RouterError:
-            return None
+        picked = self.registry.get(target) if target else None
+        if picked is not None and picked.worker_id != route.worker_id and not picked.draining:
+            entry = picked
+        else:
+            try:
+                entry, _hits = await self._choose(
+                    prepared, {route.worker_id}, self._clock(), self.config.resume_timeout
+                )
+            except RouterError:
+                return None
         if route.entry is not None:
             self._release(route.entry)
         route.entry, route.worker_id = entry, entry.worker_id
         entry.outstanding += 1
         self.metrics.inflight.inc()
-        self.metrics.resumes.inc()
         sampling = pb.SamplingParams()
         sampling.CopyFrom(prepared.sampling)
         sampling.max_tokens = budget
@@ -287,6 +317,41 @@ class Router:
             self.registry.mark_failed(entry.worker_id)
             return None
         return _prepend(first, stream)
+
+    # ------------------------------------------------------------------ migration
+
+    async def migrate(self, request_id: str, target: str | None = None) -> bool:
+        """Moves a streaming request to ``target`` (a worker id) or wherever the scheduler
+        picks; False when the request is not streaming here (unknown or finished).
+
+        The worker is asked to abort; its last chunk (reason "abort") is swallowed and the
+        request continues elsewhere from the tokens already streamed, as after a failure.
+        """
+        route = self._active.get(request_id)
+        if route is None or route._closed:
+            return False
+        route.migrate_to = target or ""
+        entry = self.registry.get(route.worker_id)
+        if entry is None:
+            return False
+        await self.transport.abort(entry.address, request_id)
+        return True
+
+    async def drain(self, worker_id: str, drain: bool = True) -> int:
+        """Stops (or, with ``drain=False``, resumes) sending requests to a worker; draining
+        also migrates every request streaming there. Returns how many were moved."""
+        entry = self.registry.get(worker_id)
+        if entry is None:
+            raise not_found(f"No worker {worker_id!r} is registered.")
+        entry.draining = drain
+        self.notify()
+        if not drain:
+            return 0
+        streaming = [r for r in self._active.values() if r.worker_id == worker_id]
+        moved = 0
+        for route in streaming:
+            moved += await self.migrate(route.prepared.request_id)
+        return moved
 
     def _release(self, entry: WorkerEntry) -> None:
         entry.outstanding = max(0, entry.outstanding - 1)
@@ -337,6 +402,7 @@ class Router:
             # starts `rest`, and closing an unstarted generator runs none of its code.
             if not route._closed:
                 route._closed = True
+                self._active.pop(route.prepared.request_id, None)
                 if route.entry is not None:
                     self._release(route.entry)
             self.metrics.e2e.observe(self._clock() - route.started)

@@ -55,6 +55,9 @@ class FakeTransport:
                 raise TransportError("UNAVAILABLE: worker died")
             if worker.token_delay:
                 await asyncio.sleep(worker.token_delay)
+            if request.request_id in worker.aborted:  # as the engine does: a final "abort"
+                yield pb.TokenChunk(request_id=request.request_id, finish_reason="abort")
+                return
             last = i == n - 1
             chunk = pb.TokenChunk(
                 request_id=request.request_id,
