@@ -195,6 +195,23 @@ class RoutingProfile(SpecModel):
     )
 
 
+class Rebalance(SpecModel):
+    """Automatic live migration: move streaming requests off workers whose queue builds up.
+
+    Every `intervalSeconds` the router compares workers' load ((running + waiting) / max
+    sequences, from heartbeats). When the busiest has at least `minWaiting` requests queued
+    inside it and another is lighter by at least `loadGap` with a free slot, the streaming
+    request with the shortest context (the cheapest to recompute) moves there; at most
+    `maxMovesPerRound` per round. Off by default: it trades recompute for queueing.
+    """
+
+    enabled: bool = False
+    interval_seconds: float = Field(2.0, gt=0, le=3600)
+    min_waiting: int = Field(2, ge=1, le=10_000)
+    load_gap: float = Field(0.25, gt=0, le=1)
+    max_moves_per_round: int = Field(4, ge=1, le=1000)
+
+
 class RouterSettings(SpecModel):
     """The global router in front of the pools."""
 
@@ -208,6 +225,7 @@ class RouterSettings(SpecModel):
     max_queue: int = Field(
         4096, ge=1, description="Requests admitted but not yet dispatched before 429."
     )
+    rebalance: Rebalance = Rebalance()
 
 
 class SLOClass(SpecModel):

@@ -113,6 +113,11 @@ class RouterMetrics:
             "Streaming requests moved to another worker on request (drain, migrate).",
             registry=r,
         )
+        self.rebalance_moves = Counter(
+            "mainsail_router_rebalance_moves",
+            "Streaming requests moved by automatic rebalancing (included in migrations).",
+            registry=r,
+        )
         self.refusals = Counter(
             "mainsail_router_worker_refusals",
             "Worker registrations refused, by reason.",

@@ -40,6 +40,7 @@ from mainsail.router.errors import (
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.prepare import Prepared, RequestPreparer
+from mainsail.router.rebalance import Move, WorkerLoad, plan_moves
 from mainsail.router.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.scheduling import (
     SchedulingContext,
@@ -62,6 +63,7 @@ class RouteStream:
     started: float
     entry: WorkerEntry | None = None  # released (outstanding count) when the route ends
     migrate_to: str | None = None  # set by `Router.migrate`: "" = any worker, else its id
+    generated: list[int] = field(default_factory=list)  # tokens streamed so far
     _closed: bool = field(default=False)
 
 
@@ -235,7 +237,8 @@ class Router:
     ) -> AsyncIterator[pb.TokenChunk]:
         """The chunks after the first. Moves the request to another worker when its worker
         fails mid-stream, or when `migrate` asked for it (see the module docstring)."""
-        generated = list(route.first.token_ids)
+        generated = route.generated
+        generated.extend(route.first.token_ids)
         resumes = 0  # moves after failures, bounded by max_resumes
         moved = False
         while True:
@@ -336,6 +339,32 @@ class Router:
             return False
         await self.transport.abort(entry.address, request_id)
         return True
+
+    def plan_rebalance(self) -> list[Move]:
+        """This round's automatic migrations (`mainsail.router.rebalance`), not yet made."""
+        streams: dict[str, list[tuple[str, int]]] = {}
+        for route in self._active.values():
+            if route.migrate_to is None and not route._closed:
+                context = len(route.prepared.token_ids) + len(route.generated)
+                streams.setdefault(route.worker_id, []).append((route.prepared.request_id, context))
+        workers = [
+            WorkerLoad(
+                e.worker_id,
+                e.load.running,
+                e.load.waiting,
+                e.load.max_num_seqs or e.info.max_num_seqs or 1,
+                e.draining,
+                streams.get(e.worker_id, []),
+            )
+            for e in self.registry.entries()
+        ]
+        return plan_moves(workers, self.config.rebalance)
+
+    async def rebalance(self) -> list[Move]:
+        """Plans and makes one round of automatic migrations; the moves started."""
+        made = [m for m in self.plan_rebalance() if await self.migrate(m.request_id, m.target)]
+        self.metrics.rebalance_moves.inc(len(made))
+        return made
 
     async def drain(self, worker_id: str, drain: bool = True) -> int:
         """Stops (or, with ``drain=False``, resumes) sending requests to a worker; draining

@@ -135,6 +135,8 @@ class RouterServer:
         self._http = HttpServer(front.handle, max_body_bytes=cfg.max_body_bytes, keep_alive_s=30.0)
         await self._http.start(sock)
         self._tasks.append(asyncio.create_task(self._prune_loop()))
+        if cfg.rebalance.enabled:
+            self._tasks.append(asyncio.create_task(self._rebalance_loop()))
         log.info("router serving HTTP :%d gRPC :%d", self.http_port, self.grpc_port)
 
     async def _prune_loop(self) -> None:
@@ -143,6 +145,18 @@ class RouterServer:
             for worker_id in self.registry.prune():
                 log.warning("worker %s missed its heartbeats; dropped", worker_id)
             self.metrics.index_entries.set(self.index.stats().entries)
+
+    async def _rebalance_loop(self) -> None:
+        """Automatic live migration rounds (`router.rebalance` in the deployment)."""
+        while True:
+            await asyncio.sleep(self.config.rebalance.interval_seconds)
+            try:
+                moves = await self.router.rebalance()
+            except Exception:  # a bad round must not end the loop
+                log.exception("rebalancing round failed")
+                continue
+            for move in moves:
+                log.info("moved %s from %s to %s", move.request_id, move.source, move.target)
 
     async def stop(self) -> None:
         """Stop serving; in-flight streams are cancelled."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mainsail.spec.deployment import SLO, ModelDeployment, RoutingProfile
+from mainsail.spec.deployment import SLO, ModelDeployment, Rebalance, RoutingProfile
 from mainsail.spec.kvhash import KVHashConfig
 
 
@@ -59,6 +59,7 @@ class RouterConfig(BaseModel):
         description="Times a request whose worker fails after its first token is moved to "
         "another worker and continued (0: end it with finish_reason `error`).",
     )
+    rebalance: Rebalance = Rebalance()
     resume_timeout: float = Field(
         10.0,
         gt=0,
@@ -83,6 +84,7 @@ class RouterConfig(BaseModel):
             "grpc_port": spec.router.grpc_port,
             "max_queue": spec.router.max_queue,
             "kv_index_max_blocks": spec.router.kv_index_max_blocks,
+            "rebalance": spec.router.rebalance,
             "request_role": "unified" if spec.pools.unified is not None else "decode",
         }
         values.update(overrides)
