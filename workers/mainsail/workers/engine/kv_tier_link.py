@@ -1,9 +1,9 @@
 """`TierLink`: the engine's side of the shared KV tier (Redis): write-through and prefix loads.
 
 Write-through: when full blocks get their hash committed, the engine thread copies them out
-of the paged cache (`ModelRunner.read_blocks`) and hands the copies to a `BlockWriter`; the
-step never waits on Redis. Blocks the writer stored come back as "stored" events of tier
-"redis".
+of the paged cache (`ModelRunner.read_blocks`, one tensor) and hands that copy to a
+`BlockWriter` whole, not split per block; the step never waits on Redis. Blocks the writer
+stored come back as "stored" events of tier "redis".
 
 Loads: a new request whose prompt has full blocks beyond its local prefix hits is parked
 while a `BlockLoader` probes Redis for them (and fetches the leading hits when that is
@@ -106,7 +106,7 @@ class TierLink:
         if not wanted:
             return
         copies = self._runner.read_blocks([block_of[h] for h in wanted])
-        self.writer.submit_many([(h, copies[i]) for i, h in enumerate(wanted)])
+        self.writer.submit_rows(wanted, copies)  # whole: no per-block views to make
 
     def drain_events(self) -> list[KVEvent]:
         stored = self.writer.drain_stored()

@@ -16,8 +16,9 @@ their own (Redis Cluster) go through the ordinary `Pipeline`.
 from __future__ import annotations
 
 import socket
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import redis
@@ -139,3 +140,105 @@ def _expect_replies(sock: socket.socket, expect: bytes, count: int) -> None:
         if got[:done] != expect * (done // len(expect)):
             bad = next(i for i in range(0, done, len(expect)) if got[i : i + len(expect)] != expect)
             raise redis.ResponseError(bytes(got[bad : bad + 200]).decode(errors="replace"))
+
+
+Payload = Callable[[], Iterable[Buffer]]
+"""Makes a batch's buffers as they are sent; called again to resend the batch."""
+
+
+class ReplyPipe:
+    """Batches sent back to back on one pooled connection, their replies read in order.
+
+    Why: a writer that waits for a batch's replies before sending the next leaves Redis idle
+    while it packs and the client idle while Redis stores. Here a caller sends batch N+1,
+    then reads batch N's replies, so both work at once; the caller bounds what is in flight
+    (replies wait in socket buffers meanwhile: Redis never blocks on a slow reader).
+
+    The connection is held until `close`. A connection error is retried once, on a fresh
+    connection with every batch still unanswered sent again (the tier's commands are
+    idempotent), as `exchange` does; any other error (a timeout, an error reply) discards
+    the connection and raises, after which every batch the pipe held is lost.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._pending: deque[tuple[Payload, Callable[[Any], None]]] = deque()
+        self._retried = False
+        try:
+            self._conn: Any = pool.get_connection()
+        except OSError as exc:
+            _raise(exc, exc)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent whose replies were not read yet."""
+        return len(self._pending)
+
+    def send(self, payload: Payload, receive: Callable[[Any], None]) -> None:
+        """Send a batch; ``receive(connection)`` will read (and check) its replies."""
+        if self._conn is None:
+            raise redis.ConnectionError("ReplyPipe is closed")
+        self._pending.append((payload, receive))
+        try:
+            self._conn.send_packed_command(payload(), check_health=False)
+        except BaseException as exc:
+            self._recover(exc)  # resends this batch too
+
+    def receive(self) -> None:
+        """Read the replies of the oldest batch in flight; raises if any is not as expected."""
+        if self._conn is None or not self._pending:
+            raise redis.ConnectionError("ReplyPipe: no batch in flight")
+        receive = self._pending[0][1]
+        try:
+            receive(self._conn)
+        except BaseException as exc:
+            self._recover(exc)
+            try:
+                receive(self._conn)
+            except BaseException as again:
+                self._drop()
+                _raise(again, exc)
+        self._pending.popleft()
+
+    def close(self) -> None:
+        """Give the connection back (discarded if replies are still unread)."""
+        if self._pending:
+            self._drop()
+        elif self._conn is not None:
+            self._pool.release(self._conn)
+            self._conn = None
+
+    def _recover(self, exc: BaseException) -> None:
+        """Return only when every unanswered batch was resent on a fresh connection."""
+        retry = (
+            isinstance(exc, (redis.ConnectionError, OSError))
+            and not isinstance(exc, TimeoutError)
+            and not self._retried
+        )
+        self._drop(keep_pending=retry)
+        if not retry:
+            _raise(exc, exc)
+        self._retried = True
+        try:
+            self._conn = self._pool.get_connection()
+            for payload, _ in self._pending:
+                self._conn.send_packed_command(payload(), check_health=False)
+        except BaseException as again:
+            self._drop()
+            _raise(again, exc)
+
+    def _drop(self, keep_pending: bool = False) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._pool.release(self._conn)
+        self._conn = None
+        if not keep_pending:
+            self._pending.clear()
+
+
+def _raise(exc: BaseException, cause: BaseException) -> NoReturn:
+    """Raise ``exc``, an I/O error as a `redis.RedisError` (caused by ``cause``)."""
+    if isinstance(exc, redis.RedisError) or not isinstance(exc, OSError):
+        raise exc
+    error = redis.TimeoutError if isinstance(exc, TimeoutError) else redis.ConnectionError
+    raise error(str(exc)) from cause

@@ -4,7 +4,9 @@ Keys are `mainsail:kv:<fingerprint>:<hash as 16 hex digits>` — one key per blo
 tags), so blocks spread over every slot of a Redis Cluster; values come from `BlockCodec`
 (header + data in one SET, hence atomic). Existence checks and fetches are pipelined: one
 round trip per batch, not per block (`run_pipeline`, without redis-py's per-command
-overhead; for small blocks `RespBatch` packs and checks a whole batch with numpy).
+overhead; for small blocks `RespBatch` packs and checks a whole batch with numpy). Writes
+go through a `WriteSession`, which keeps one connection and lets the writer send the next
+batch before reading the previous one's replies (Redis and the client work at once).
 Eviction is Redis's own (`maxmemory-policy allkeys-lru`) or a TTL.
 
 Redis is an optimisation, never a dependency of correctness: every error (down, slow, full)
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +30,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mainsail.workers.kvtier.bulk_get import get_into
-from mainsail.workers.kvtier.lean_pipeline import Arg, Buffer, Value, exchange, run_pipeline
-from mainsail.workers.kvtier.resp_batch import RespBatch, hex_keys, read_exists, read_ok
+from mainsail.workers.kvtier.lean_pipeline import (
+    Arg,
+    ReplyPipe,
+    Value,
+    exchange,
+    run_pipeline,
+)
+from mainsail.workers.kvtier.resp_batch import RespBatch, hex_keys, read_exists
+from mainsail.workers.kvtier.write_session import WriteSession, _size, _slicer
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +138,15 @@ class RedisKVTier:
             with self._lock:
                 self.stats.skipped_while_down += len(blocks)
             return 0
-        ttl: tuple[Arg, ...] = (b"EX", b"%d" % self.ttl_s) if self.ttl_s else ()
-        try:
-            commands = [(b"SET", self._key(h), v, *ttl) for h, v in blocks.items()]
-            run_pipeline(self.client, commands, expect=b"+OK\r\n")
-        except redis.RedisError as exc:
-            self._failed(exc)
-            return 0
-        with self._lock:
-            self.stats.stored_blocks += len(blocks)
-            self.stats.bytes_written += sum(_size(v) for v in blocks.values())
-        return len(blocks)
+        if getattr(self.client, "connection_pool", None) is None:
+            try:
+                run_pipeline(self.client, self._set_commands(blocks), expect=_OK)
+            except redis.RedisError as exc:
+                self._failed(exc)
+                return 0
+            self._count_stored(len(blocks), sum(_size(v) for v in blocks.values()))
+            return len(blocks)
+        return self._store_once(lambda writes: writes.send(blocks))
 
     def store_rows(
         self,
@@ -159,40 +166,46 @@ class RedisKVTier:
         if not n:
             return 0
         get_rows = rows if callable(rows) else _slicer(rows)
-        pool = getattr(self.client, "connection_pool", None)
-        if pool is None:
+        if getattr(self.client, "connection_pool", None) is None:
             data = get_rows(0, n)
             return self.store({h: (header, data[i].data) for i, h in enumerate(block_hashes)})
         if not self.available():
             with self._lock:
                 self.stats.skipped_while_down += n
             return 0
-        keys = hex_keys(self._prefix_bytes, block_hashes)
-        row_bytes = 0
+        return self._store_once(lambda writes: writes.send_rows(block_hashes, header, get_rows))
 
-        def payload() -> Iterator[Buffer]:
-            nonlocal row_bytes
-            step, start = 8, 0  # a small first chunk gets Redis going; then by bytes
-            while start < n:
-                data = get_rows(start, min(n, start + step))
-                if data.ndim != 2 or data.dtype != np.uint8 or data.shape[0] < 1:
-                    raise ValueError(f"store_rows: rows must be uint8 rows, got {data.shape}")
-                end = start + data.shape[0]
-                row_bytes = data.shape[1]
-                step = max(1, _CHUNK_BYTES // row_bytes)
-                batch = self._set_batch(header, row_bytes)
-                yield batch.pack(keys[start:end], data).reshape(-1).data
-                start = end
-
+    def open_writes(self) -> WriteSession | None:
+        """A pipelined write session on a connection of its own, for a writer with many
+        batches; None while the circuit is open, when Redis cannot be reached (the circuit
+        then opens), or when the client has no pool of its own (Redis Cluster): use `store`
+        and `store_rows` then."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None or not self.available():
+            return None
         try:
-            exchange(pool, payload, lambda conn: read_ok(conn, n))
+            return WriteSession(self, ReplyPipe(pool))
         except redis.RedisError as exc:
             self._failed(exc)
+            return None
+
+    def _store_once(self, send: Callable[[WriteSession], bool]) -> int:
+        writes = self.open_writes()
+        if writes is None:
             return 0
+        try:
+            return (writes.confirm() or 0) if send(writes) else 0
+        finally:
+            writes.close()
+
+    def _set_commands(self, blocks: Mapping[int, Value]) -> list[tuple[Value, ...]]:
+        ttl: tuple[Arg, ...] = (b"EX", b"%d" % self.ttl_s) if self.ttl_s else ()
+        return [(b"SET", self._key(h), v, *ttl) for h, v in blocks.items()]
+
+    def _count_stored(self, blocks: int, nbytes: int) -> None:
         with self._lock:
-            self.stats.stored_blocks += n
-            self.stats.bytes_written += n * (len(header) + row_bytes)
-        return n
+            self.stats.stored_blocks += blocks
+            self.stats.bytes_written += nbytes
 
     def _set_batch(self, header: bytes, row_bytes: int) -> RespBatch:
         batch = self._sets.get((header, row_bytes))
@@ -283,16 +296,7 @@ class RedisKVTier:
         return got
 
 
-_CHUNK_BYTES = 256 << 10  # per send of `store_rows`: Redis stores one while the next is packed
-
-
-def _slicer(rows: np.ndarray) -> Callable[[int, int], np.ndarray]:
-    return lambda start, end: rows[start:end]
-
-
-def _size(value: Value) -> int:
-    parts = value if isinstance(value, tuple) else (value,)
-    return sum(map(len, parts))
+_OK = b"+OK\r\n"
 
 
 @dataclass(frozen=True)
