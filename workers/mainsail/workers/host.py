@@ -2,7 +2,9 @@
 
 `WorkerHost` is plain Python so it runs the same inside a Ray actor (`ray_actor.py`, the
 normal way), in a KubeRay worker pod, or in a test process. Loading the checkpoint happens
-in a thread so the actor stays responsive while a large model loads.
+in a thread so the actor stays responsive while a large model loads. The deployment's LoRA
+adapters are resolved here: a ``path`` is used as is, a ``generateRank`` adapter is generated
+for the checkpoint (cached, deterministic from its name, so every replica gets the same one).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.deployment import Adapter, EngineSettings
 from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub
@@ -41,7 +44,11 @@ class WorkerSpec(BaseModel):
     router_address: str | None = Field(None, description="host:port of the router's gRPC.")
     host: str = Field("127.0.0.1", description="Address the Worker service binds to.")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
-    adapters: tuple[str, ...] = ()
+    adapters: tuple[Adapter, ...] = Field(
+        (),
+        description="LoRA adapters to load and advertise; a bare name (no source) is only "
+        "valid with `fake_engine`.",
+    )
     torch_threads: int = Field(1, ge=1, le=256, description="Intra-op threads for the engine.")
     fake_engine: bool = Field(
         False, description="Serve `FakeEngine` (instant tokens) instead of the model: benchmarks."
@@ -51,6 +58,32 @@ class WorkerSpec(BaseModel):
         pattern=r"^(rediss?|unix)://",
         description="The cache pool's Redis: KV blocks are written to and fetched from it.",
     )
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _names_as_adapters(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple({"name": v} if isinstance(v, str) else v for v in value)
+        return value
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """Adapter names, as the router sees them."""
+        return tuple(a.name for a in self.adapters)
+
+    def adapter_dirs(self) -> dict[str, Path]:
+        """Each adapter's PEFT directory: its ``path``, or one generated for ``model_dir``."""
+        from mainsail.workers.checkpoint import ensure_adapter
+
+        dirs: dict[str, Path] = {}
+        for a in self.adapters:
+            if a.path is not None:
+                dirs[a.name] = Path(a.path)
+            elif a.generate_rank is not None:
+                dirs[a.name] = ensure_adapter(self.model_dir, a.name, a.generate_rank)
+            else:
+                raise ValueError(f"adapter {a.name!r} has neither a path nor a generateRank")
+        return dirs
 
 
 class WorkerHost:
@@ -77,7 +110,8 @@ class WorkerHost:
 
             torch.set_num_threads(spec.torch_threads)
             tier = RedisTierFactory(spec.redis_url) if spec.redis_url else None
-            config = EngineConfig.from_engine_settings(spec.engine, kv_tier=tier)
+            adapters = await asyncio.to_thread(spec.adapter_dirs)
+            config = EngineConfig.from_engine_settings(spec.engine, kv_tier=tier, adapters=adapters)
             real = AsyncEngine(await asyncio.to_thread(Engine, spec.model_dir, config))
             engine, snapshot = real, real.kv_snapshot
         self.engine = engine
@@ -88,7 +122,7 @@ class WorkerHost:
             self.engine,
             self.hub,
             max_num_seqs=spec.engine.max_num_seqs,
-            adapters=spec.adapters,
+            adapters=spec.adapter_names,
         )
         server = grpc.aio.server()
         pb_grpc.add_WorkerServicer_to_server(service, server)
@@ -108,7 +142,7 @@ class WorkerHost:
                 kv_hash=pb.KVHashParams(
                     block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
                 ),
-                adapters=list(spec.adapters),
+                adapters=list(spec.adapter_names),
             )
             self.registrar = Registrar(spec.router_address, info, service.load_snapshot)
             self._registration = asyncio.get_running_loop().create_task(self.registrar.run())

@@ -190,6 +190,11 @@ class LocalStack:
         spec = self.deployment.spec
         router_address = f"{self.options.host}:{self.grpc_port}"
         pending = []
+        # Adapters whose `path` is not on this machine are skipped (the rest are served);
+        # `generateRank` adapters are generated for the local checkpoint by each worker.
+        adapters = tuple(a for a in spec.adapters if a.path is None or Path(a.path).is_dir())
+        for skipped in sorted({a.name for a in spec.adapters} - {a.name for a in adapters}):
+            self.progress(f"Adapter {skipped}: path not found on this machine; not served")
         for role, pool in self._pools().items():
             actor = actor_class(num_cpus=1, resources={pool_resource(role): 1.0})
             for i in range(self._replicas(pool.replicas)):
@@ -201,7 +206,7 @@ class LocalStack:
                     engine=spec.engine,
                     router_address=router_address,
                     host=self.options.host,
-                    adapters=tuple(a.name for a in spec.adapters),
+                    adapters=adapters,
                     redis_url=self.redis_url,
                 )
                 handle = actor.options(name=worker.worker_id).remote(worker.model_dump_json())

@@ -6,8 +6,9 @@ the router uses (see `mainsail.spec.kvhash`); a mismatch would silently break KV
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from mainsail.spec.deployment import EngineSettings
@@ -42,6 +43,8 @@ class EngineConfig:
       Writing committed blocks through to the tier happens in every mode.
     * ``kv_tier_write_queue_blocks``: blocks waiting to be written at most (each a copy of
       one block); beyond it blocks are dropped and counted, never waited for.
+    * ``adapters``: LoRA adapters loaded at start, name -> directory in PEFT layout; requests
+      naming any other adapter are refused. All stay resident (no eviction).
     """
 
     block_size: int = 16
@@ -56,6 +59,7 @@ class EngineConfig:
     kv_tier: KVTierSource | None = None
     kv_tier_fetch: FetchPolicy = "auto"
     kv_tier_write_queue_blocks: int = 256
+    adapters: Mapping[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = {
@@ -72,6 +76,7 @@ class EngineConfig:
             or isinstance(self.kv_tier, RedisKVTier),
             "kv_tier_fetch": self.kv_tier_fetch in FETCH_POLICIES,
             "kv_tier_write_queue_blocks": self.kv_tier_write_queue_blocks >= 1,
+            "adapters": all(isinstance(n, str) and n for n in self.adapters),
         }
         for name, ok in checks.items():
             if not ok:
@@ -96,6 +101,7 @@ class EngineConfig:
         settings: EngineSettings,
         device: str = "cpu",
         kv_tier: KVTierSource | None = None,
+        adapters: Mapping[str, Path] | None = None,
     ) -> EngineConfig:
         """The config a worker of a deployment with these settings runs with."""
         return cls(
@@ -108,4 +114,5 @@ class EngineConfig:
             hash_seed=settings.hash_seed,
             device=device,
             kv_tier=kv_tier,
+            adapters=dict(adapters or {}),
         )

@@ -5,7 +5,8 @@ and queues a request, `step` schedules a batch, runs the model once, samples, de
 and returns one `RequestOutput` per request that produced a token (or finished). A failure
 inside a step finishes that step's requests with ``finish_reason="error"``; the engine and
 its other requests carry on. Bad requests are refused by `check_request` with
-`EngineInputError` before they touch any state.
+`EngineInputError` before they touch any state. The LoRA adapters of ``config.adapters`` are
+loaded at start and stay resident; each request runs with the adapter it names (or none).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mainsail.workers.engine.sampler import SampleRequest, sample
 from mainsail.workers.engine.scheduler import Scheduler
 from mainsail.workers.engine.sequence import Sequence
 from mainsail.workers.engine.tokenizer import Tokenizer
-from mainsail.workers.models import load_model
+from mainsail.workers.models import AdapterSet, load_model
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,14 @@ class Engine:
         self._scheduler = Scheduler(
             self._kv, self.config.max_num_seqs, self.config.max_batched_tokens
         )
-        self._runner = ModelRunner(model, self.model_config, blocks, self.config.block_size)
+        self._adapters: AdapterSet | None = None
+        if self.config.adapters:
+            self._adapters = AdapterSet(model)
+            for name, path in sorted(self.config.adapters.items()):
+                self._adapters.load(name, Path(path))
+        self._runner = ModelRunner(
+            model, self.model_config, blocks, self.config.block_size, self._adapters
+        )
         self._tier: TierLink | None = None
         if self.config.kv_tier is not None:
             self._tier = TierLink.connect(
@@ -105,6 +113,11 @@ class Engine:
     def kv_cache_bytes(self) -> int:
         """Device memory held by the paged KV cache."""
         return self._runner.kv_cache_bytes
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters this engine serves, sorted."""
+        return self._adapters.names if self._adapters is not None else []
 
     def check_request(self, req: EngineRequest) -> None:
         """Raise `EngineInputError` if ``req`` cannot be served (no state is touched)."""
@@ -134,8 +147,11 @@ class Engine:
             raise EngineInputError(
                 f"request needs {needed} KV blocks, the engine has {self._allocator.num_blocks}"
             )
-        if req.adapter is not None:
-            raise EngineInputError(f"adapter {req.adapter!r} is not loaded on this engine")
+        if req.adapter is not None and req.adapter not in self.adapters:
+            raise EngineInputError(
+                f"adapter {req.adapter!r} is not loaded on this engine "
+                f"(loaded: {self.adapters or 'none'})"
+            )
 
     def add_request(self, req: EngineRequest) -> None:
         """Queue ``req``; raises `EngineInputError` if it is bad or its id is in use."""
@@ -198,6 +214,7 @@ class Engine:
                 start=seq.num_computed,
                 block_ids=seq.table.block_ids,
                 wants_logits=seq.num_computed + n == seq.num_tokens,
+                adapter=self._adapter_slot(seq.request.adapter),
             )
             for seq, n in batch.items
         ]
@@ -275,6 +292,11 @@ class Engine:
     def fail_all(self, message: str) -> list[RequestOutput]:
         """Finish every request with reason "error" (the engine loop's last resort)."""
         return [self._finish(seq, "error", message) for seq in list(self._seqs.values())]
+
+    def _adapter_slot(self, name: str | None) -> int:
+        if name is None or self._adapters is None:
+            return 0
+        return self._adapters.slots[name]
 
     def _advance(
         self, seq: Sequence, token: int, logprobs: dict[int, float] | None, now: float

@@ -3,37 +3,48 @@
 It flattens the step's tokens (prefill chunks and decodes) into one batch, builds the
 attention metadata once for all layers (slot of every new token, padded block tables and
 length mask for the decodes, causal spans for the prefills), performs pending copy-on-write
-block copies, runs the model and returns float32 logits only for the rows to sample.
+block copies, runs the model and returns float32 logits only for the rows to sample. Each
+sequence's LoRA adapter slot (0 = base model) is repeated over its rows and handed to the
+resident `AdapterSet` for the duration of the forward.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mainsail.workers.models import KVCache, LlamaForCausalLM, ModelConfig
+from mainsail.workers.models import AdapterSet, KVCache, LlamaForCausalLM, ModelConfig
 from mainsail.workers.models.attention import AttentionBatch, DecodeGroup, PrefillSpan
 
 
 @dataclass(frozen=True)
 class StepInput:
-    """One sequence's share of a step: its tokens' ids, first position and block table."""
+    """One sequence's share of a step: its tokens' ids, first position, block table and LoRA
+    adapter slot (0 = none)."""
 
     token_ids: Sequence[int]
     start: int
     block_ids: Sequence[int]
     wants_logits: bool
+    adapter: int = 0
 
 
 class ModelRunner:
     """Runs the model over paged KV blocks on one device."""
 
     def __init__(
-        self, model: LlamaForCausalLM, cfg: ModelConfig, num_blocks: int, block_size: int
+        self,
+        model: LlamaForCausalLM,
+        cfg: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        adapters: AdapterSet | None = None,
     ) -> None:
         self.model = model
+        self.adapters = adapters
         self.block_size = block_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -86,14 +97,21 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        logit_rows: list[int] = []
+        logit_at: dict[int, int] = {}
         decode_rows: list[int] = []
         decode_seqs: list[StepInput] = []
         prefills: list[PrefillSpan] = []
+        row_adapters: list[int] = []
         bs = self.block_size
-        for item in inputs:
+        order: Sequence[int] = range(len(inputs))
+        if self.adapters is not None and any(item.adapter for item in inputs):
+            # One adapter's rows made contiguous: its LoRA updates work on slices, not gathers.
+            order = sorted(order, key=lambda i: inputs[i].adapter)
+        for i in order:
+            item = inputs[i]
             offset, n = len(ids), len(item.token_ids)
             ids.extend(item.token_ids)
+            row_adapters.extend([item.adapter] * n)
             for p in range(item.start, item.start + n):
                 positions.append(p)
                 slots.append(item.block_ids[p // bs] * bs + p % bs)
@@ -105,18 +123,25 @@ class ModelRunner:
                 blocks = torch.tensor(item.block_ids[:used], device=self.device)
                 prefills.append(PrefillSpan(offset, offset + n, item.start + n, blocks))
             if item.wants_logits:
-                logit_rows.append(offset + n - 1)
+                logit_at[i] = offset + n - 1
         batch = AttentionBatch(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
             decode=self._decode_group(decode_rows, decode_seqs),
             prefills=prefills,
         )
-        hidden = self.model(
-            torch.tensor(ids, device=self.device),
-            torch.tensor(positions, device=self.device),
-            self.caches,
-            batch,
+        lora = (
+            self.adapters.activate(row_adapters, self.device)
+            if self.adapters is not None
+            else contextlib.nullcontext()
         )
+        with lora:
+            hidden = self.model(
+                torch.tensor(ids, device=self.device),
+                torch.tensor(positions, device=self.device),
+                self.caches,
+                batch,
+            )
+        logit_rows = [logit_at[i] for i in range(len(inputs)) if i in logit_at]
         rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden[rows])
 

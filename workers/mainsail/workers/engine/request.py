@@ -15,7 +15,8 @@ class EngineRequest:
     """One generation request, already tokenized.
 
     ``priority``: higher runs first and is preempted last (the Kubernetes convention).
-    ``adapter``: LoRA adapter name, mixed into the KV hash seed (not loadable yet).
+    ``adapter``: LoRA adapter name (one of the engine's ``config.adapters``; ``None`` = base
+    model), also mixed into the KV hash seed so adapters never share cached blocks.
     ``arrival_time``: clock reading when the request arrived (for TTFT); defaults to now.
     """
 

@@ -16,6 +16,7 @@ from mainsail.workers.models.config import ModelConfig, load_model_config
 from mainsail.workers.models.errors import CheckpointError
 from mainsail.workers.models.llama import KVCache, LlamaForCausalLM
 from mainsail.workers.models.loader import load_weights
+from mainsail.workers.models.lora import AdapterConfig, AdapterSet, read_adapter_config
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -68,6 +69,8 @@ def load_model(
 
 
 __all__ = [
+    "AdapterConfig",
+    "AdapterSet",
     "CheckpointError",
     "KVCache",
     "LlamaForCausalLM",
@@ -75,5 +78,6 @@ __all__ = [
     "load_model",
     "load_model_config",
     "model_class",
+    "read_adapter_config",
     "supported_architectures",
 ]

@@ -9,21 +9,34 @@ reference-kernel imports (seconds per process) for nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from mainsail.workers.models.lora import LoRAHook
+
 
 class Linear(nn.Module):
-    """``y = x W^T (+ b)`` with an uninitialised ``[out, in]`` weight."""
+    """``y = x W^T (+ b)`` with an uninitialised ``[out, in]`` weight.
+
+    ``lora`` is set when a resident LoRA adapter targets this layer (see `lora.py`); it is a
+    plain attribute, not a submodule, so it never appears in ``state_dict``.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.lora: LoRAHook | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)
+        if self.lora is not None:
+            y = self.lora.apply(x, y)
+        return y
 
 
 class Embedding(nn.Module):

@@ -104,6 +104,23 @@ class LlamaForCausalLM(nn.Module):
             return {"lm_head.weight": "model.embed_tokens.weight"}
         return {}
 
+    def lora_targets(self) -> dict[str, Linear]:
+        """Linear layers a LoRA adapter may adapt, by module name: those applied to every
+        token row of the step (attention projections; the feed-forward's when it is a plain
+        SwiGLU; MoE experts see only their routed rows and are not adaptable)."""
+        out: dict[str, Linear] = {}
+        for i, layer in enumerate(self.model.layers):
+            prefix = f"model.layers.{i}."
+            attn = layer.self_attn
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                out[f"{prefix}self_attn.{name}"] = getattr(attn, name)
+            ffn = getattr(layer, self.ffn_name)
+            if isinstance(ffn, GatedMLP):
+                for name, module in ffn.named_children():
+                    if isinstance(module, Linear):
+                        out[f"{prefix}{self.ffn_name}.{name}"] = module
+        return out
+
     def prepare(self, device: torch.device) -> None:
         """Build non-persistent state (the RoPE table) once weights are on ``device``."""
         cfg = self.config

@@ -1,9 +1,10 @@
 """`adapter`: prefer, strictly, workers that already hold the request's LoRA adapter.
 
 Formula: if ``request.adapter`` is None keep every worker. Otherwise keep the workers with
-``request.adapter in w.adapters``; when no candidate has it loaded, keep all candidates, since
-every worker of a deployment can load any adapter the deployment declares (the chosen worker
-loads it on first use).
+``request.adapter in w.adapters``; when no candidate has it loaded, keep all candidates: a
+worker advertises the adapters it loaded at start only once it has registered, and one that
+lacks the adapter refuses the request with an error naming it (workers load every adapter of
+the deployment at start; there is no load-on-demand yet).
 
 Why this choice rather than reading an empty ``adapters`` set as "can load anything": an empty
 set means "none loaded yet" on a freshly started worker, and a filter that treated it as a
