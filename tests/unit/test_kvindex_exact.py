@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import OrderedDict
+
 import pytest
 
 from mainsail.router.kvindex import GlobalKVIndex, KVIndex
@@ -121,3 +124,70 @@ def test_many_workers_match_brute_force() -> None:
     index.remove_worker("w5")
     del depth["w5"]
     assert index.longest_prefix(prompt) == {w: d for w, d in depth.items() if d}
+
+
+def test_long_prompts_match_brute_force() -> None:
+    """Prompts longer than the first walked chunk, gaps, misses and 150 workers (3 words)."""
+    rng = random.Random(7)
+    index = GlobalKVIndex()
+    prompt = [rng.getrandbits(64) for _ in range(300)]
+    held: dict[str, set[int]] = {}
+    for i in range(150):
+        worker = f"w{i}"
+        blocks = prompt[: rng.randint(0, len(prompt))]
+        index.apply_event(worker, "stored", blocks)
+        gaps = rng.sample(blocks, min(len(blocks), rng.choice([0, 0, 1])))
+        index.apply_event(worker, "removed", gaps)
+        held[worker] = set(blocks) - set(gaps)
+
+    def truth(request: list[int]) -> dict[str, int]:
+        out = {}
+        for worker, blocks in held.items():
+            depth = 0
+            while depth < len(request) and request[depth] in blocks:
+                depth += 1
+            if depth:
+                out[worker] = depth
+        return out
+
+    unknown = rng.getrandbits(64)
+    for request in (prompt, prompt[:65], [*prompt[:200], unknown, *prompt[201:]], [unknown]):
+        assert index.longest_prefix(request) == truth(request)
+    assert index.longest_prefix(prompt, tiers=("redis",)) == {}
+
+
+def test_an_add_never_evicts_a_block_it_names() -> None:
+    index = GlobalKVIndex(max_blocks=3)
+    index.apply_event("a", "stored", [1, 2, 3])
+    index.apply_event("b", "stored", [4, 1])  # 1 is the oldest, but this add refreshes it
+    assert index.holders(1) == {("a", "device"), ("b", "device")}
+    assert index.holders(2) == frozenset()
+    assert index.stats().evictions == 1
+
+
+def test_eviction_order_is_exact_across_many_evictions() -> None:
+    """Against an ordered-dict LRU model, with lookups refreshing entries along the way."""
+    rng = random.Random(3)
+    cap = 200
+    index = GlobalKVIndex(max_blocks=cap)
+    model: OrderedDict[int, None] = OrderedDict()
+    evicted = 0
+    for step in range(3000):
+        if model and rng.random() < 0.3:
+            h = rng.choice(list(model))
+            index.longest_prefix([h])
+            model.move_to_end(h)
+            continue
+        h = rng.randrange(5000)
+        index.apply_event("a", "stored", [h])
+        if h in model:
+            model.move_to_end(h)
+        else:
+            if len(model) == cap:
+                model.popitem(last=False)
+                evicted += 1
+            model[h] = None
+        if step % 100 == 0:
+            assert {h for h in range(5000) if index.holders(h)} == set(model)
+    assert {h for h in range(5000) if index.holders(h)} == set(model)
+    assert index.stats().evictions == evicted

@@ -1,10 +1,9 @@
 """Worker ids <-> small integers, so holder sets are bitmasks.
 
 Why bitmasks: the longest-prefix walk intersects "workers still matching" with "workers holding
-this block" once per block. As Python ints, that intersection is one C-level AND over
-``workers / 64`` machine words, so a 1024-worker lookup stays linear in the prompt's blocks with
-a tiny constant, instead of a per-worker Python loop. Released slots are reused lowest-first to
-keep the masks short.
+this block" once per block. As rows of ``uint64`` words (see `_table`), that intersection is a
+vectorised AND over ``workers / 64`` machine words for the whole prompt at once, instead of a
+per-worker Python loop. Released slots are reused lowest-first to keep the masks narrow.
 """
 
 from __future__ import annotations
@@ -59,6 +58,17 @@ class WorkerSlots:
         if worker_id is None:
             raise KeyError(slot)
         return worker_id
+
+    def name_depths(self, slots: list[int], depths: list[int]) -> dict[str, int]:
+        """Worker id -> depth from parallel lists; every slot must be in use.
+
+        One C-level pass (``map`` over the slot list) rather than a Python call per worker,
+        which at a thousand matching workers was a visible part of every routing decision.
+        """
+        ids = list(map(self._worker.__getitem__, slots))
+        if None in ids:
+            raise KeyError("a released slot has a depth")
+        return dict(zip(ids, depths, strict=True))  # type: ignore[arg-type]
 
     @property
     def width(self) -> int:

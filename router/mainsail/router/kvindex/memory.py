@@ -82,8 +82,7 @@ class GlobalKVIndex:
             idx = self._tier_cache[key] = tier_indexes(tiers)
         if not block_hashes:
             return {}
-        worker = self._slots.worker
-        return {worker(slot): depth for slot, depth in self._table.walk(block_hashes, idx).items()}
+        return self._slots.name_depths(*self._table.walk_lists(block_hashes, idx))
 
     def holders(self, block_hash: int) -> frozenset[tuple[str, str]]:
         """(worker id, tier) pairs holding one block; for debugging and tests, no touch."""
