@@ -118,6 +118,11 @@ class RouterMetrics:
             "Streaming requests moved by automatic rebalancing (included in migrations).",
             registry=r,
         )
+        self.handoffs = Counter(
+            "mainsail_router_handoffs",
+            "Disaggregated requests moved from their prefill worker to a decode worker.",
+            registry=r,
+        )
         self.refusals = Counter(
             "mainsail_router_worker_refusals",
             "Worker registrations refused, by reason.",

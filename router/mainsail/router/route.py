@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -128,8 +129,10 @@ class Router:
         started = self._clock()
         tried: set[str] = set()
         last_error = ""
+        prefill = self._prefill_half(prepared)
+        target = prefill or prepared
         for _attempt in range(self.config.max_attempts):
-            entry, hit_blocks = await self._choose(prepared, tried, started)
+            entry, hit_blocks = await self._choose(target, tried, started)
             tried.add(entry.worker_id)
             entry.outstanding += 1
             # Prefill work this request adds until its first token: the router's own, current
@@ -137,7 +140,8 @@ class Router:
             backlog = max(0, len(prepared.token_ids) - hit_blocks * self.config.kv_hash.block_size)
             entry.pending_prefill += backlog
             self.metrics.inflight.inc()
-            stream = self.transport.submit(entry.address, self._worker_request(prepared))
+            work = self._worker_request(target, kv_publish=prefill is not None)
+            stream = self.transport.submit(entry.address, work)
             self._recorder.flush()  # after the request is on its way, off its latency
             try:
                 first = await anext(stream)
@@ -154,7 +158,14 @@ class Router:
             finally:
                 entry.pending_prefill = max(0, entry.pending_prefill - backlog)
             route = RouteStream(prepared, entry.worker_id, first, _nothing(), started, entry)
-            route.rest = self._rest(route, stream)
+            if prefill is not None and first.finish_reason == "length" and first.token_ids:
+                # The prefill half is done; the decode half continues from its token.
+                first.finish_reason = ""
+                first.ClearField("usage")
+                await _close(stream)
+                route.rest = self._decode_half(route)
+            else:
+                route.rest = self._rest(route, stream)
             self._active[prepared.request_id] = route
             return route
         raise upstream_failed(f"Workers failed before producing a token: {last_error}")
@@ -223,24 +234,53 @@ class Router:
         entry = self.registry.get(decision.worker_id)
         return None if entry is None else (entry, depth)
 
-    def _worker_request(self, prepared: Prepared) -> pb.WorkerRequest:
+    def _worker_request(self, prepared: Prepared, kv_publish: bool = False) -> pb.WorkerRequest:
         return pb.WorkerRequest(
             request_id=prepared.request_id,
             prompt_token_ids=prepared.token_ids,
             sampling=prepared.sampling,
             adapter=prepared.adapter,
             priority=prepared.priority,
+            kv_publish=kv_publish,
         )
 
+    def _prefill_half(self, prepared: Prepared) -> Prepared | None:
+        """The prefill half of a disaggregated request (one token, on a prefill worker), or
+        None when the request runs whole (not disaggregated, one token, no prefill worker)."""
+        if not self.config.disaggregated or prepared.sampling.max_tokens <= 1:
+            return None
+        if not any(e.info.role == "prefill" and not e.draining for e in self.registry.entries()):
+            return None
+        sampling = pb.SamplingParams()
+        sampling.CopyFrom(prepared.sampling)
+        sampling.max_tokens = 1
+        return dataclasses.replace(
+            prepared,
+            sampling=sampling,
+            info=dataclasses.replace(prepared.info, role="prefill", max_tokens=1),
+        )
+
+    async def _decode_half(self, route: RouteStream) -> AsyncIterator[pb.TokenChunk]:
+        """Continues a prefilled request on a decode worker (which fetches the published KV)."""
+        stream = await self._resume(route, list(route.first.token_ids))
+        if stream is None:
+            why = "no decode worker took the request after its prefill"
+            yield pb.TokenChunk(
+                request_id=route.prepared.request_id, finish_reason="error", error=why
+            )
+            return
+        self.metrics.handoffs.inc()
+        async for chunk in self._rest(route, stream, moved=True):
+            yield chunk
+
     async def _rest(
-        self, route: RouteStream, stream: AsyncIterator[pb.TokenChunk]
+        self, route: RouteStream, stream: AsyncIterator[pb.TokenChunk], moved: bool = False
     ) -> AsyncIterator[pb.TokenChunk]:
         """The chunks after the first. Moves the request to another worker when its worker
         fails mid-stream, or when `migrate` asked for it (see the module docstring)."""
         generated = route.generated
         generated.extend(route.first.token_ids)
         resumes = 0  # moves after failures, bounded by max_resumes
-        moved = False
         while True:
             migrating = False
             try:

@@ -46,8 +46,15 @@ class RouterConfig(BaseModel):
     request_role: str = Field(
         "unified",
         pattern=r"^(unified|decode)$",
-        description="Role of the workers that run whole requests: `unified`, or `decode` for "
-        "a prefill/decode deployment until KV hand-off between the pools lands.",
+        description="Role of the workers that run whole requests (or, disaggregated, their "
+        "decode half): `unified`, or `decode` for a prefill/decode deployment.",
+    )
+    disaggregated: bool = Field(
+        False,
+        description="Prefill/decode deployment: each request's prompt runs on a prefill worker "
+        "(first token, KV published to the shared tier), the rest on a decode worker that "
+        "fetches that KV. Falls back to whole requests on decode workers when no prefill "
+        "worker is registered.",
     )
     max_attempts: int = Field(
         3, ge=1, le=10, description="Workers tried for a request that fails before its first token."
@@ -86,6 +93,7 @@ class RouterConfig(BaseModel):
             "kv_index_max_blocks": spec.router.kv_index_max_blocks,
             "rebalance": spec.router.rebalance,
             "request_role": "unified" if spec.pools.unified is not None else "decode",
+            "disaggregated": spec.pools.unified is None and spec.pools.prefill is not None,
         }
         values.update(overrides)
         return cls.model_validate(values)

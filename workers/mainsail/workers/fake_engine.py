@@ -72,5 +72,8 @@ class FakeEngine:
     def drain_kv_events(self) -> list[KVEvent]:
         return []
 
+    async def flush_kv_tier(self, timeout: float) -> bool:
+        return False  # no KV, no tier
+
     def kv_snapshot(self) -> list[int]:
         return []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,11 @@ class WorkerHost:
             tier = RedisTierFactory(spec.redis_url) if spec.redis_url else None
             adapters = await asyncio.to_thread(spec.adapter_dirs)
             config = EngineConfig.from_engine_settings(spec.engine, kv_tier=tier, adapters=adapters)
+            if spec.role == "decode" and tier is not None:
+                # A decode worker's prompts were just prefilled elsewhere and published to the
+                # tier: fetching them is the point of disaggregation, whatever the cost model
+                # learned from local prefills.
+                config = dataclasses.replace(config, kv_tier_fetch="always")
             real = AsyncEngine(await asyncio.to_thread(Engine, spec.model_dir, config))
             engine, snapshot = real, real.kv_snapshot
         self.engine = engine

@@ -29,6 +29,8 @@ from mainsail.workers.engine import (
 )
 from mainsail.workers.kv_publisher import KVEventHub
 
+_PUBLISH_TIMEOUT_S = 5.0  # past it the decode worker recomputes what is missing
+
 
 class ServingEngine(Protocol):
     """What the service needs of an engine: `AsyncEngine`, or `FakeEngine` for benchmarks."""
@@ -40,6 +42,11 @@ class ServingEngine(Protocol):
     def metrics(self) -> EngineMetrics: ...
 
     def drain_kv_events(self) -> list[KVEvent]: ...
+
+    async def flush_kv_tier(self, timeout: float) -> bool:
+        """Wait until the KV blocks handed to the shared tier are stored; False if there is
+        no tier or it did not finish in ``timeout`` seconds."""
+        ...
 
 
 def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
@@ -185,6 +192,9 @@ class _Multiplexer:
                 adapter=request.adapter or None,
             )
             async for out in self.engine.generate(engine_request):
+                if out.finished and request.kv_publish:
+                    # Disaggregated prefill: the decode worker fetches these blocks next.
+                    await self.engine.flush_kv_tier(_PUBLISH_TIMEOUT_S)
                 pending = self.ready.get(rid)
                 if pending is None:
                     self.ready[rid] = [out]

@@ -88,6 +88,15 @@ class AsyncEngine:
         """The snapshot taken after the latest step."""
         return self._metrics
 
+    async def flush_kv_tier(self, timeout: float) -> bool:
+        """Wait (off the event loop) until the blocks handed to the shared KV tier so far are
+        stored; False without a tier or on timeout. Used before answering a disaggregated
+        prefill, whose decode worker fetches those blocks next."""
+        link = self.engine.kv_tier
+        if link is None:
+            return False
+        return await asyncio.to_thread(link.writer.flush, timeout)
+
     def drain_kv_events(self) -> list[KVEvent]:
         with self._lock:
             events, self._events = self._events, []

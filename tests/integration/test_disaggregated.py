@@ -1,0 +1,130 @@
+"""Disaggregated prefill/decode through the real router, two real workers and a real Redis.
+
+The router runs a request's prompt on the prefill worker (one token; the worker publishes the
+prompt's KV blocks to Redis before answering), then continues it on the decode worker, which
+fetches those blocks instead of recomputing them. The client's tokens must equal a single
+engine's greedy tokens, and the decode worker must have served the prompt from the tier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mainsail.cli.local.redis_server import RedisServer
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.server import RouterServer
+from mainsail.router.settings import RouterConfig
+from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig, EngineRequest, SamplingParams
+from mainsail.workers.host import WorkerHost, WorkerSpec
+
+pytestmark = pytest.mark.integration
+MAX_TOKENS = 12
+
+
+def _prompt_ids(n: int) -> list[int]:
+    return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+
+
+def _reference(model_dir: Path, prompt: list[int]) -> list[int]:
+    engine = Engine(model_dir, EngineConfig(max_model_len=512))
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    engine.add_request(EngineRequest("ref", prompt, params))
+    out: list[int] = []
+    for _ in range(1000):
+        if not engine.has_unfinished():
+            return out
+        for o in engine.step():
+            out += o.new_token_ids
+    raise AssertionError("reference did not finish")
+
+
+async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir: Path) -> None:
+    redis = RedisServer(maxmemory="64mb").start()
+    router = RouterServer(
+        RouterConfig(
+            model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0,
+            max_model_len=512, request_role="decode", disaggregated=True,
+        )
+    )  # fmt: skip
+    hosts: dict[str, WorkerHost] = {}
+    try:
+        await router.start()
+        for role in ("prefill", "decode"):
+            host = WorkerHost(
+                WorkerSpec(
+                    worker_id=f"w-{role}", role=role, model_name="tiny", model_dir=tiny_model_dir,
+                    router_address=f"127.0.0.1:{router.grpc_port}", redis_url=redis.url,
+                )
+            )  # fmt: skip
+            await host.start()
+            await host.wait_registered(30)
+            hosts[role] = host
+        prompt = _prompt_ids(100)  # 6 full blocks of 16 and a partial one
+        request = pb.GenerateRequest(
+            model="tiny",
+            prompt_token_ids=prompt,
+            sampling=pb.SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True),
+        )
+        responses = [r async for r in router.router.generate(request)]
+
+        tokens = [t for r in responses for t in r.token_ids]
+        assert tokens == _reference(tiny_model_dir, prompt)
+        assert responses[0].worker_id == "w-prefill" and responses[-1].worker_id == "w-decode"
+        assert [r.finish_reason for r in responses if r.finish_reason] == ["length"]
+        assert responses[-1].usage.prompt_tokens == 100
+        assert responses[-1].usage.completion_tokens == MAX_TOKENS
+        assert router.metrics.handoffs._value.get() == 1
+
+        prefill, decode = hosts["prefill"].engine, hosts["decode"].engine
+        assert isinstance(prefill, AsyncEngine) and isinstance(decode, AsyncEngine)
+        published, fetched = prefill.engine.kv_tier, decode.engine.kv_tier
+        assert published is not None and fetched is not None
+        assert published.writer.stats.written >= 6  # the prompt's full blocks, before answering
+        # The decode worker never computed this prompt: its 6 full blocks came from Redis.
+        assert fetched.loader.tier.stats.fetched_blocks >= 6
+        assert decode.engine.metrics().prefix_hit_tokens >= 6 * 16
+    finally:
+        for host in hosts.values():
+            await host.stop()
+        await router.stop()
+        redis.stop()
+
+
+async def test_without_a_prefill_worker_requests_run_whole_on_decode(
+    tiny_model_dir: Path,
+) -> None:
+    router = RouterServer(
+        RouterConfig(
+            model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0,
+            max_model_len=512, request_role="decode", disaggregated=True,
+        )
+    )  # fmt: skip
+    host = WorkerHost(
+        WorkerSpec(
+            worker_id="w-decode", role="decode", model_name="tiny", model_dir=tiny_model_dir,
+            router_address=None,
+        )
+    )  # fmt: skip
+    try:
+        await router.start()
+        host = WorkerHost(
+            host.spec.model_copy(update={"router_address": f"127.0.0.1:{router.grpc_port}"})
+        )
+        await host.start()
+        await host.wait_registered(30)
+        prompt = _prompt_ids(40)
+        request = pb.GenerateRequest(
+            model="tiny",
+            prompt_token_ids=prompt,
+            sampling=pb.SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True),
+        )
+        responses = [r async for r in router.router.generate(request)]
+        assert [t for r in responses for t in r.token_ids] == _reference(tiny_model_dir, prompt)
+        assert {r.worker_id for r in responses} == {"w-decode"}
+        assert router.metrics.handoffs._value.get() == 0
+    finally:
+        await host.stop()
+        await router.stop()
