@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 CHART = str(Path(__file__).resolve().parents[2] / "charts" / "mainsail")
@@ -28,7 +29,10 @@ def test_lint_is_clean(kube_testbed: Any) -> None:
     assert "0 chart(s) failed" in out
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "watchNamespaces={team-a,team-b}"]])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--set", "watchNamespaces={team-a,team-b}"], ["--set", "dashboards.enabled=true"]],
+)
 def test_rendered_manifests_pass_server_side_dry_run(
     kube_testbed: Any, kube_namespace: str, extra: list[str]
 ) -> None:
@@ -50,6 +54,23 @@ def test_rendered_manifests_pass_server_side_dry_run(
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "deployment.apps/dry-mainsail-operator serverside-applied (server dry run)" in out
+
+
+def test_dashboards_configmap_carries_the_dashboard_file(kube_testbed: Any) -> None:
+    rendered = helm(
+        kube_testbed, "template", "dash", CHART, "--set", "dashboards.enabled=true",
+        "--show-only", "templates/dashboards.yaml",
+    )  # fmt: skip
+    config_map = yaml.safe_load(rendered)
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((Path(CHART) / "dashboards" / "mainsail-router.json").read_text())
+    assert json.loads(config_map["data"]["mainsail-router.json"]) == shipped
+    off = subprocess.run(
+        [str(kube_testbed.bin_dir / "helm"), "template", "dash", CHART,
+         "--show-only", "templates/dashboards.yaml"],
+        capture_output=True, text=True, timeout=120, env=kube_testbed.env,
+    )  # fmt: skip
+    assert off.returncode != 0 and "could not find template" in off.stderr  # off by default
 
 
 def test_install_upgrade_uninstall(kube_testbed: Any, kube_namespace: str) -> None:

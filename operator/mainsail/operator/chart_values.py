@@ -54,6 +54,16 @@ class Defaults(_Values):
     gpu_type_label: str = Field(_DEFAULTS.gpu_type_label, min_length=1)
 
 
+class Dashboards(_Values):
+    """Grafana dashboards shipped as a ConfigMap, for Grafana's dashboard sidecar."""
+
+    enabled: bool = Field(False, description="Render the dashboards ConfigMap.")
+    label: str = Field(
+        "grafana_dashboard", min_length=1, description="Label the Grafana sidecar selects on."
+    )
+    label_value: str = Field("1", description="Value of that label.")
+
+
 class ChartValues(_Values):
     """`values.yaml` of charts/mainsail."""
 
@@ -78,6 +88,7 @@ class ChartValues(_Values):
         description="Seconds between autoscaler passes (pools with `autoscaling.enabled`).",
     )
     verbose: bool = False
+    dashboards: Dashboards = Dashboards()
     resources: dict[str, Any] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "100m", "memory": "256Mi"},

@@ -51,7 +51,14 @@ def router_deployment(
             "template": {
                 "metadata": {
                     "labels": labels(owner, COMPONENT),
-                    "annotations": {ANNOTATION_CONFIG_HASH: cfg_hash},
+                    "annotations": {
+                        ANNOTATION_CONFIG_HASH: cfg_hash,
+                        # The common scrape convention, for Prometheus set-ups that use it; the
+                        # chart's Grafana dashboard reads these metrics (docs/protocol.md).
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(router.http_port),
+                        "prometheus.io/path": "/metrics",
+                    },
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
