@@ -14,7 +14,12 @@ from mainsail.operator.desired_pools import pool_replicas
 from mainsail.operator.naming import ANNOTATION_DECLARED_REPLICAS, LABEL_DEPLOYMENT, Owner
 from mainsail.operator.quantity import parse_quantity
 from mainsail.operator.settings import OperatorSettings
-from mainsail.spec.deployment import ModelDeploymentSpec, Pool, load_model_deployment
+from mainsail.spec.deployment import (
+    ModelDeploymentSpec,
+    Pool,
+    RouterAuth,
+    load_model_deployment,
+)
 
 pytestmark = pytest.mark.unit
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
@@ -182,3 +187,30 @@ def test_settings_from_env_refuse_unknown_keys() -> None:
     assert OperatorSettings.from_env(env).resync_seconds == 5
     with pytest.raises(ValueError, match="unknown operator setting"):
         OperatorSettings.from_env({"MAINSAIL_OPERATOR_TYPO": "1"})
+
+
+def test_router_reads_its_credentials_from_the_named_secret() -> None:
+    spec = _spec("dense-prefill-decode.yaml")
+    deployments = _by_kind(desired_children(OWNER, spec, OperatorSettings()))["Deployment"]
+    env = {
+        e["name"]
+        for d in deployments
+        for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    }
+    assert "MAINSAIL_ROUTER_API_KEYS" not in env  # no secret named: the router is open
+    auth = RouterAuth(secret_name="llm-keys")
+    locked = spec.model_copy(update={"router": spec.router.model_copy(update={"auth": auth})})
+    (router,) = [
+        d
+        for d in _by_kind(desired_children(OWNER, locked, OperatorSettings()))["Deployment"]
+        if d["metadata"]["name"].endswith("-router")
+    ]
+    env_list = router["spec"]["template"]["spec"]["containers"][0]["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env_list if "valueFrom" in e}
+    want = {"name": "llm-keys", "key": "apiKeys", "optional": True}
+    assert refs["MAINSAIL_ROUTER_API_KEYS"] == want
+    assert refs["MAINSAIL_ROUTER_ADMIN_TOKEN"]["key"] == "adminToken"
+    with pytest.raises(ValueError, match=r"secret_name|secretName"):
+        ModelDeploymentSpec.model_validate(
+            {**spec.model_dump(by_alias=True), "router": {"auth": {"secretName": "Bad_Name"}}}
+        )

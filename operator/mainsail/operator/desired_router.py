@@ -23,6 +23,7 @@ from mainsail.operator.naming import (
     selector_labels,
 )
 from mainsail.spec.deployment import ModelDeploymentSpec
+from mainsail.spec.router_auth import SECRET_KEYS
 
 COMPONENT = "router"
 
@@ -71,7 +72,7 @@ def router_deployment(
                                 {"name": "http", "containerPort": router.http_port},
                                 {"name": "grpc", "containerPort": router.grpc_port},
                             ],
-                            "env": common_env(owner, spec),
+                            "env": common_env(owner, spec) + _auth_env(spec),
                             "readinessProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
                                 "periodSeconds": 5,
@@ -85,6 +86,20 @@ def router_deployment(
             },
         },
     }
+
+
+def _auth_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """The router's credentials from `spec.router.auth.secretName` (each key optional)."""
+    secret = spec.router.auth.secret_name
+    if secret is None:
+        return []
+    return [
+        {
+            "name": env,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
+        }
+        for env, key in SECRET_KEYS.items()
+    ]
 
 
 def router_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:

@@ -212,6 +212,20 @@ class Rebalance(SpecModel):
     max_moves_per_round: int = Field(4, ge=1, le=1000)
 
 
+class RouterAuth(SpecModel):
+    """Credentials of the router, from a Secret in the deployment's namespace."""
+
+    secret_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret with `apiKeys` (comma-separated client keys: `/v1/*` and gRPC then "
+        "need `Authorization: Bearer <key>`) and/or `adminToken` (for `/workers`, "
+        "`/requests/*`). Unset: the router is open, as on a laptop.",
+    )
+
+
 class RouterSettings(SpecModel):
     """The global router in front of the pools."""
 
@@ -226,6 +240,7 @@ class RouterSettings(SpecModel):
         4096, ge=1, description="Requests admitted but not yet dispatched before 429."
     )
     rebalance: Rebalance = Rebalance()
+    auth: RouterAuth = RouterAuth()
 
 
 class SLOClass(SpecModel):

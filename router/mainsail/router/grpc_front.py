@@ -13,6 +13,7 @@ import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.router.auth import Credentials
 from mainsail.router.errors import RouterError
 from mainsail.router.route import Router
 
@@ -20,12 +21,27 @@ from mainsail.router.route import Router
 class InferenceService(pb_grpc.InferenceServicer):
     """Client-facing generation over gRPC (server streaming)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, credentials: Credentials | None = None) -> None:
         self.router = router
+        self.credentials = credentials or Credentials()
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """Aborts with UNAUTHENTICATED unless the `authorization` metadata carries a key."""
+        if not self.credentials.api_keys:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        value = metadata.get("authorization")
+        if not self.credentials.client_allowed(value if isinstance(value, str) else None):
+            self.router.metrics.requests.labels("grpc", "http_401").inc()
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "Incorrect or missing API key: send metadata `authorization: Bearer <key>`.",
+            )
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        await self._authorize(context)
         try:
             route = await self.router.open(request)
         except RouterError as exc:
@@ -38,6 +54,7 @@ class InferenceService(pb_grpc.InferenceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        await self._authorize(context)
         config = self.router.config
         info = pb.ModelInfo(
             id=config.model_name,

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.auth import Credentials
 from mainsail.router.errors import RouterError, bad_request, not_found
 from mainsail.router.http_wire import (
     ChunkWriter,
@@ -38,8 +39,14 @@ _SSE = b"text/event-stream"
 class HttpFront:
     """Request → response for every path; the server calls `handle`."""
 
-    def __init__(self, router: Router, ready: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        ready: Callable[[], bool] | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.router = router
+        self.credentials = credentials or Credentials()
         self.ready = ready or (lambda: len(router.registry) > 0)
         self.routes: dict[str, dict[str, Endpoint]] = {
             "/v1/models": {"GET": self.models},
@@ -56,6 +63,9 @@ class HttpFront:
 
     async def handle(self, request: Request) -> Response | StreamResponse:
         """Dispatch ``request``; refusals become OpenAI error bodies with their status."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
         methods = self.routes.get(request.path)
         if methods is None and request.path.startswith(("/workers/", "/requests/")):
             methods = self._admin(request)
@@ -77,6 +87,25 @@ class HttpFront:
                 counter = self.router.metrics.requests.labels("http", f"http_{exc.status}")
             counter.inc()
             return json_response(exc.body(), exc.status)
+
+    def _refusal(self, request: Request) -> Response | None:
+        """401 when the path needs credentials the request lacks (see `auth.py`)."""
+        path = request.path
+        raw = request.header(b"authorization")
+        authorization = raw.decode("latin-1") if raw is not None else None
+        if path.startswith("/v1/"):
+            if self.credentials.client_allowed(authorization):
+                return None
+            message = "Incorrect or missing API key: send `Authorization: Bearer <key>`."
+        elif path == "/workers" or path.startswith(("/workers/", "/requests/")):
+            if self.credentials.admin_allowed(authorization):
+                return None
+            message = "This admin endpoint needs `Authorization: Bearer <admin token>`."
+        else:
+            return None
+        err = RouterError(401, message, code="invalid_api_key")
+        self.router.metrics.requests.labels("http", "http_401").inc()
+        return json_response(err.body(), 401, [(b"www-authenticate", b"Bearer")])
 
     # ------------------------------------------------------------------ plain endpoints
 

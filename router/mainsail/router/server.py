@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.router.auth import Credentials
 from mainsail.router.grpc_front import InferenceService, RegistryService
 from mainsail.router.http_front import HttpFront
 from mainsail.router.http_server import HttpServer
@@ -59,8 +60,10 @@ class RouterServer:
         transport: WorkerTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.config = config
+        self.credentials = credentials if credentials is not None else Credentials.from_env()
         self.metrics = RouterMetrics()
         self.transport = transport or GrpcTransport()
         self.registry = WorkerRegistry(
@@ -111,7 +114,9 @@ class RouterServer:
         """Bind both fronts and start the background loops."""
         cfg = self.config
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_InferenceServicer_to_server(InferenceService(self.router), server)
+        pb_grpc.add_InferenceServicer_to_server(
+            InferenceService(self.router, self.credentials), server
+        )
         pb_grpc.add_RegistryServicer_to_server(RegistryService(self.router), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -131,7 +136,7 @@ class RouterServer:
 
         sock = bind_socket(cfg.host, cfg.http_port)
         self.http_port = sock.getsockname()[1]
-        front = HttpFront(self.router)
+        front = HttpFront(self.router, credentials=self.credentials)
         self._http = HttpServer(front.handle, max_body_bytes=cfg.max_body_bytes, keep_alive_s=30.0)
         await self._http.start(sock)
         self._tasks.append(asyncio.create_task(self._prune_loop()))

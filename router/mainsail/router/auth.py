@@ -1,0 +1,63 @@
+"""Who may call the router: client API keys for inference, one token for the admin endpoints.
+
+Why from the environment and not the config document: the config is a ConfigMap shared with
+every worker and readable by anyone who can read the namespace; keys belong in a Secret
+mounted as environment variables (the operator wires `spec.router.auth.secretName`).
+
+    MAINSAIL_ROUTER_API_KEYS      comma-separated; when set, `/v1/*` over HTTP
+                                  (`Authorization: Bearer <key>`) and gRPC `Inference`
+                                  (metadata `authorization: Bearer <key>`) require one of them
+    MAINSAIL_ROUTER_ADMIN_TOKEN   when set, `/workers` and `/requests/*` require it
+
+Unset means open, which is what `mainsail up` on a laptop wants. `/health` and `/metrics`
+stay open (probes and Prometheus). Comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mainsail.spec.router_auth import ADMIN_TOKEN_ENV, API_KEYS_ENV
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Accepted client keys (empty: inference is open) and the admin token (None: open)."""
+
+    api_keys: frozenset[str] = frozenset()
+    admin_token: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Credentials:
+        env = os.environ if environ is None else environ
+        keys = frozenset(k.strip() for k in env.get(API_KEYS_ENV, "").split(",") if k.strip())
+        admin = env.get(ADMIN_TOKEN_ENV, "").strip() or None
+        return cls(keys, admin)
+
+    def client_allowed(self, authorization: str | None) -> bool:
+        """Whether an `Authorization` value may call the inference API."""
+        if not self.api_keys:
+            return True
+        presented = _bearer(authorization)
+        return presented is not None and any(
+            hmac.compare_digest(presented.encode(), key.encode()) for key in self.api_keys
+        )
+
+    def admin_allowed(self, authorization: str | None) -> bool:
+        """Whether an `Authorization` value may call the admin endpoints."""
+        if self.admin_token is None:
+            return True
+        presented = _bearer(authorization)
+        return presented is not None and hmac.compare_digest(
+            presented.encode(), self.admin_token.encode()
+        )
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,120 @@
+"""API keys and the admin token, over the real HTTP server and a real gRPC server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.router.auth import Credentials
+from mainsail.router.grpc_front import InferenceService
+from mainsail.router.http_front import HttpFront
+from mainsail.router.http_server import HttpServer
+from mainsail.router.kvindex import GlobalKVIndex
+from mainsail.router.registry import WorkerRegistry
+from mainsail.router.route import Router
+from mainsail.router.scheduling import build_profile
+from mainsail.router.server import bind_socket
+from mainsail.router.settings import RouterConfig
+from mainsail.router.testing import FakeTransport, FakeWorker
+from mainsail.spec.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.unit
+CREDS = Credentials(api_keys=frozenset({"k1", "k2"}), admin_token="root")
+
+
+def _router(model_dir: Path) -> Router:
+    config = RouterConfig(model_name="tiny", model_dir=model_dir, max_model_len=256)
+    transport = FakeTransport()
+    registry = WorkerRegistry("tiny", config.kv_hash)
+    router = Router(
+        config, Tokenizer(model_dir), registry, transport, build_profile(config.profile),
+        GlobalKVIndex(max_blocks=1000),
+    )  # fmt: skip
+    kv = config.kv_hash
+    info = pb.WorkerInfo(
+        worker_id="w0", address="w0:1", model="tiny", role="unified", max_model_len=256,
+        max_num_seqs=8,
+        kv_hash=pb.KVHashParams(
+            block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
+        ),
+    )  # fmt: skip
+    assert registry.register(info).accepted
+    transport.add(info.address, FakeWorker())
+    return router
+
+
+def test_credentials_from_env() -> None:
+    creds = Credentials.from_env(
+        {"MAINSAIL_ROUTER_API_KEYS": " a, b ,,", "MAINSAIL_ROUTER_ADMIN_TOKEN": "t"}
+    )
+    assert creds == Credentials(frozenset({"a", "b"}), "t")
+    assert Credentials.from_env({}) == Credentials()
+    assert creds.client_allowed("Bearer a") and creds.client_allowed("bearer  b ")
+    assert not creds.client_allowed("Bearer c") and not creds.client_allowed("Basic a")
+    assert not creds.client_allowed(None) and not creds.client_allowed("Bearer")
+    assert Credentials().client_allowed(None) and Credentials().admin_allowed(None)
+
+
+async def test_http_needs_a_key_for_the_api_and_the_token_for_admin(tiny_model_dir: Path) -> None:
+    router = _router(tiny_model_dir)
+    server = HttpServer(HttpFront(router, credentials=CREDS).handle, max_body_bytes=1 << 20)
+    sock = bind_socket("127.0.0.1", 0)
+    await server.start(sock)
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as c:
+            missing = await c.post("/v1/completions", json=body)
+            assert missing.status_code == 401
+            assert missing.json()["error"]["code"] == "invalid_api_key"
+            assert missing.headers["www-authenticate"] == "Bearer"
+            wrong = await c.post(
+                "/v1/completions", json=body, headers={"Authorization": "Bearer x"}
+            )
+            assert wrong.status_code == 401
+            ok = await c.post("/v1/completions", json=body, headers={"Authorization": "Bearer k2"})
+            assert ok.status_code == 200 and ok.json()["choices"]
+            assert (await c.get("/v1/models")).status_code == 401
+            # Probes and Prometheus stay open.
+            assert (await c.get("/health")).status_code == 200
+            metrics = (await c.get("/metrics")).text
+            assert 'outcome="http_401"} 3.0' in metrics
+            # Admin endpoints want the admin token, not a client key.
+            user = {"Authorization": "Bearer k1"}
+            assert (await c.get("/workers", headers=user)).status_code == 401
+            assert (await c.post("/workers/w0/drain", headers=user)).status_code == 401
+            admin = {"Authorization": "Bearer root"}
+            assert (await c.get("/workers", headers=admin)).json()["data"][0]["id"] == "w0"
+            drained = await c.post("/workers/w0/drain", headers=admin)
+            assert drained.json()["draining"] is True
+    finally:
+        await server.close()
+
+
+async def test_grpc_needs_a_key(tiny_model_dir: Path) -> None:
+    router = _router(tiny_model_dir)
+    server = grpc.aio.server()
+    pb_grpc.add_InferenceServicer_to_server(InferenceService(router, CREDS), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    request = pb.GenerateRequest(model="tiny", prompt="x", sampling=pb.SamplingParams(max_tokens=2))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                [r async for r in stub.Generate(request, timeout=10)]
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "API key" in (info.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.ListModels(pb.ListModelsRequest(), timeout=10)
+            good = (("authorization", "Bearer k1"),)
+            responses = [r async for r in stub.Generate(request, timeout=10, metadata=good)]
+            assert responses[-1].finish_reason == "length"
+            models = await stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=good)
+            assert models.models[0].id == "tiny"
+    finally:
+        await server.stop(None)
