@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from support.operator_harness import ROOT, OperatorProcess, install_crds
 
 ENSURE_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "testbed" / "ensure.sh"
 READY_TIMEOUT_S = 90.0
@@ -290,3 +292,45 @@ def kube_api_client(kube_testbed: KubeTestbed) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def operator_identity(
+    kube_testbed: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, Path]]:
+    """The chart's ServiceAccount and RBAC, applied; a kubeconfig carrying that SA's token."""
+    install_crds(kube_testbed)
+    suffix = secrets.token_hex(3)
+    namespace, release = f"mainsail-op-{suffix}", f"op-{suffix}"
+    kube_testbed.kubectl("create", "namespace", namespace)
+    helm = str(kube_testbed.bin_dir / "helm")
+    rendered = subprocess.run(
+        [helm, "template", release, str(ROOT / "charts/mainsail"), "--namespace", namespace,
+         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+        capture_output=True, text=True, check=True, timeout=60, env=kube_testbed.env,
+    ).stdout  # fmt: skip
+    kube_testbed.kubectl("apply", "-n", namespace, "-f", "-", input=rendered)
+    account = f"{release}-mainsail-operator"
+    token = kube_testbed.kubectl(
+        "create", "token", account, "-n", namespace, "--duration=2h"
+    ).stdout.strip()
+    admin = yaml.safe_load(kube_testbed.kubeconfig.read_text())
+    admin["users"] = [{"name": "operator", "user": {"token": token}}]
+    admin["contexts"][0]["context"]["user"] = "operator"
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    path.write_text(yaml.safe_dump(admin))
+    path.chmod(0o600)
+    yield namespace, account, path
+    kube_testbed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    operator_identity: tuple[str, str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator-log") / "operator.log"
+    process = OperatorProcess(operator_identity[2], log)
+    process.start()
+    yield process
+    process.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()[-4000:]

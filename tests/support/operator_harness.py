@@ -1,0 +1,256 @@
+"""Shared by the operator's cluster tests: a real operator process, its waits and lookups,
+and a real router on loopback for the autoscaler. Imported as `support.operator_harness`
+(pytest puts `tests/` on the path); the fixtures built on it live in
+tests/integration/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "deploy" / "examples"
+KUBERAY_VERSION = "v1.4.2"
+KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
+WAIT_S = 30.0
+
+
+def wait_for(probe: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    """Poll `probe` until it returns a truthy value; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except (subprocess.CalledProcessError, KeyError, IndexError, TypeError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def kuberay_crd_file() -> Path:
+    """The real RayCluster CRD from KubeRay's Go module (cached; offline once fetched)."""
+    cache = Path(os.environ.get("MAINSAIL_CACHE", Path.home() / ".cache" / "mainsail"))
+    target = cache / "kuberay" / KUBERAY_VERSION / "ray.io_rayclusters.yaml"
+    if target.exists():
+        return target
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("RayCluster CRD not cached and no Go toolchain to fetch it")
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", f"{KUBERAY_MODULE}@{KUBERAY_VERSION}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot fetch {KUBERAY_MODULE}: {proc.stderr[-500:]}")
+    source = Path(json.loads(proc.stdout)["Dir"]) / "config/crd/bases/ray.io_rayclusters.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def install_crds(bed: Any) -> None:
+    """Our CRDs plus KubeRay's RayCluster, server-side applied and established."""
+    for source in (ROOT / "deploy/crds", kuberay_crd_file()):
+        bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(source))
+    for name in (
+        "modeldeployments.mainsail.dev",
+        "servingpools.mainsail.dev",
+        "rayclusters.ray.io",
+    ):
+        wait_for(functools.partial(established, bed, name), f"CRD {name} established")
+
+
+def established(bed: Any, crd: str) -> bool:
+    """`kubectl wait` errors on a CRD whose status is not written yet, so poll instead."""
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    return bool(bed.kubectl("get", "crd", crd, "-o", f"jsonpath={path}").stdout == "True")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """`python -m mainsail.operator` under a given kubeconfig; restartable."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MAINSAIL_OPERATOR_RESYNC_SECONDS": "3",
+            # The autoscaler reads each deployment's router on loopback, at the deployment's
+            # router.httpPort (there are no Services to resolve here).
+            "MAINSAIL_OPERATOR_AUTOSCALE_SECONDS": "1",
+            "MAINSAIL_OPERATOR_ROUTER_METRICS_URL": "http://127.0.0.1:{port}/metrics",
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mainsail.operator", f"--liveness=http://127.0.0.1:{port}/healthz"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/healthz"
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+                return bool(resp.status == 200)
+            return False
+
+        wait_for(healthy, "operator liveness")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+
+def get(bed: Any, ns: str, kind: str, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(bed.kubectl("get", "-n", ns, kind, name, "-o", "json").stdout)
+    return out
+
+
+def names(bed: Any, ns: str) -> set[tuple[str, str]]:
+    kinds = "configmaps,services,deployments,statefulsets,rayclusters,servingpools"
+    items = json.loads(
+        bed.kubectl("get", "-n", ns, kinds, "-l", "mainsail.dev/deployment", "-o", "json").stdout
+    )["items"]
+    return {(i["kind"], i["metadata"]["name"]) for i in items}
+
+
+def expected_children(example: Path, ns: str) -> set[tuple[str, str]]:
+    from mainsail.operator.desired import desired_children
+    from mainsail.operator.naming import Owner
+    from mainsail.operator.settings import OperatorSettings
+    from mainsail.spec.deployment import load_model_deployment
+
+    md = load_model_deployment(yaml.safe_load(example.read_text()))
+    owner = Owner(md.metadata.name, ns, "uid")
+    return {
+        (c["kind"], c["metadata"]["name"])
+        for c in desired_children(owner, md.spec, OperatorSettings())
+    }
+
+
+def apply_example(bed: Any, ns: str, example: Path) -> dict[str, Any]:
+    bed.kubectl("apply", "-n", ns, "-f", str(example))
+    want = expected_children(example, ns)
+    wait_for(lambda: names(bed, ns) == want, f"children of {example.name}")
+    name = yaml.safe_load(example.read_text())["metadata"]["name"]
+    md: dict[str, Any] = wait_for(
+        lambda: (m := get(bed, ns, "modeldeployment", name)).get("status", {}).get("ready") and m,
+        "status",
+    )
+    return md
+
+
+def condition(md: dict[str, Any], kind: str) -> tuple[str, str]:
+    found = next(c for c in md["status"]["conditions"] if c["type"] == kind)
+    return found["status"], found["reason"]
+
+
+class LoopbackRouter:
+    """A real `python -m mainsail.router` on loopback and one worker registered with it by the
+    real `Registrar`, heartbeating whatever load the test sets (nothing is served)."""
+
+    def __init__(self, model_dir: Path, tmp: Path) -> None:
+        from mainsail.router.settings import RouterConfig
+
+        self.http_port = _free_port()
+        config = RouterConfig(
+            model_name="tiny-auto", model_dir=model_dir, http_port=self.http_port, grpc_port=0
+        )
+        (tmp / "router.json").write_text(config.model_dump_json())
+        ready = tmp / "router.ready"
+        with (tmp / "router.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mainsail.router", "--config", str(tmp / "router.json"),
+                 "--ready-file", str(ready)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        ports = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), "router")
+        self.kv = config.kv_hash
+        self.grpc = f"127.0.0.1:{ports['grpc_port']}"
+        self.load = {"running": 0, "waiting": 0, "kv_blocks_used": 0, "kv_blocks_total": 1000}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        from mainsail.proto.v1 import mainsail_pb2 as pb
+        from mainsail.workers.registration import Registrar
+
+        info = pb.WorkerInfo(
+            worker_id="w-0", address="127.0.0.1:1", role="unified", model="tiny-auto",
+            max_model_len=2048, max_num_seqs=8,
+            kv_hash=pb.KVHashParams(
+                block_size=self.kv.block_size, hash_seed=self.kv.hash_seed,
+                algorithm=self.kv.algorithm,
+            ),
+        )  # fmt: skip
+
+        def snapshot() -> pb.LoadSnapshot:
+            load = dict(self.load)
+            return pb.LoadSnapshot(
+                worker_id="w-0",
+                running=load["running"],
+                waiting=load["waiting"],
+                kv_blocks_used=load["kv_blocks_used"],
+                kv_blocks_total=load["kv_blocks_total"],
+            )
+
+        registrar = Registrar(self.grpc, info, snapshot)
+
+        async def run() -> None:
+            task = asyncio.create_task(registrar.run())
+            while not self._stop.is_set():
+                await asyncio.sleep(0.1)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(run())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
