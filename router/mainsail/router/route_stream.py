@@ -1,0 +1,54 @@
+"""`RouteStream` (an open request with its first chunk in hand) and small stream helpers the
+request path and the moves between workers share."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.prepare import Prepared
+from mainsail.router.registry import WorkerEntry
+
+
+@dataclass
+class RouteStream:
+    """An open request: the first chunk is already in hand."""
+
+    prepared: Prepared
+    worker_id: str
+    first: pb.TokenChunk
+    rest: AsyncIterator[pb.TokenChunk]
+    started: float
+    entry: WorkerEntry | None = None  # released (outstanding count) when the route ends
+    migrate_to: str | None = None  # set by `Router.migrate`: "" = any worker, else its id
+    generated: list[int] = field(default_factory=list)  # tokens streamed so far
+    _closed: bool = field(default=False)
+
+
+async def nothing() -> AsyncIterator[pb.TokenChunk]:
+    return
+    yield  # an async generator that yields nothing (a placeholder until `_rest` is set)
+
+
+async def prepend(
+    first: pb.TokenChunk, rest: AsyncIterator[pb.TokenChunk]
+) -> AsyncIterator[pb.TokenChunk]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def whole_usage(chunk: pb.TokenChunk, prompt_tokens: int, completion_tokens: int) -> None:
+    """A resumed worker counted the streamed tokens as prompt; report the request's own."""
+    chunk.usage.prompt_tokens = prompt_tokens
+    chunk.usage.completion_tokens = completion_tokens
+    chunk.usage.cached_tokens = min(chunk.usage.cached_tokens, prompt_tokens)
+
+
+async def close_stream(stream: AsyncIterator[pb.TokenChunk]) -> None:
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
