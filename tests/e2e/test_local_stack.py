@@ -190,12 +190,16 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
 
 
 def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> None:
-    """`POST /workers/<id>/drain` moves a greedy stream to the other worker mid-flight; the
-    client gets exactly the tokens of an undisturbed run. The drain is lifted after."""
+    """`POST /workers/<id>/drain` moves a *seeded sampling* stream to the other worker
+    mid-flight; the client gets exactly the tokens of an undisturbed run (sampling is seeded
+    per position, so the other worker draws what the first would have). The drain is lifted
+    after."""
     request = pb.GenerateRequest(
         model=stack["model"],
         prompt="A long voyage begins at dawn",
-        sampling=pb.SamplingParams(max_tokens=600, temperature=0, ignore_eos=True),
+        sampling=pb.SamplingParams(
+            max_tokens=600, temperature=0.8, top_p=0.95, seed=11, ignore_eos=True
+        ),
     )
     with grpc.insecure_channel(stack["grpc"]) as channel:
         stub = pb_grpc.InferenceStub(channel)

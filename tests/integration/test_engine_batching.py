@@ -183,3 +183,27 @@ def test_last_step_records_the_shape_the_simulator_is_fitted_to(tiny_model_dir: 
         ((), (26,)),  # a finished: 3 tokens are its prefill's and two decodes
     ]
     assert engine.step() == [] and engine.last_step is None  # nothing ran
+
+
+@pytest.mark.integration
+def test_a_moved_seeded_request_draws_what_it_would_have_unmoved(tiny_model_dir: Path) -> None:
+    """Seeded sampling is per position: continuing from k tokens on another engine (prompt +
+    those k tokens, `sampled_before=k`) yields exactly the unmoved request's remaining tokens."""
+    prompt = _prompt(37, salt=5)
+    params = SamplingParams(temperature=1.0, top_p=0.95, seed=11, max_tokens=20, ignore_eos=True)
+    config = EngineConfig(max_model_len=256)
+    whole = _generate(Engine(tiny_model_dir, config), {"r": prompt}, params)["r"]
+    assert len(set(whole)) > 3  # really sampled, not a constant
+    for k in (1, 8, 19):
+        rest = SamplingParams(
+            temperature=1.0, top_p=0.95, seed=11, max_tokens=20 - k, ignore_eos=True
+        )
+        other = Engine(tiny_model_dir, config)
+        other.add_request(EngineRequest("m", prompt + whole[:k], rest, sampled_before=k))
+        moved = _tokens(_drain(other)["m"])
+        assert moved == whole[k:], k
+    # Without the offset the continuation would draw from position 0 again: different tokens.
+    other = Engine(tiny_model_dir, config)
+    rest = SamplingParams(temperature=1.0, top_p=0.95, seed=11, max_tokens=12, ignore_eos=True)
+    other.add_request(EngineRequest("n", prompt + whole[:8], rest))
+    assert _tokens(_drain(other)["n"]) != whole[8:]

@@ -303,6 +303,7 @@ async def test_worker_dying_mid_stream_moves_the_request_to_another_worker(clien
     streamed = [(original.prompt_token_ids[-1] + i) % 97 + 3 for i in range(2)]
     assert list(moved.prompt_token_ids) == [*original.prompt_token_ids, *streamed]
     assert moved.sampling.max_tokens == 3 and moved.request_id == original.request_id
+    assert moved.sampled_before == 2 and original.sampled_before == 0
     usage = events[-2]["usage"]
     assert usage["prompt_tokens"] == len(original.prompt_token_ids)
     assert usage["completion_tokens"] == 5

@@ -152,6 +152,7 @@ class MovesMixin:
             sampling=sampling,
             adapter=prepared.adapter,
             priority=prepared.priority,
+            sampled_before=len(generated),
         )
         stream = self.transport.submit(entry.address, request)
         try:

@@ -190,6 +190,7 @@ class _Multiplexer:
                 sampling=sampling_from_proto(request.sampling),
                 priority=request.priority,
                 adapter=request.adapter or None,
+                sampled_before=request.sampled_before,
             )
             async for out in self.engine.generate(engine_request):
                 if out.finished and request.kv_publish:
@@ -254,6 +255,7 @@ class WorkerService(pb_grpc.WorkerServicer):
                 sampling=sampling_from_proto(request.sampling),
                 priority=request.priority,
                 adapter=request.adapter or None,
+                sampled_before=request.sampled_before,
             )
             batches = coalesced(self.engine.generate(engine_request))
             async with contextlib.aclosing(batches):

@@ -358,6 +358,7 @@ class WorkerRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     TTFT_DEADLINE_FIELD_NUMBER: _builtins.int
     KV_PUBLISH_FIELD_NUMBER: _builtins.int
+    SAMPLED_BEFORE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     adapter: _builtins.str
     priority: _builtins.int
@@ -367,6 +368,10 @@ class WorkerRequest(_message.Message):
     """The prefill half of a disaggregated request: the worker writes the prompt's full KV
     blocks to the shared KV tier and sends its final chunk only once they are stored, so the
     decode worker the router picks next can fetch them instead of recomputing.
+    """
+    sampled_before: _builtins.int
+    """Tokens of this request generated earlier by another worker (they end its prompt here):
+    a request moved between workers. Seeded sampling continues at that position.
     """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -382,10 +387,11 @@ class WorkerRequest(_message.Message):
         priority: _builtins.int = ...,
         ttft_deadline: _builtins.float = ...,
         kv_publish: _builtins.bool = ...,
+        sampled_before: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -158,15 +158,15 @@ class Engine:
         self.check_request(req)
         if req.request_id in self._seqs:
             raise EngineInputError(f"request id {req.request_id!r} is already in use")
-        seed = req.sampling.seed
+        seed = req.sampling.seed if req.sampling.seed is not None else self._rng.getrandbits(63)
         gen = torch.Generator(device=self.config.device)
-        gen.manual_seed(seed if seed is not None else self._rng.getrandbits(63))
         seq = Sequence(
             request=req,
             order=next(self._order),
             block_size=self.config.block_size,
             hash_seed=self.config.hash_seed,
             generator=gen,
+            seed=seed,
             detokenizer=Detokenizer(self.tokenizer.decode, req.prompt_token_ids, req.sampling.stop),
             arrival=req.arrival_time if req.arrival_time is not None else self._clock(),
         )
@@ -226,7 +226,13 @@ class Engine:
             run_start = self._clock()
             logits = self._runner.execute(inputs)
             run_seconds = self._clock() - run_start
-            rows = [SampleRequest(s.request.sampling, s.generator) for s in samplers]
+            rows = [
+                SampleRequest(
+                    s.request.sampling,
+                    s.generator if s.request.sampling.greedy else s.seed_next_sample(),
+                )
+                for s in samplers
+            ]
             tokens, logprobs = sample(logits, rows)
         except Exception as exc:
             log.exception("engine step failed; finishing its %d requests", len(batch.items))

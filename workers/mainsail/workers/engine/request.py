@@ -18,6 +18,9 @@ class EngineRequest:
     ``adapter``: LoRA adapter name (one of the engine's ``config.adapters``; ``None`` = base
     model), also mixed into the KV hash seed so adapters never share cached blocks.
     ``arrival_time``: clock reading when the request arrived (for TTFT); defaults to now.
+    ``sampled_before``: tokens of this request generated earlier elsewhere (a request moved
+    between workers continues with them at the end of its prompt); seeded sampling continues
+    at that position, so a moved seeded request draws what it would have drawn unmoved.
     """
 
     request_id: str
@@ -26,6 +29,7 @@ class EngineRequest:
     priority: int = 0
     adapter: str | None = None
     arrival_time: float | None = None
+    sampled_before: int = 0
 
 
 @dataclass

@@ -11,6 +11,7 @@ evicted-but-still-cached blocks.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,7 @@ class Sequence:
     block_size: int
     hash_seed: int
     generator: torch.Generator
+    seed: int  # the request's seed, or one drawn for it: see `sampling_seed`
     detokenizer: Detokenizer
     arrival: float
     token_ids: list[int] = field(default_factory=list)
@@ -70,6 +72,12 @@ class Sequence:
     def output_ids(self) -> list[int]:
         return self.token_ids[self.prompt_len :]
 
+    def seed_next_sample(self) -> torch.Generator:
+        """The generator, seeded for the next token's position (see `sampling_seed`)."""
+        position = self.request.sampled_before + self.num_tokens - self.prompt_len
+        self.generator.manual_seed(sampling_seed(self.seed, position))
+        return self.generator
+
     @property
     def priority_key(self) -> tuple[int, int]:
         """Sort key: higher priority first, then first come first served."""
@@ -90,3 +98,15 @@ class Sequence:
         """Forget computed KV (blocks must already be freed): the sequence starts over."""
         self.num_computed = 0
         self.status = Status.WAITING
+
+
+def sampling_seed(seed: int, position: int) -> int:
+    """The seed of the generated token at ``position`` (0 = first) of a request seeded ``seed``.
+
+    Why per position rather than one generator stream per request: a request moved to another
+    worker (failure, drain, rebalancing, the decode half of a disaggregated request) continues
+    there from its position, and draws exactly what it would have drawn where it started; with
+    one stream the new worker would have to replay every earlier draw.
+    """
+    digest = hashlib.blake2b(b"%d:%d" % (seed, position), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
