@@ -18,12 +18,12 @@ import httpx
 import openai
 import pytest
 import torch
+from support.reference import greedy_tokens
 
 from mainsail.cli.local.child import UpProcess
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy/examples/dense-prefill-decode.yaml"
@@ -44,20 +44,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     assert not leftovers, f"processes left behind after SIGTERM: {leftovers}"
 
 
-def _reference(prompt: list[int]) -> list[int]:
-    """The example's checkpoint (llama, seed 7) in one engine, greedy."""
-    engine = Engine(ensure_checkpoint("llama", seed=7), EngineConfig(max_model_len=1024))
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    engine.add_request(EngineRequest("ref", prompt, params))
-    out: list[int] = []
-    for _ in range(1000):
-        if not engine.has_unfinished():
-            return out
-        for o in engine.step():
-            out += o.new_token_ids
-    raise AssertionError("reference did not finish")
-
-
 def test_prefill_then_decode_with_the_kv_handed_over(stack: dict[str, Any]) -> None:
     workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
     assert sorted(w["role"] for w in workers) == ["decode", "prefill"]
@@ -69,7 +55,9 @@ def test_prefill_then_decode_with_the_kv_handed_over(stack: dict[str, Any]) -> N
     )
     with grpc.insecure_channel(stack["grpc"]) as channel:
         responses = list(pb_grpc.InferenceStub(channel).Generate(request, timeout=120))
-    assert [t for r in responses for t in r.token_ids] == _reference(prompt)
+    assert [t for r in responses for t in r.token_ids] == greedy_tokens(
+        ensure_checkpoint("llama", seed=7), prompt, MAX_TOKENS
+    )
     assert "prefill" in responses[0].worker_id and "decode" in responses[-1].worker_id
     assert responses[-1].finish_reason == "length"
     assert responses[-1].usage.prompt_tokens == 200

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.reference import greedy_tokens
 
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
-from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig, EngineRequest, SamplingParams
+from mainsail.workers.engine import AsyncEngine
 from mainsail.workers.host import WorkerHost, WorkerSpec
 
 pytestmark = pytest.mark.integration
@@ -26,19 +27,6 @@ MAX_TOKENS = 12
 
 def _prompt_ids(n: int) -> list[int]:
     return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
-
-
-def _reference(model_dir: Path, prompt: list[int]) -> list[int]:
-    engine = Engine(model_dir, EngineConfig(max_model_len=512))
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    engine.add_request(EngineRequest("ref", prompt, params))
-    out: list[int] = []
-    for _ in range(1000):
-        if not engine.has_unfinished():
-            return out
-        for o in engine.step():
-            out += o.new_token_ids
-    raise AssertionError("reference did not finish")
 
 
 async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir: Path) -> None:
@@ -71,7 +59,7 @@ async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir:
         responses = [r async for r in router.router.generate(request)]
 
         tokens = [t for r in responses for t in r.token_ids]
-        assert tokens == _reference(tiny_model_dir, prompt)
+        assert tokens == greedy_tokens(tiny_model_dir, prompt, MAX_TOKENS)
         assert responses[0].worker_id == "w-prefill" and responses[-1].worker_id == "w-decode"
         assert [r.finish_reason for r in responses if r.finish_reason] == ["length"]
         assert responses[-1].usage.prompt_tokens == 100
@@ -122,7 +110,9 @@ async def test_without_a_prefill_worker_requests_run_whole_on_decode(
             sampling=pb.SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True),
         )
         responses = [r async for r in router.router.generate(request)]
-        assert [t for r in responses for t in r.token_ids] == _reference(tiny_model_dir, prompt)
+        assert [t for r in responses for t in r.token_ids] == greedy_tokens(
+            tiny_model_dir, prompt, MAX_TOKENS
+        )
         assert {r.worker_id for r in responses} == {"w-decode"}
         assert router.metrics.handoffs._value.get() == 0
     finally:

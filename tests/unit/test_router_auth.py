@@ -14,37 +14,17 @@ from mainsail.router.auth import Credentials
 from mainsail.router.grpc_front import InferenceService
 from mainsail.router.http_front import HttpFront
 from mainsail.router.http_server import HttpServer
-from mainsail.router.kvindex import GlobalKVIndex
-from mainsail.router.registry import WorkerRegistry
 from mainsail.router.route import Router
-from mainsail.router.scheduling import build_profile
 from mainsail.router.server import bind_socket
-from mainsail.router.settings import RouterConfig
-from mainsail.router.testing import FakeTransport, FakeWorker
-from mainsail.spec.tokenizer import Tokenizer
+from mainsail.router.testing import add_fake_worker, fake_router
 
 pytestmark = pytest.mark.unit
 CREDS = Credentials(api_keys=frozenset({"k1", "k2"}), admin_token="root")
 
 
 def _router(model_dir: Path) -> Router:
-    config = RouterConfig(model_name="tiny", model_dir=model_dir, max_model_len=256)
-    transport = FakeTransport()
-    registry = WorkerRegistry("tiny", config.kv_hash)
-    router = Router(
-        config, Tokenizer(model_dir), registry, transport, build_profile(config.profile),
-        GlobalKVIndex(max_blocks=1000),
-    )  # fmt: skip
-    kv = config.kv_hash
-    info = pb.WorkerInfo(
-        worker_id="w0", address="w0:1", model="tiny", role="unified", max_model_len=256,
-        max_num_seqs=8,
-        kv_hash=pb.KVHashParams(
-            block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
-        ),
-    )  # fmt: skip
-    assert registry.register(info).accepted
-    transport.add(info.address, FakeWorker())
+    router, transport = fake_router(model_dir)
+    add_fake_worker(router, transport, "w0")
     return router
 
 

@@ -8,39 +8,19 @@ from pathlib import Path
 import pytest
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.kvindex import GlobalKVIndex
-from mainsail.router.registry import WorkerRegistry
 from mainsail.router.route import Router
-from mainsail.router.scheduling import build_profile
-from mainsail.router.settings import RouterConfig
-from mainsail.router.testing import FakeTransport, FakeWorker
-from mainsail.spec.tokenizer import Tokenizer
+from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
 
 pytestmark = pytest.mark.unit
 
 
 def _router(model_dir: Path, roles: tuple[str, ...]) -> tuple[Router, FakeTransport]:
-    config = RouterConfig(
-        model_name="tiny", model_dir=model_dir, max_model_len=256, request_role="decode",
-        disaggregated=True, resume_timeout=0.2, dispatch_timeout=0.5,
+    router, transport = fake_router(
+        model_dir, request_role="decode", disaggregated=True, resume_timeout=0.2,
+        dispatch_timeout=0.5,
     )  # fmt: skip
-    transport = FakeTransport()
-    registry = WorkerRegistry("tiny", config.kv_hash)
-    router = Router(
-        config, Tokenizer(model_dir), registry, transport, build_profile(config.profile),
-        GlobalKVIndex(max_blocks=10_000),
-    )  # fmt: skip
-    kv = config.kv_hash
     for role in roles:
-        info = pb.WorkerInfo(
-            worker_id=role, address=f"{role}:1", model="tiny", role=role, max_model_len=256,
-            max_num_seqs=8,
-            kv_hash=pb.KVHashParams(
-                block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
-            ),
-        )  # fmt: skip
-        assert registry.register(info).accepted
-        transport.add(info.address, FakeWorker())
+        add_fake_worker(router, transport, role, role=role)
     return router, transport
 
 

@@ -23,7 +23,7 @@ from mainsail.router.route import Router
 from mainsail.router.scheduling import build_profile
 from mainsail.router.server import bind_socket
 from mainsail.router.settings import RouterConfig
-from mainsail.router.testing import FakeTransport, FakeWorker
+from mainsail.router.testing import FakeTransport, FakeWorker, add_fake_worker
 from mainsail.spec.deployment import SLO, SLOClass
 from mainsail.spec.kvhash import KVHashConfig
 from mainsail.spec.tokenizer import Tokenizer
@@ -55,20 +55,7 @@ def make_router(model_dir: Path, **overrides: Any) -> tuple[Router, FakeTranspor
 
 
 def add_worker(router: Router, transport: FakeTransport, name: str, **behaviour: Any) -> FakeWorker:
-    kv = router.config.kv_hash
-    info = pb.WorkerInfo(
-        worker_id=name,
-        address=f"{name}:1",
-        model=MODEL,
-        role="unified",
-        max_model_len=256,
-        max_num_seqs=8,
-        kv_hash=pb.KVHashParams(
-            block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
-        ),
-    )
-    assert router.registry.register(info).accepted
-    return transport.add(info.address, FakeWorker(**behaviour))
+    return add_fake_worker(router, transport, name, **behaviour)
 
 
 @asynccontextmanager

@@ -11,15 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.kvindex import GlobalKVIndex
 from mainsail.router.rebalance import Move, WorkerLoad, plan_moves
-from mainsail.router.registry import WorkerRegistry
 from mainsail.router.route import Router
-from mainsail.router.scheduling import build_profile
-from mainsail.router.settings import RouterConfig
-from mainsail.router.testing import FakeTransport, FakeWorker
+from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
 from mainsail.spec.deployment import Rebalance
-from mainsail.spec.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.unit
 ON = Rebalance(enabled=True, min_waiting=2, load_gap=0.25, max_moves_per_round=4)
@@ -90,38 +85,13 @@ def test_moves_respect_the_rules(workers: list[WorkerLoad]) -> None:
 
 
 def _router(model_dir: Path) -> tuple[Router, FakeTransport]:
-    config = RouterConfig(model_name="tiny", model_dir=model_dir, max_model_len=256, rebalance=ON)
-    transport = FakeTransport()
-    registry = WorkerRegistry("tiny", config.kv_hash)
-    router = Router(
-        config, Tokenizer(model_dir), registry, transport, build_profile(config.profile),
-        GlobalKVIndex(max_blocks=10_000),
-    )  # fmt: skip
-    kv = config.kv_hash
-    for name in ("w0",):
-        info = pb.WorkerInfo(
-            worker_id=name, address=f"{name}:1", model="tiny", role="unified",
-            max_model_len=256, max_num_seqs=8,
-            kv_hash=pb.KVHashParams(
-                block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
-            ),
-        )  # fmt: skip
-        assert registry.register(info).accepted
-        transport.add(info.address, FakeWorker(token_delay=0.01))
+    router, transport = fake_router(model_dir, rebalance=ON)
+    add_fake_worker(router, transport, "w0", token_delay=0.01)
     return router, transport
 
 
 def _add(router: Router, transport: FakeTransport, name: str) -> None:
-    kv = router.config.kv_hash
-    info = pb.WorkerInfo(
-        worker_id=name, address=f"{name}:1", model="tiny", role="unified",
-        max_model_len=256, max_num_seqs=8,
-        kv_hash=pb.KVHashParams(
-            block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
-        ),
-    )  # fmt: skip
-    assert router.registry.register(info).accepted
-    transport.add(info.address, FakeWorker(token_delay=0.01))
+    add_fake_worker(router, transport, name, token_delay=0.01)
 
 
 async def test_a_round_moves_streams_off_a_queueing_worker(tiny_model_dir: Path) -> None:

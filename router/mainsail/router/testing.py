@@ -12,11 +12,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.scheduling import WorkerSnapshot
+from mainsail.router.kvindex import GlobalKVIndex
+from mainsail.router.registry import WorkerRegistry
+from mainsail.router.route import Router
+from mainsail.router.scheduling import WorkerSnapshot, build_profile
+from mainsail.router.settings import RouterConfig
 from mainsail.router.transport import TransportError
+from mainsail.spec.tokenizer import Tokenizer
 
 
 @dataclass
@@ -106,3 +112,46 @@ def idle_worker(worker_id: str = "w", **changes: Any) -> WorkerSnapshot:
     }
     fields.update(changes)
     return WorkerSnapshot(**fields)
+
+
+def fake_router(
+    model_dir: Path, model: str = "tiny", **config: Any
+) -> tuple[Router, FakeTransport]:
+    """A real `Router` (tokenizer of ``model_dir``, default profile, exact KV index) over a
+    `FakeTransport`; ``config`` overrides `RouterConfig` fields."""
+    settings = RouterConfig(
+        model_name=model, model_dir=model_dir, **{"max_model_len": 256, **config}
+    )
+    transport = FakeTransport()
+    router = Router(
+        settings,
+        Tokenizer(model_dir),
+        WorkerRegistry(model, settings.kv_hash),
+        transport,
+        build_profile(settings.profile),
+        GlobalKVIndex(max_blocks=10_000),
+    )
+    return router, transport
+
+
+def add_fake_worker(
+    router: Router,
+    transport: FakeTransport,
+    worker_id: str,
+    role: str = "unified",
+    **behaviour: Any,
+) -> FakeWorker:
+    """Registers ``worker_id`` (address ``<id>:1``, the router's model and KV hashing) and
+    gives it a `FakeWorker` with ``behaviour``."""
+    kv = router.config.kv_hash
+    info = pb.WorkerInfo(
+        worker_id=worker_id, address=f"{worker_id}:1", model=router.config.model_name,
+        role=role, max_model_len=router.config.max_model_len, max_num_seqs=8,
+        kv_hash=pb.KVHashParams(
+            block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
+        ),
+    )  # fmt: skip
+    verdict = router.registry.register(info)
+    if not verdict.accepted:
+        raise ValueError(f"fake worker {worker_id!r} refused: {verdict.detail}")
+    return transport.add(info.address, FakeWorker(**behaviour))
