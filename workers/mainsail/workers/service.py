@@ -329,7 +329,11 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Migrate(
         self, request: pb.MigrateRequest, context: grpc.aio.ServicerContext
     ) -> pb.MigrateReply:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "live migration is not available yet")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "worker-to-worker migration is not implemented: the router moves requests itself "
+            "(drain, /requests/<id>/migrate)",
+        )
         return pb.MigrateReply(accepted=False)
 
     async def KVEvents(
