@@ -18,26 +18,20 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support.stack import running_stack
 
-from mainsail.cli.local.child import UpProcess
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
-STARTUP_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    up = UpProcess(tmp_path_factory.mktemp("up"), ["--http-port", "0", "--grpc-port", "0"])
-    try:
-        endpoints = up.start(STARTUP_TIMEOUT)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield endpoints
-    code, leftovers = up.stop(60)
-    assert code == 0, f"mainsail up exited {code} after SIGTERM:\n{up.log_tail()}"
-    assert not leftovers, f"processes left behind after SIGTERM: {leftovers}"
+    with running_stack(
+        tmp_path_factory.mktemp("up"), ["--http-port", "0", "--grpc-port", "0"]
+    ) as endpoints:
+        yield endpoints
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import openai
 import pytest
 import torch
 from support.reference import greedy_tokens
+from support.stack import running_stack
 
-from mainsail.cli.local.child import UpProcess
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.workers.checkpoint import ensure_checkpoint
@@ -33,15 +33,8 @@ MAX_TOKENS = 24
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     args = ["-f", str(EXAMPLE), "--replicas", "1", "--http-port", "0", "--grpc-port", "0"]
-    up = UpProcess(tmp_path_factory.mktemp("up-pd"), args)
-    try:
-        endpoints = up.start(300)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield endpoints
-    code, leftovers = up.stop(60)
-    assert code == 0, f"mainsail up exited {code} after SIGTERM:\n{up.log_tail()}"
-    assert not leftovers, f"processes left behind after SIGTERM: {leftovers}"
+    with running_stack(tmp_path_factory.mktemp("up-pd"), args) as endpoints:
+        yield endpoints
 
 
 def test_prefill_then_decode_with_the_kv_handed_over(stack: dict[str, Any]) -> None:

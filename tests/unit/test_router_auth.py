@@ -5,17 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
+from support.http import serving
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.auth import Credentials
 from mainsail.router.grpc_front import InferenceService
-from mainsail.router.http_front import HttpFront
-from mainsail.router.http_server import HttpServer
 from mainsail.router.route import Router
-from mainsail.router.server import bind_socket
 from mainsail.router.testing import add_fake_worker, fake_router
 
 pytestmark = pytest.mark.unit
@@ -42,37 +39,29 @@ def test_credentials_from_env() -> None:
 
 async def test_http_needs_a_key_for_the_api_and_the_token_for_admin(tiny_model_dir: Path) -> None:
     router = _router(tiny_model_dir)
-    server = HttpServer(HttpFront(router, credentials=CREDS).handle, max_body_bytes=1 << 20)
-    sock = bind_socket("127.0.0.1", 0)
-    await server.start(sock)
     body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as c:
-            missing = await c.post("/v1/completions", json=body)
-            assert missing.status_code == 401
-            assert missing.json()["error"]["code"] == "invalid_api_key"
-            assert missing.headers["www-authenticate"] == "Bearer"
-            wrong = await c.post(
-                "/v1/completions", json=body, headers={"Authorization": "Bearer x"}
-            )
-            assert wrong.status_code == 401
-            ok = await c.post("/v1/completions", json=body, headers={"Authorization": "Bearer k2"})
-            assert ok.status_code == 200 and ok.json()["choices"]
-            assert (await c.get("/v1/models")).status_code == 401
-            # Probes and Prometheus stay open.
-            assert (await c.get("/health")).status_code == 200
-            metrics = (await c.get("/metrics")).text
-            assert 'outcome="http_401"} 3.0' in metrics
-            # Admin endpoints want the admin token, not a client key.
-            user = {"Authorization": "Bearer k1"}
-            assert (await c.get("/workers", headers=user)).status_code == 401
-            assert (await c.post("/workers/w0/drain", headers=user)).status_code == 401
-            admin = {"Authorization": "Bearer root"}
-            assert (await c.get("/workers", headers=admin)).json()["data"][0]["id"] == "w0"
-            drained = await c.post("/workers/w0/drain", headers=admin)
-            assert drained.json()["draining"] is True
-    finally:
-        await server.close()
+    async with serving(router, CREDS) as c:
+        missing = await c.post("/v1/completions", json=body)
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "invalid_api_key"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = await c.post("/v1/completions", json=body, headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 401
+        ok = await c.post("/v1/completions", json=body, headers={"Authorization": "Bearer k2"})
+        assert ok.status_code == 200 and ok.json()["choices"]
+        assert (await c.get("/v1/models")).status_code == 401
+        # Probes and Prometheus stay open.
+        assert (await c.get("/health")).status_code == 200
+        metrics = (await c.get("/metrics")).text
+        assert 'outcome="http_401"} 3.0' in metrics
+        # Admin endpoints want the admin token, not a client key.
+        user = {"Authorization": "Bearer k1"}
+        assert (await c.get("/workers", headers=user)).status_code == 401
+        assert (await c.post("/workers/w0/drain", headers=user)).status_code == 401
+        admin = {"Authorization": "Bearer root"}
+        assert (await c.get("/workers", headers=admin)).json()["data"][0]["id"] == "w0"
+        drained = await c.post("/workers/w0/drain", headers=admin)
+        assert drained.json()["draining"] is True
 
 
 async def test_grpc_needs_a_key(tiny_model_dir: Path) -> None:
