@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 
-from mainsail.router.auth import Credentials
-from mainsail.router.http_front import HttpFront
-from mainsail.router.http_server import HttpServer
-from mainsail.router.route import Router
+from mainsail.router.front.auth import Credentials
+from mainsail.router.front.http_api import HttpFront
+from mainsail.router.front.http_server import HttpServer
+from mainsail.router.routing.router import Router
 from mainsail.router.server import bind_socket
 
 

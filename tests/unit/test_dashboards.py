@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.fleet.pool_load import PoolLoadCollector
+from mainsail.router.fleet.registry import WorkerEntry
 from mainsail.router.metrics import RouterMetrics
-from mainsail.router.pool_load import PoolLoadCollector
-from mainsail.router.registry import WorkerEntry
 
 pytestmark = pytest.mark.unit
 DASHBOARD = Path(__file__).resolve().parents[2] / "charts/mainsail/dashboards/mainsail-router.json"

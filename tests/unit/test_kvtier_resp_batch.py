@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import redis
 
-from mainsail.workers.kvtier.lean_pipeline import pack
 from mainsail.workers.kvtier.resp_batch import (
     RespBatch,
     equal_rows,
@@ -17,6 +16,7 @@ from mainsail.workers.kvtier.resp_batch import (
     hex_keys,
     recv_rows,
 )
+from mainsail.workers.kvtier.resp_pipeline import pack
 
 pytestmark = pytest.mark.unit
 

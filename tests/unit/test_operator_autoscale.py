@@ -16,9 +16,9 @@ from mainsail.operator.autoscaler import Autoscaler
 from mainsail.operator.router_signals import SignalsUnavailable, parse_signals
 from mainsail.operator.settings import OperatorSettings
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.fleet.pool_load import PoolLoadCollector
+from mainsail.router.fleet.registry import WorkerEntry
 from mainsail.router.metrics import RouterMetrics
-from mainsail.router.pool_load import PoolLoadCollector
-from mainsail.router.registry import WorkerEntry
 from mainsail.spec.deployment import Autoscaling
 
 pytestmark = pytest.mark.unit

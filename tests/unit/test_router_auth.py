@@ -10,9 +10,9 @@ from support.http import serving
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.router.auth import Credentials
-from mainsail.router.grpc_front import InferenceService
-from mainsail.router.route import Router
+from mainsail.router.front.auth import Credentials
+from mainsail.router.front.grpc_api import InferenceService
+from mainsail.router.routing.router import Router
 from mainsail.router.testing import add_fake_worker, fake_router
 
 pytestmark = pytest.mark.unit

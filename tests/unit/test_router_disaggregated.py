@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.route import Router
+from mainsail.router.routing.router import Router
 from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
 
 pytestmark = pytest.mark.unit

@@ -14,9 +14,9 @@ import pytest
 from support.http import serving, sse_events
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.fleet.registry import WorkerRegistry
 from mainsail.router.kvindex import GlobalKVIndex
-from mainsail.router.registry import WorkerRegistry
-from mainsail.router.route import Router
+from mainsail.router.routing.router import Router
 from mainsail.router.scheduling import build_profile
 from mainsail.router.settings import RouterConfig
 from mainsail.router.testing import FakeTransport, FakeWorker, add_fake_worker
@@ -253,8 +253,8 @@ async def test_workers_without_kv_events_get_approximate_prefix_affinity(
     from mainsail.router.kvindex import ApproximateIndex
 
     router, transport = make_router(tiny_model_dir)
-    router.approx = ApproximateIndex(max_blocks=1000)
-    router.publishes_events = lambda worker_id: False
+    router.chooser.approx = ApproximateIndex(max_blocks=1000)
+    router.chooser.publishes_events = lambda worker_id: False
     for name in ("a", "b", "c"):
         add_worker(router, transport, name)
     prompt = "a shared system prompt that spans several KV blocks " * 6

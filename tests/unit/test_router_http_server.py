@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from mainsail.router.http_server import HttpServer
-from mainsail.router.http_wire import ChunkWriter, Request, Response, StreamResponse
+from mainsail.router.front.http_server import HttpServer
+from mainsail.router.front.http_wire import ChunkWriter, Request, Response, StreamResponse
 from mainsail.router.server import bind_socket
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ import pytest
 from support.http import serving, sse_events
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.route import Router
+from mainsail.router.routing.router import Router
 from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
 
 pytestmark = pytest.mark.unit

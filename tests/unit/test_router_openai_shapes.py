@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.openai_shapes import ChatShape, CompletionShape, Shape, sse_event
+from mainsail.router.front.openai_shapes import ChatShape, CompletionShape, Shape, sse_event
 from mainsail.spec.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.unit

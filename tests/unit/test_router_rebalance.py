@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.rebalance import Move, WorkerLoad, plan_moves
-from mainsail.router.route import Router
+from mainsail.router.routing.rebalance import Move, WorkerLoad, plan_moves
+from mainsail.router.routing.router import Router
 from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
 from mainsail.spec.deployment import Rebalance
 
@@ -106,7 +106,7 @@ async def test_a_round_moves_streams_off_a_queueing_worker(tiny_model_dir: Path)
 
     tasks = [asyncio.create_task(run(f"prompt {i}")) for i in range(3)]
     for _ in range(200):  # all three streaming on w0
-        if len(router._active) == 3:
+        if len(router.moves.active) == 3:
             break
         await asyncio.sleep(0.01)
     assert len(transport.workers["w0:1"].submitted) == 3

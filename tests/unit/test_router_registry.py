@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.registry import WorkerEntry, WorkerRegistry
+from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.spec.kvhash import KVHashConfig
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ import pytest
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.router.transport import GrpcTransport, TransportError
+from mainsail.router.fleet.transport import GrpcTransport, TransportError
 from mainsail.workers.engine import EngineInputError, EngineRequest, RequestOutput
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub

@@ -1,7 +1,7 @@
 """How many workers a pool should have, from its load: pure functions, no I/O.
 
 Signals (summed over the pool's workers, scraped from the router, see
-`mainsail.router.pool_load`): requests waiting (inside the workers, plus those the router
+`mainsail.router.fleet.pool_load`): requests waiting (inside the workers, plus those the router
 holds because no worker could take them), and KV-cache blocks in use against the blocks the
 pool has. The spec's targets (`pools.<role>.autoscaling`) say how much of each one replica
 should carry. As in the Kubernetes HPA with several metrics, each signal proposes a count and

@@ -1,7 +1,7 @@
 """The autoscaler's one I/O seam: a pool's load, read from its router's `/metrics`.
 
 Why scrape the router rather than a Prometheus server or every worker: the router already
-sums its workers' heartbeats per role (`mainsail.router.pool_load`), it is the one component
+sums its workers' heartbeats per role (`mainsail.router.fleet.pool_load`), it is the one component
 every deployment has, and the operator then needs no monitoring stack to autoscale. A cluster
 that has Prometheus can still drive a ServingPool with an HPA or KEDA on the same metric names
 instead (the pool has a scale subresource); see docs/operator.md.

@@ -1,5 +1,5 @@
 """Where the router finds its credentials: written once for the router (which reads them) and
-the operator (which wires a Secret to them). See `mainsail.router.auth`."""
+the operator (which wires a Secret to them). See `mainsail.router.front.auth`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The router process: both fronts, the registry's pruning loop and the KV event feed.
 
 `RouterServer` assembles the parts from a `RouterConfig` (seams — transport, clock, RNG —
-injectable for tests) and serves HTTP (`http_server`, on a socket we bind with TCP_NODELAY) and
-gRPC (Inference, Registry, standard health, reflection) from one asyncio loop.
+injectable for tests) and serves HTTP (`front.http_server`, on a socket we bind with
+TCP_NODELAY) and gRPC (Inference, Registry, standard health, reflection) from one asyncio loop.
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from grpc_reflection.v1alpha import reflection
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.router.auth import Credentials
-from mainsail.router.grpc_front import InferenceService, RegistryService
-from mainsail.router.http_front import HttpFront
-from mainsail.router.http_server import HttpServer
-from mainsail.router.kv_events import KVEventFeed
+from mainsail.router.fleet.kv_events import KVEventFeed
+from mainsail.router.fleet.pool_load import PoolLoadCollector
+from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
+from mainsail.router.fleet.transport import GrpcTransport, WorkerTransport
+from mainsail.router.front.auth import Credentials
+from mainsail.router.front.grpc_api import InferenceService, RegistryService
+from mainsail.router.front.http_api import HttpFront
+from mainsail.router.front.http_server import HttpServer
 from mainsail.router.kvindex import ApproximateIndex, GlobalKVIndex
 from mainsail.router.metrics import RouterMetrics
-from mainsail.router.pool_load import PoolLoadCollector
-from mainsail.router.registry import WorkerEntry, WorkerRegistry
-from mainsail.router.route import Router
+from mainsail.router.routing.router import Router
 from mainsail.router.scheduling import build_profile
 from mainsail.router.settings import RouterConfig
-from mainsail.router.transport import GrpcTransport, WorkerTransport
 from mainsail.spec.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

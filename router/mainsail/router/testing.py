@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.fleet.registry import WorkerRegistry
+from mainsail.router.fleet.transport import TransportError
 from mainsail.router.kvindex import GlobalKVIndex
-from mainsail.router.registry import WorkerRegistry
-from mainsail.router.route import Router
+from mainsail.router.routing.router import Router
 from mainsail.router.scheduling import WorkerSnapshot, build_profile
 from mainsail.router.settings import RouterConfig
-from mainsail.router.transport import TransportError
 from mainsail.spec.tokenizer import Tokenizer
 
 

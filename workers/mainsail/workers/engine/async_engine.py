@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.5
 
 
+@dataclass(frozen=True)
+class _Add:
+    """Command: start ``request``."""
+
+    request: EngineRequest
+
+
+@dataclass(frozen=True)
+class _Abort:
+    """Command: stop the request ``request_id``."""
+
+    request_id: str
+
+
+_Command = _Add | _Abort
+
+
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
@@ -38,7 +55,7 @@ class AsyncEngine:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._commands: queue.SimpleQueue[tuple[str, EngineRequest | str]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -62,7 +79,7 @@ class AsyncEngine:
             if req.request_id in self._streams:
                 raise EngineInputError(f"request id {req.request_id!r} is already in use")
             self._streams[req.request_id] = stream
-        self._send("add", req)
+        self._send(_Add(req))
         finished = False
         try:
             while True:
@@ -78,11 +95,11 @@ class AsyncEngine:
             with self._lock:
                 self._streams.pop(req.request_id, None)
             if not finished:
-                self._send("abort", req.request_id)
+                self._send(_Abort(req.request_id))
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its stream ends with finish_reason "abort"."""
-        self._send("abort", request_id)
+        self._send(_Abort(request_id))
 
     def metrics(self) -> EngineMetrics:
         """The snapshot taken after the latest step."""
@@ -113,8 +130,8 @@ class AsyncEngine:
         self._wake.set()
         await asyncio.to_thread(self._thread.join)
 
-    def _send(self, kind: str, arg: EngineRequest | str) -> None:
-        self._commands.put((kind, arg))
+    def _send(self, command: _Command) -> None:
+        self._commands.put(command)
         self._wake.set()
 
     def _run(self) -> None:
@@ -142,16 +159,16 @@ class AsyncEngine:
     def _apply_commands(self) -> None:
         while True:
             try:
-                kind, arg = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if kind == "add" and isinstance(arg, EngineRequest):
+            if isinstance(command, _Add):
                 try:
-                    self.engine.add_request(arg)
+                    self.engine.add_request(command.request)
                 except Exception as exc:
-                    self._deliver(arg.request_id, exc)
-            elif kind == "abort" and isinstance(arg, str):
-                self.engine.abort(arg)
+                    self._deliver(command.request.request_id, exc)
+            else:
+                self.engine.abort(command.request_id)
 
     def _publish(self) -> None:
         metrics = self.engine.metrics()

@@ -21,8 +21,8 @@ import numpy as np
 import redis
 import torch
 
-from mainsail.workers.kvtier.lean_pipeline import Buffer, pack
 from mainsail.workers.kvtier.resp_batch import SMALL_BLOCK_BYTES, RespBatch, recv_rows
+from mainsail.workers.kvtier.resp_pipeline import Buffer, pack
 
 _CHUNK = 1 << 20
 _LINE_READ = 64 << 10  # bytes per read while looking for a reply header (payload rarely)

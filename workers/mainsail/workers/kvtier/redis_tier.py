@@ -30,14 +30,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mainsail.workers.kvtier.bulk_get import get_into
-from mainsail.workers.kvtier.lean_pipeline import (
+from mainsail.workers.kvtier.resp_batch import RespBatch, hex_keys, read_exists
+from mainsail.workers.kvtier.resp_pipeline import (
     Arg,
     ReplyPipe,
     Value,
     exchange,
     run_pipeline,
 )
-from mainsail.workers.kvtier.resp_batch import RespBatch, hex_keys, read_exists
 from mainsail.workers.kvtier.write_session import WriteSession, _size, _slicer
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ data copied in with one strided copy. Replies of a fixed size (``:0``/``:1`` for
 ``+OK`` for SET, a hit for GET) are received into one buffer and checked the same way.
 
 The copy into the batch array costs a memcpy per byte, so this path is for small blocks
-(`SMALL_BLOCK_BYTES`); large blocks keep `lean_pipeline`'s zero-copy sends and
+(`SMALL_BLOCK_BYTES`); large blocks keep `resp_pipeline`'s zero-copy sends and
 `bulk_get`'s receive straight into the staging tensor.
 """
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 
-from mainsail.workers.kvtier.lean_pipeline import Buffer, Payload, ReplyPipe, Value, pack
 from mainsail.workers.kvtier.resp_batch import hex_keys, read_ok
+from mainsail.workers.kvtier.resp_pipeline import Buffer, Payload, ReplyPipe, Value, pack
 
 if TYPE_CHECKING:
     from mainsail.workers.kvtier.redis_tier import RedisKVTier

@@ -23,7 +23,7 @@ from typing import cast
 
 import httptools
 
-from mainsail.router.http_wire import Handler, Request, Response, StreamResponse
+from mainsail.router.front.http_wire import Handler, Request, Response, StreamResponse
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Why not ASGI: the router serves a handful of endpoints whose hot path is one str
 response per request, and the ASGI stack (message dicts per body part, a task group per
 streamed response, middleware) cost more CPU per request than routing did. The front returns
 either a whole `Response` or a `StreamResponse` whose body callback writes bytes to a
-`ChunkWriter`; `mainsail.router.http_server` frames them on the socket.
+`ChunkWriter`; `mainsail.router.front.http_server` frames them on the socket.
 """
 
 from __future__ import annotations

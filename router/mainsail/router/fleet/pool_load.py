@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mainsail.router.registry import WorkerEntry
+from mainsail.router.fleet.registry import WorkerEntry
 from mainsail.spec.pool_signals import POOL_FIELDS, POOL_PREFIX, ROLE_LABEL
 
 ROLES = ("unified", "encode", "prefill", "decode")

@@ -8,28 +8,41 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.prepare import Prepared
-from mainsail.router.registry import WorkerEntry
+from mainsail.router.fleet.registry import WorkerEntry
+from mainsail.router.routing.prepare import Prepared
 
 
 @dataclass
 class RouteStream:
-    """An open request: the first chunk is already in hand."""
+    """An open request: the first chunk is already in hand, `after_first` yields the others."""
 
     prepared: Prepared
     worker_id: str
     first: pb.TokenChunk
-    rest: AsyncIterator[pb.TokenChunk]
+    after_first: AsyncIterator[pb.TokenChunk]
     started: float
     entry: WorkerEntry | None = None  # released (outstanding count) when the route ends
     migrate_to: str | None = None  # set by `Router.migrate`: "" = any worker, else its id
     generated: list[int] = field(default_factory=list)  # tokens streamed so far
     _closed: bool = field(default=False)
 
+    @property
+    def closed(self) -> bool:
+        """True once the route ended (finished, failed or abandoned by its client)."""
+        return self._closed
+
+    def close(self) -> bool:
+        """Marks the route ended; True only the first time (the caller then releases what
+        the route booked)."""
+        if self._closed:
+            return False
+        self._closed = True
+        return True
+
 
 async def nothing() -> AsyncIterator[pb.TokenChunk]:
     return
-    yield  # an async generator that yields nothing (a placeholder until `_rest` is set)
+    yield  # an async generator that yields nothing (a placeholder until `after_first` is set)
 
 
 async def prepend(

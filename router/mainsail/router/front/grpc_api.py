@@ -13,9 +13,9 @@ import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.router.auth import Credentials
 from mainsail.router.errors import RouterError
-from mainsail.router.route import Router
+from mainsail.router.front.auth import Credentials
+from mainsail.router.routing.router import Router
 
 
 class InferenceService(pb_grpc.InferenceServicer):

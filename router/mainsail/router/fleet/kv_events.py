@@ -10,21 +10,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Protocol
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.kvindex import KVIndex
-from mainsail.router.registry import WorkerEntry
-from mainsail.router.transport import TransportError, WorkerTransport
+from mainsail.router.fleet.registry import WorkerEntry
+from mainsail.router.fleet.transport import TransportError, WorkerTransport
 
 log = logging.getLogger(__name__)
 
 _TIERS = {pb.KV_TIER_DEVICE: "device", pb.KV_TIER_HOST: "host", pb.KV_TIER_REDIS: "redis"}
 
 
+class KVEventSink(Protocol):
+    """Where events go (the router's KV index; `kvindex.KVIndex` satisfies this)."""
+
+    def replace_worker(self, worker_id: str, hashes: Sequence[int], tier: str) -> None: ...
+
+    def apply_event(self, worker_id: str, kind: str, hashes: Sequence[int], tier: str) -> None: ...
+
+    def remove_worker(self, worker_id: str) -> None: ...
+
+
 class KVEventFeed:
     """Subscribes to workers' KV events and applies them to ``index``."""
 
-    def __init__(self, index: KVIndex, transport: WorkerTransport, retry_s: float = 1.0) -> None:
+    def __init__(
+        self, index: KVEventSink, transport: WorkerTransport, retry_s: float = 1.0
+    ) -> None:
         self.index = index
         self.transport = transport
         self.retry_s = retry_s

@@ -3,48 +3,46 @@
 The new worker gets the prompt plus every token already streamed as its prompt, and the
 remaining budget; the client's stream carries on. Used when a worker fails mid-stream (resume),
 on request (`migrate`, `drain`), by automatic rebalancing (`rebalance`), and for the decode half
-of a disaggregated request (`_prefill_half` / `_decode_half`). A mixin of `Router`: it needs the
-router's registry, transport, scheduling (`_choose`) and accounting (`_release`).
+of a disaggregated request (`prefill_half` / `decode_half`). Each move is one
+`Dispatcher.dispatch`, the same path a new request takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Sequence
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import RouterError, not_found
+from mainsail.router.fleet.registry import WorkerRegistry
+from mainsail.router.fleet.transport import TransportError, WorkerTransport
 from mainsail.router.metrics import RouterMetrics
-from mainsail.router.prepare import Prepared
-from mainsail.router.rebalance import Move, WorkerLoad, plan_moves
-from mainsail.router.registry import WorkerEntry, WorkerRegistry
-from mainsail.router.route_stream import RouteStream, prepend, whole_usage
+from mainsail.router.routing.dispatch import Dispatcher
+from mainsail.router.routing.prepare import Prepared
+from mainsail.router.routing.rebalance import Move, WorkerLoad, plan_moves
+from mainsail.router.routing.route_stream import RouteStream, prepend, whole_usage
 from mainsail.router.settings import RouterConfig
-from mainsail.router.transport import TransportError, WorkerTransport
 
 
-class MovesMixin:
-    """The moves between workers (see the module docstring)."""
+class RequestMover:
+    """The open routes by request id, and the moves between workers (see the module doc)."""
 
-    config: RouterConfig
-    registry: WorkerRegistry
-    transport: WorkerTransport
-    metrics: RouterMetrics
-    _active: dict[str, RouteStream]
-    _clock: Callable[[], float]
+    def __init__(
+        self,
+        config: RouterConfig,
+        registry: WorkerRegistry,
+        transport: WorkerTransport,
+        dispatcher: Dispatcher,
+        metrics: RouterMetrics,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.transport = transport
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.active: dict[str, RouteStream] = {}  # open routes by request id
 
-    if TYPE_CHECKING:
-
-        async def _choose(
-            self, prepared: Prepared, tried: set[str], started: float, timeout: float | None = None
-        ) -> tuple[WorkerEntry, int]: ...
-
-        def _release(self, entry: WorkerEntry) -> None: ...
-
-        def notify(self) -> None: ...
-
-    def _prefill_half(self, prepared: Prepared) -> Prepared | None:
+    def prefill_half(self, prepared: Prepared) -> Prepared | None:
         """The prefill half of a disaggregated request (one token, on a prefill worker), or
         None when the request runs whole (not disaggregated, one token, no prefill worker)."""
         if not self.config.disaggregated or prepared.sampling.max_tokens <= 1:
@@ -60,9 +58,9 @@ class MovesMixin:
             info=dataclasses.replace(prepared.info, role="prefill", max_tokens=1),
         )
 
-    async def _decode_half(self, route: RouteStream) -> AsyncIterator[pb.TokenChunk]:
+    async def decode_half(self, route: RouteStream) -> AsyncIterator[pb.TokenChunk]:
         """Continues a prefilled request on a decode worker (which fetches the published KV)."""
-        stream = await self._resume(route, list(route.first.token_ids))
+        stream = await self.move(route, list(route.first.token_ids))
         if stream is None:
             why = "no decode worker took the request after its prefill"
             yield pb.TokenChunk(
@@ -70,10 +68,10 @@ class MovesMixin:
             )
             return
         self.metrics.handoffs.inc()
-        async for chunk in self._rest(route, stream, moved=True):
+        async for chunk in self.after_first(route, stream, moved=True):
             yield chunk
 
-    async def _rest(
+    async def after_first(
         self, route: RouteStream, stream: AsyncIterator[pb.TokenChunk], moved: bool = False
     ) -> AsyncIterator[pb.TokenChunk]:
         """The chunks after the first. Moves the request to another worker when its worker
@@ -104,13 +102,13 @@ class MovesMixin:
             resumed = None
             if migrating:
                 target, route.migrate_to = route.migrate_to, None
-                resumed = await self._resume(route, generated, target or None)
+                resumed = await self.move(route, generated, target or None)
                 if resumed is not None:
                     self.metrics.migrations.inc()
                 why = "the request could not be moved to another worker"
             while resumed is None and resumes < self.config.max_resumes:
                 resumes += 1
-                resumed = await self._resume(route, generated)
+                resumed = await self.move(route, generated)
                 if resumed is not None:
                     self.metrics.resumes.inc()
             if resumed is None:
@@ -119,48 +117,28 @@ class MovesMixin:
                 return
             stream, moved = resumed, True
 
-    async def _resume(
-        self, route: RouteStream, generated: list[int], target: str | None = None
+    async def move(
+        self, route: RouteStream, generated: Sequence[int], target: str | None = None
     ) -> AsyncIterator[pb.TokenChunk] | None:
         """Continues ``route`` on another worker (``target`` if given and registered); its
         stream, or None if no worker took it."""
-        prepared = route.prepared
-        budget = prepared.sampling.max_tokens - len(generated)
-        if budget <= 0:
+        if route.prepared.sampling.max_tokens - len(generated) <= 0:
             return None
-        picked = self.registry.get(target) if target else None
-        if picked is not None and picked.worker_id != route.worker_id and not picked.draining:
-            entry = picked
-        else:
-            try:
-                entry, _hits = await self._choose(
-                    prepared, {route.worker_id}, self._clock(), self.config.resume_timeout
-                )
-            except RouterError:
-                return None
-        if route.entry is not None:
-            self._release(route.entry)
-        route.entry, route.worker_id = entry, entry.worker_id
-        entry.outstanding += 1
-        self.metrics.inflight.inc()
-        sampling = pb.SamplingParams()
-        sampling.CopyFrom(prepared.sampling)
-        sampling.max_tokens = budget
-        request = pb.WorkerRequest(
-            request_id=prepared.request_id,
-            prompt_token_ids=[*prepared.token_ids, *generated],
-            sampling=sampling,
-            adapter=prepared.adapter,
-            priority=prepared.priority,
-            sampled_before=len(generated),
-        )
-        stream = self.transport.submit(entry.address, request)
+        if route.entry is not None:  # the old worker no longer holds the request
+            self.dispatcher.release(route.entry)
+            route.entry = None
         try:
-            first = await anext(stream)
-        except (TransportError, StopAsyncIteration):
-            self.registry.mark_failed(entry.worker_id)
+            sent = await self.dispatcher.dispatch(
+                route.prepared,
+                timeout=self.config.resume_timeout,
+                avoid=(route.worker_id,),
+                target=target,
+                generated=generated,
+            )
+        except RouterError:
             return None
-        return prepend(first, stream)
+        route.entry, route.worker_id = sent.entry, sent.entry.worker_id
+        return prepend(sent.first, sent.stream)
 
     # ------------------------------------------------------------------ migration
 
@@ -171,8 +149,8 @@ class MovesMixin:
         The worker is asked to abort; its last chunk (reason "abort") is swallowed and the
         request continues elsewhere from the tokens already streamed, as after a failure.
         """
-        route = self._active.get(request_id)
-        if route is None or route._closed:
+        route = self.active.get(request_id)
+        if route is None or route.closed:
             return False
         route.migrate_to = target or ""
         entry = self.registry.get(route.worker_id)
@@ -182,10 +160,11 @@ class MovesMixin:
         return True
 
     def plan_rebalance(self) -> list[Move]:
-        """This round's automatic migrations (`mainsail.router.rebalance`), not yet made."""
+        """This round's automatic migrations (`mainsail.router.routing.rebalance`), not yet
+        made."""
         streams: dict[str, list[tuple[str, int]]] = {}
-        for route in self._active.values():
-            if route.migrate_to is None and not route._closed:
+        for route in self.active.values():
+            if route.migrate_to is None and not route.closed:
                 context = len(route.prepared.token_ids) + len(route.generated)
                 streams.setdefault(route.worker_id, []).append((route.prepared.request_id, context))
         workers = [
@@ -214,10 +193,10 @@ class MovesMixin:
         if entry is None:
             raise not_found(f"No worker {worker_id!r} is registered.")
         entry.draining = drain
-        self.notify()
+        self.dispatcher.chooser.notify()
         if not drain:
             return 0
-        streaming = [r for r in self._active.values() if r.worker_id == worker_id]
+        streaming = [r for r in self.active.values() if r.worker_id == worker_id]
         moved = 0
         for route in streaming:
             moved += await self.migrate(route.prepared.request_id)

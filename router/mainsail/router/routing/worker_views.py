@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.metrics import RouterMetrics
-from mainsail.router.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.scheduling import PluginTiming, WorkerSnapshot
 
 _Static = tuple[WorkerEntry, str, frozenset[str], str, int, int]

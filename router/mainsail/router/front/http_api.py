@@ -6,7 +6,7 @@ OpenAI error bodies; an error after streaming began arrives as an SSE `error` ev
 by `[DONE]`, which the `openai` SDK raises as an APIError. A streamed response makes one
 socket write per worker message (its events, and on the last one `[DONE]` and the end of the
 body), so a worker that sends several ready tokens at once costs one write, not several.
-Served by `mainsail.router.http_server`; also /health (503 until a worker is registered)
+Served by `mainsail.router.front.http_server`; also /health (503 until a worker is registered)
 and /metrics (Prometheus text).
 """
 
@@ -18,18 +18,18 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.auth import Credentials
 from mainsail.router.errors import RouterError, bad_request, not_found
-from mainsail.router.http_wire import (
+from mainsail.router.front.auth import Credentials
+from mainsail.router.front.http_wire import (
     ChunkWriter,
     Request,
     Response,
     StreamResponse,
     json_response,
 )
-from mainsail.router.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
-from mainsail.router.openai_shapes import ChatShape, CompletionShape, Shape, sse_event
-from mainsail.router.route import Router, RouteStream
+from mainsail.router.front.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
+from mainsail.router.front.openai_shapes import ChatShape, CompletionShape, Shape, sse_event
+from mainsail.router.routing.router import Router, RouteStream
 
 Endpoint = Callable[[Request], Awaitable[Response | StreamResponse]]
 _DONE = b"data: [DONE]\n\n"

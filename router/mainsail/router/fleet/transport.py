@@ -2,7 +2,7 @@
 
 `GrpcTransport` keeps one channel per worker address (gRPC sets TCP_NODELAY on its sockets)
 and sends every request to that worker over one long-lived `Worker.SubmitMany` stream
-(`mainsail.router.worker_stream`): a gRPC call per request cost the router about as much CPU
+(`mainsail.router.fleet.worker_stream`): a gRPC call per request cost the router about as much CPU
 as everything else it does for a request. Tests and benchmarks inject
 `mainsail.router.testing.FakeTransport` instead.
 """
@@ -18,7 +18,7 @@ import grpc
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.errors import TransportError
-from mainsail.router.worker_stream import WorkerStream
+from mainsail.router.fleet.worker_stream import WorkerStream
 
 
 class WorkerTransport(Protocol):

@@ -1,0 +1,136 @@
+"""One dispatch: choose a worker, book it, submit, wait for the first chunk, fail over.
+
+Every way a request reaches a worker goes through `Dispatcher.dispatch`: a new request
+(`Router.open`), the decode half of a disaggregated request, and every move of a streaming
+request to another worker (`moves.py`: after a failure, `migrate`, `drain`, rebalancing). So
+the router's own counts — `outstanding` and the prefill backlog per worker, the in-flight
+gauge — and taking a broken worker out of the registry are written here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.errors import upstream_failed
+from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
+from mainsail.router.fleet.transport import TransportError, WorkerTransport
+from mainsail.router.metrics import RouterMetrics
+from mainsail.router.routing.choose import WorkerChooser
+from mainsail.router.routing.prepare import Prepared
+from mainsail.router.routing.route_stream import close_stream
+
+
+@dataclass
+class Dispatched:
+    """A request a worker accepted: the booked worker, its first chunk and the rest."""
+
+    entry: WorkerEntry
+    first: pb.TokenChunk
+    stream: AsyncIterator[pb.TokenChunk]
+
+
+def worker_request(
+    prepared: Prepared, generated: Sequence[int] = (), kv_publish: bool = False
+) -> pb.WorkerRequest:
+    """What a worker is sent: the prompt plus any tokens already streamed (as prompt, with
+    the remaining budget and the sampling position to continue from)."""
+    sampling = prepared.sampling
+    if generated:
+        sampling = pb.SamplingParams()
+        sampling.CopyFrom(prepared.sampling)
+        sampling.max_tokens = prepared.sampling.max_tokens - len(generated)
+    return pb.WorkerRequest(
+        request_id=prepared.request_id,
+        prompt_token_ids=[*prepared.token_ids, *generated],
+        sampling=sampling,
+        adapter=prepared.adapter,
+        priority=prepared.priority,
+        kv_publish=kv_publish,
+        sampled_before=len(generated),
+    )
+
+
+class Dispatcher:
+    """Books, submits and fails over; the only writer of the router's per-worker counts."""
+
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        transport: WorkerTransport,
+        chooser: WorkerChooser,
+        metrics: RouterMetrics,
+        block_size: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.registry = registry
+        self.transport = transport
+        self.chooser = chooser
+        self.metrics = metrics
+        self.block_size = block_size
+        self._clock = clock
+
+    async def dispatch(
+        self,
+        prepared: Prepared,
+        *,
+        timeout: float,
+        attempts: int = 1,
+        started: float | None = None,
+        avoid: Sequence[str] = (),
+        target: str | None = None,
+        generated: Sequence[int] = (),
+        kv_publish: bool = False,
+    ) -> Dispatched:
+        """Sends ``prepared`` (continuing after ``generated``) to ``target`` if it can take
+        it, else to the scheduler's choice among workers not in ``avoid``, trying up to
+        ``attempts`` workers until one produces a first chunk. RouterError 503 when no
+        worker was free within ``timeout`` of ``started``, 502 when every try failed."""
+        started = self._clock() if started is None else started
+        tried = set(avoid)
+        work = worker_request(prepared, generated, kv_publish)
+        last_error = ""
+        for _attempt in range(attempts):
+            picked = self.registry.get(target) if target else None
+            target = None
+            if picked is not None and picked.worker_id not in tried and not picked.draining:
+                entry, hit_blocks = picked, 0
+            else:
+                entry, hit_blocks = await self.chooser.choose(prepared, tried, started, timeout)
+            tried.add(entry.worker_id)
+            self.book(entry)
+            # Prefill work this request adds until its first token: the router's own, current
+            # view of the backlog (worker reports lag by up to a heartbeat).
+            backlog = max(0, len(work.prompt_token_ids) - hit_blocks * self.block_size)
+            entry.pending_prefill += backlog
+            stream = self.transport.submit(entry.address, work)
+            self.chooser.recorder.flush()  # after the request is on its way, off its latency
+            try:
+                first = await anext(stream)
+            except (TransportError, StopAsyncIteration) as exc:
+                last_error = str(exc) or "stream ended before any token"
+                self.release(entry)
+                self.registry.mark_failed(entry.worker_id)
+                if not generated:
+                    self.metrics.failovers.inc()  # nothing streamed yet: a fail-over
+                continue
+            except BaseException:
+                self.release(entry)
+                await close_stream(stream)
+                raise
+            finally:
+                entry.pending_prefill = max(0, entry.pending_prefill - backlog)
+            return Dispatched(entry, first, stream)
+        raise upstream_failed(f"Workers failed before producing a token: {last_error}")
+
+    def book(self, entry: WorkerEntry) -> None:
+        """Counts a request as outstanding on ``entry``."""
+        entry.outstanding += 1
+        self.metrics.inflight.inc()
+
+    def release(self, entry: WorkerEntry) -> None:
+        """Undoes `book` and wakes requests waiting for capacity."""
+        entry.outstanding = max(0, entry.outstanding - 1)
+        self.metrics.inflight.dec()
+        self.chooser.notify()

@@ -1,0 +1,208 @@
+"""`Router`: the one request path both fronts call — validate, admit, dispatch, stream.
+
+`Router.open` does everything that can fail *before* the first token — validation (400/404),
+admission (429), choosing a worker (503 after `dispatch_timeout`), and fail-over to another
+worker when the chosen one breaks before producing anything (`dispatch.py`) — so the HTTP
+front can still answer with a proper status code. The returned `RouteStream` yields the rest.
+
+A worker that dies *after* the first token costs the request nothing: the request moves to
+another worker, which continues it from the tokens already streamed (`moves.py`, also behind
+`migrate`, `drain`, rebalancing and the decode half of disaggregated requests). Only when no
+worker takes it within `resume_timeout`, or after `max_resumes` moves, does the stream end
+with `finish_reason="error"` — never a hang.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.errors import RouterError, overloaded
+from mainsail.router.fleet.registry import WorkerRegistry
+from mainsail.router.fleet.transport import WorkerTransport
+from mainsail.router.kvindex import ApproximateIndex, KVIndex
+from mainsail.router.metrics import RouterMetrics
+from mainsail.router.routing.choose import WorkerChooser
+from mainsail.router.routing.dispatch import Dispatcher
+from mainsail.router.routing.moves import RequestMover
+from mainsail.router.routing.prepare import Prepared, RequestPreparer
+from mainsail.router.routing.rebalance import Move
+from mainsail.router.routing.route_stream import RouteStream, close_stream, nothing
+from mainsail.router.scheduling import SchedulingProfile
+from mainsail.router.settings import RouterConfig
+from mainsail.spec.tokenizer import Tokenizer
+
+
+class Router:
+    """Validation, admission and dispatch over an injected transport (composed of a
+    `WorkerChooser`, a `Dispatcher` and a `RequestMover`)."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        tokenizer: Tokenizer,
+        registry: WorkerRegistry,
+        transport: WorkerTransport,
+        profile: SchedulingProfile,
+        index: KVIndex,
+        metrics: RouterMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        approx: ApproximateIndex | None = None,
+        publishes_events: Callable[[str], bool] = lambda worker_id: True,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.registry = registry
+        self.transport = transport
+        self.metrics = metrics or RouterMetrics()
+        self._clock = clock
+        self.preparer = RequestPreparer(config, tokenizer)
+        self.chooser = WorkerChooser(
+            registry, profile, index, self.metrics, clock, approx, publishes_events
+        )
+        self.dispatcher = Dispatcher(
+            registry, transport, self.chooser, self.metrics, config.kv_hash.block_size, clock
+        )
+        self.moves = RequestMover(config, registry, transport, self.dispatcher, self.metrics)
+        self._outcome_metric: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ validation
+
+    def served_models(self) -> list[str]:
+        """Model ids clients may name: the base model and `<model>:<adapter>`."""
+        return self.preparer.served_models()
+
+    def prepare(self, request: pb.GenerateRequest) -> Prepared:
+        """Check and tokenize ``request``; raises RouterError (4xx) naming what is wrong."""
+        return self.preparer.prepare(request)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def notify(self) -> None:
+        """Wake requests waiting for capacity (a worker joined, heartbeated or finished)."""
+        self.chooser.notify()
+
+    async def open(self, request: pb.GenerateRequest) -> RouteStream:
+        """Prepare, admit and dispatch ``request``; returns once its first chunk arrived."""
+        prepared = self.prepare(request)
+        if self.chooser.waiting >= self.config.max_queue:
+            raise overloaded(
+                f"The router's queue is full ({self.config.max_queue} requests waiting); "
+                "retry later."
+            )
+        started = self._clock()
+        prefill = self.moves.prefill_half(prepared)
+        sent = await self.dispatcher.dispatch(
+            prefill or prepared,
+            timeout=self.config.dispatch_timeout,
+            attempts=self.config.max_attempts,
+            started=started,
+            kv_publish=prefill is not None,
+        )
+        first = sent.first
+        route = RouteStream(prepared, sent.entry.worker_id, first, nothing(), started, sent.entry)
+        if prefill is not None and first.finish_reason == "length" and first.token_ids:
+            # The prefill half is done; the decode half continues from its token.
+            first.finish_reason = ""
+            first.ClearField("usage")
+            await close_stream(sent.stream)
+            route.after_first = self.moves.decode_half(route)
+        else:
+            route.after_first = self.moves.after_first(route, sent.stream)
+        self.moves.active[prepared.request_id] = route
+        return route
+
+    # ------------------------------------------------------------------ moves
+
+    async def migrate(self, request_id: str, target: str | None = None) -> bool:
+        """See `RequestMover.migrate`."""
+        return await self.moves.migrate(request_id, target)
+
+    async def drain(self, worker_id: str, drain: bool = True) -> int:
+        """See `RequestMover.drain`."""
+        return await self.moves.drain(worker_id, drain)
+
+    def plan_rebalance(self) -> list[Move]:
+        """See `RequestMover.plan_rebalance`."""
+        return self.moves.plan_rebalance()
+
+    async def rebalance(self) -> list[Move]:
+        """See `RequestMover.rebalance`."""
+        return await self.moves.rebalance()
+
+    # ------------------------------------------------------------------ streaming
+
+    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        """The whole request as responses; errors before the first token raise RouterError."""
+        route = await self.open(request)
+        async for response in self.responses(route):
+            yield response
+
+    async def responses(self, route: RouteStream) -> AsyncIterator[pb.GenerateResponse]:
+        """Turn a route's chunks into client responses, recording latency and usage."""
+        async for chunk in self.chunks(route):
+            yield self._response(route, chunk)
+
+    async def chunks(self, route: RouteStream) -> AsyncGenerator[pb.TokenChunk, None]:
+        """The route's chunks as the worker sent them, ending with one that has a finish
+        reason ("error" when the worker broke off); records latency and usage, releases the
+        worker and aborts the request if the caller stops early."""
+        first_seen = self._clock()
+        self.metrics.ttft.observe(first_seen - route.started)
+        chunk: pb.TokenChunk | None = route.first
+        finished = False
+        try:
+            while chunk is not None:
+                if chunk.finish_reason:
+                    finished = True
+                    self._account(chunk)
+                yield chunk
+                if finished:
+                    break
+                chunk = await anext(route.after_first, None)
+            if not finished:
+                yield pb.TokenChunk(
+                    request_id=route.prepared.request_id,
+                    finish_reason="error",
+                    error="worker closed the stream without finishing",
+                )
+        finally:
+            if not finished:
+                entry = self.registry.get(route.worker_id)
+                if entry is not None:
+                    await self.transport.abort(entry.address, route.prepared.request_id)
+            await close_stream(route.after_first)
+            # Released here, not in `after_first`: a route whose first chunk finished it
+            # never starts `after_first`, and closing an unstarted generator runs none of it.
+            if route.close():
+                self.moves.active.pop(route.prepared.request_id, None)
+                if route.entry is not None:
+                    self.dispatcher.release(route.entry)
+            self.metrics.e2e.observe(self._clock() - route.started)
+
+    def _account(self, chunk: pb.TokenChunk) -> None:
+        outcome = "ok" if chunk.finish_reason in ("stop", "length") else chunk.finish_reason
+        child = self._outcome_metric.get(outcome)
+        if child is None:
+            child = self._outcome_metric[outcome] = self.metrics.requests.labels("any", outcome)
+        child.inc()
+        self.metrics.prompt_tokens.inc(chunk.usage.prompt_tokens)
+        self.metrics.cached_tokens.inc(chunk.usage.cached_tokens)
+        self.metrics.generation_tokens.inc(chunk.usage.completion_tokens)
+
+    def _response(self, route: RouteStream, chunk: pb.TokenChunk) -> pb.GenerateResponse:
+        return pb.GenerateResponse(
+            request_id=route.prepared.request_id,
+            token_ids=chunk.token_ids,
+            text=chunk.text,
+            finish_reason=chunk.finish_reason,
+            logprobs=chunk.logprobs,
+            usage=chunk.usage,
+            worker_id=route.worker_id,
+            error=chunk.error,
+        )
+
+
+__all__ = ["Prepared", "RouteStream", "Router", "RouterError"]
