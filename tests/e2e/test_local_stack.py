@@ -18,7 +18,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support.stack import running_stack
+from support.stack import running_stack, worker_pid, worker_pids
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -243,16 +243,7 @@ def test_a_worker_dying_mid_stream_costs_the_request_nothing(stack: dict[str, An
             tokens += last.token_ids
             served_by.append(last.worker_id)
             if killed is None and len(tokens) >= 20:
-                workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
-                address = next(w["address"] for w in workers if w["id"] == last.worker_id)
-                port = int(address.rsplit(":", 1)[1])
-                killed = next(
-                    c.pid
-                    for c in psutil.net_connections("tcp")
-                    if c.status == psutil.CONN_LISTEN
-                    and getattr(c.laddr, "port", None) == port
-                    and c.pid
-                )
+                killed = worker_pid(stack, last.worker_id)
                 psutil.Process(killed).kill()
     assert killed is not None, "the stream finished before a worker could be killed"
     assert last.finish_reason == "length" and not last.error
@@ -277,13 +268,10 @@ def reference_prompt_tokens(stack: dict[str, Any], request: pb.GenerateRequest) 
 def test_workers_dying_mid_stream_end_the_stream_with_an_error(
     client: openai.OpenAI, stack: dict[str, Any]
 ) -> None:
-    """Runs last: kills every worker actor while a long stream is in flight."""
-    workers = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any("WorkerActor" in part for part in (p.info["cmdline"] or []))
-    ]
-    assert workers, "no worker actor processes found"
+    """Runs last: kills every worker of this stack (by pid, never by name) while a long
+    stream is in flight."""
+    workers = [psutil.Process(pid) for pid in worker_pids(stack).values()]
+    assert workers, "no worker processes found"
     stream = client.completions.create(
         model=stack["model"],
         prompt="Tell a long story",

@@ -15,7 +15,9 @@ where ``t_{i,*}`` are the ``B = block_size`` token ids of block ``i`` (only *ful
 hashed; a trailing partial block has no id). ``h_i`` is read as an unsigned little-endian
 64-bit integer. Chaining makes a block's id depend on the whole prefix before it, so equal ids
 mean equal prefixes (up to 64-bit collisions). Optionally an adapter name is mixed into the
-seed, so the same tokens under different LoRA adapters never share KV.
+seed, so the same tokens under different LoRA adapters never share KV, and so is a cache
+namespace (the tenant, `hash_key`), so two tenants never share a cached prefix: without it,
+`usage.cached_tokens` would tell one tenant, block by block, what another one sent.
 
 Cost: one BLAKE2b call over ``8 + 4*B`` bytes per block, linear in the prompt's blocks.
 """
@@ -59,6 +61,16 @@ def adapter_seed(seed: int, adapter: str | None) -> int:
         struct.pack("<Q", seed) + adapter.encode(), digest_size=8, key=_KEY
     ).digest()
     return int.from_bytes(digest, "little")
+
+
+def hash_key(adapter: str | None, namespace: str | None = None) -> str | None:
+    """What is mixed into the seed for a request: its adapter and its cache namespace.
+
+    ``None`` for the base model in the shared namespace (the seed is used unchanged, so
+    deployments without tenants hash exactly as before)."""
+    if not namespace:
+        return adapter or None
+    return f"{adapter or ''}\x00ns:{namespace}"
 
 
 def block_hash(parent: int, tokens: Sequence[int]) -> int:

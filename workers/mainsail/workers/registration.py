@@ -3,7 +3,10 @@
 Registration carries the KV hashing parameters; a router that disagrees refuses the worker
 and says why (`RegistrationRefused`), which the worker reports instead of serving traffic
 that would be mis-routed. When the router forgets the worker (restart, missed heartbeats) the
-next heartbeat says so and the worker registers again.
+next heartbeat says so and the worker registers again. Every call carries the worker-plane
+token (`mainsail.spec.worker_auth`). A refusal with `retry_after` > 0 is temporary (the id is
+still held by a live worker, for example this worker's previous process): the worker waits and
+registers again instead of giving up.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.spec.worker_auth import WorkerCredential
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,11 @@ class Registrar:
         load: Callable[[], pb.LoadSnapshot],
         *,
         retry_s: float = 0.5,
+        credential: WorkerCredential | None = None,
     ) -> None:
         self.router_address = router_address
+        self.credential = credential or WorkerCredential()
+        self._metadata = self.credential.metadata
         self.info = info
         self.load = load
         self.retry_s = retry_s
@@ -51,7 +58,11 @@ class Registrar:
             while True:
                 try:
                     if not self.registered.is_set():
-                        reply = await stub.Register(self.info, timeout=5.0)
+                        reply = await stub.Register(self.info, timeout=5.0, metadata=self._metadata)
+                        if not reply.accepted and reply.retry_after > 0:
+                            log.info("registration deferred: %s", reply.detail)
+                            await asyncio.sleep(min(reply.retry_after, 30.0))
+                            continue
                         if not reply.accepted:
                             self.refused = reply.detail
                             raise RegistrationRefused(reply.detail)
@@ -61,12 +72,16 @@ class Registrar:
                     beat = await stub.Heartbeat(
                         pb.HeartbeatRequest(worker_id=self.info.worker_id, load=self.load()),
                         timeout=5.0,
+                        metadata=self._metadata,
                     )
                     if not beat.known:
                         self.registered.clear()
                         continue
                     await asyncio.sleep(interval)
                 except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        self.refused = exc.details() or "UNAUTHENTICATED"
+                        raise RegistrationRefused(f"UNAUTHENTICATED: {self.refused}") from exc
                     log.debug("router unreachable (%s); retrying", exc.code().name)
                     self.registered.clear()
                     await asyncio.sleep(self.retry_s)
@@ -76,5 +91,7 @@ class Registrar:
         async with grpc.aio.insecure_channel(self.router_address) as channel:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await pb_grpc.RegistryStub(channel).Deregister(
-                    pb.DeregisterRequest(worker_id=self.info.worker_id), timeout=2.0
+                    pb.DeregisterRequest(worker_id=self.info.worker_id),
+                    timeout=2.0,
+                    metadata=self._metadata,
                 )

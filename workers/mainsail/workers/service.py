@@ -3,8 +3,10 @@
 The router reaches every worker the same way, whether it is a Ray actor on a laptop or a pod
 in a RayCluster: Submit streams token chunks, Abort stops a request, Load returns the
 snapshot the scheduler reads, KVEvents streams block stored/removed events for the global
-index. Bad input is refused with INVALID_ARGUMENT and the engine's message; the engine keeps
-serving everyone else.
+index. Bad input is refused with INVALID_ARGUMENT naming the field: first by the request
+contract the router also enforces (`mainsail.spec.request_contract`), then by the engine; the
+engine keeps serving everyone else. On SubmitMany a refusal is one chunk for that request
+(finish_reason "error", error "INVALID_ARGUMENT: ..."), never the end of the stream.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
+from mainsail.spec.request_contract import FieldError, check_worker_request
 from mainsail.workers.engine import (
     EngineInputError,
     EngineMetrics,
@@ -158,11 +162,24 @@ async def coalesced(
                 await pump
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What the worker checks every request against before the engine sees it."""
+
+    vocab_size: int
+    max_model_len: int
+
+    def check(self, request: pb.WorkerRequest) -> None:
+        """Raise `FieldError` for a request outside the shared contract."""
+        check_worker_request(request, vocab_size=self.vocab_size, max_model_len=self.max_model_len)
+
+
 class _Multiplexer:
     """The requests of one SubmitMany stream: a task per request, outputs gathered per id."""
 
-    def __init__(self, engine: ServingEngine) -> None:
+    def __init__(self, engine: ServingEngine, limits: RequestLimits | None = None) -> None:
         self.engine = engine
+        self.limits = limits
         self.ready: dict[str, list[RequestOutput]] = {}
         self.failed: dict[str, str] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -177,6 +194,12 @@ class _Multiplexer:
                     if rid in self.tasks:
                         self._fail(rid, f"INVALID_ARGUMENT: request id {rid!r} is already in use")
                         continue
+                    if self.limits is not None:
+                        try:
+                            self.limits.check(request)
+                        except FieldError as exc:
+                            self._fail(rid, f"INVALID_ARGUMENT: {exc.param}: {exc.message}")
+                            continue
                     self.tasks[rid] = loop.create_task(self._run(request))
         finally:
             self.wake.set()
@@ -191,6 +214,7 @@ class _Multiplexer:
                 priority=request.priority,
                 adapter=request.adapter or None,
                 sampled_before=request.sampled_before,
+                cache_namespace=request.cache_namespace or None,
             )
             async for out in self.engine.generate(engine_request):
                 if out.finished and request.kv_publish:
@@ -237,8 +261,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         max_num_seqs: int,
         adapters: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.limits = limits
         self.engine = engine
         self.hub = hub
         self.max_num_seqs = max_num_seqs
@@ -249,6 +275,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         self, request: pb.WorkerRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TokenChunk]:
         try:
+            if self.limits is not None:
+                self.limits.check(request)
             engine_request = EngineRequest(
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
@@ -256,11 +284,14 @@ class WorkerService(pb_grpc.WorkerServicer):
                 priority=request.priority,
                 adapter=request.adapter or None,
                 sampled_before=request.sampled_before,
+                cache_namespace=request.cache_namespace or None,
             )
             batches = coalesced(self.engine.generate(engine_request))
             async with contextlib.aclosing(batches):
                 async for batch in batches:
                     yield chunk_from_outputs(batch)
+        except FieldError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.param}: {exc.message}")
         except EngineInputError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -271,7 +302,7 @@ class WorkerService(pb_grpc.WorkerServicer):
     ) -> AsyncIterator[pb.TokenChunkBatch]:
         """Every request on one stream; what is ready for all of them goes out as one message,
         each request's ready outputs as one chunk."""
-        mux = _Multiplexer(self.engine)
+        mux = _Multiplexer(self.engine, self.limits)
         reader = asyncio.get_running_loop().create_task(mux.read(request_iterator))
         try:
             while True:

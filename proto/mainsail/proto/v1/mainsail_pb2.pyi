@@ -152,7 +152,10 @@ class GenerateRequest(_message.Message):
     """SLO class name from the deployment's spec.slo.classes; empty means default."""
     priority: _builtins.int
     request_id: _builtins.str
-    """Client-chosen id for tracing and abort; the router makes one when empty."""
+    """A client's own id for its request: kept only as a label (logs, the response header
+    `x-client-request-id`). The router always assigns the request's real id itself
+    (unguessable; `GenerateResponse.request_id`, `x-request-id`), so ids never collide.
+    """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -359,6 +362,7 @@ class WorkerRequest(_message.Message):
     TTFT_DEADLINE_FIELD_NUMBER: _builtins.int
     KV_PUBLISH_FIELD_NUMBER: _builtins.int
     SAMPLED_BEFORE_FIELD_NUMBER: _builtins.int
+    CACHE_NAMESPACE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     adapter: _builtins.str
     priority: _builtins.int
@@ -372,6 +376,11 @@ class WorkerRequest(_message.Message):
     sampled_before: _builtins.int
     """Tokens of this request generated earlier by another worker (they end its prompt here):
     a request moved between workers. Seeded sampling continues at that position.
+    """
+    cache_namespace: _builtins.str
+    """Prefix-cache namespace (the tenant, as the router derives it from the API key or an
+    operator-mapped header; empty: the shared namespace). Mixed into the KV block hash seed,
+    so cached prefixes are shared inside one namespace and never across two.
     """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -388,10 +397,11 @@ class WorkerRequest(_message.Message):
         ttft_deadline: _builtins.float = ...,
         kv_publish: _builtins.bool = ...,
         sampled_before: _builtins.int = ...,
+        cache_namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "cache_namespace", b"cache_namespace", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -855,21 +865,27 @@ class RegisterReply(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     detail: _builtins.str
     """Why a worker was refused (for example a KV hash parameter mismatch)."""
     heartbeat_interval: _builtins.float
     """Seconds between heartbeats the router expects."""
+    retry_after: _builtins.float
+    """When > 0 the refusal is temporary (the worker id is held by another live worker): try
+    again after this many seconds.
+    """
     def __init__(
         self,
         *,
         accepted: _builtins.bool = ...,
         detail: _builtins.str = ...,
         heartbeat_interval: _builtins.float = ...,
+        retry_after: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "detail", b"detail", "heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "detail", b"detail", "heartbeat_interval", b"heartbeat_interval", "retry_after", b"retry_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mainsail.spec.kvhash import hash_key
 from mainsail.workers.engine.sampling_params import SamplingParams
 
 FinishReason = Literal["stop", "length", "abort", "error"]
@@ -21,6 +22,8 @@ class EngineRequest:
     ``sampled_before``: tokens of this request generated earlier elsewhere (a request moved
     between workers continues with them at the end of its prompt); seeded sampling continues
     at that position, so a moved seeded request draws what it would have drawn unmoved.
+    ``cache_namespace``: the tenant's prefix-cache namespace (mixed into the KV hash seed with
+    the adapter, `kv_key`): cached blocks are reused only within one namespace.
     """
 
     request_id: str
@@ -30,6 +33,12 @@ class EngineRequest:
     adapter: str | None = None
     arrival_time: float | None = None
     sampled_before: int = 0
+    cache_namespace: str | None = None
+
+    @property
+    def kv_key(self) -> str | None:
+        """What this request mixes into the KV hash seed: adapter and cache namespace."""
+        return hash_key(self.adapter, self.cache_namespace)
 
 
 @dataclass

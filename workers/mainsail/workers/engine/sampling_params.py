@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mainsail.spec.request_contract import (
+    MAX_LOGPROBS,
+    MAX_STOP_LEN,
+    MAX_STOP_STRINGS,
+    MAX_TOKENS_LIMIT,
+)
 from mainsail.workers.engine.errors import EngineInputError
 
-MAX_LOGPROBS = 20
-MAX_STOP_STRINGS = 16
-MAX_STOP_LEN = 256
-MAX_TOKENS_LIMIT = 1 << 20
+__all__ = ["MAX_LOGPROBS", "MAX_STOP_LEN", "MAX_STOP_STRINGS", "MAX_TOKENS_LIMIT", "SamplingParams"]
 
 
 @dataclass(frozen=True)

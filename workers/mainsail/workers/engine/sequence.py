@@ -53,7 +53,7 @@ class Sequence:
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)
         self.block_hashes = chain_hashes(
-            self.token_ids, self.block_size, self.hash_seed, self.request.adapter
+            self.token_ids, self.block_size, self.hash_seed, self.request.kv_key
         )
 
     @property
@@ -90,7 +90,7 @@ class Sequence:
             parent = (
                 self.block_hashes[-1]
                 if self.block_hashes
-                else adapter_seed(self.hash_seed, self.request.adapter)
+                else adapter_seed(self.hash_seed, self.request.kv_key)
             )
             self.block_hashes.append(block_hash(parent, self.token_ids[-self.block_size :]))
 

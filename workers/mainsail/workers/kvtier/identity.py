@@ -6,12 +6,15 @@ of one base model have identical shapes), must never read each other's blocks, a
 mismatch must not depend on shapes to be caught. So keys and block headers carry
 `kv_namespace`: the KV hash fingerprint, a digest of the checkpoint, and the KV dtype.
 
-The checkpoint digest is cheap at any model size: `config.json`, and for every weight file
-its name, size and 64 KiB read from its middle (fine-tunes differ in every tensor).
+The checkpoint digest covers the whole checkpoint: `config.json`, and every byte of every
+weight file (a sample would let two checkpoints that differ outside it — a fine-tune of a few
+layers — share blocks). Reading the weights costs about a second per GB once per worker
+start, off the event loop; digests are remembered per (file, size, mtime) in the process.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import torch
 
 from mainsail.spec.kvhash import KVHashConfig
 
-_SAMPLE_BYTES = 64 << 10
+_READ_BYTES = 8 << 20
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -31,11 +34,19 @@ def checkpoint_digest(model_dir: Path) -> str:
     if config.is_file():
         h.update(config.read_bytes())
     for path in sorted(p for p in model_dir.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES)):
-        size = path.stat().st_size
-        h.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as f:
-            f.seek(max(0, size // 2 - _SAMPLE_BYTES // 2))
-            h.update(f.read(_SAMPLE_BYTES))
+        stat = path.stat()
+        digest = _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        h.update(f"{path.name}:{stat.st_size}:{digest}".encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """BLAKE2b of a whole file (``size`` and ``mtime_ns`` key the cache)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_BYTES):
+            h.update(chunk)
     return h.hexdigest()
 
 

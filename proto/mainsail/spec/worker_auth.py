@@ -1,0 +1,175 @@
+"""The credential of the worker-facing APIs, distinct from client API keys.
+
+Why its own credential: a process that can call `Registry.Register` receives users' prompts
+and its output reaches them; one that can call `Worker.SubmitMany` spends a worker's GPU and
+reads its KV events. Neither may be reachable with a client's API key (clients hold many, and
+they leak), nor with nothing at all. So the router and its workers share one token, and can
+additionally run router -> worker gRPC over mutual TLS:
+
+    MAINSAIL_WORKER_TOKEN     shared bearer token; when set, the router's `Registry` and the
+                              worker's `Worker` service refuse calls without
+                              `authorization: Bearer <token>` (UNAUTHENTICATED)
+    MAINSAIL_WORKER_TLS_DIR   directory with `ca.crt`, `tls.crt`, `tls.key` (the layout of a
+                              Kubernetes TLS Secret plus its CA); when set, workers serve the
+                              Worker API over TLS and require a client certificate signed by
+                              the CA, and the router presents its own
+
+`mainsail up` generates a token itself (nothing to set up, everything bound to loopback); on a
+cluster the operator issues both into a Secret it owns (`secret_name`) and mounts them into
+router and worker pods. Used by `mainsail.router` (server and client side) and
+`mainsail.workers` (both sides too); the comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+WORKER_TOKEN_ENV = "MAINSAIL_WORKER_TOKEN"
+WORKER_TLS_DIR_ENV = "MAINSAIL_WORKER_TLS_DIR"
+TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
+"""Files in `MAINSAIL_WORKER_TLS_DIR` (CA bundle, this party's certificate chain and key)."""
+TLS_SERVER_NAME = "mainsail-worker"
+"""The name every worker-plane certificate carries and every client verifies (worker addresses
+are pod IPs, unknown when the certificate is issued)."""
+TOKEN_KEY = "workerToken"
+"""Key of the token in the operator's worker-credential Secret (TLS files are keys too)."""
+UNAUTHENTICATED_DETAIL = (
+    "This is a worker-facing API: send metadata `authorization: Bearer <worker token>` "
+    f"(the router's and workers' {WORKER_TOKEN_ENV})."
+)
+
+
+def secret_name(deployment: str) -> str:
+    """The Secret the operator creates for a deployment's worker credential."""
+    return f"{deployment}-worker-credential"
+
+
+def generate_token() -> str:
+    """A fresh token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class TLSMaterial:
+    """PEM bytes of the CA bundle, this party's certificate chain and its private key."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> TLSMaterial:
+        missing = [n for n in TLS_FILES if not (directory / n).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{WORKER_TLS_DIR_ENV}={directory}: missing {', '.join(missing)}"
+            )
+        ca, cert, key = ((directory / n).read_bytes() for n in TLS_FILES)
+        return cls(ca, cert, key)
+
+
+@dataclass(frozen=True)
+class WorkerCredential:
+    """What a party of the worker plane presents and accepts; empty means open (tests only)."""
+
+    token: str | None = None
+    tls: TLSMaterial | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerCredential:
+        env = os.environ if environ is None else environ
+        token = env.get(WORKER_TOKEN_ENV, "").strip() or None
+        tls_dir = env.get(WORKER_TLS_DIR_ENV, "").strip()
+        tls = TLSMaterial.from_dir(Path(tls_dir)) if tls_dir else None
+        return cls(token, tls)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying the token (empty without one)."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def allows(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+        """Whether a call with ``metadata`` carries the token (always, when there is none)."""
+        if self.token is None:
+            return True
+        for key, value in metadata or ():
+            if key != "authorization" or not isinstance(value, str):
+                continue
+            scheme, _, presented = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                presented.strip().encode(), self.token.encode()
+            ):
+                return True
+        return False
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """Mutual-TLS credentials for a server of the worker plane; None for plaintext."""
+        if self.tls is None:
+            return None
+        return grpc.ssl_server_credentials(
+            [(self.tls.key, self.tls.cert)],
+            root_certificates=self.tls.ca,
+            require_client_auth=True,
+        )
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        """Channel options naming the certificate's server name (`worker_tls`) under TLS."""
+        if self.tls is None:
+            return []
+        return [("grpc.ssl_target_name_override", TLS_SERVER_NAME)]
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """Mutual-TLS credentials for a client of the worker plane; None for plaintext."""
+        if self.tls is None:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.tls.ca,
+            private_key=self.tls.key,
+            certificate_chain=self.tls.cert,
+        )
+
+
+def token_guard(credential: WorkerCredential) -> grpc.aio.ServerInterceptor:
+    """A server interceptor refusing every call without the worker token (UNAUTHENTICATED)."""
+    return _TokenGuard(credential)
+
+
+class _TokenGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, credential: WorkerCredential) -> None:
+        self.credential = credential
+        self._deny = grpc.unary_unary_rpc_method_handler(_deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(_deny_stream)
+        self._deny_bidi = grpc.stream_stream_rpc_method_handler(_deny_bidi)
+
+    async def intercept_service(
+        self,
+        continuation: object,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)  # type: ignore[operator]
+        if handler is None or self.credential.allows(handler_call_details.invocation_metadata):
+            return handler  # type: ignore[no-any-return]
+        if handler.request_streaming and handler.response_streaming:
+            return self._deny_bidi
+        if handler.response_streaming:
+            return self._deny_stream
+        return self._deny
+
+
+async def _deny(request: object, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+
+
+async def _deny_stream(request: object, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+
+
+async def _deny_bidi(request: object, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
