@@ -37,6 +37,7 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.server import bind_socket
 from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
 from mainsail.workers.engine import EngineRequest, SamplingParams
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub
@@ -83,7 +84,9 @@ class OpenAIApp:
         self.http_requests += 1
         prompt = body.get("messages") if chat else body.get("prompt")
         n_prompt = len(prompt) if isinstance(prompt, list) else len(str(prompt)) // 4
-        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+        max_tokens = int(
+            body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+        )
         req = EngineRequest(
             uuid.uuid4().hex, [0] * max(1, n_prompt), SamplingParams(max_tokens=max_tokens)
         )

@@ -29,6 +29,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_TOKENS_LIMIT = 1 << 20
+DEFAULT_MAX_TOKENS = 16
+"""`max_tokens` of a request that names none (the OpenAI default): the router fills it in, and a
+worker receiving a request without it (a direct `Worker.Submit`) picks the same number."""
 TOP_K_MAX = 1 << 20
 SEED_MAX = 2**63 - 1
 PRIORITY_MAX = 100

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mainsail.spec.deployment import SLO, ModelDeployment, Rebalance, RoutingProfile
 from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
 
 
 class RouterConfig(BaseModel):
@@ -37,7 +38,9 @@ class RouterConfig(BaseModel):
     dispatch_timeout: float = Field(
         30.0, gt=0, description="Seconds a request may wait for a worker before 503."
     )
-    default_max_tokens: int = Field(16, ge=1, description="max_tokens when a request has none.")
+    default_max_tokens: int = Field(
+        DEFAULT_MAX_TOKENS, ge=1, description="max_tokens when a request has none."
+    )
     heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between worker heartbeats.")
     worker_expiry: float = Field(
         5.0, gt=0, description="Seconds of silence after which a worker is dropped."

@@ -22,6 +22,7 @@ from mainsail.router.kvindex import GlobalKVIndex
 from mainsail.router.routing.router import Router
 from mainsail.router.scheduling import WorkerSnapshot, build_profile
 from mainsail.router.settings import RouterConfig
+from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
 from mainsail.spec.tokenizer import Tokenizer
 
 
@@ -54,7 +55,7 @@ class FakeTransport:
         worker.submitted.append(request)
         if worker.fail_before_first:
             raise TransportError("UNAVAILABLE: worker is down")
-        n = request.sampling.max_tokens or 16
+        n = request.sampling.max_tokens or DEFAULT_MAX_TOKENS
         seed = request.prompt_token_ids[-1] if request.prompt_token_ids else 0
         for i in range(n):
             if worker.fail_after is not None and i >= worker.fail_after:

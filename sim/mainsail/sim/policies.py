@@ -32,14 +32,6 @@ class Policy(Protocol):
     def route(self, req: SimRequest, now: float) -> int | None: ...
 
 
-class KVEventConsumer(Protocol):
-    """A policy that reads the workers' KV events (the exact index)."""
-
-    wants_kv_events: bool
-
-    def on_kv_event(self, worker_id: str, kind: str, hashes: list[int]) -> None: ...
-
-
 POLICY_NAMES = (
     "ours",
     "ours-approx",

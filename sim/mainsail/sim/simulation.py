@@ -24,6 +24,7 @@ from mainsail.sim.cost import GPUProfile
 from mainsail.sim.policies import make_policy
 from mainsail.sim.prompts import PromptHasher
 from mainsail.sim.request import SimRequest
+from mainsail.sim.router_policy import RouterPolicy
 from mainsail.sim.traces import TraceRequest
 from mainsail.sim.worker import SimWorker
 from mainsail.spec.deployment import RoutingProfile
@@ -89,121 +90,139 @@ def run_policy(
     hasher: PromptHasher | None = None,
 ) -> RunResult:
     """Replays ``trace`` through ``policy_name`` on fresh simulated workers."""
-    wall0 = time.perf_counter()
-    clock = VirtualClock()
-    hasher = hasher or PromptHasher(settings.block_size, settings.hash_seed)
-    if hasher.block_size != settings.block_size:
-        raise ValueError("hasher and settings disagree on block_size")
-    fingerprint = KVHashConfig(
-        block_size=settings.block_size, hash_seed=settings.hash_seed
-    ).fingerprint()
-    heap: list[tuple[float, int, int, int, int]] = []
-    seq = 0
+    return PolicyRun(policy_name, trace, profile, settings, hasher).run()
 
-    def schedule_step(at: float, worker: int, version: int) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(heap, (at, _STEP, seq, worker, version))
 
-    pending: deque[SimRequest] = deque()
-    finished_any = False
+class PolicyRun:
+    """One policy's replay of a trace: the event heap, the workers, the router's FIFO of
+    requests no worker could take yet, and the load samples. Used once (`run`)."""
 
-    def on_finish(req: SimRequest) -> None:
-        nonlocal finished_any
-        req.block_hashes = []  # the KV cache keeps what it needs; free the rest
-        finished_any = True
-
-    policy_box: list[object] = []
-
-    def kv_sink(worker_id: str, kind: str, hashes: list[int]) -> None:
-        consumer = policy_box[0]
-        consumer.on_kv_event(worker_id, kind, hashes)  # type: ignore[attr-defined]
-
-    workers: list[SimWorker] = []
-    rng = random.Random(settings.seed)
-    changed: set[int] = set()
-    for i in range(settings.workers):
-        workers.append(
+    def __init__(
+        self,
+        policy_name: str,
+        trace: list[TraceRequest],
+        profile: GPUProfile,
+        settings: SimSettings,
+        hasher: PromptHasher | None = None,
+    ) -> None:
+        self.wall0 = time.perf_counter()
+        self.trace = trace
+        self.settings = settings
+        self.clock = VirtualClock()
+        self.hasher = hasher or PromptHasher(settings.block_size, settings.hash_seed)
+        if self.hasher.block_size != settings.block_size:
+            raise ValueError("hasher and settings disagree on block_size")
+        fingerprint = KVHashConfig(
+            block_size=settings.block_size, hash_seed=settings.hash_seed
+        ).fingerprint()
+        self.heap: list[tuple[float, int, int, int, int]] = []  # (at, kind, seq, a, b)
+        self.seq = 0  # insertion order, the tie-break inside a kind
+        self.pending: deque[SimRequest] = deque()  # waiting at the router, FIFO
+        self.finished_any = False  # a request finished during the current step end
+        changed: set[int] = set()  # workers whose snapshot is stale (see RouterPolicy)
+        self.workers = [
             SimWorker(
                 i,
                 profile,
                 settings.block_size,
-                schedule_step,
-                on_finish,
-                sink=kv_sink,
+                self._schedule_step,
+                self._on_finish,
+                sink=self._kv_event,
                 max_model_len=settings.max_model_len,
                 hash_fingerprint=fingerprint,
                 changed=changed,
             )
-        )
-    policy = make_policy(policy_name, workers, rng, clock, settings.routing, changed)
-    if getattr(policy, "wants_kv_events", False):
-        policy_box.append(policy)
-    else:
-        for w in workers:
-            w.kv.sink = None  # nobody listens: skip building event lists
+            for i in range(settings.workers)
+        ]
+        rng = random.Random(settings.seed)
+        self.policy = make_policy(policy_name, self.workers, rng, self.clock, settings.routing,
+                                  changed)  # fmt: skip
+        self.kv_consumer: RouterPolicy | None = None
+        if isinstance(self.policy, RouterPolicy) and self.policy.wants_kv_events:
+            self.kv_consumer = self.policy
+        else:
+            for w in self.workers:
+                w.kv.sink = None  # nobody listens: skip building event lists
+        self.requests: list[SimRequest] = []
+        self.sample_times: list[float] = []
+        self.load_samples: list[list[int]] = []
 
-    requests: list[SimRequest] = []
-    sample_times: list[float] = []
-    load_samples: list[list[int]] = []
-    last_arrival = trace[-1].arrival_s if trace else 0.0
-    end_limit = last_arrival + settings.drain_s
-    seq += 1
-    heapq.heappush(heap, (0.0, _SAMPLE, seq, 0, 0))
-    next_arrival = 0
-    n_trace = len(trace)
+    def _push(self, at: float, kind: int, a: int = 0, b: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (at, kind, self.seq, a, b))
 
-    def dispatch(req: SimRequest, now: float) -> bool:
-        choice = policy.route(req, now)
+    def _schedule_step(self, at: float, worker: int, version: int) -> None:
+        self._push(at, _STEP, worker, version)
+
+    def _on_finish(self, req: SimRequest) -> None:
+        req.block_hashes = []  # the KV cache keeps what it needs; free the rest
+        self.finished_any = True
+
+    def _kv_event(self, worker_id: str, kind: str, hashes: list[int]) -> None:
+        if self.kv_consumer is not None:
+            self.kv_consumer.on_kv_event(worker_id, kind, hashes)
+
+    def _dispatch(self, req: SimRequest, now: float) -> bool:
+        choice = self.policy.route(req, now)
         if choice is None:
             return False
-        workers[choice].enqueue(req, now)
+        self.workers[choice].enqueue(req, now)
         return True
 
-    while True:
-        t_event = heap[0][0] if heap else math.inf
-        if next_arrival < n_trace and trace[next_arrival].arrival_s <= t_event:
-            tr = trace[next_arrival]
-            clock.now = max(clock.now, tr.arrival_s)
-            req = SimRequest(
-                next_arrival,
-                tr.arrival_s,
-                tr.input_tokens,
-                tr.output_tokens,
-                hasher.block_hashes(tr.block_ids, tr.input_tokens, tr.namespace),
-            )
-            requests.append(req)
-            next_arrival += 1
-            if pending or not dispatch(req, clock.now):
-                pending.append(req)
-            continue
-        if not heap or t_event > end_limit:
-            break
-        at, kind, _, a, b = heapq.heappop(heap)
-        clock.now = at
-        if kind == _STEP:
-            finished_any = False
-            workers[a].step_end(at, b)
-            while finished_any and pending and dispatch(pending[0], at):
-                pending.popleft()
-        elif kind == _SAMPLE:
-            sample_times.append(at)
-            load_samples.append([w.load for w in workers])
-            if next_arrival < n_trace or any(w.load for w in workers) or pending:
-                seq += 1
-                heapq.heappush(heap, (at + settings.sample_every_s, _SAMPLE, seq, 0, 0))
+    def _arrive(self, tr: TraceRequest) -> None:
+        self.clock.now = max(self.clock.now, tr.arrival_s)
+        req = SimRequest(
+            len(self.requests),
+            tr.arrival_s,
+            tr.input_tokens,
+            tr.output_tokens,
+            self.hasher.block_hashes(tr.block_ids, tr.input_tokens, tr.namespace),
+        )
+        self.requests.append(req)
+        if self.pending or not self._dispatch(req, self.clock.now):
+            self.pending.append(req)
 
-    index = getattr(policy, "index", None)
-    return RunResult(
-        policy=policy.name,
-        requests=requests,
-        served=[w.served for w in workers],
-        busy_s=[w.busy_s for w in workers],
-        sample_times=sample_times,
-        load_samples=load_samples,
-        end_time=clock.now,
-        wall_s=time.perf_counter() - wall0,
-        decide_wall_s=getattr(policy, "decide_wall_s", math.nan),
-        index_entries=index.stats().entries if index is not None else 0,
-        evictions=sum(w.kv.evictions for w in workers),
-    )
+    def run(self) -> RunResult:
+        """Replays the whole trace, then drains (up to `drain_s` after the last arrival)."""
+        trace, heap, workers = self.trace, self.heap, self.workers
+        end_limit = (trace[-1].arrival_s if trace else 0.0) + self.settings.drain_s
+        self._push(0.0, _SAMPLE)
+        next_arrival, n_trace = 0, len(trace)
+        while True:
+            t_event = heap[0][0] if heap else math.inf
+            if next_arrival < n_trace and trace[next_arrival].arrival_s <= t_event:
+                self._arrive(trace[next_arrival])
+                next_arrival += 1
+                continue
+            if not heap or t_event > end_limit:
+                break
+            at, kind, _, a, b = heapq.heappop(heap)
+            self.clock.now = at
+            if kind == _STEP:
+                self.finished_any = False
+                workers[a].step_end(at, b)
+                while self.finished_any and self.pending and self._dispatch(self.pending[0], at):
+                    self.pending.popleft()
+            elif kind == _SAMPLE:
+                self.sample_times.append(at)
+                self.load_samples.append([w.load for w in workers])
+                if next_arrival < n_trace or any(w.load for w in workers) or self.pending:
+                    self._push(at + self.settings.sample_every_s, _SAMPLE)
+        return self._result()
+
+    def _result(self) -> RunResult:
+        policy = self.policy
+        index = getattr(policy, "index", None)
+        return RunResult(
+            policy=policy.name,
+            requests=self.requests,
+            served=[w.served for w in self.workers],
+            busy_s=[w.busy_s for w in self.workers],
+            sample_times=self.sample_times,
+            load_samples=self.load_samples,
+            end_time=self.clock.now,
+            wall_s=time.perf_counter() - self.wall0,
+            decide_wall_s=getattr(policy, "decide_wall_s", math.nan),
+            index_entries=index.stats().entries if index is not None else 0,
+            evictions=sum(w.kv.evictions for w in self.workers),
+        )

@@ -22,7 +22,7 @@ import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.spec.request_contract import FieldError, check_worker_request
+from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS, FieldError, check_worker_request
 from mainsail.workers.engine import (
     EngineInputError,
     EngineMetrics,
@@ -60,7 +60,7 @@ def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
         top_p=s.top_p if s.HasField("top_p") else 1.0,
         top_k=max(0, s.top_k),
         seed=s.seed if s.HasField("seed") else None,
-        max_tokens=s.max_tokens or 16,
+        max_tokens=s.max_tokens or DEFAULT_MAX_TOKENS,
         stop=tuple(s.stop),
         stop_token_ids=tuple(s.stop_token_ids),
         logprobs=s.logprobs or None,
@@ -68,9 +68,17 @@ def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
     )
 
 
-def chunk_from_output(out: RequestOutput) -> pb.TokenChunk:
-    """One engine output as a wire chunk; usage is filled on the last one."""
-    return chunk_from_outputs([out])
+def engine_request_from_proto(request: pb.WorkerRequest) -> EngineRequest:
+    """The engine's request for a wire `WorkerRequest` (both Submit and SubmitMany)."""
+    return EngineRequest(
+        request_id=request.request_id,
+        prompt_token_ids=list(request.prompt_token_ids),
+        sampling=sampling_from_proto(request.sampling),
+        priority=request.priority,
+        adapter=request.adapter or None,
+        sampled_before=request.sampled_before,
+        cache_namespace=request.cache_namespace or None,
+    )
 
 
 def chunk_from_outputs(outs: Sequence[RequestOutput]) -> pb.TokenChunk:
@@ -207,15 +215,7 @@ class _Multiplexer:
     async def _run(self, request: pb.WorkerRequest) -> None:
         rid = request.request_id
         try:
-            engine_request = EngineRequest(
-                request_id=rid,
-                prompt_token_ids=list(request.prompt_token_ids),
-                sampling=sampling_from_proto(request.sampling),
-                priority=request.priority,
-                adapter=request.adapter or None,
-                sampled_before=request.sampled_before,
-                cache_namespace=request.cache_namespace or None,
-            )
+            engine_request = engine_request_from_proto(request)
             async for out in self.engine.generate(engine_request):
                 if out.finished and request.kv_publish:
                     # Disaggregated prefill: the decode worker fetches these blocks next.
@@ -277,15 +277,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         try:
             if self.limits is not None:
                 self.limits.check(request)
-            engine_request = EngineRequest(
-                request_id=request.request_id,
-                prompt_token_ids=list(request.prompt_token_ids),
-                sampling=sampling_from_proto(request.sampling),
-                priority=request.priority,
-                adapter=request.adapter or None,
-                sampled_before=request.sampled_before,
-                cache_namespace=request.cache_namespace or None,
-            )
+            engine_request = engine_request_from_proto(request)
             batches = coalesced(self.engine.generate(engine_request))
             async with contextlib.aclosing(batches):
                 async for batch in batches:

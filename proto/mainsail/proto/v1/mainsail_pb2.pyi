@@ -740,8 +740,9 @@ Global___KVEventBatch: _TypeAlias = KVEventBatch  # noqa: Y015
 class MigrateRequest(_message.Message):
     """---------------------------------------------------------------- migration
     Live migration is driven by the router today: it aborts the request on one worker and
-    continues it on another with WorkerRequest.sampled_before (router/moves.py). Worker-to-worker
-    Migrate (pushing KV directly to the target) is reserved; workers answer UNIMPLEMENTED.
+    continues it on another with WorkerRequest.sampled_before (router/routing/moves.py).
+    Worker-to-worker Migrate (pushing KV directly to the target) is reserved; workers answer
+    UNIMPLEMENTED.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

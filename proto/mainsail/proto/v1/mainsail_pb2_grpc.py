@@ -190,7 +190,9 @@ class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Submit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One request per call. The router does not use it (it uses SubmitMany); kept for direct
+        clients such as grpcurl and the baseline in bench/router_overhead.py.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -232,7 +234,8 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Migrate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -69,6 +69,9 @@ class WorkerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkerAsyncStub: ...
     Submit: _grpc.UnaryStreamMultiCallable[_mainsail_pb2.WorkerRequest, _mainsail_pb2.TokenChunk]
+    """One request per call. The router does not use it (it uses SubmitMany); kept for direct
+    clients such as grpcurl and the baseline in bench/router_overhead.py.
+    """
     SubmitMany: _grpc.StreamStreamMultiCallable[_mainsail_pb2.WorkerRequestBatch, _mainsail_pb2.TokenChunkBatch]
     """Many requests over one long-lived stream (what the router uses): each WorkerRequest starts
     a request, each TokenChunk names its request_id, and a request ends with the chunk that
@@ -82,11 +85,15 @@ class WorkerStub:
     Load: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.LoadRequest, _mainsail_pb2.LoadSnapshot]
     KVEvents: _grpc.UnaryStreamMultiCallable[_mainsail_pb2.KVEventsRequest, _mainsail_pb2.KVEventBatch]
     Migrate: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.MigrateRequest, _mainsail_pb2.MigrateReply]
+    """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
 
 @_typing.type_check_only
 class WorkerAsyncStub(WorkerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryStreamMultiCallable[_mainsail_pb2.WorkerRequest, _mainsail_pb2.TokenChunk]  # type: ignore[assignment]
+    """One request per call. The router does not use it (it uses SubmitMany); kept for direct
+    clients such as grpcurl and the baseline in bench/router_overhead.py.
+    """
     SubmitMany: _aio.StreamStreamMultiCallable[_mainsail_pb2.WorkerRequestBatch, _mainsail_pb2.TokenChunkBatch]  # type: ignore[assignment]
     """Many requests over one long-lived stream (what the router uses): each WorkerRequest starts
     a request, each TokenChunk names its request_id, and a request ends with the chunk that
@@ -100,6 +107,7 @@ class WorkerAsyncStub(WorkerStub):
     Load: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.LoadRequest, _mainsail_pb2.LoadSnapshot]  # type: ignore[assignment]
     KVEvents: _aio.UnaryStreamMultiCallable[_mainsail_pb2.KVEventsRequest, _mainsail_pb2.KVEventBatch]  # type: ignore[assignment]
     Migrate: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.MigrateRequest, _mainsail_pb2.MigrateReply]  # type: ignore[assignment]
+    """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -107,7 +115,10 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _mainsail_pb2.WorkerRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_mainsail_pb2.TokenChunk], _abc.AsyncIterator[_mainsail_pb2.TokenChunk]]: ...
+    ) -> _typing.Union[_abc.Iterator[_mainsail_pb2.TokenChunk], _abc.AsyncIterator[_mainsail_pb2.TokenChunk]]:
+        """One request per call. The router does not use it (it uses SubmitMany); kept for direct
+        clients such as grpcurl and the baseline in bench/router_overhead.py.
+        """
 
     @_abc_1.abstractmethod
     def SubmitMany(
@@ -156,7 +167,8 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _mainsail_pb2.MigrateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mainsail_pb2.MigrateReply, _abc.Awaitable[_mainsail_pb2.MigrateReply]]: ...
+    ) -> _typing.Union[_mainsail_pb2.MigrateReply, _abc.Awaitable[_mainsail_pb2.MigrateReply]]:
+        """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
 
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

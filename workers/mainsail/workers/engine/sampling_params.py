@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from mainsail.spec.request_contract import (
+    DEFAULT_MAX_TOKENS,
     MAX_LOGPROBS,
     MAX_STOP_LEN,
     MAX_STOP_STRINGS,
@@ -39,7 +40,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
-    max_tokens: int = 16
+    max_tokens: int = DEFAULT_MAX_TOKENS
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None

@@ -94,16 +94,6 @@ class BlockWriter:
             self.stats.dropped += max(0, len(fresh) - room)
             return fresh[:room]
 
-    def submit(self, block_hash: int, block: torch.Tensor) -> bool:
-        """Queue ``block`` (a private copy the caller no longer touches); False if dropped."""
-        return self.submit_rows([block_hash], block.unsqueeze(0)) == 1
-
-    def submit_many(self, blocks: list[tuple[int, torch.Tensor]]) -> int:
-        """Queue ``blocks`` at once (one wake-up of the writer); returns how many were queued."""
-        if not blocks:
-            return 0
-        return self.submit_rows([h for h, _ in blocks], torch.stack([b for _, b in blocks]))
-
     def submit_rows(self, block_hashes: list[int], blocks: torch.Tensor) -> int:
         """Queue ``blocks[i]`` for ``block_hashes[i]`` (a private copy, ``[n, *codec.shape]``,
         as `ModelRunner.read_blocks` makes it); returns how many were queued.
