@@ -32,4 +32,4 @@ step "mypy --strict"
 mypy proto/mainsail workers/mainsail router/mainsail operator/mainsail cli/mainsail sim/mainsail
 
 step "pytest (unit, integration, e2e)"
-python -m pytest tests -q -ra "$@"
+python -m pytest tests -q -ra --durations=25 "$@"

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mainsail.cli.local.redis_server import RedisServer, free_port
+from mainsail.cli.local.ports import check_router_ports, router_ports
+from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.workers.host import WorkerSpec
@@ -36,8 +37,8 @@ class StackOptions:
     """Command-line choices that override or complete the deployment for a local run."""
 
     host: str = "127.0.0.1"
-    http_port: int | None = None
-    grpc_port: int | None = None
+    http_port: int | None = None  # None: the spec's router.httpPort; 0: any free port
+    grpc_port: int | None = None  # None: the spec's router.grpcPort; 0: any free port
     redis_url: str | None = None
     replicas: int | None = None
     model_cache: Path | None = None
@@ -66,6 +67,9 @@ class LocalStack:
 
     def start(self) -> None:
         """Bring every part up, in order; raises with a message naming the step that failed."""
+        opts = self.options
+        ports = router_ports(self.deployment, opts.http_port, opts.grpc_port)
+        check_router_ports(opts.host, ports)  # before anything starts
         self._prepare_model()
         self._start_redis()
         self._start_router()
@@ -107,12 +111,13 @@ class LocalStack:
         self.progress("Starting router")
         assert self.model_dir is not None
         opts = self.options
+        ports = router_ports(self.deployment, opts.http_port, opts.grpc_port)
         config = RouterConfig.from_deployment(
             self.deployment,
             self.model_dir,
             host=opts.host,
-            http_port=opts.http_port if opts.http_port is not None else free_port(opts.host),
-            grpc_port=opts.grpc_port if opts.grpc_port is not None else free_port(opts.host),
+            http_port=ports.http,
+            grpc_port=ports.grpc,
         )
         config_path = self._workdir / "router.json"
         config_path.write_text(config.model_dump_json())

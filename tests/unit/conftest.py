@@ -1,0 +1,21 @@
+"""The unit tier's own rules: every test gets a short timeout (unless it sets one).
+
+Why: unit tests run on injected clocks and in-process fakes, so the slowest takes seconds; a
+unit test that hangs should fail in `UNIT_TIMEOUT_S`, not after the suite-wide 300 s meant for
+tiers that start real servers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+UNIT_TIMEOUT_S = 30
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(_HERE) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
