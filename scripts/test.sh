@@ -23,6 +23,15 @@ fi
 step "test bed binaries (kube-apiserver, etcd, kubectl, helm)"
 deploy/testbed/ensure.sh >/dev/null
 
+# The cluster tier (tests/cluster) runs a real node: Debian's containerd, runc and CNI plugins
+# (root only; otherwise that tier skips), node binaries built from Go modules, small images.
+step "node test bed: Debian packages (containerd, runc, CNI plugins, iptables, mmdebstrap, ...)"
+scripts/node-deps.sh
+step "node test bed: kubelet, kube-scheduler, kube-proxy, CoreDNS, KubeRay (Go modules)"
+deploy/testbed/ensure-node.sh >/dev/null
+step "node test bed: pause, busybox and debian-python images"
+python scripts/testbed_node.py prepare >/dev/null
+
 step "ruff"
 ruff check .
 ruff format --check .
@@ -31,5 +40,5 @@ lint-imports
 step "mypy --strict"
 mypy proto/mainsail workers/mainsail router/mainsail operator/mainsail cli/mainsail sim/mainsail
 
-step "pytest (unit, integration, e2e)"
+step "pytest (unit, integration, e2e, cluster)"
 python -m pytest tests -q -ra --durations=25 "$@"

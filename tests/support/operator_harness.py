@@ -28,7 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "deploy" / "examples"
-KUBERAY_VERSION = "v1.4.2"
+KUBERAY_VERSION = "v1.5.0"  # the same as deploy/testbed/ensure-node.sh builds
 KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
 WAIT_S = 30.0
 

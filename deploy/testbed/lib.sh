@@ -1,0 +1,47 @@
+# Shared by ensure.sh and ensure-node.sh (sourced, not run): the wrapper module that builds
+# Kubernetes' commands from the Go module proxy, and the version ldflags. See docs/testbed.md.
+
+K8S_VERSION=v1.35.4
+
+log() { printf '[testbed %4ds] %s\n' "$SECONDS" "$*" >&2; }
+die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
+
+has_all() { # dir name...
+    local dir=$1 name
+    shift
+    for name in "$@"; do [[ -x "$dir/$name" ]] || return 1; done
+}
+
+# Write into $1 a go.mod requiring k8s.io/kubernetes@$K8S_VERSION with every staging module
+# (required at v0.0.0, replaced by ./staging/...) pointed at its published v0.<minor>.<patch>,
+# derived from the go.mod the proxy serves. Sets K8S_LDFLAGS (version stamps) for go build.
+k8s_wrapper_module() {
+    local dir=$1 info mod date replaces pkg major=1 minor=${K8S_VERSION#v1.}
+    command -v go >/dev/null || die "go toolchain not found (needed to build Kubernetes $K8S_VERSION)"
+    mkdir -p "$dir"
+    log "resolving k8s.io/kubernetes@$K8S_VERSION"
+    info=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")
+    mod=$(sed -n 's/.*"GoMod": "\(.*\)",*/\1/p' <<<"$info")
+    [[ -f "$mod" ]] || die "go mod download gave no go.mod for k8s.io/kubernetes@$K8S_VERSION"
+    date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "${mod%.mod}.info")
+    replaces=$(awk -v v="v0.${K8S_VERSION#v1.}" \
+        '$2 == "=>" && $3 ~ /^\.\/staging\// {printf "\t%s => %s %s\n", $1, $1, v}' "$mod")
+    [[ $(wc -l <<<"$replaces") -ge 20 ]] || die "unexpected staging replace list in $mod"
+    {
+        printf 'module mainsail.local/testbed/k8s\n\ngo 1.25.0\n\n'
+        grep -E '^godebug ' "$mod" || true
+        printf '\nrequire k8s.io/kubernetes %s\n\nreplace (\n%s\n)\n' "$K8S_VERSION" "$replaces"
+    } >"$dir/go.mod"
+    minor=${minor%%.*}
+    K8S_LDFLAGS="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major"
+        K8S_LDFLAGS+=" -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=archive -X $pkg.buildDate=$date"
+    done
+}
+
+# go build one package of the wrapper module in $1 to $2 (nice: the machine is shared).
+go_build() {
+    local dir=$1 out=$2 pkg=$3 ldflags=${4:--s -w}
+    (cd "$dir" && nice -n 10 go build -trimpath -ldflags="$ldflags" -o "$out" "$pkg")
+}
