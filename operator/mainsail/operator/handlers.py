@@ -23,23 +23,13 @@ import kopf
 
 from mainsail.operator.autoscaler import Autoscaler
 from mainsail.operator.coalescer import Coalescer
+from mainsail.operator.kinds import CHILDREN, MODEL_DEPLOYMENT, POD, SERVING_POOL
 from mainsail.operator.kube import KubeError
 from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from mainsail.operator.reconciler import Outcome, Reconciler
 from mainsail.operator.settings import OperatorSettings
-from mainsail.spec.deployment import API_GROUP, API_VERSION
 
 ANNOTATION_PREFIX = "operator.mainsail.dev"
-MD_PLURAL = "modeldeployments"
-POOL_PLURAL = "servingpools"
-CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
-    ("", "v1", "configmaps"),
-    ("", "v1", "services"),
-    ("apps", "v1", "deployments"),
-    ("apps", "v1", "statefulsets"),
-    ("ray.io", "v1", "rayclusters"),
-    (API_GROUP, API_VERSION, POOL_PLURAL),
-)
 log = logging.getLogger(__name__)
 
 
@@ -135,7 +125,7 @@ def post_events(outcome: Outcome) -> None:
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     """All handlers, registered on a fresh registry (no import-time globals)."""
     registry = kopf.OperatorRegistry()
-    md = (API_GROUP, API_VERSION, MD_PLURAL)
+    md = (MODEL_DEPLOYMENT.group, MODEL_DEPLOYMENT.version, MODEL_DEPLOYMENT.plural)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -176,7 +166,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if type == "DELETED":
             runtime.forget(namespace, name)
 
-    @kopf.on.field(API_GROUP, API_VERSION, POOL_PLURAL, field="spec.replicas", registry=registry)
+    pool = (SERVING_POOL.group, SERVING_POOL.version, SERVING_POOL.plural)
+
+    @kopf.on.field(*pool, field="spec.replicas", registry=registry)
     async def pool_scaled(
         *, namespace: str | None, spec: kopf.Spec, old: Any, new: Any, **_: Any
     ) -> None:
@@ -184,9 +176,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         await runtime.request(namespace, str(spec.get("deployment", "")))
 
     children = {LABEL_MANAGED_BY: MANAGED_BY}
-    for group, version, plural in CHILD_RESOURCES:
+    for child in CHILDREN:
 
-        @kopf.on.event(group, version, plural, labels=children, registry=registry)
+        @kopf.on.event(child.group, child.version, child.plural, labels=children, registry=registry)
         async def child_event(
             *, namespace: str | None, labels: Mapping[str, str], **_: Any
         ) -> None:
@@ -194,7 +186,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     workers = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "worker"}
 
-    @kopf.on.event("", "v1", "pods", labels=workers, registry=registry)
+    @kopf.on.event(POD.group, POD.version, POD.plural, labels=workers, registry=registry)
     async def worker_pod_event(
         *, namespace: str | None, labels: Mapping[str, str], **_: Any
     ) -> None:

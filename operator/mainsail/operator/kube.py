@@ -13,19 +13,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-Obj = dict[str, Any]
+from mainsail.operator.kinds import PLURALS
 
-# (apiVersion, kind) -> plural; every kind the operator reads or writes.
-PLURALS: dict[tuple[str, str], str] = {
-    ("v1", "ConfigMap"): "configmaps",
-    ("v1", "Service"): "services",
-    ("v1", "Pod"): "pods",
-    ("apps/v1", "Deployment"): "deployments",
-    ("apps/v1", "StatefulSet"): "statefulsets",
-    ("ray.io/v1", "RayCluster"): "rayclusters",
-    ("mainsail.dev/v1alpha1", "ServingPool"): "servingpools",
-    ("mainsail.dev/v1alpha1", "ModelDeployment"): "modeldeployments",
-}
+Obj = dict[str, Any]
 
 
 class KubeError(RuntimeError):

@@ -21,6 +21,7 @@ from mainsail.operator.desired_cache import cache_name
 from mainsail.operator.desired_config import config_map_name
 from mainsail.operator.desired_pools import WORKER_COMPONENT, ray_cluster_name
 from mainsail.operator.desired_router import router_name
+from mainsail.operator.kinds import CHILDREN
 from mainsail.operator.kube import KubeApi, Obj
 from mainsail.operator.naming import (
     LABEL_COMPONENT,
@@ -34,15 +35,6 @@ from mainsail.operator.settings import OperatorSettings
 from mainsail.operator.status import Observation, deployment_status, serving_pool_status
 from mainsail.spec.crd import SERVING_POOL_KIND
 from mainsail.spec.deployment import KIND, ModelDeploymentSpec
-
-MANAGED_KINDS: tuple[tuple[str, str], ...] = (
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("apps/v1", "StatefulSet"),
-    (MD_API_VERSION, SERVING_POOL_KIND),
-    ("ray.io/v1", "RayCluster"),
-    ("apps/v1", "Deployment"),
-)
 
 
 def utc_now() -> datetime.datetime:
@@ -114,8 +106,8 @@ class Reconciler:
         selector = f"{LABEL_DEPLOYMENT}={owner.name}"
         ours = [
             obj
-            for api_version, kind in MANAGED_KINDS
-            for obj in api.list(api_version, kind, ns, selector)
+            for child in CHILDREN
+            for obj in api.list(child.api_version, child.kind, ns, selector)
             if controlled_by(obj, owner)
         ]
         pools = {
