@@ -280,3 +280,37 @@ def test_metrics_url_template_is_validated() -> None:
         OperatorSettings(router_metrics_url="http://{router}:{nope}/metrics")
     with pytest.raises(ValueError, match="http"):
         OperatorSettings(router_metrics_url="{router}/metrics")
+
+
+async def test_the_scale_down_delay_survives_an_operator_restart() -> None:
+    api, source = MemoryApi({"chat-unified": 1}), ScriptedSignals()
+    clock = [1_000.0]
+
+    def operator() -> Autoscaler:  # a fresh process: nothing in memory
+        return Autoscaler(api, source, OperatorSettings(), clock=lambda: clock[0])  # type: ignore[arg-type]
+
+    body = _body(delay=30)
+    first = operator()
+    source.now = {"unified": sig(workers=1, running=4, waiting=6, total=1000, used=100)}
+    await first.run_pass(body)
+    assert api.pools["chat-unified"] == 3
+    source.now = {"unified": sig(workers=3, total=3000)}  # idle from t=1010 on
+    clock[0] = 1_010.0
+    await first.run_pass(body)
+    kept = api.status["autoscaling"]["unified"]["recommendations"]
+    assert kept == [
+        {"time": "1970-01-01T00:16:40Z", "replicas": 3},
+        {"time": "1970-01-01T00:16:50Z", "replicas": 0},
+    ]
+    restarted = {**body, "status": api.status}
+
+    clock[0] = 1_020.0  # restarted inside the window [990, 1020]: the burst still counts
+    assert (await operator().run_pass(restarted)).changes == []
+    assert api.pools["chat-unified"] == 3
+
+    clock[0] = 1_045.0  # window [1015, 1045] only idle: down at once, no fresh delay
+    result = await operator().run_pass(restarted)
+    assert [(c.before, c.after) for c in result.changes] == [(3, 1)]
+
+    api.pools["chat-unified"] = 3  # without the kept history a new process must hold
+    assert (await operator().run_pass(body)).changes == []

@@ -18,7 +18,8 @@ saturation shows up as the queue. Scale-to-zero needs ``minReplicas: 0`` and no 
 
 Stabilisation (`stabilize`): scale up at once — a queue costs TTFT now — but scale down only to
 the highest raw count seen over the last ``scaleDownDelaySeconds``, so a lull between bursts
-does not tear down warm workers (their KV cache is worth keeping). The history is the caller's.
+does not tear down warm workers (their KV cache is worth keeping). The history is the caller's:
+the points where the raw count changed, each in effect until the next.
 """
 
 from __future__ import annotations
@@ -96,12 +97,15 @@ def stabilize(
     now: float,
 ) -> int:
     """The count to set: ``raw`` when it is higher than ``current``, else the highest raw
-    count in ``history`` (``(time, raw)`` pairs, the caller's record of earlier passes) within
-    the scale-down window, never below ``raw`` and never above ``current``; then clamped."""
+    count in effect during the scale-down window, never below ``raw`` and never above
+    ``current``; then clamped. ``history`` is ``(time, raw)`` pairs in time order, each raw
+    count in effect from its time until the next pair's (the caller's record)."""
     if raw >= current:
         return clamp(auto, raw)
     since = now - auto.scale_down_delay_seconds
-    recent = [r for t, r in history if t >= since]
+    ordered = sorted(history)
+    before = [r for t, r in ordered if t < since][-1:]  # the count in effect when it began
+    recent = before + [r for t, r in ordered if t >= since]
     # No history reaching back a whole window yet (operator just started): hold.
     oldest = min((t for t, _ in history), default=now)
     if oldest > since:

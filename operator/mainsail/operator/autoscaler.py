@@ -7,9 +7,11 @@ HPA or by this loop all take the same road. Its last decision per role goes to t
 ModelDeployment's ``status.autoscaling`` and every change to a Kubernetes Event.
 
 Failure: when the router cannot be read the pass changes nothing and says so in status
-(``reason``); a stale or missing signal never scales anything down. The scale-down history is
-kept in memory: after an operator restart the pool holds its size for one whole
-``scaleDownDelaySeconds`` before it may shrink.
+(``reason``); a stale or missing signal never scales anything down. The scale-down history
+(where the raw recommendation changed, over the last ``scaleDownDelaySeconds``) is kept in
+memory and in ``status.autoscaling.<role>.recommendations``: an operator that restarts picks it
+up from status, so the delay neither restarts nor is skipped. Without it (a new pool) the pool
+holds its size for one whole delay before it may shrink.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mainsail.operator.naming import MD_API_VERSION, Owner
 from mainsail.operator.router_signals import SignalSource, SignalsUnavailable
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.crd import SERVING_POOL_KIND, AutoscalerStatus
+from mainsail.spec.crd import Recommendation as RecommendationPoint
 from mainsail.spec.deployment import KIND, Autoscaling, ModelDeploymentSpec
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,28 @@ def _rfc3339(now: datetime.datetime) -> str:
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _rfc3339_at(seconds: float) -> str:
+    return _rfc3339(datetime.datetime.fromtimestamp(seconds, datetime.UTC))
+
+
+def history_from_status(pool_status: Mapping[str, Any]) -> list[tuple[float, int]]:
+    """The ``(time, raw)`` history a pool's autoscaling status kept (entries it cannot read
+    are skipped: a hand-edited status costs at most one delay of holding)."""
+    out: list[tuple[float, int]] = []
+    for item in pool_status.get("recommendations") or []:
+        try:
+            when = datetime.datetime.strptime(str(item["time"]), "%Y-%m-%dT%H:%M:%SZ")
+            out.append((when.replace(tzinfo=datetime.UTC).timestamp(), int(item["replicas"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(out)
+
+
 class Autoscaler:
-    """Runs passes; keeps each pool's recent recommendations for the scale-down delay."""
+    """Runs passes; keeps each pool's recent recommendations for the scale-down delay.
+
+    ``clock`` is wall time in seconds since the epoch: the history outlives this process.
+    """
 
     def __init__(
         self,
@@ -89,7 +112,7 @@ class Autoscaler:
         signals: SignalSource,
         settings: OperatorSettings,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         wall: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     ) -> None:
         self._api = api
@@ -148,9 +171,13 @@ class Autoscaler:
                 }
                 continue
             rec: Recommendation = raw_replicas(auto, reading.loads.get(role, _IDLE))
-            history = self._history.setdefault((owner.namespace, owner.name, role), [])
+            key = (owner.namespace, owner.name, role)
+            history = self._history.get(key)
+            if history is None:  # first pass since start: the history status kept
+                history = self._history[key] = history_from_status(before)
             target = stabilize(auto, current, rec.replicas, history, now)
-            history.append((now, rec.replicas))
+            if not history or history[-1][1] != rec.replicas:
+                history.append((now, rec.replicas))
             self._prune(history, now, auto.scale_down_delay_seconds)
             last_scale = before.get("lastScaleTime")
             reason = rec.reason
@@ -175,6 +202,9 @@ class Autoscaler:
                 recommended_replicas=rec.replicas,
                 reason=reason[:1024],
                 last_scale_time=last_scale,
+                recommendations=[
+                    RecommendationPoint(time=_rfc3339_at(t), replicas=r) for t, r in history
+                ],
             ).model_dump(by_alias=True, mode="json", exclude_none=True)
         changed = {r: v for r, v in result.status.items() if reading.previous.get(r) != v}
         if changed:  # a write per change, not per pass: status stays quiet while nothing moves

@@ -71,6 +71,13 @@ class PoolStatus(SpecModel):
     ready_replicas: int = Field(0, ge=0, description="Workers whose pods are Ready.")
 
 
+class Recommendation(SpecModel):
+    """A raw replica count the autoscaler's load reading asked for, from ``time`` on."""
+
+    time: str = Field(..., description="RFC 3339 time the load started asking for it.")
+    replicas: int = Field(..., ge=0)
+
+
 class AutoscalerStatus(SpecModel):
     """The autoscaler's last pass over one pool (see docs/operator.md#autoscaling)."""
 
@@ -80,6 +87,13 @@ class AutoscalerStatus(SpecModel):
     )
     reason: str = Field("", max_length=1024, description="The signal that decided, in words.")
     last_scale_time: str | None = Field(None, description="RFC 3339 time it last changed it.")
+    recommendations: list[Recommendation] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Changes of the raw recommendation over the scale-down window, oldest "
+        "first (and the one in effect when it began): the stabilisation history, kept here so "
+        "the scale-down delay survives an operator restart.",
+    )
 
 
 class ModelDeploymentStatus(SpecModel):
