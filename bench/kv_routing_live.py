@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from mainsail.cli.defaults import TINY_DEPLOYMENT
 from mainsail.cli.local.child import UpProcess
 from mainsail.sim.prompts import trace_block_tokens
 from mainsail.sim.traces import default_data_dir, load_mooncake
+from mainsail.spec import sse
 
 POLICIES: dict[str, dict[str, Any]] = {
     "round-robin": {"filters": ["healthy"], "scorers": [], "picker": "round-robin"},
@@ -113,10 +113,7 @@ async def _one(
     usage: dict[str, Any] = {}
     async with client.stream("POST", "/v1/completions", json=body) as resp:
         worker = resp.headers.get("x-mainsail-worker", "?")
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
+        async for event in sse.json_events(resp.aiter_lines()):
             if ttft is None and event.get("choices"):
                 ttft = time.perf_counter() - t0
             if event.get("usage"):

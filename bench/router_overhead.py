@@ -34,6 +34,7 @@ from mainsail.cli.local.redis_server import free_port
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.settings import RouterConfig
+from mainsail.spec import sse
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.host import WorkerSpec
 
@@ -79,8 +80,8 @@ async def _via_http(client: httpx.AsyncClient, model: str, i: int) -> Timing:
     ttft = 0.0
     body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "stream": True}
     async with client.stream("POST", "/v1/completions", json=body) as resp:
-        async for line in resp.aiter_lines():
-            if line.startswith("data: {") and not ttft:
+        async for _event in sse.json_events(resp.aiter_lines()):
+            if not ttft:
                 ttft = time.perf_counter() - t0
     return ttft, time.perf_counter() - t0
 

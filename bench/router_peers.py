@@ -42,6 +42,7 @@ import psutil  # type: ignore[import-untyped]
 
 from mainsail.cli.local.redis_server import free_port
 from mainsail.router.settings import RouterConfig
+from mainsail.spec import sse
 from mainsail.workers.checkpoint import ensure_checkpoint
 
 MAX_TOKENS = 16
@@ -151,8 +152,8 @@ async def _httpx_call(client: httpx.AsyncClient) -> Timing:
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "stream": True}
     async with client.stream("POST", "/v1/completions", json=body) as resp:
         resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not ttft and line.startswith("data: {"):
+        async for _event in sse.json_events(resp.aiter_lines()):
+            if not ttft:
                 ttft = time.perf_counter() - t0
     return ttft, time.perf_counter() - t0
 
@@ -175,8 +176,8 @@ async def _aiohttp_call(session: aiohttp.ClientSession, url: str) -> Timing:
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "stream": True}
     async with session.post(url + "/v1/completions", json=body) as resp:
         resp.raise_for_status()
-        async for line in resp.content:
-            if not ttft and line.startswith(b"data: {"):
+        async for _event in sse.json_events(resp.content):
+            if not ttft:
                 ttft = time.perf_counter() - t0
     return ttft, time.perf_counter() - t0
 

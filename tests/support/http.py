@@ -3,7 +3,6 @@ shared by the HTTP front, migration and auth tests."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +14,7 @@ from mainsail.router.front.http_api import HttpFront
 from mainsail.router.front.http_server import HttpServer
 from mainsail.router.routing.router import Router
 from mainsail.router.server import bind_socket
+from mainsail.spec.sse import body_events
 
 
 @asynccontextmanager
@@ -36,11 +36,4 @@ async def serving(
 
 def sse_events(body: str) -> list[Any]:
     """The `data:` payloads of an SSE body, JSON-decoded (`[DONE]` kept as the string)."""
-    events = []
-    for block in body.split("\n\n"):
-        if not block.strip():
-            continue
-        assert block.startswith("data: "), block
-        payload = block[len("data: ") :]
-        events.append(payload if payload == "[DONE]" else json.loads(payload))
-    return events
+    return body_events(body)

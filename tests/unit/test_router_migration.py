@@ -4,7 +4,6 @@ after a worker fails mid-stream, on `POST /workers/<id>/drain`, and on `POST
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from support.http import serving, sse_events
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.routing.router import Router
 from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
+from mainsail.spec import sse
 
 pytestmark = pytest.mark.unit
 MODEL = "tiny"
@@ -87,11 +87,8 @@ async def _stream_and(
     body = {"model": MODEL, "prompt": "x y", "max_tokens": max_tokens, "stream": True}
     async with http.stream("POST", "/v1/completions", json=body) as resp:
         request_id = resp.headers["x-request-id"]
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            payload = line[len("data: ") :]
-            events.append(payload if payload == "[DONE]" else json.loads(payload))
+        async for payload in sse.events(resp.aiter_lines()):
+            events.append(payload)
             if len(events) == after:
                 result = await action(request_id)
     return events, result

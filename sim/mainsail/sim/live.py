@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ from mainsail.sim.report import render_markdown
 from mainsail.sim.request import SimRequest
 from mainsail.sim.simulation import RunResult
 from mainsail.sim.traces import TRACE_BLOCK_TOKENS, TraceRequest
+from mainsail.spec import sse
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,7 @@ class HttpSender:
             if resp.status_code != 200:
                 res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
                 return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                event = json.loads(line[6:])
+            async for event in sse.json_events(resp.aiter_lines()):
                 if "error" in event:
                     res.error = str(event["error"])[:200]
                     return
