@@ -1,8 +1,9 @@
 """End to end: `mainsail up` as a user runs it, driven by the real `openai` SDK and gRPC.
 
 One stack (embedded valkey, local Ray, two real engine workers on the tiny checkpoint, the
-router process) serves the whole module; the last test kills the workers mid-stream and the
-module teardown checks that SIGTERM leaves no process behind.
+router process) serves the whole module; the last tests kill workers (mid-stream: the request
+moves; then the supervisor replaces them) and the module teardown checks that SIGTERM leaves no
+process behind.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support.stack import running_stack, worker_pid, worker_pids
+from support.stack import running_stack, worker_pid
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -225,7 +226,7 @@ def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> No
 def test_a_worker_dying_mid_stream_costs_the_request_nothing(stack: dict[str, Any]) -> None:
     """Live migration: SIGKILL the worker serving a greedy stream; the router continues the
     request on the other worker and the client gets exactly the tokens of an undisturbed run.
-    Runs second to last: it leaves one worker."""
+    (The supervisor then brings the killed worker back; see the last test.)"""
     request = pb.GenerateRequest(
         model=stack["model"],
         prompt="Once upon a time, in a harbour full of sails",
@@ -265,26 +266,47 @@ def reference_prompt_tokens(stack: dict[str, Any], request: pb.GenerateRequest) 
     return int(responses[-1].usage.prompt_tokens)
 
 
-def test_workers_dying_mid_stream_end_the_stream_with_an_error(
-    client: openai.OpenAI, stack: dict[str, Any]
-) -> None:
-    """Runs last: kills every worker of this stack (by pid, never by name) while a long
-    stream is in flight."""
-    workers = [psutil.Process(pid) for pid in worker_pids(stack).values()]
-    assert workers, "no worker processes found"
-    stream = client.completions.create(
-        model=stack["model"],
-        prompt="Tell a long story",
-        max_tokens=1000,
-        stream=True,
-        extra_body={"ignore_eos": True},
+def _workers(stack: dict[str, Any]) -> dict[str, str]:
+    """Registered worker id -> address, from the router's admin API."""
+    reply = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+    return {w["id"]: w["address"] for w in reply}
+
+
+def _wait_for(probe: Any, what: str, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := probe():
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_a_killed_worker_is_replaced_and_registers_again(stack: dict[str, Any]) -> None:
+    """Runs last. `mainsail up` supervises its workers: SIGKILL one worker actor (by pid, found
+    with `worker_pid`: a descendant of the `mainsail up` this module started); the supervisor
+    starts a replacement under the same worker id, which registers again and serves."""
+    want = stack["workers"]
+    before = _wait_for(lambda: len(w := _workers(stack)) == want and w, f"{want} workers")
+    victim, address = sorted(before.items())[0]
+    psutil.Process(worker_pid(stack, victim)).kill()
+    after = _wait_for(
+        lambda: (w := _workers(stack)).get(victim) not in (None, address) and len(w) == want and w,
+        f"worker {victim} registered again at a new address",
     )
-    iterator = iter(stream)
-    next(iterator)
-    for proc in workers:
-        proc.kill()
-    started = time.monotonic()
-    with pytest.raises(openai.APIError):
-        for _ in iterator:
-            pass
-    assert time.monotonic() - started < 30
+    assert set(after) == set(before)
+    others = [w for w in after if w != victim]
+    for other in others:  # only the replacement may take the next request
+        httpx.post(f"{stack['http']}/workers/{other}/drain", timeout=10).raise_for_status()
+    try:
+        request = pb.GenerateRequest(
+            model=stack["model"],
+            prompt="Back from the dead",
+            sampling=pb.SamplingParams(max_tokens=8, temperature=0, ignore_eos=True),
+        )
+        with grpc.insecure_channel(stack["grpc"]) as channel:
+            replies = list(pb_grpc.InferenceStub(channel).Generate(request, timeout=60))
+        assert {r.worker_id for r in replies if r.token_ids} == {victim}
+        assert sum(len(r.token_ids) for r in replies) == 8
+    finally:
+        for other in others:
+            httpx.delete(f"{stack['http']}/workers/{other}/drain", timeout=10)

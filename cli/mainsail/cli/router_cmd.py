@@ -1,9 +1,11 @@
 """`mainsail router --config FILE`: the router process, from either kind of config file.
 
 On a cluster the operator mounts the deployment's one configuration document
-(`mainsail.operator.desired_config`: `engine`, `router`, `slo`, `model`, `kvHash`, …); locally
-`mainsail up` writes a `RouterConfig` JSON. Both end up as the same `RouterConfig`, derived
-from the same spec models, so the router and the workers read KV parameters from one source.
+(`mainsail.spec.config_document.DeploymentDocument`: the whole spec but the pool sizes);
+locally `mainsail up` writes a `RouterConfig` JSON. Both end up as the same `RouterConfig`,
+built by `RouterConfig.from_deployment` from the same spec, so a cluster router keeps every
+mode a local one has (prefill/decode, SLO classes, adapters, profile) and the router and the
+workers read KV parameters from one source.
 This module lives in the CLI because a `generate:` model source needs the checkpoint
 generator (a workers module) to produce the tokenizer, and the router package must not
 import workers.
@@ -17,39 +19,31 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import ModelDeployment, ModelDeploymentSpec
+from mainsail.spec.config_document import DeploymentDocument
 
 
 def router_config_from_document(doc: dict[str, Any], host: str = "0.0.0.0") -> RouterConfig:
-    """A `RouterConfig` from the operator's configuration document."""
-    spec = ModelDeploymentSpec.model_validate(
-        {key: doc[key] for key in ("model", "engine", "router", "slo", "adapters") if key in doc}
-        | {"pools": {"unified": {}}}
-    )
-    deployment = ModelDeployment.model_validate(
-        {
-            "metadata": {"name": doc.get("deployment", "mainsail")},
-            "spec": spec.model_dump(by_alias=True),
-        }
-    )
+    """A `RouterConfig` from the operator's configuration document: the same settings
+    `mainsail up` derives from the same spec (roles, SLO classes, adapters, profile), bound
+    to ``host``. Raises `ValueError` naming what is wrong."""
+    try:
+        document = DeploymentDocument.model_validate(doc)
+    except ValidationError as exc:
+        raise ValueError(f"config: {exc}") from exc
+    spec = document.spec
     if spec.model.path:
         model_dir = Path(spec.model.path)
     else:
         from mainsail.workers.checkpoint import ensure_checkpoint
 
-        assert spec.model.generate is not None
+        assert spec.model.generate is not None  # ModelSource: exactly one of path/generate
         model_dir = ensure_checkpoint(
             spec.model.generate, seed=spec.model.seed, size=spec.model.size
         )
-    config = RouterConfig.from_deployment(deployment, model_dir, host=host)
-    declared = doc.get("kvFingerprint")
-    if declared and declared != config.kv_hash.fingerprint():
-        raise ValueError(
-            f"config: kvFingerprint {declared} disagrees with the engine settings "
-            f"({config.kv_hash.fingerprint()})"
-        )
-    return config
+    return RouterConfig.from_deployment(document.model_deployment(), model_dir, host=host)
 
 
 def main(argv: list[str]) -> int:

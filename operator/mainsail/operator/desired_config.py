@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from mainsail.operator.naming import Owner, child_metadata, child_name
+from mainsail.spec.config_document import CONFIG_ENV, spec_for_document
 from mainsail.spec.deployment import ModelDeploymentSpec
 
 CONFIG_KEY = "config.json"
@@ -27,10 +28,16 @@ def config_map_name(owner: Owner) -> str:
     return child_name(owner, "config")
 
 
+def router_grpc_address(owner: Owner, spec: ModelDeploymentSpec) -> str:
+    """Where workers register: the router Service's gRPC port (in-cluster DNS)."""
+    return f"{child_name(owner, 'router')}.{owner.namespace}.svc:{spec.router.grpc_port}"
+
+
 def deployment_config(
     owner: Owner, spec: ModelDeploymentSpec, cache_urls: list[str]
 ) -> dict[str, Any]:
-    """Everything the router and workers must agree on, as one JSON-able document."""
+    """Everything the router and workers must agree on, as one JSON-able document
+    (read back with `mainsail.spec.config_document.DeploymentDocument`)."""
     kv = spec.engine.kv_hash()
 
     def dump(model: Any) -> Any:
@@ -48,6 +55,8 @@ def deployment_config(
         "adapters": [dump(adapter) for adapter in spec.adapters],
         "roles": sorted(spec.pools.worker_pools()),
         "cache": {"urls": cache_urls, "ttlSeconds": spec.pools.cache.ttl_seconds},
+        "spec": spec_for_document(spec),
+        "routerAddress": router_grpc_address(owner, spec),
     }
 
 
@@ -84,6 +93,6 @@ def common_env(owner: Owner, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
     """Environment every Mainsail container gets (prefix `MAINSAIL_`)."""
     return [
         {"name": "MAINSAIL_DEPLOYMENT", "value": owner.name},
-        {"name": "MAINSAIL_CONFIG", "value": CONFIG_PATH},
+        {"name": CONFIG_ENV, "value": CONFIG_PATH},
         {"name": "MAINSAIL_KV_FINGERPRINT", "value": spec.engine.kv_hash().fingerprint()},
     ]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.spec.deployment import Adapter, EngineSettings
+from mainsail.spec.deployment import Adapter, EngineSettings, ModelSource
 from mainsail.spec.keepalive import server_options
 from mainsail.spec.worker_auth import WorkerCredential, token_guard
 from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig
@@ -46,6 +46,17 @@ class WorkerSpec(BaseModel):
     engine: EngineSettings = EngineSettings()
     router_address: str | None = Field(None, description="host:port of the router's gRPC.")
     host: str = Field("127.0.0.1", description="Address the Worker service binds to.")
+    advertise_host: str | None = Field(
+        None,
+        description="Address the router should dial (registered); default `host`. On a "
+        "cluster the worker binds 0.0.0.0 and advertises its pod's IP.",
+    )
+    generate: ModelSource | None = Field(
+        None,
+        description="When this source has `generate` set, the checkpoint is generated into "
+        "`model_dir` at start if it is not there yet (deterministic from seed and size, so "
+        "every pod of a cluster and the router get the same weights and tokenizer).",
+    )
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
     adapters: tuple[Adapter, ...] = Field(
         (),
@@ -109,6 +120,17 @@ class WorkerHost:
         spec = self.spec
         engine: ServingEngine
         limits: RequestLimits | None = None
+        source = spec.generate
+        if source is not None and source.generate is not None and not spec.fake_engine:
+            from mainsail.workers.checkpoint import generate_checkpoint
+
+            await asyncio.to_thread(
+                generate_checkpoint,
+                source.generate,
+                spec.model_dir,
+                seed=source.seed,
+                size=source.size,
+            )
         if spec.fake_engine:
             fake = FakeEngine()
             engine, snapshot = fake, fake.kv_snapshot
@@ -150,7 +172,7 @@ class WorkerHost:
         port = server.add_secure_port(bind, tls) if tls else server.add_insecure_port(bind)
         await server.start()
         self._server = server
-        self.address = f"{spec.host}:{port}"
+        self.address = f"{spec.advertise_host or spec.host}:{port}"
         if spec.router_address:
             kv = spec.engine.kv_hash()
             info = pb.WorkerInfo(

@@ -2,8 +2,10 @@
 
 The same spec the operator turns into a RayCluster, a router Deployment and a Redis
 StatefulSet becomes, locally: a Redis-compatible server (or `--redis-url`), a local Ray with
-one async actor per worker replica, and a router process. Startup is ordered so that each
-step can fail with a clear message; shutdown reverses it and leaves no process behind.
+one async actor per worker replica, kept alive by the same `WorkerSupervisor` a cluster's Ray
+head runs (a crashed worker is replaced and registers again), and a router process. Startup
+is ordered so that each step can fail with a clear message; shutdown reverses it and leaves no
+process behind.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import pool_resource
+from mainsail.workers.supervisor import WorkerSupervisor
 
 Progress = Callable[[str], None]
 
@@ -59,8 +62,10 @@ class LocalStack:
     router_proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
     grpc_port: int = 0
-    actors: list[Any] = field(default_factory=list)
+    supervisor: WorkerSupervisor | None = None
     ray_started: bool = False
+    _supervisor_thread: threading.Thread | None = None
+    _supervisor_stop: threading.Event | None = None
     _workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mainsail-up-")))
 
     # ---------------------------------------------------------------- start
@@ -158,7 +163,7 @@ class LocalStack:
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         import ray
 
-        total = sum(self._replicas(p.replicas) for p in self._pools().values())
+        total = self._total_replicas()
         # Ray installs a SIGTERM handler that kills the process before our cleanup runs;
         # keep ours so SIGTERM shuts the whole stack down in order.
         previous = signal.getsignal(signal.SIGTERM)
@@ -187,41 +192,40 @@ class LocalStack:
         return self.options.replicas if self.options.replicas is not None else replicas
 
     def _start_workers(self) -> None:
-        import ray
-
-        from mainsail.workers.ray_actor import actor_class
+        """The same supervisor a cluster's Ray head runs: one actor per unit of each pool's
+        Ray resource, replaced (and re-registered) when it dies, until `stop`."""
 
         assert self.model_dir is not None
         spec = self.deployment.spec
         router_address = f"{self.options.host}:{self.grpc_port}"
-        pending = []
+        model_dir = self.model_dir
         # Adapters whose `path` is not on this machine are skipped (the rest are served);
         # `generateRank` adapters are generated for the local checkpoint by each worker.
         adapters = tuple(a for a in spec.adapters if a.path is None or Path(a.path).is_dir())
         for skipped in sorted({a.name for a in spec.adapters} - {a.name for a in adapters}):
             self.progress(f"Adapter {skipped}: path not found on this machine; not served")
-        for role, pool in self._pools().items():
-            actor = actor_class(num_cpus=1, resources={pool_resource(role): 1.0})
-            for i in range(self._replicas(pool.replicas)):
-                worker = WorkerSpec(
-                    worker_id=f"{self.deployment.metadata.name}-{role}-{i}",
-                    role=role,
-                    model_name=spec.model.name,
-                    model_dir=self.model_dir,
-                    engine=spec.engine,
-                    router_address=router_address,
-                    host=self.options.host,
-                    adapters=adapters,
-                    redis_url=self.redis_url,
-                )
-                handle = actor.options(name=worker.worker_id).remote(worker.model_dump_json())
-                self.actors.append(handle)
-                pending.append((worker.worker_id, handle.start.remote()))
-        for n, (worker_id, ref) in enumerate(pending, 1):
-            self.progress(f"Starting workers ({n}/{len(pending)}): {worker_id}")
-            ray.get(ref, timeout=self.options.startup_timeout)
-        for handle in self.actors:
-            ray.get(handle.wait_registered.remote(60.0), timeout=90)
+        name = self.deployment.metadata.name
+
+        def make_spec(role: str, index: int) -> WorkerSpec:
+            return WorkerSpec(
+                worker_id=f"{name}-{role}-{index}",
+                role=role,
+                model_name=spec.model.name,
+                model_dir=model_dir,
+                engine=spec.engine,
+                router_address=router_address,
+                host=self.options.host,
+                adapters=adapters,
+                redis_url=self.redis_url,
+            )
+
+        self.supervisor = WorkerSupervisor(name, list(self._pools()), make_spec)
+        self.progress(f"Starting workers ({self._total_replicas()})")
+        self.supervisor.wait_ready(self.options.startup_timeout, self.progress)
+        self._supervisor_thread, self._supervisor_stop = self.supervisor.start_background()
+
+    def _total_replicas(self) -> int:
+        return sum(self._replicas(p.replicas) for p in self._pools().values())
 
     # ---------------------------------------------------------------- report
 
@@ -235,7 +239,7 @@ class LocalStack:
             "grpc": f"{host}:{self.grpc_port}",
             "metrics": f"http://{host}:{self.http_port}/metrics",
             "redis": self.redis_url,
-            "workers": len(self.actors),
+            "workers": self._total_replicas(),
             "model_dir": str(self.model_dir),
             "router_log": str(self._workdir / "router.log"),
         }
@@ -244,15 +248,16 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop workers, Ray, the router and Redis; never raises."""
+        if self._supervisor_stop is not None and self._supervisor_thread is not None:
+            self._supervisor_stop.set()
+            self._supervisor_thread.join(timeout=30)
         if self.ray_started:
             import ray
 
-            for handle in self.actors:
+            if self.supervisor is not None:
                 # Shutting down regardless of how each actor answers.
                 with contextlib.suppress(Exception):
-                    ray.get(handle.stop.remote(), timeout=10)
-                with contextlib.suppress(Exception):
-                    ray.kill(handle)
+                    self.supervisor.stop_all()
             ray.shutdown()
             self.ray_started = False
         if self.router_proc is not None and self.router_proc.poll() is None:

@@ -152,6 +152,15 @@ def ensure_checkpoint(
 
     ``cache_dir`` defaults to ``~/.cache/mainsail/models``.
     """
+    return generate_checkpoint(
+        arch, checkpoint_dir(arch, cache_dir, seed, size), seed=seed, size=size
+    )
+
+
+def checkpoint_dir(
+    arch: Arch, cache_dir: Path | None = None, seed: int = 0, size: Size = "tiny"
+) -> Path:
+    """Where `ensure_checkpoint` keeps this checkpoint (nothing is generated)."""
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     name = f"{arch}-s{seed}" if size == "tiny" else f"{arch}-{size}-s{seed}"
-    return generate_checkpoint(arch, root / name, seed=seed, size=size)
+    return root / name
