@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from support.operator_harness import (
     EXAMPLES,
+    LoopbackRouter,
     OperatorProcess,
     apply_example,
     condition,
@@ -42,7 +44,7 @@ def test_example_gets_its_children_and_status(
         refs = get(kube_testbed, kube_namespace, kind, name)["metadata"]["ownerReferences"]
         assert [(r["uid"], r["controller"]) for r in refs] == [(uid, True)]
     printed = kube_testbed.kubectl("get", "-n", kube_namespace, "modeldeployments").stdout
-    assert printed.split()[:4] == ["NAME", "MODEL", "READY", "ENDPOINT"]
+    assert printed.split()[:5] == ["NAME", "MODEL", "READY", "ENDPOINT", "STATUS"]
 
 
 def test_kubectl_scale_flows_to_the_ray_cluster(
@@ -170,7 +172,20 @@ def test_deleting_the_deployment_leaves_children_to_garbage_collection(
 ) -> None:
     bed, ns = kube_testbed, kube_namespace
     md = apply_example(bed, ns, EXAMPLES / "lora-adapters.yaml")
-    before = {n: get(bed, ns, *n)["metadata"]["resourceVersion"] for n in names(bed, ns)}
+
+    def versions() -> dict[tuple[str, str], str]:
+        return {n: get(bed, ns, *n)["metadata"]["resourceVersion"] for n in names(bed, ns)}
+
+    # Settle first: kopf annotates each ServingPool it handles shortly after creation.
+    seen: list[dict[tuple[str, str], str]] = [versions()]
+
+    def settled() -> bool:
+        time.sleep(1.5)
+        seen.append(versions())
+        return seen[-1] == seen[-2]
+
+    wait_for(settled, "children to settle")
+    before = seen[-1]
     bed.kubectl("delete", "-n", ns, "modeldeployment", "lora-adapters")
     time.sleep(4)  # longer than a resync: nothing may be re-applied for a deleted owner
     after = {n: get(bed, ns, *n)["metadata"] for n in names(bed, ns)}
@@ -217,79 +232,101 @@ def _ready_pod(ns: str, role: str, index: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def test_status_aggregates_worker_and_router_readiness(
-    kube_testbed: Any, kube_namespace: str, operator: OperatorProcess
-) -> None:
-    bed, ns = kube_testbed, kube_namespace
-    md = apply_example(bed, ns, EXAMPLES / "tiny.yaml")
-    replicas = md["status"]["pools"]["unified"]["replicas"]
-    ready = {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
-    for i in range(replicas):
-        bed.kubectl("apply", "-f", "-", input=json.dumps(_ready_pod(ns, "unified", i)))
-        bed.kubectl(
-            "patch",
-            "-n",
-            ns,
-            "pod",
-            f"tiny-unified-{i}",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps(ready),
-        )
-    router = get(bed, ns, "deployment", "tiny-router")
+def _mark_ready(bed: Any, ns: str, kind: str, name: str) -> None:
+    """Write a workload's status as its controller would once every replica is ready."""
+    obj = get(bed, ns, kind, name)
     status = {
         "status": {
-            "observedGeneration": router["metadata"]["generation"],
-            "replicas": 1,
-            "readyReplicas": router["spec"]["replicas"],
+            "observedGeneration": obj["metadata"]["generation"],
+            "replicas": obj["spec"]["replicas"],
+            "readyReplicas": obj["spec"]["replicas"],
         }
     }
     bed.kubectl(
-        "patch",
-        "-n",
-        ns,
-        "deployment",
-        "tiny-router",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(status),
-    )
-    for kind in ("statefulset",):
-        if ("StatefulSet", "tiny-cache") in names(bed, ns):
-            sts = get(bed, ns, kind, "tiny-cache")
-            sts_status = {
-                "status": {
-                    "observedGeneration": sts["metadata"]["generation"],
-                    "replicas": 1,
-                    "readyReplicas": sts["spec"]["replicas"],
-                }
-            }
+        "patch", "-n", ns, kind, name, "--subresource=status", "--type=merge",
+        "-p", json.dumps(status),
+    )  # fmt: skip
+
+
+def test_status_is_ready_only_with_workers_registered_at_a_reachable_router(
+    kube_testbed: Any,
+    kube_namespace: str,
+    operator: OperatorProcess,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Ready pods and a ready router Deployment are not enough: `Ready` waits until the real
+    router (on loopback, read by the operator as it reads the Service) has every pool's
+    workers registered; a worker leaving or the router going away takes `Ready` back, and
+    `kubectl get modeldeployments` prints it."""
+    bed, ns = kube_testbed, kube_namespace
+    router = LoopbackRouter(tiny_model_dir, tmp_path, model_name="tiny-llama", workers=())
+    try:
+        md = yaml.safe_load((EXAMPLES / "tiny.yaml").read_text())
+        md["spec"]["router"]["httpPort"] = router.http_port
+        bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
+        wait_for(lambda: names(bed, ns) >= {("Deployment", "tiny-router")}, "children")
+        replicas = get(bed, ns, "servingpool", "tiny-unified")["spec"]["replicas"]
+        ready = {
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        }
+        for i in range(replicas):
+            bed.kubectl("apply", "-f", "-", input=json.dumps(_ready_pod(ns, "unified", i)))
             bed.kubectl(
-                "patch",
-                "-n",
-                ns,
-                kind,
-                "tiny-cache",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                json.dumps(sts_status),
+                "patch", "-n", ns, "pod", f"tiny-unified-{i}", "--subresource=status",
+                "--type=merge", "-p", json.dumps(ready),
+            )  # fmt: skip
+        _mark_ready(bed, ns, "deployment", "tiny-router")
+        _mark_ready(bed, ns, "statefulset", "tiny-cache")
+
+        def status_of() -> dict[str, Any]:
+            return dict(get(bed, ns, "modeldeployment", "tiny").get("status") or {})
+
+        def message(kind: str) -> str:
+            return next(
+                (c["message"] for c in status_of().get("conditions", []) if c["type"] == kind), ""
             )
-    md = wait_for(
-        lambda: (
-            (m := get(bed, ns, "modeldeployment", "tiny"))
-            and condition(m, "Ready")[0] == "True"
-            and m
-        ),
-        "Ready=True",
-    )
-    assert md["status"]["ready"] == "1/1"
-    assert condition(md, "Ready") == ("True", "DeploymentReady")
-    pool = get(bed, ns, "servingpool", "tiny-unified")
-    assert pool["status"]["readyReplicas"] == replicas
-    bed.kubectl("wait", "-n", ns, "--for=condition=Ready", "modeldeployment/tiny", "--timeout=5s")
+
+        wait_for(lambda: "unified 0/2 registered (2 pods ready)" in message("PoolsReady"), "0/2")
+        md_now = get(bed, ns, "modeldeployment", "tiny")
+        assert condition(md_now, "Ready") == ("False", "PoolsNotReady")
+        router.add_worker("tiny-unified-0")
+        wait_for(lambda: "unified 1/2 registered" in message("PoolsReady"), "1/2")
+        router.add_worker("tiny-unified-1")
+        md_ready = wait_for(
+            lambda: (
+                (m := get(bed, ns, "modeldeployment", "tiny"))
+                and condition(m, "Ready")[0] == "True"
+                and m
+            ),
+            "Ready=True",
+        )
+        assert md_ready["status"]["ready"] == "1/1"
+        assert md_ready["status"]["pools"]["unified"]["registeredWorkers"] == 2
+        bed.kubectl(
+            "wait", "-n", ns, "--for=condition=Ready", "modeldeployment/tiny", "--timeout=5s"
+        )
+        printed = bed.kubectl("get", "-n", ns, "modeldeployments").stdout.split("\n")
+        assert printed[0].split()[:5] == ["NAME", "MODEL", "READY", "ENDPOINT", "STATUS"]
+        assert printed[1].split()[:3] == ["tiny", "tiny-llama", "1/1"]
+        assert printed[1].split()[4] == "DeploymentReady"
+
+        router.remove_worker("tiny-unified-1")
+        wait_for(lambda: "unified 1/2 registered" in message("PoolsReady"), "back to 1/2")
+        assert condition(get(bed, ns, "modeldeployment", "tiny"), "Ready")[0] == "False"
+        router.stop()
+        wait_for(
+            lambda: (
+                condition(get(bed, ns, "modeldeployment", "tiny"), "Ready")
+                == ("False", "RouterUnreachable")
+            ),
+            "RouterUnreachable",
+        )
+        assert "not answering" in message("RouterReady")
+        printed = bed.kubectl("get", "-n", ns, "modeldeployments").stdout
+        assert "RouterUnreachable" in printed and "0/1" in printed
+    finally:
+        router.stop()
 
 
 def test_operator_identity_cannot_touch_secrets(

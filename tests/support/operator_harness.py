@@ -187,15 +187,25 @@ def condition(md: dict[str, Any], kind: str) -> tuple[str, str]:
 
 
 class LoopbackRouter:
-    """A real `python -m mainsail.router` on loopback and one worker registered with it by the
-    real `Registrar`, heartbeating whatever load the test sets (nothing is served)."""
+    """A real `python -m mainsail.router` on loopback and workers registered with it by the
+    real `Registrar`, heartbeating whatever load the test sets (nothing is served). Workers
+    come and go with `add_worker` / `remove_worker` (which deregisters, as a stopping worker
+    does)."""
 
-    def __init__(self, model_dir: Path, tmp: Path) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        tmp: Path,
+        *,
+        model_name: str = "tiny-auto",
+        workers: tuple[tuple[str, str], ...] = (("w-0", "unified"),),
+    ) -> None:
         from mainsail.router.settings import RouterConfig
 
         self.http_port = _free_port()
+        self.model_name = model_name
         config = RouterConfig(
-            model_name="tiny-auto", model_dir=model_dir, http_port=self.http_port, grpc_port=0
+            model_name=model_name, model_dir=model_dir, http_port=self.http_port, grpc_port=0
         )
         (tmp / "router.json").write_text(config.model_dump_json())
         ready = tmp / "router.ready"
@@ -209,16 +219,20 @@ class LoopbackRouter:
         self.kv = config.kv_hash
         self.grpc = f"127.0.0.1:{ports['grpc_port']}"
         self.load = {"running": 0, "waiting": 0, "kv_blocks_used": 0, "kv_blocks_total": 1000}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
+        self._tasks: dict[str, Any] = {}
+        for worker_id, role in workers:
+            self.add_worker(worker_id, role)
 
-    def _heartbeat(self) -> None:
+    def add_worker(self, worker_id: str, role: str = "unified") -> None:
+        """Register one more worker (it heartbeats `self.load`)."""
         from mainsail.proto.v1 import mainsail_pb2 as pb
         from mainsail.workers.registration import Registrar
 
         info = pb.WorkerInfo(
-            worker_id="w-0", address="127.0.0.1:1", role="unified", model="tiny-auto",
+            worker_id=worker_id, address="127.0.0.1:1", role=role, model=self.model_name,
             max_model_len=2048, max_num_seqs=8,
             kv_hash=pb.KVHashParams(
                 block_size=self.kv.block_size, hash_seed=self.kv.hash_seed,
@@ -229,7 +243,7 @@ class LoopbackRouter:
         def snapshot() -> pb.LoadSnapshot:
             load = dict(self.load)
             return pb.LoadSnapshot(
-                worker_id="w-0",
+                worker_id=worker_id,
                 running=load["running"],
                 waiting=load["waiting"],
                 kv_blocks_used=load["kv_blocks_used"],
@@ -238,19 +252,30 @@ class LoopbackRouter:
 
         registrar = Registrar(self.grpc, info, snapshot)
 
-        async def run() -> None:
-            task = asyncio.create_task(registrar.run())
-            while not self._stop.is_set():
-                await asyncio.sleep(0.1)
+        async def start() -> Any:
+            return asyncio.ensure_future(registrar.run()), registrar
+
+        self._tasks[worker_id] = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Stop heartbeating and deregister, as a stopping worker does."""
+        task, registrar = self._tasks.pop(worker_id)
+
+        async def stop() -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await registrar.deregister()
 
-        asyncio.run(run())
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        for worker_id in list(self._tasks):
+            with contextlib.suppress(Exception):
+                self.remove_worker(worker_id)
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=15)

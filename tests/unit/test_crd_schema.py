@@ -95,7 +95,7 @@ def test_serving_pool_has_scale_subresource_and_printer_columns() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in md["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Model", "Ready", "Endpoint", "Age"]
+    assert columns == ["Model", "Ready", "Endpoint", "Status", "Age"]
     role = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["role"]
     assert tuple(role["enum"]) == ROLES
 

@@ -214,3 +214,44 @@ def test_router_reads_its_credentials_from_the_named_secret() -> None:
         ModelDeploymentSpec.model_validate(
             {**spec.model_dump(by_alias=True), "router": {"auth": {"secretName": "Bad_Name"}}}
         )
+
+
+def test_the_ray_head_runs_the_worker_supervisor() -> None:
+    """KubeRay keeps a head command that does not say `ray start` and runs its own
+    `ray start --head` after it; ours backgrounds the supervisor (restarted if it exits)."""
+    import importlib
+
+    from mainsail.operator.desired_pools import SUPERVISOR_LOOP, SUPERVISOR_MODULE
+
+    ray = _by_kind(desired_children(OWNER, _spec("dense-prefill-decode.yaml"), SETTINGS))
+    head = ray["RayCluster"][0]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["args"] == [SUPERVISOR_LOOP] and "ray start" not in SUPERVISOR_LOOP
+    assert SUPERVISOR_LOOP.startswith("{ while true; do python3 -m ")
+    assert SUPERVISOR_LOOP.endswith("& }")
+    assert {"name": "MAINSAIL_CONFIG", "value": "/etc/mainsail/config.json"} in head["env"]
+    assert callable(importlib.import_module(SUPERVISOR_MODULE).main)
+
+
+def test_a_generated_model_reaches_the_router_through_an_init_container() -> None:
+    """The router image has no torch; the worker image generates the same checkpoint the
+    workers generate, into a volume the router reads (`MAINSAIL_MODEL_DIR`)."""
+    spec = _spec("dense-prefill-decode.yaml")
+    router = next(c for c in desired_children(OWNER, spec, SETTINGS) if c["kind"] == "Deployment")[
+        "spec"
+    ]["template"]["spec"]
+    (init,) = router["initContainers"]
+    assert init["image"] == SETTINGS.worker_image
+    assert init["args"] == [
+        "mainsail", "model", "init", "--arch", "llama", "--seed", "7", "--size", "tiny",
+        "--out", "/var/lib/mainsail/model",
+    ]  # fmt: skip
+    env = router["containers"][0]["env"]
+    assert {"name": "MAINSAIL_MODEL_DIR", "value": "/var/lib/mainsail/model"} in env
+    on_disk = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"generate": None, "path": "/models/x"})}
+    )
+    router = next(
+        c for c in desired_children(OWNER, on_disk, SETTINGS) if c["kind"] == "Deployment"
+    )["spec"]["template"]["spec"]
+    assert "initContainers" not in router
+    assert all(e["name"] != "MAINSAIL_MODEL_DIR" for e in router["containers"][0]["env"])

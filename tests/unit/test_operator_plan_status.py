@@ -80,7 +80,9 @@ def _ready_pod(role: str) -> dict[str, Any]:
     }
 
 
-def _observation(ready_pods: int, router_ready: int) -> Observation:
+def _observation(
+    ready_pods: int, router_ready: int, registered: dict[str, int] | None = None
+) -> Observation:
     children = {(c["kind"], c["metadata"].get("name")): c for c in _children()}
     router = copy.deepcopy(children[("Deployment", "m-router")])
     router["metadata"]["generation"] = 1
@@ -94,6 +96,7 @@ def _observation(ready_pods: int, router_ready: int) -> Observation:
         cache=cache,
         config_map=children[("ConfigMap", "m-config")],
         ray_cluster=children[("RayCluster", "m")],
+        registered={"unified": ready_pods} if registered is None else registered,
     )
 
 
@@ -108,6 +111,7 @@ def test_status_reports_pools_router_cache_and_kv() -> None:
         "servingPool": "m-unified",
         "replicas": 2,
         "readyReplicas": 1,
+        "registeredWorkers": 1,
     }
     assert status["endpoint"] == "http://m-router.ns.svc:8000"
     conditions = _conditions(status)
@@ -117,6 +121,42 @@ def test_status_reports_pools_router_cache_and_kv() -> None:
     assert conditions["KVConfigConsistent"] == ("True", "FingerprintsMatch")
     ready = deployment_status(OWNER, SPEC, _observation(2, 1), status, "T1")
     assert _conditions(ready)["Ready"] == ("True", "DeploymentReady") and ready["ready"] == "1/1"
+
+
+def test_ready_pods_are_not_enough_workers_must_register() -> None:
+    """Pods Ready but the workers not registered (model loading): not Ready, and why."""
+    status = deployment_status(OWNER, SPEC, _observation(2, 1, {"unified": 1}), None, "T0")
+    assert status["ready"] == "0/1"
+    assert _conditions(status)["Ready"] == ("False", "PoolsNotReady")
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "PoolsReady")
+    assert "unified 1/2 registered (2 pods ready)" in message
+
+
+def test_an_unreachable_router_is_not_ready() -> None:
+    obs = _observation(2, 1)
+    obs = Observation(**{**obs.__dict__, "registered": None, "router_error": "GET x: refused"})
+    status = deployment_status(OWNER, SPEC, obs, None, "T0")
+    conditions = _conditions(status)
+    assert conditions["Ready"] == ("False", "RouterUnreachable")
+    assert conditions["RouterReady"] == ("False", "RouterUnreachable")
+    assert "registeredWorkers" not in status["pools"]["unified"]
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "RouterReady")
+    assert "GET x: refused" in message
+
+
+def test_registered_workers_come_from_the_router_metrics() -> None:
+    from mainsail.operator.router_probe import RouterUnreachable, registered_workers
+
+    text = (
+        "# TYPE mainsail_router_queued_requests gauge\nmainsail_router_queued_requests 3.0\n"
+        "# TYPE mainsail_router_workers gauge\n"
+        'mainsail_router_workers{role="prefill"} 2.0\nmainsail_router_workers{role="decode"} 1.0\n'
+    )
+    assert registered_workers(text) == {"prefill": 2, "decode": 1}
+    idle = "# TYPE mainsail_router_queued_requests gauge\nmainsail_router_queued_requests 0.0\n"
+    assert registered_workers(idle) == {}
+    with pytest.raises(RouterUnreachable, match="not a Mainsail router"):
+        registered_workers("# TYPE x gauge\nx 1.0\n")
 
 
 def test_kv_mismatch_is_loud() -> None:

@@ -14,6 +14,7 @@ from mainsail.operator.fake_kube import InMemoryKubeApi, merge_patch
 from mainsail.operator.kube import KubeError
 from mainsail.operator.naming import LABEL_DEPLOYMENT
 from mainsail.operator.reconciler import Reconciler
+from mainsail.operator.router_probe import StaticRouterProbe
 from mainsail.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -34,8 +35,9 @@ def _kinds(api: InMemoryKubeApi) -> list[str]:
     return sorted(f"{k}/{name}" for (_, k, _, name) in api.objects if k != "ModelDeployment")
 
 
-def _reconciler(api: InMemoryKubeApi) -> Reconciler:
-    return Reconciler(api, OperatorSettings(), clock=lambda: T0)
+def _reconciler(api: InMemoryKubeApi, probe: StaticRouterProbe | None = None) -> Reconciler:
+    probe = probe or StaticRouterProbe(error="no router in this test")
+    return Reconciler(api, OperatorSettings(), clock=lambda: T0, probe=probe)
 
 
 def test_first_pass_creates_every_child_and_the_second_writes_nothing() -> None:
@@ -148,3 +150,34 @@ def test_the_fake_keeps_the_api_servers_rules() -> None:
     assert merge_patch({"a": {"b": 1, "c": 2}}, {"a": {"b": None, "d": 3}}) == {
         "a": {"c": 2, "d": 3}
     }
+
+
+def test_status_asks_the_router_which_workers_registered() -> None:
+    """Ready needs the router Deployment ready and the pool's workers registered with it."""
+    api = InMemoryKubeApi()
+    _deployment(api)
+    probe = StaticRouterProbe({"unified": 1})
+    reconciler = _reconciler(api, probe)
+    reconciler.reconcile(NS, "tiny")
+    for kind, name in (("Deployment", "tiny-router"), ("StatefulSet", "tiny-cache")):
+        obj = api.get("apps/v1", kind, NS, name)
+        assert obj is not None
+        want = obj["spec"]["replicas"]
+        generation = obj["metadata"].get("generation", 1)
+        status = {"readyReplicas": want, "replicas": want, "observedGeneration": generation}
+        api.patch_status("apps/v1", kind, NS, name, status)
+    reconciler.reconcile(NS, "tiny")
+    assert probe.urls[-1] == "http://tiny-router.team-a.svc:8000/metrics"
+
+    def ready() -> tuple[str, str, str]:
+        status = api.get(MD, "ModelDeployment", NS, "tiny")["status"]  # type: ignore[index]
+        cond = next(c for c in status["conditions"] if c["type"] == "Ready")
+        return cond["status"], cond["reason"], status["ready"]
+
+    assert ready() == ("False", "PoolsNotReady", "0/1")
+    probe.counts = {"unified": 2}
+    reconciler.reconcile(NS, "tiny")
+    assert ready() == ("True", "DeploymentReady", "1/1")
+    probe.error = "GET http://tiny-router...: connection refused"
+    reconciler.reconcile(NS, "tiny")
+    assert ready() == ("False", "RouterUnreachable", "0/1")

@@ -14,6 +14,7 @@ import workers.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,19 +23,26 @@ from typing import Any
 from pydantic import ValidationError
 
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.config_document import DeploymentDocument
+from mainsail.spec.config_document import MODEL_DIR_ENV, DeploymentDocument
 
 
-def router_config_from_document(doc: dict[str, Any], host: str = "0.0.0.0") -> RouterConfig:
+def router_config_from_document(
+    doc: dict[str, Any], host: str = "0.0.0.0", model_dir: Path | None = None
+) -> RouterConfig:
     """A `RouterConfig` from the operator's configuration document: the same settings
     `mainsail up` derives from the same spec (roles, SLO classes, adapters, profile), bound
-    to ``host``. Raises `ValueError` naming what is wrong."""
+    to ``host``. ``model_dir`` (the operator's init container wrote the checkpoint there,
+    `MAINSAIL_MODEL_DIR`) wins over the spec's source. Raises `ValueError` naming what is
+    wrong."""
     try:
         document = DeploymentDocument.model_validate(doc)
     except ValidationError as exc:
         raise ValueError(f"config: {exc}") from exc
     spec = document.spec
-    if spec.model.path:
+    if model_dir is not None:
+        if not (model_dir / "tokenizer.json").is_file():
+            raise ValueError(f"{MODEL_DIR_ENV}: no tokenizer.json in {model_dir}")
+    elif spec.model.path:
         model_dir = Path(spec.model.path)
     else:
         from mainsail.workers.checkpoint import ensure_checkpoint
@@ -43,6 +51,7 @@ def router_config_from_document(doc: dict[str, Any], host: str = "0.0.0.0") -> R
         model_dir = ensure_checkpoint(
             spec.model.generate, seed=spec.model.seed, size=spec.model.size
         )
+    assert model_dir is not None
     return RouterConfig.from_deployment(document.model_deployment(), model_dir, host=host)
 
 
@@ -61,7 +70,8 @@ def main(argv: list[str]) -> int:
         return 2
     if "kvHash" in doc:
         try:
-            config = router_config_from_document(doc)
+            given = os.environ.get(MODEL_DIR_ENV)
+            config = router_config_from_document(doc, model_dir=Path(given) if given else None)
         except ValueError as exc:
             print(f"mainsail router: {exc}", file=sys.stderr)
             return 2

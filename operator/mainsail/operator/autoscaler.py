@@ -33,7 +33,7 @@ from mainsail.operator.autoscale_policy import (
     stabilize,
 )
 from mainsail.operator.desired_pools import serving_pool_name
-from mainsail.operator.desired_router import router_name
+from mainsail.operator.desired_router import router_metrics_url
 from mainsail.operator.kube import KubeApi, Obj
 from mainsail.operator.naming import MD_API_VERSION, Owner
 from mainsail.operator.router_signals import SignalSource, SignalsUnavailable
@@ -124,9 +124,7 @@ class Autoscaler:
 
     def metrics_url(self, owner: Owner, spec: ModelDeploymentSpec) -> str:
         """The router's metrics URL for this deployment (settings' template filled in)."""
-        return self._settings.router_metrics_url.format(
-            router=router_name(owner), namespace=owner.namespace, port=spec.router.http_port
-        )
+        return router_metrics_url(self._settings.router_metrics_url, owner, spec)
 
     async def run_pass(self, body: Mapping[str, Any]) -> PassResult:
         """`read` then `apply` (tests; the operator holds the deployment's lock for `apply`)."""

@@ -43,6 +43,6 @@ def desired_children(
     children.append(ray_cluster(owner, spec, settings, cfg_hash, replicas, urls))
     children += [
         router_service(owner, spec),
-        router_deployment(owner, spec, settings.router_image, cfg_hash),
+        router_deployment(owner, spec, settings.router_image, cfg_hash, settings.worker_image),
     ]
     return children

@@ -32,6 +32,13 @@ POOL_COMPONENT = "pool"
 WORKER_COMPONENT = "worker"
 HEAD_COMPONENT = "head"
 GPU_RESOURCE = "nvidia.com/gpu"
+SUPERVISOR_MODULE = "mainsail.workers.cluster_supervisor"
+SUPERVISOR_LOOP = f"{{ while true; do python3 -m {SUPERVISOR_MODULE}; sleep 2; done & }}"
+"""The head container's command. KubeRay runs a container command that does not mention
+`ray start` before its own `ulimit ...; ray start --head ... --block` (joined with `&&`, in
+`bash -lc`), so this starts the worker supervisor in the background of the head container
+(it must share the head's file system to attach to its Ray node) and restarts it if it exits;
+the supervisor waits for the head to come up."""
 
 
 def serving_pool_name(owner: Owner, role: str) -> str:
@@ -183,7 +190,8 @@ def ray_cluster(
     replicas: Mapping[str, int],
     cache_urls: list[str],
 ) -> dict[str, Any]:
-    """The RayCluster: a CPU-only head (no engine on it) and one worker group per pool."""
+    """The RayCluster: a CPU-only head running the worker supervisor (no engine on it) and
+    one worker group per pool, each pod bringing one unit of `mainsail-<role>`."""
     head_env = [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
     head = _container(
         "ray-head",
@@ -194,6 +202,7 @@ def ray_cluster(
         {"cpu": "1", "memory": "2Gi"},
         {"memory": "2Gi"},
     )
+    head["args"] = [SUPERVISOR_LOOP]
     groups = [
         worker_group(owner, spec, settings, cfg_hash, role, pool, replicas[role], cache_urls)
         for role, pool in spec.pools.worker_pools().items()

@@ -22,6 +22,7 @@ from mainsail.operator.naming import (
     labels,
     selector_labels,
 )
+from mainsail.spec.config_document import MODEL_DIR_ENV
 from mainsail.spec.deployment import ModelDeploymentSpec
 from mainsail.spec.router_auth import SECRET_KEYS
 
@@ -32,17 +33,58 @@ def router_name(owner: Owner) -> str:
     return child_name(owner, COMPONENT)
 
 
+def router_metrics_url(template: str, owner: Owner, spec: ModelDeploymentSpec) -> str:
+    """The router's metrics URL from the settings' template (`router_metrics_url`)."""
+    return template.format(
+        router=router_name(owner), namespace=owner.namespace, port=spec.router.http_port
+    )
+
+
 def router_endpoint(owner: Owner, spec: ModelDeploymentSpec) -> str:
     """In-cluster HTTP URL of the router Service."""
     return f"http://{router_name(owner)}.{owner.namespace}.svc:{spec.router.http_port}"
 
 
+MODEL_VOLUME = "model"
+MODEL_DIR = "/var/lib/mainsail/model"
+
+
+def _model_init(spec: ModelDeploymentSpec, worker_image: str) -> list[dict[str, Any]]:
+    """For a generated model: an init container (worker image, which has the generator) that
+    writes the checkpoint the workers generate too (deterministic from arch, seed and size),
+    so the router's tokenizer is exactly the workers' and the router image needs no torch."""
+    source = spec.model
+    if source.generate is None:
+        return []
+    return [
+        {
+            "name": "model",
+            "image": worker_image,
+            "args": [
+                "mainsail", "model", "init", "--arch", source.generate,
+                "--seed", str(source.seed), "--size", source.size, "--out", MODEL_DIR,
+            ],
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"},
+            },
+            "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": MODEL_DIR}],
+        }
+    ]  # fmt: skip
+
+
 def router_deployment(
-    owner: Owner, spec: ModelDeploymentSpec, image: str, cfg_hash: str
+    owner: Owner, spec: ModelDeploymentSpec, image: str, cfg_hash: str, worker_image: str = ""
 ) -> dict[str, Any]:
-    """`replicas` router pods behind one Service, probing `/health`."""
+    """`replicas` router pods behind one Service, probing `/health`; a generated model comes
+    from an init container on the worker image (`worker_image`)."""
     router = spec.router
-    return {
+    init = _model_init(spec, worker_image or image)
+    model_env = [{"name": MODEL_DIR_ENV, "value": MODEL_DIR}] if init else []
+    model_mounts = (
+        [{"name": MODEL_VOLUME, "mountPath": MODEL_DIR, "readOnly": True}] if init else []
+    )
+    model_volumes = [{"name": MODEL_VOLUME, "emptyDir": {}}] if init else []
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": child_metadata(owner, router_name(owner), COMPONENT),
@@ -72,20 +114,23 @@ def router_deployment(
                                 {"name": "http", "containerPort": router.http_port},
                                 {"name": "grpc", "containerPort": router.grpc_port},
                             ],
-                            "env": common_env(owner, spec) + _auth_env(spec),
+                            "env": common_env(owner, spec) + model_env + _auth_env(spec),
                             "readinessProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
                                 "periodSeconds": 5,
                             },
                             "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
-                            "volumeMounts": [config_mount()],
+                            "volumeMounts": [config_mount(), *model_mounts],
                         }
                     ],
-                    "volumes": [config_volume(owner)],
+                    "volumes": [config_volume(owner), *model_volumes],
                 },
             },
         },
     }
+    if init:
+        deployment["spec"]["template"]["spec"]["initContainers"] = init
+    return deployment
 
 
 def _auth_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:

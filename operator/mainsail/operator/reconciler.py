@@ -20,7 +20,7 @@ from mainsail.operator.desired import desired_children
 from mainsail.operator.desired_cache import cache_name
 from mainsail.operator.desired_config import config_map_name
 from mainsail.operator.desired_pools import WORKER_COMPONENT, ray_cluster_name
-from mainsail.operator.desired_router import router_name
+from mainsail.operator.desired_router import router_metrics_url, router_name
 from mainsail.operator.kinds import CHILDREN
 from mainsail.operator.kube import KubeApi, Obj
 from mainsail.operator.naming import (
@@ -31,6 +31,7 @@ from mainsail.operator.naming import (
     Owner,
 )
 from mainsail.operator.plan import child_key, contains, controlled_by, plan_changes
+from mainsail.operator.router_probe import HttpRouterProbe, RouterProbe, RouterUnreachable
 from mainsail.operator.settings import OperatorSettings
 from mainsail.operator.status import Observation, deployment_status, serving_pool_status
 from mainsail.spec.crd import SERVING_POOL_KIND
@@ -78,10 +79,12 @@ class Reconciler:
         api: KubeApi,
         settings: OperatorSettings,
         clock: Callable[[], datetime.datetime] = utc_now,
+        probe: RouterProbe | None = None,
     ) -> None:
         self._api = api
         self._settings = settings
         self._clock = clock
+        self._probe = probe if probe is not None else HttpRouterProbe()
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
         """One pass for the named deployment; None when it is gone or being deleted."""
@@ -157,10 +160,20 @@ class Reconciler:
             status = serving_pool_status(owner, role, obj, pods.get(role, []))
             if not contains(obj.get("status"), status):
                 pools[role] = api.patch_status(MD_API_VERSION, SERVING_POOL_KIND, ns, name, status)
+        router = current.get(("apps/v1", "Deployment", router_name(owner)))
+        registered, router_error = None, None
+        if router is not None:
+            url = router_metrics_url(self._settings.router_metrics_url, owner, spec)
+            try:
+                registered = dict(self._probe.registered(url))
+            except RouterUnreachable as exc:
+                router_error = str(exc)
         obs = Observation(
+            registered=registered,
+            router_error=router_error,
             serving_pools=pools,
             pool_pods=pods,
-            router=current.get(("apps/v1", "Deployment", router_name(owner))),
+            router=router,
             cache=current.get(("apps/v1", "StatefulSet", cache_name(owner))),
             config_map=current.get(("v1", "ConfigMap", config_map_name(owner))),
             ray_cluster=current.get(("ray.io/v1", "RayCluster", ray_cluster_name(owner))),

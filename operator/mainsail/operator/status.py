@@ -1,9 +1,13 @@
 """Status from observed children: per-pool replicas, conditions with reasons, the endpoint.
 
-Pure: the reconciler hands in what it observed (after applying) and the previous status, and
-gets the new status back. A condition keeps its `lastTransitionTime` while its status holds.
-`Ready` is the conjunction of `PoolsReady`, `RouterReady`, `CacheReady` and
-`KVConfigConsistent`; its reason is the first one that is not true.
+Pure: the reconciler hands in what it observed (after applying, plus the registered workers
+per role its `RouterProbe` read from the router) and the previous status, and gets the new
+status back. A condition keeps its `lastTransitionTime` while its status holds. `Ready` is
+the conjunction of `RouterReady` (the router Deployment is ready and the router answers),
+`PoolsReady` (each pool has as many workers *registered with the router* as its ServingPool
+asks for; Ready pods alone are not enough: a worker serves only once it has loaded the model
+and registered), `CacheReady` and `KVConfigConsistent`; its reason is the first one that is
+not true.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class Observation:
     cache: Obj | None = None
     config_map: Obj | None = None
     ray_cluster: Obj | None = None
+    registered: Mapping[str, int] | None = None
+    """Role -> workers registered with the router; None when the router was not read."""
+    router_error: str | None = None
+    """Why the router could not be read (when `registered` is None)."""
 
 
 def pod_ready(pod: Obj) -> bool:
@@ -107,30 +115,41 @@ def _condition(kind: str, ok: bool, reason: str, message: str, generation: int) 
     )
 
 
+def _registered(obs: Observation, role: str) -> int | None:
+    return None if obs.registered is None else int(obs.registered.get(role, 0))
+
+
+def _want(obs: Observation, role: str) -> int | None:
+    pool = obs.serving_pools.get(role)
+    return int((pool.get("spec") or {}).get("replicas", 0)) if pool else None
+
+
 def _conditions(owner: Owner, spec: ModelDeploymentSpec, obs: Observation) -> list[Condition]:
     gen = owner.generation
     lagging = []
     for role in spec.pools.worker_pools():
-        pool = obs.serving_pools.get(role)
-        want = int((pool or {}).get("spec", {}).get("replicas", 0)) if pool else None
-        up = sum(1 for p in obs.pool_pods.get(role, ()) if pod_ready(p))
-        if want is None or up < want:
-            lagging.append(f"{role} {up}/{want if want is not None else '?'}")
+        want, registered = _want(obs, role), _registered(obs, role)
+        pods = sum(1 for p in obs.pool_pods.get(role, ()) if pod_ready(p))
+        if want is None or registered is None or registered < want:
+            lagging.append(
+                f"{role} {'?' if registered is None else registered}/"
+                f"{'?' if want is None else want} registered ({pods} pods ready)"
+            )
     pools = _condition(
         "PoolsReady",
         not lagging,
         "PoolsNotReady" if lagging else "AllPoolsReady",
-        "waiting for workers: " + ", ".join(lagging) if lagging else "all worker pools ready",
+        "waiting for workers: " + ", ".join(lagging)
+        if lagging
+        else "every pool has its workers registered with the router",
         gen,
     )
     router_ok, router_msg = _workload_ready(obs.router)
-    router = _condition(
-        "RouterReady",
-        router_ok,
-        "RouterAvailable" if router_ok else "RouterNotReady",
-        f"router {router_msg}",
-        gen,
-    )
+    reason = "RouterAvailable" if router_ok else "RouterNotReady"
+    if router_ok and obs.registered is None:
+        router_ok, reason = False, "RouterUnreachable"
+        router_msg += f", but not answering: {obs.router_error or 'not read'}"
+    router = _condition("RouterReady", router_ok, reason, f"router {router_msg}", gen)
     cache_spec = spec.pools.cache
     if not cache_spec.enabled or cache_spec.replicas == 0:
         cache = _condition("CacheReady", True, "CacheDisabled", "no shared KV tier", gen)
@@ -155,7 +174,7 @@ def _conditions(owner: Owner, spec: ModelDeploymentSpec, obs: Observation) -> li
         else f"expected {expected}; differs in {wrong or '-'}; missing in {missing or '-'}",
         gen,
     )
-    parts = [pools, router, cache, kv]
+    parts = [router, pools, cache, kv]
     first_bad = next((c for c in parts if c.status != "True"), None)
     ready = _condition(
         "Ready",
@@ -196,8 +215,13 @@ def deployment_status(
             serving_pool=serving_pool_name(owner, role),
             replicas=int((pool.get("spec") or {}).get("replicas", 0)),
             ready_replicas=sum(1 for p in obs.pool_pods.get(role, ()) if pod_ready(p)),
+            registered_workers=_registered(obs, role),
         )
-    ready_pools = sum(1 for p in pools.values() if p.ready_replicas >= p.replicas)
+    ready_pools = sum(
+        1
+        for p in pools.values()
+        if p.registered_workers is not None and p.registered_workers >= p.replicas
+    )
     conditions = merge_conditions(
         (previous or {}).get("conditions") or [], _conditions(owner, spec, obs), now
     )

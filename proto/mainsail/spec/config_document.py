@@ -21,6 +21,9 @@ from mainsail.spec.deployment import ModelDeployment, ModelDeploymentSpec
 
 CONFIG_ENV = "MAINSAIL_CONFIG"
 """Path of the mounted document in every Mainsail container the operator creates."""
+MODEL_DIR_ENV = "MAINSAIL_MODEL_DIR"
+"""Set in the router's container when an init container already put the checkpoint there (a
+generated one: the router image carries no torch to generate it)."""
 SIZE_KEYS = ("replicas", "autoscaling")
 """Per-pool keys left out of the document's spec (the ServingPools own pool sizes)."""
 

@@ -69,6 +69,12 @@ class PoolStatus(SpecModel):
     serving_pool: str = Field(..., description="Name of the ServingPool child.")
     replicas: int = Field(0, ge=0, description="Desired workers (ServingPool spec.replicas).")
     ready_replicas: int = Field(0, ge=0, description="Workers whose pods are Ready.")
+    registered_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Workers registered with the router (serving); absent when the router "
+        "could not be read.",
+    )
 
 
 class Recommendation(SpecModel):
@@ -100,7 +106,10 @@ class ModelDeploymentStatus(SpecModel):
     """What the operator observed about a ModelDeployment's children."""
 
     observed_generation: int | None = Field(None, ge=0)
-    ready: str | None = Field(None, description="Ready pools / pools, e.g. `2/3`.")
+    ready: str | None = Field(
+        None,
+        description="Pools with all their workers registered with the router / pools, e.g. `2/3`.",
+    )
     endpoint: str | None = Field(None, description="In-cluster URL of the router (HTTP).")
     kv_fingerprint: str | None = Field(None, description="KV hash parameters handed out.")
     pools: dict[str, PoolStatus] = Field(default_factory=dict)
@@ -322,6 +331,11 @@ def model_deployment_crd() -> Schema:
             {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+            {
+                "name": "Status",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            },
             _age(),
         ],
         {"status": {}},
