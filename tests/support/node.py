@@ -79,13 +79,25 @@ def support_problem() -> str | None:
         return "the node test bed needs root (network namespaces, mounts, containerd)"
     missing = [
         tool
-        for tool in ("ip", "nsenter", "containerd", "ctr", "runc", "iptables", "gcc", "openssl")
+        for tool in (
+            "ip",
+            "nsenter",
+            "unshare",
+            "containerd",
+            "ctr",
+            "runc",
+            "iptables",
+            "gcc",
+            "openssl",
+            "mmdebstrap",
+        )
         if shutil.which(tool) is None
     ]
     if missing:
         return f"missing tools: {', '.join(missing)} (scripts/node-deps.sh installs them)"
-    if not Path("/proc/self/ns/net").exists():
-        return "no network namespace support"
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"no network namespace support (unshare --net: {probe.stderr.strip()})"
     return None
 
 
@@ -324,7 +336,7 @@ class Node:
         `service_ip`, or `run_in_netns` for name lookups through CoreDNS.)"""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=4,
+                max_workers=16,
                 thread_name_prefix=f"netns-{self.id}",
                 initializer=_enter_netns,
                 initargs=(str(self.netns_path),),
