@@ -19,7 +19,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support.stack import running_stack, worker_pid
+from support.stack import running_stack, worker_pid, worker_pids
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -236,6 +236,7 @@ def test_a_worker_dying_mid_stream_costs_the_request_nothing(stack: dict[str, An
         stub = pb_grpc.InferenceStub(channel)
         reference = [t for r in stub.Generate(request, timeout=120) for t in r.token_ids]
         assert len(reference) == 600
+        pids = worker_pids(stack)  # looked up before the stream: the kill must be quick
         tokens: list[int] = []
         served_by: list[str] = []
         killed = None
@@ -244,7 +245,7 @@ def test_a_worker_dying_mid_stream_costs_the_request_nothing(stack: dict[str, An
             tokens += last.token_ids
             served_by.append(last.worker_id)
             if killed is None and len(tokens) >= 20:
-                killed = worker_pid(stack, last.worker_id)
+                killed = pids[last.worker_id]
                 psutil.Process(killed).kill()
     assert killed is not None, "the stream finished before a worker could be killed"
     assert last.finish_reason == "length" and not last.error

@@ -107,9 +107,11 @@ def check_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> No
 
 
 def check_label(param: str, value: str) -> None:
-    """Client-chosen names and ids stay short (they end up in logs and headers)."""
+    """Client-chosen names and ids: short printable ASCII (they end up in logs and headers)."""
     if len(value) > MAX_ID_LEN:
         raise FieldError(param, f"{param} must be at most {MAX_ID_LEN} characters.")
+    if value and not (value.isascii() and value.isprintable()):
+        raise FieldError(param, f"{param} must be printable ASCII.")
 
 
 def check_worker_request(request: pb.WorkerRequest, *, vocab_size: int, max_model_len: int) -> None:

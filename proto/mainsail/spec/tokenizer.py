@@ -13,6 +13,7 @@ Every error is a `TokenizerError` (a `ValueError`).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -88,8 +89,22 @@ class Tokenizer:
             return self._vocab_size
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for (the longest vocabulary entry): a text
+        of ``n`` characters has at least ``n / max_token_chars`` tokens, known without
+        tokenizing it (how the router refuses an oversized prompt for free)."""
+        return max(1, *(len(piece) for piece in self._tok.get_vocab(with_added_tokens=True)))
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text`` (the tokenizer's special tokens added, as HF ``__call__``)."""
+        """Token ids of ``text`` (the tokenizer's special tokens added, as HF ``__call__``).
+
+        A long text goes through the batch call, which releases the GIL while the Rust
+        tokenizer works (the single-text call holds it: seconds for megabytes, during which
+        no other thread of the process — the router's event loop — runs)."""
+        if len(text) > _GIL_RELEASE_CHARS:
+            batch = self._tok.encode_batch([text], add_special_tokens=add_special_tokens)
+            return list(batch[0].ids)
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -125,6 +140,9 @@ class Tokenizer:
         return self.encode(
             self.render_chat(messages, add_generation_prompt), add_special_tokens=False
         )
+
+
+_GIL_RELEASE_CHARS = 4096
 
 
 def _raise_template_error(message: str) -> NoReturn:

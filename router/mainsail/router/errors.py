@@ -95,3 +95,24 @@ def upstream_failed(message: str) -> RouterError:
 
 class TransportError(Exception):
     """The worker could not be reached or broke the stream (the router's side of the wire)."""
+
+
+class WorkerRefused(TransportError):
+    """The worker refused this one request (its stream is fine): the request's error, never
+    the worker's failure. ``message`` is the worker's "CODE: detail"."""
+
+    @property
+    def invalid_argument(self) -> bool:
+        """Whether the worker found the request itself invalid (a client error)."""
+        return str(self).startswith("INVALID_ARGUMENT")
+
+    def to_router_error(self) -> RouterError:
+        """400 naming the field for an invalid request, else 502 for this request only."""
+        text = str(self)
+        if not self.invalid_argument:
+            return upstream_failed(f"The worker could not serve this request: {text}")
+        detail = text.partition(":")[2].strip()
+        param, sep, message = detail.partition(": ")
+        if sep and param.isidentifier():
+            return bad_request(message, param=param)
+        return bad_request(detail or "The worker refused the request as invalid.")

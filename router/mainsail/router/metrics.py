@@ -103,6 +103,11 @@ class RouterMetrics:
             "Requests moved to another worker before any token.",
             registry=r,
         )
+        self.worker_refused = Counter(
+            "mainsail_router_worker_refused_requests",
+            "Requests a worker refused (their own error; the worker stays in service).",
+            registry=r,
+        )
         self.resumes = Counter(
             "mainsail_router_resumes",
             "Requests moved to another worker after their first token (worker failed).",

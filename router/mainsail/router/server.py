@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -34,7 +35,9 @@ from mainsail.router.metrics import RouterMetrics
 from mainsail.router.routing.router import Router
 from mainsail.router.scheduling import build_profile
 from mainsail.router.settings import RouterConfig
+from mainsail.spec.keepalive import server_options
 from mainsail.spec.tokenizer import Tokenizer
+from mainsail.spec.worker_auth import WorkerCredential
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +64,18 @@ class RouterServer:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         credentials: Credentials | None = None,
+        worker_credential: WorkerCredential | None = None,
     ) -> None:
         self.config = config
-        self.credentials = credentials if credentials is not None else Credentials.from_env()
+        creds = credentials if credentials is not None else Credentials.from_env()
+        if config.tenant_header and not creds.tenant_header:
+            creds = dataclasses.replace(creds, tenant_header=config.tenant_header.lower())
+        self.credentials = creds
+        self.worker_credential = (
+            worker_credential if worker_credential is not None else WorkerCredential.from_env()
+        )
         self.metrics = RouterMetrics()
-        self.transport = transport or GrpcTransport()
+        self.transport = transport or GrpcTransport(self.worker_credential)
         self.registry = WorkerRegistry(
             config.model_name, config.kv_hash, expiry=config.worker_expiry, clock=clock
         )
@@ -88,7 +98,8 @@ class RouterServer:
         self.metrics.registry.register(PoolLoadCollector(self.registry.entries))
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the background loops
+        self._removals: set[asyncio.Task[None]] = set()  # connection drops, until done
         self.http_port = 0
         self.grpc_port = 0
 
@@ -101,7 +112,8 @@ class RouterServer:
         self.approx.remove_worker(entry.worker_id)
         self._count_workers()
         task = asyncio.get_running_loop().create_task(self.transport.drop(entry.address))
-        self._tasks.append(task)
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     def _count_workers(self) -> None:
         roles: dict[str, int] = {"unified": 0, "prefill": 0, "decode": 0, "encode": 0}
@@ -113,11 +125,13 @@ class RouterServer:
     async def start(self) -> None:
         """Bind both fronts and start the background loops."""
         cfg = self.config
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *server_options()])
         pb_grpc.add_InferenceServicer_to_server(
             InferenceService(self.router, self.credentials), server
         )
-        pb_grpc.add_RegistryServicer_to_server(RegistryService(self.router), server)
+        pb_grpc.add_RegistryServicer_to_server(
+            RegistryService(self.router, self.worker_credential), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [
@@ -137,7 +151,15 @@ class RouterServer:
         sock = bind_socket(cfg.host, cfg.http_port)
         self.http_port = sock.getsockname()[1]
         front = HttpFront(self.router, credentials=self.credentials)
-        self._http = HttpServer(front.handle, max_body_bytes=cfg.max_body_bytes, keep_alive_s=30.0)
+        self._http = HttpServer(
+            front.handle,
+            max_body_bytes=cfg.max_body_bytes,
+            keep_alive_s=30.0,
+            max_head_bytes=cfg.max_head_bytes,
+            header_timeout=cfg.header_timeout,
+            body_timeout=cfg.body_timeout,
+            max_connections=cfg.max_connections,
+        )
         await self._http.start(sock)
         self._tasks.append(asyncio.create_task(self._prune_loop()))
         if cfg.rebalance.enabled:
@@ -170,9 +192,11 @@ class RouterServer:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         await self.feed.close()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._removals]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.transport.close()
+        self.router.preparing.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mainsail.spec.deployment import SLO, ModelDeployment, Rebalance, RoutingProfile
 from mainsail.spec.kvhash import KVHashConfig
@@ -35,6 +35,39 @@ class RouterConfig(BaseModel):
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port.")
     max_queue: int = Field(4096, ge=1, description="Requests waiting for a worker before 429.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest HTTP body.")
+    max_head_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest HTTP request line plus headers (431 beyond it).",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers (408)."
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client may take to send a request's body (408)."
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="Open HTTP connections; more are answered 503 and closed."
+    )
+    prepare_threads: int = Field(
+        2, ge=1, le=64, description="Threads tokenizing large prompts off the event loop."
+    )
+    max_preparing: int = Field(
+        64, ge=1, description="Large prompts being tokenized or queued for it (429 beyond)."
+    )
+    inline_prepare_chars: int = Field(
+        8192,
+        ge=0,
+        description="Prompts up to this many characters are tokenized inline (cheaper than "
+        "a thread hop); longer ones on the preparation threads.",
+    )
+    tenant_header: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9-]*$",
+        description="Header (gRPC metadata key) an upstream gateway sets to the caller's "
+        "tenant; empty: the tenant is the caller's API key. Prefix caches are per tenant.",
+    )
     dispatch_timeout: float = Field(
         30.0, gt=0, description="Seconds a request may wait for a worker before 503."
     )
@@ -75,6 +108,12 @@ class RouterConfig(BaseModel):
         gt=0,
         description="Seconds such a request waits for another worker before it ends with an error.",
     )
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> RouterConfig:
+        if self.max_preparing < self.prepare_threads:
+            raise ValueError("max_preparing must be >= prepare_threads")
+        return self
 
     @classmethod
     def from_deployment(

@@ -28,6 +28,7 @@ from mainsail.cli.local.ports import check_router_ports, router_ports
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import pool_resource
 from mainsail.workers.supervisor import WorkerSupervisor
@@ -75,6 +76,11 @@ class LocalStack:
         opts = self.options
         ports = router_ports(self.deployment, opts.http_port, opts.grpc_port)
         check_router_ports(opts.host, ports)  # before anything starts
+        # The worker plane's credential: the router and every worker inherit it from this
+        # process's environment (the router process and the local Ray), so the Registry and
+        # the workers' API refuse anyone else on this machine. Kept if the user set one.
+        if not os.environ.get(WORKER_TOKEN_ENV):
+            os.environ[WORKER_TOKEN_ENV] = generate_token()
         self._prepare_model()
         self._start_redis()
         self._start_router()

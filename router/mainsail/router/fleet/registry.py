@@ -5,11 +5,18 @@ registry refuses a worker whose model or KV hashing parameters differ from the r
 loudly, with the reason in the reply — because a silent mismatch makes KV-aware routing
 degrade without anyone noticing. Workers not heard from within `expiry` seconds are dropped.
 The clock is injected so tests and the simulator control time.
+
+A registered id belongs to its worker while that worker is alive: a newcomer registering the
+same id from another address is refused with a `retry_after` (the worker's own next process
+gets in once the old one expires, deregisters or fails), so nobody takes over a live
+worker's traffic. Everything a worker sends that the router keeps is bounded: refusals are a
+short ring, reasons are a fixed set (they label a metric), roles must be known ones.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +24,15 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.spec.kvhash import KVHashConfig
 
 Listener = Callable[["WorkerEntry"], None]
+ROLES = frozenset({"unified", "prefill", "decode", "encode"})
+REFUSAL_REASONS = (
+    "bad registration",
+    "model mismatch",
+    "KV hash mismatch",
+    "worker id in use",
+)
+"""Every reason a registration is refused (the `reason` label of the refusals metric)."""
+MAX_REFUSALS_KEPT = 64
 
 
 @dataclass
@@ -56,6 +72,21 @@ class Verdict:
 
     accepted: bool
     detail: str = ""
+    reason: str = ""  # one of REFUSAL_REASONS when refused
+    retry_after: float = 0.0  # > 0: the refusal is temporary
+
+
+def _malformed(info: pb.WorkerInfo) -> str:
+    """What is wrong with a registration's own fields ('' when nothing)."""
+    if not info.worker_id or not info.address:
+        return "worker_id and address are required"
+    if len(info.worker_id) > 128 or len(info.address) > 256:
+        return "worker_id (128) or address (256 characters) too long"
+    if (info.role or "unified") not in ROLES:
+        return f"role must be one of {', '.join(sorted(ROLES))}"
+    if len(info.adapters) > 256 or any(len(a) > 128 for a in info.adapters):
+        return "at most 256 adapters of at most 128 characters"
+    return ""
 
 
 class WorkerRegistry:
@@ -78,7 +109,7 @@ class WorkerRegistry:
         self._workers: dict[str, WorkerEntry] = {}
         self._on_add: list[Listener] = []
         self._on_remove: list[Listener] = []
-        self.refusals: list[tuple[str, str]] = []
+        self.refusals: deque[tuple[str, str]] = deque(maxlen=MAX_REFUSALS_KEPT)
 
     def subscribe(self, on_add: Listener | None = None, on_remove: Listener | None = None) -> None:
         """Call ``on_add``/``on_remove`` whenever a worker joins or leaves."""
@@ -91,10 +122,23 @@ class WorkerRegistry:
         """Admit ``info`` unless its model or KV hashing parameters disagree with ours."""
         verdict = self._check(info)
         if not verdict.accepted:
-            self.refusals.append((info.worker_id, verdict.detail))
+            self.refusals.append((info.worker_id[:128], verdict.detail))
             return verdict
         old = self._workers.get(info.worker_id)
-        entry = WorkerEntry(info=info, last_seen=self._clock())
+        now = self._clock()
+        if old is not None and old.address != info.address:
+            held = old.last_seen + self._expiry - now
+            if held > 0:
+                verdict = Verdict(
+                    False,
+                    f"worker id in use: {info.worker_id!r} is registered from another address "
+                    "and still heartbeating",
+                    reason="worker id in use",
+                    retry_after=max(0.5, min(held, self._expiry)),
+                )
+                self.refusals.append((info.worker_id[:128], verdict.detail))
+                return verdict
+        entry = WorkerEntry(info=info, last_seen=now)
         if old is not None:
             entry.outstanding = old.outstanding
             if old.address != info.address:
@@ -105,17 +149,24 @@ class WorkerRegistry:
         return verdict
 
     def _check(self, info: pb.WorkerInfo) -> Verdict:
-        if not info.worker_id or not info.address:
-            return Verdict(False, "worker_id and address are required")
+        bad = _malformed(info)
+        if bad:
+            return Verdict(False, f"bad registration: {bad}", reason="bad registration")
         if info.model != self._model:
             return Verdict(
                 False,
-                f"model mismatch: worker serves {info.model!r}, router serves {self._model!r}",
+                f"model mismatch: worker serves {info.model[:128]!r}, router serves "
+                f"{self._model!r}",
+                reason="model mismatch",
             )
         theirs = WorkerEntry(info=info, last_seen=0.0).fingerprint
         ours = self._kv_hash.fingerprint()
         if theirs != ours:
-            return Verdict(False, f"KV hash mismatch: worker {theirs}, router {ours}")
+            return Verdict(
+                False,
+                f"KV hash mismatch: worker {theirs[:200]}, router {ours}",
+                reason="KV hash mismatch",
+            )
         return Verdict(True)
 
     def heartbeat(self, worker_id: str, load: pb.LoadSnapshot) -> bool:

@@ -19,6 +19,8 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.errors import TransportError
 from mainsail.router.fleet.worker_stream import WorkerStream
+from mainsail.spec.keepalive import client_options
+from mainsail.spec.worker_auth import WorkerCredential
 
 
 class WorkerTransport(Protocol):
@@ -45,25 +47,26 @@ class WorkerTransport(Protocol):
         ...
 
 
-_CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
-
-
 class GrpcTransport:
-    """`WorkerTransport` over grpc.aio channels, one per worker address."""
+    """`WorkerTransport` over grpc.aio channels, one per worker address; every call carries
+    the worker-plane token, and channels use mutual TLS when the credential has material."""
 
-    def __init__(self) -> None:
+    def __init__(self, credential: WorkerCredential | None = None) -> None:
+        self.credential = credential or WorkerCredential()
+        self._metadata = self.credential.metadata
+        self._options = [*client_options(), *self.credential.channel_options()]
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.WorkerStub]] = {}
         self._streams: dict[str, WorkerStream] = {}
 
     def _stub(self, address: str) -> pb_grpc.WorkerStub:
         found = self._stubs.get(address)
         if found is None:
-            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            tls = self.credential.channel_credentials()
+            channel = (
+                grpc.aio.secure_channel(address, tls, options=self._options)
+                if tls is not None
+                else grpc.aio.insecure_channel(address, options=self._options)
+            )
             found = (channel, pb_grpc.WorkerStub(channel))
             self._stubs[address] = found
         return found[1]
@@ -73,7 +76,11 @@ class GrpcTransport:
     ) -> AsyncGenerator[pb.TokenChunk, None]:
         stream = self._streams.get(address)
         if stream is None or stream.closed:
-            stream = WorkerStream(self._stub(address).SubmitMany, self._aborter(address))
+            stub = self._stub(address)
+            metadata = self._metadata
+            stream = WorkerStream(
+                lambda: stub.SubmitMany(metadata=metadata), self._aborter(address)
+            )
             self._streams[address] = stream
         return stream.submit(request)
 
@@ -85,10 +92,14 @@ class GrpcTransport:
 
     async def abort(self, address: str, request_id: str) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._stub(address).Abort(pb.AbortRequest(request_id=request_id), timeout=2.0)
+            await self._stub(address).Abort(
+                pb.AbortRequest(request_id=request_id), timeout=2.0, metadata=self._metadata
+            )
 
     async def kv_events(self, address: str) -> AsyncIterator[pb.KVEventBatch]:
-        call = self._stub(address).KVEvents(pb.KVEventsRequest(snapshot=True))
+        call = self._stub(address).KVEvents(
+            pb.KVEventsRequest(snapshot=True), metadata=self._metadata
+        )
         try:
             async for batch in call:
                 yield batch

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.errors import TransportError
+from mainsail.router.errors import TransportError, WorkerRefused
 
 Item = pb.TokenChunk | TransportError
 Opener = Callable[[], Any]  # the stub's SubmitMany: returns a grpc.aio StreamStreamCall
@@ -44,14 +44,15 @@ class WorkerStream:
 
     def submit(self, request: pb.WorkerRequest) -> AsyncGenerator[pb.TokenChunk, None]:
         """Send ``request`` now; the returned stream yields its chunks and raises
-        TransportError if the worker refuses it before its first token (a chunk with
-        finish_reason "error" and no tokens) or the stream breaks."""
+        `WorkerRefused` if the worker refuses it before its first token (a chunk with
+        finish_reason "error" and no tokens: this request's error, the stream is fine) or
+        `TransportError` if the stream breaks (the worker's failure)."""
         rid = request.request_id
         queue: asyncio.Queue[Item] = asyncio.Queue()  # a request's chunks, in order
         if self.closed:
             queue.put_nowait(TransportError("UNAVAILABLE: the worker stream is closed"))
         elif rid in self._open:
-            queue.put_nowait(TransportError(f"INVALID_ARGUMENT: request id {rid!r} is open"))
+            queue.put_nowait(WorkerRefused(f"INVALID_ARGUMENT: request id {rid!r} is open"))
         else:
             self._open[rid] = queue
             self._outbox.put_nowait(request)
@@ -71,7 +72,7 @@ class WorkerStream:
                 if item.finish_reason:
                     finished = True
                     if first and item.finish_reason == "error" and not item.token_ids:
-                        raise TransportError(item.error or "the worker refused the request")
+                        raise WorkerRefused(item.error or "INTERNAL: the worker refused it")
                 first = False
                 yield item
                 if finished:

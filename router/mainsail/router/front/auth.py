@@ -11,10 +11,16 @@ mounted as environment variables (the operator wires `spec.router.auth.secretNam
 
 Unset means open, which is what `mainsail up` on a laptop wants. `/health` and `/metrics`
 stay open (probes and Prometheus). Comparisons are constant-time.
+
+Tenants (prefix-cache isolation, docs/security.md): a request's tenant is the value of the
+header the operator maps (`tenant_header`, e.g. set by a gateway that authenticated the
+user), else a digest of its API key, else the shared tenant "" (an open router). The tenant
+becomes the request's KV cache namespace: prefixes are shared inside a tenant, never across.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from collections.abc import Mapping
@@ -29,6 +35,7 @@ class Credentials:
 
     api_keys: frozenset[str] = frozenset()
     admin_token: str | None = None
+    tenant_header: str = ""  # lower-case header (gRPC metadata key) naming the tenant
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Credentials:
@@ -45,6 +52,16 @@ class Credentials:
         return presented is not None and any(
             hmac.compare_digest(presented.encode(), key.encode()) for key in self.api_keys
         )
+
+    def tenant(self, authorization: str | None, mapped: str | None = None) -> str:
+        """The tenant of a request: the operator-mapped header's value, else a digest of the
+        API key it presents, else "" (the shared namespace). Never the key itself."""
+        if self.tenant_header and mapped:
+            return "h:" + mapped.strip()[:128]
+        presented = _bearer(authorization)
+        if not presented:
+            return ""
+        return "k:" + hashlib.blake2b(presented.encode(), digest_size=12).hexdigest()
 
     def admin_allowed(self, authorization: str | None) -> bool:
         """Whether an `Authorization` value may call the admin endpoints."""

@@ -3,6 +3,9 @@
 `Inference.Generate` calls the same `Router.open` path as the HTTP front; a RouterError
 becomes the matching gRPC status with the same message. The standard health service and
 server reflection are added by `server.py`, so `grpcurl` works without the .proto file.
+
+`Registry` is the worker plane's door: every call needs the worker token
+(`mainsail.spec.worker_auth`), never a client API key, and answers UNAUTHENTICATED otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.errors import RouterError
 from mainsail.router.front.auth import Credentials
 from mainsail.router.routing.router import Router
+from mainsail.spec.worker_auth import UNAUTHENTICATED_DETAIL, WorkerCredential
 
 
 class InferenceService(pb_grpc.InferenceServicer):
@@ -25,28 +29,33 @@ class InferenceService(pb_grpc.InferenceServicer):
         self.router = router
         self.credentials = credentials or Credentials()
 
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """Aborts with UNAUTHENTICATED unless the `authorization` metadata carries a key."""
-        if not self.credentials.api_keys:
-            return
-        metadata = dict(context.invocation_metadata() or ())
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's tenant; aborts with UNAUTHENTICATED unless the `authorization`
+        metadata carries a key (when keys are set)."""
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         value = metadata.get("authorization")
-        if not self.credentials.client_allowed(value if isinstance(value, str) else None):
+        tenant = self.credentials.tenant(value, metadata.get(self.credentials.tenant_header))
+        if not self.credentials.api_keys:
+            return tenant
+        if not self.credentials.client_allowed(value):
             self.router.metrics.requests.labels("grpc", "http_401").inc()
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "Incorrect or missing API key: send metadata `authorization: Bearer <key>`.",
             )
+        return tenant
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        await self._authorize(context)
+        tenant = await self._authorize(context)
         try:
-            route = await self.router.open(request)
+            route = await self.router.open(request, tenant=tenant)
         except RouterError as exc:
             self.router.metrics.requests.labels("grpc", f"http_{exc.status}").inc()
-            await context.abort(exc.grpc_status(), exc.message)
+            # The field comes first, as the worker names it (`param: message`).
+            detail = f"{exc.param}: {exc.message}" if exc.param else exc.message
+            await context.abort(exc.grpc_status(), detail)
             return
         async for response in self.router.responses(route):
             yield response
@@ -68,26 +77,34 @@ class InferenceService(pb_grpc.InferenceServicer):
 class RegistryService(pb_grpc.RegistryServicer):
     """Worker registration and heartbeats."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, credential: WorkerCredential | None = None) -> None:
         self.router = router
+        self.credential = credential or WorkerCredential()
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.credential.allows(context.invocation_metadata()):
+            self.router.metrics.refusals.labels("unauthenticated").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
 
     async def Register(
         self, request: pb.WorkerInfo, context: grpc.aio.ServicerContext
     ) -> pb.RegisterReply:
+        await self._authorize(context)
         verdict = self.router.registry.register(request)
         if not verdict.accepted:
-            reason = verdict.detail.split(":", 1)[0]
-            self.router.metrics.refusals.labels(reason).inc()
+            self.router.metrics.refusals.labels(verdict.reason or "bad registration").inc()
         self.router.notify()
         return pb.RegisterReply(
             accepted=verdict.accepted,
             detail=verdict.detail,
             heartbeat_interval=self.router.config.heartbeat_interval,
+            retry_after=verdict.retry_after,
         )
 
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatReply:
+        await self._authorize(context)
         known = self.router.registry.heartbeat(request.worker_id, request.load)
         self.router.notify()
         return pb.HeartbeatReply(known=known)
@@ -95,5 +112,6 @@ class RegistryService(pb_grpc.RegistryServicer):
     async def Deregister(
         self, request: pb.DeregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeregisterReply:
+        await self._authorize(context)
         self.router.registry.deregister(request.worker_id)
         return pb.DeregisterReply()

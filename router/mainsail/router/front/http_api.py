@@ -201,7 +201,7 @@ class HttpFront:
             req.prompt_token_ids.extend(int(t) for t in body.prompt)
         if body.logprobs is not None:
             req.sampling.logprobs = max(body.logprobs, 1)
-        route = await self.router.open(req)
+        route = await self.router.open(self._labelled(req, request), tenant=self._tenant(request))
         shape = CompletionShape(
             body.model, self.router.tokenizer, body.logprobs is not None, route.prepared.request_id
         )
@@ -217,12 +217,29 @@ class HttpFront:
             req.messages.add(role=message.role, content=message.text())
         if body.logprobs:
             req.sampling.logprobs = max(body.top_logprobs or 0, 1)
-        route = await self.router.open(req)
+        route = await self.router.open(self._labelled(req, request), tenant=self._tenant(request))
         shape = ChatShape(
             body.model, self.router.tokenizer, body.logprobs, route.prepared.request_id
         )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await self._respond(route, shape, body.stream, include_usage)
+
+    def _tenant(self, request: Request) -> str:
+        """The request's tenant (its prefix-cache namespace; `auth.Credentials.tenant`)."""
+        raw = request.header(b"authorization")
+        mapped = None
+        if self.credentials.tenant_header:
+            value = request.header(self.credentials.tenant_header.encode())
+            mapped = value.decode("latin-1") if value is not None else None
+        return self.credentials.tenant(raw.decode("latin-1") if raw is not None else None, mapped)
+
+    @staticmethod
+    def _labelled(req: pb.GenerateRequest, request: Request) -> pb.GenerateRequest:
+        """The client's `X-Request-Id`, kept as a label only (the router assigns the id)."""
+        raw = request.header(b"x-request-id")
+        if raw is not None:
+            req.request_id = raw.decode("latin-1")
+        return req
 
     async def _respond(
         self, route: RouteStream, shape: Shape, stream: bool, include_usage: bool
@@ -231,6 +248,8 @@ class HttpFront:
             (b"x-mainsail-worker", route.worker_id.encode()),
             (b"x-request-id", route.prepared.request_id.encode()),
         ]
+        if route.prepared.client_label:
+            headers.append((b"x-client-request-id", route.prepared.client_label.encode()))
         if stream:
             headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 

@@ -8,6 +8,12 @@ chunked transfer encoding where the handler decides what goes into each write, b
 (the handler's `drain` waits while the socket buffer is full), an idle keep-alive timeout, and
 cancellation of the handler when the client goes away. Sockets come from
 `server.bind_socket`, so they carry TCP_NODELAY.
+
+Limits against clients that would hold resources (issue 12): the request line and headers
+together may be at most `max_head_bytes` (431, counted as bytes arrive, before the parser
+buffers a whole oversized header); a request's headers must arrive within `header_timeout`
+and its body within `body_timeout` of the headers (408: a client dripping bytes cannot hold a
+connection); at most `max_connections` connections are open (503 and close beyond).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_S = 1.0  # how long a refused connection's input is discarded before closing
 
 
 def _error_body(status: int, message: str) -> bytes:
@@ -64,11 +71,25 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._too_big = False
+        self._in_head = True  # the bytes arriving belong to a request's head
+        self._head_bytes = 0
+        self._tail = b""  # last bytes seen in the head (a terminator split across reads)
+        self.deadline: asyncio.TimerHandle | None = None  # header or body timeout
 
     # ---------------------------------------------------------------- transport callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.server.connections) >= self.server.max_connections:
+            self.server.refused_connections += 1
+            self._send_whole(
+                Response(503, _error_body(503, "Too many open connections; retry later.")),
+                "",
+                False,
+            )
+            self.closed = True
+            self.transport.close()
+            return
         self.server.connections.add(self)
         self._arm_idle()
 
@@ -78,13 +99,19 @@ class _Connection(asyncio.Protocol):
         self.writable.set()
         if self.idle is not None:
             self.idle.cancel()
+        self._clear_deadline()
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None
+        if self._in_head and not self._head_fits(data):
+            self._fail(431, f"The request head exceeds {self.server.max_head_bytes} bytes.")
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -100,7 +127,34 @@ class _Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- parser callbacks
 
+    def _head_fits(self, data: bytes) -> bool:
+        """Counts the head's bytes in ``data`` (up to its blank line); False past the limit."""
+        end = (self._tail + data).find(b"\r\n\r\n")
+        if end < 0:
+            self._head_bytes += len(data)
+            self._tail = data[-3:]
+        else:
+            self._head_bytes += max(0, end + 4 - len(self._tail))
+            self._tail = b""
+        return self._head_bytes <= self.server.max_head_bytes
+
+    def _set_deadline(self, seconds: float, what: str) -> None:
+        self._clear_deadline()
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.call_later(seconds, self._deadline_passed, what)
+
+    def _clear_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _deadline_passed(self, what: str) -> None:
+        self.deadline = None
+        self.server.timed_out += 1
+        self._fail(408, f"The request {what} did not arrive in time.")
+
     def on_message_begin(self) -> None:
+        self._set_deadline(self.server.header_timeout, "headers")
         self._url = b""
         self._headers = []
         self._body = []
@@ -114,6 +168,8 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._set_deadline(self.server.body_timeout, "body")
         expect = False
         for key, value in self._headers:
             if key == b"content-length" and value.isdigit():
@@ -134,6 +190,10 @@ class _Connection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._clear_deadline()
+        self._in_head = True
+        self._head_bytes = 0
+        self._tail = b""
         path = self._url.partition(b"?")[0].decode("latin-1")
         method = self.parser.get_method().decode("latin-1")
         request = Request(method, path, self._headers, b"".join(self._body))
@@ -213,10 +273,18 @@ class _Connection(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         if self.transport is None or self.closed:
             return
-        if self.task is None:
-            self._send_whole(Response(status, _error_body(status, message)), "", False)
+        self._clear_deadline()
         self.closed = True
-        self.transport.close()
+        if self.task is not None:
+            self.transport.close()
+            return
+        self._send_whole(Response(status, _error_body(status, message)), "", False)
+        # Lingering close: closing with unread input would reset the connection and lose the
+        # answer; so stop writing, discard what still arrives (`data_received` ignores a
+        # closed connection) and close shortly after.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER_S, self.transport.close)
 
     def _arm_idle(self) -> None:
         if self.closed or self.transport is None:
@@ -270,15 +338,36 @@ class HttpServer:
     """Serves ``handler`` on a listening socket until `close`."""
 
     def __init__(
-        self, handler: Handler, *, max_body_bytes: int, keep_alive_s: float = 30.0
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        keep_alive_s: float = 30.0,
+        max_head_bytes: int = 64 * 1024,
+        header_timeout: float = 10.0,
+        body_timeout: float = 60.0,
+        max_connections: int = 4096,
     ) -> None:
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-        if keep_alive_s <= 0:
-            raise ValueError(f"keep_alive_s must be > 0, got {keep_alive_s}")
+        for name, value in (
+            ("keep_alive_s", keep_alive_s),
+            ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
+            ("max_head_bytes", max_head_bytes),
+            ("max_connections", max_connections),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.keep_alive_s = keep_alive_s
+        self.max_head_bytes = max_head_bytes
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
+        self.refused_connections = 0  # over max_connections
+        self.timed_out = 0  # requests whose head or body did not arrive in time
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 

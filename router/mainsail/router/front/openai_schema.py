@@ -12,6 +12,18 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mainsail.router.errors import RouterError, bad_request
+from mainsail.spec.request_contract import (
+    INT32_MAX,
+    MAX_LOGPROBS,
+    MAX_MESSAGES,
+    MAX_TOKENS_LIMIT,
+    PRIORITY_MAX,
+    SEED_MAX,
+    TOP_K_MAX,
+)
+
+# Bounds come from the shared request contract, so no JSON number can overflow a proto field
+# (a 500) or reach a worker that would refuse it.
 
 
 class _Body(BaseModel):
@@ -24,20 +36,20 @@ class StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: str = Field(..., min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=-1, le=TOP_K_MAX)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     ignore_eos: bool = False
     # Mainsail extensions.
-    priority: int = Field(0, ge=0, le=100)
+    priority: int = Field(0, ge=0, le=PRIORITY_MAX)
     slo_class: str | None = None
     adapter: str | None = None
 
@@ -61,8 +73,12 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     """Body of POST /v1/completions."""
 
-    prompt: Annotated[str, Field(min_length=1)] | list[int] | list[str]
-    logprobs: int | None = Field(None, ge=0, le=20)
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | list[Annotated[int, Field(ge=0, le=INT32_MAX)]]
+        | list[str]
+    )
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: Literal[False] = False
     best_of: int | None = Field(None, ge=1, le=1)
     suffix: None = None
@@ -102,10 +118,10 @@ class ChatMessageBody(_Body):
 class ChatCompletionRequest(_Sampling):
     """Body of POST /v1/chat/completions."""
 
-    messages: list[ChatMessageBody] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    messages: list[ChatMessageBody] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("messages")
     @classmethod

@@ -4,7 +4,10 @@ Every way a request reaches a worker goes through `Dispatcher.dispatch`: a new r
 (`Router.open`), the decode half of a disaggregated request, and every move of a streaming
 request to another worker (`moves.py`: after a failure, `migrate`, `drain`, rebalancing). So
 the router's own counts — `outstanding` and the prefill backlog per worker, the in-flight
-gauge — and taking a broken worker out of the registry are written here once.
+gauge — and taking a broken worker out of the registry are written here once. A worker
+that refuses one request (`WorkerRefused`: its stream is fine) is not broken: the refusal is
+that request's error (400 naming the field when the request was invalid), and the worker
+keeps serving everyone else.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.errors import upstream_failed
+from mainsail.router.errors import WorkerRefused, upstream_failed
 from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.fleet.transport import TransportError, WorkerTransport
 from mainsail.router.metrics import RouterMetrics
@@ -49,6 +52,7 @@ def worker_request(
         priority=prepared.priority,
         kv_publish=kv_publish,
         sampled_before=len(generated),
+        cache_namespace=prepared.cache_namespace,
     )
 
 
@@ -108,6 +112,11 @@ class Dispatcher:
             self.chooser.recorder.flush()  # after the request is on its way, off its latency
             try:
                 first = await anext(stream)
+            except WorkerRefused as exc:
+                # This request's error: the worker is fine and keeps its other streams.
+                self.release(entry)
+                self.metrics.worker_refused.inc()
+                raise exc.to_router_error() from None
             except (TransportError, StopAsyncIteration) as exc:
                 last_error = str(exc) or "stream ended before any token"
                 self.release(entry)

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.errors import RouterError, not_found
+from mainsail.router.errors import RouterError, WorkerRefused, not_found
 from mainsail.router.fleet.registry import WorkerRegistry
 from mainsail.router.fleet.transport import TransportError, WorkerTransport
 from mainsail.router.metrics import RouterMetrics
@@ -96,6 +96,8 @@ class RequestMover:
                     if chunk.finish_reason:
                         return
                 why = "worker closed the stream without finishing"
+            except WorkerRefused as exc:
+                why = f"the worker refused the request: {exc}"
             except TransportError as exc:
                 why = f"worker failed mid-stream: {exc}"
                 self.registry.mark_failed(route.worker_id)

@@ -4,11 +4,16 @@ Why apart from dispatch: everything here is a pure function of the request and t
 configuration (no workers, no I/O), and every refusal is a 4xx that names the bad field, so it
 is tested table-driven without a transport. The prompt's block hashes are computed once here,
 with the deployment's KV hash parameters, and reused by every routing pass and fail-over.
+
+The bounds are the shared request contract (`mainsail.spec.request_contract`) that workers
+enforce too, so nothing a worker would refuse gets past here. Request ids are the router's:
+random and unguessable, so one client can neither predict nor collide with another's id
+(which would end that client's stream); a client's own id is kept only as a label. The
+tenant's cache namespace is mixed into the block hashes like the adapter.
 """
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from dataclasses import dataclass
 
@@ -16,7 +21,15 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import bad_request, model_not_found
 from mainsail.router.scheduling import RequestInfo
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.kvhash import chain_hashes
+from mainsail.spec.kvhash import chain_hashes, hash_key
+from mainsail.spec.request_contract import (
+    PRIORITY_MAX,
+    FieldError,
+    check_context,
+    check_label,
+    check_prompt_ids,
+    check_sampling,
+)
 from mainsail.spec.tokenizer import Tokenizer
 
 
@@ -31,6 +44,13 @@ class Prepared:
     priority: int
     ttft_target_s: float
     info: RequestInfo
+    client_label: str = ""  # the client's own request id, if it sent one: a label only
+    cache_namespace: str = ""  # the tenant's prefix-cache namespace ("" = shared)
+
+
+def new_request_id() -> str:
+    """A fresh request id: 120 random bits (unguessable, unique across router replicas)."""
+    return "req-" + secrets.token_urlsafe(15)
 
 
 class RequestPreparer:
@@ -40,35 +60,45 @@ class RequestPreparer:
         self.config = config
         self.tokenizer = tokenizer
         self._slo = {c.name: c for c in config.slo.classes}
-        # Request ids: a random per-process prefix (unique across router replicas sharing
-        # workers) and a counter; a uuid4 per request cost more than the rest of the id work.
-        self._id_prefix = f"req-{secrets.token_hex(6)}-"
-        self._ids = itertools.count(1)
 
     def served_models(self) -> list[str]:
         """Model ids clients may name: the base model and `<model>:<adapter>`."""
         base = self.config.model_name
         return [base, *(f"{base}:{a}" for a in self.config.adapters)]
 
-    def prepare(self, request: pb.GenerateRequest) -> Prepared:
+    def prepare(self, request: pb.GenerateRequest, tenant: str = "") -> Prepared:
         """Check and tokenize ``request``; raises RouterError (4xx) naming what is wrong."""
+        try:
+            return self._prepare(request, tenant)
+        except FieldError as exc:
+            raise bad_request(exc.message, param=exc.param) from None
+
+    def check(self, request: pb.GenerateRequest) -> None:
+        """The checks that need no tokenizer (cheap: run before queueing the tokenization)."""
+        try:
+            self._check_fields(request)
+        except FieldError as exc:
+            raise bad_request(exc.message, param=exc.param) from None
+
+    def _check_fields(self, request: pb.GenerateRequest) -> None:
+        check_label("request_id", request.request_id)
+        check_label("slo_class", request.slo_class)
+        check_label("adapter", request.adapter)
+        if len(request.model) > 256:
+            raise FieldError("model", "model must be at most 256 characters.")
+        if not 0 <= request.priority <= PRIORITY_MAX:
+            raise FieldError("priority", f"priority must be in [0, {PRIORITY_MAX}].")
+        check_sampling(request.sampling, vocab_size=self.tokenizer.vocab_size)
+
+    def _prepare(self, request: pb.GenerateRequest, tenant: str) -> Prepared:
+        self._check_fields(request)
         adapter = self._resolve_model(request.model, request.adapter)
         token_ids = self._tokens(request)
         sampling = pb.SamplingParams()
         sampling.CopyFrom(request.sampling)
-        if sampling.max_tokens < 0:
-            raise bad_request("max_tokens must be >= 1.", param="max_tokens")
         if sampling.max_tokens == 0:
             sampling.max_tokens = self.config.default_max_tokens
-        limit = self.config.max_model_len
-        if len(token_ids) + sampling.max_tokens > limit:
-            raise bad_request(
-                f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {len(token_ids) + sampling.max_tokens} tokens "
-                f"({len(token_ids)} in the prompt, {sampling.max_tokens} in the completion). "
-                "Please reduce the prompt or max_tokens.",
-                param="max_tokens",
-            )
+        check_context(len(token_ids), sampling.max_tokens, self.config.max_model_len)
         if request.slo_class and request.slo_class not in self._slo:
             known = ", ".join(sorted(self._slo)) or "none"
             raise bad_request(
@@ -77,9 +107,9 @@ class RequestPreparer:
         slo = self._slo.get(request.slo_class)
         priority = max(request.priority, slo.priority if slo else 0)
         ttft_ms = (slo.ttft_ms if slo and slo.ttft_ms else None) or self.config.slo.ttft_ms
-        request_id = request.request_id or f"{self._id_prefix}{next(self._ids):x}"
+        request_id = new_request_id()
         kv = self.config.kv_hash
-        hashes = chain_hashes(token_ids, kv.block_size, kv.hash_seed, adapter or None)
+        hashes = chain_hashes(token_ids, kv.block_size, kv.hash_seed, hash_key(adapter, tenant))
         info = RequestInfo(
             request_id=request_id,
             block_hashes=tuple(hashes),
@@ -90,7 +120,17 @@ class RequestPreparer:
             slo_class=request.slo_class or None,
             priority=priority,
         )
-        return Prepared(request_id, token_ids, sampling, adapter, priority, ttft_ms / 1000, info)
+        return Prepared(
+            request_id,
+            token_ids,
+            sampling,
+            adapter,
+            priority,
+            ttft_ms / 1000,
+            info,
+            client_label=request.request_id,
+            cache_namespace=tenant,
+        )
 
     def _resolve_model(self, model: str, adapter: str) -> str:
         base = self.config.model_name
@@ -108,6 +148,7 @@ class RequestPreparer:
             raise bad_request(
                 "Give exactly one of prompt, prompt_token_ids or messages.", param="prompt"
             )
+        self._bound_text(request)
         try:
             if request.messages:
                 messages = [{"role": m.role, "content": m.content} for m in request.messages]
@@ -116,6 +157,8 @@ class RequestPreparer:
                 token_ids = self.tokenizer.encode(request.prompt)
             else:
                 token_ids = self._given_ids(request)
+        except FieldError:
+            raise
         except ValueError as exc:
             # The chat template refused the conversation (for example a role it rejects).
             raise bad_request(
@@ -125,10 +168,18 @@ class RequestPreparer:
             raise bad_request("The prompt is empty after tokenization.", param="prompt")
         return token_ids
 
+    def _bound_text(self, request: pb.GenerateRequest) -> None:
+        """Refuse, without tokenizing, a text too long to fit the context in any case."""
+        chars = len(request.prompt) + sum(len(m.content) for m in request.messages)
+        at_least = chars // self.tokenizer.max_token_chars
+        if at_least > self.config.max_model_len:
+            raise FieldError(
+                "messages" if request.messages else "prompt",
+                f"This model's maximum context length is {self.config.max_model_len} "
+                f"tokens; the prompt has {chars} characters, at least {at_least} tokens.",
+            )
+
     def _given_ids(self, request: pb.GenerateRequest) -> list[int]:
         token_ids = list(request.prompt_token_ids)
-        vocab = self.tokenizer.vocab_size
-        bad = [t for t in token_ids if not 0 <= t < vocab]
-        if bad:
-            raise bad_request(f"Token ids must be in [0, {vocab}); got {bad[:5]}.", param="prompt")
+        check_prompt_ids(token_ids, self.tokenizer.vocab_size)
         return token_ids

@@ -24,6 +24,7 @@ from mainsail.router.fleet.registry import WorkerRegistry
 from mainsail.router.fleet.transport import WorkerTransport
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
+from mainsail.router.routing.bounded_pool import BoundedPool
 from mainsail.router.routing.choose import WorkerChooser
 from mainsail.router.routing.dispatch import Dispatcher
 from mainsail.router.routing.moves import RequestMover
@@ -67,6 +68,9 @@ class Router:
         )
         self.moves = RequestMover(config, registry, transport, self.dispatcher, self.metrics)
         self._outcome_metric: dict[str, Any] = {}
+        self.preparing = BoundedPool(
+            config.prepare_threads, config.max_preparing, name="mainsail-prepare"
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -74,9 +78,20 @@ class Router:
         """Model ids clients may name: the base model and `<model>:<adapter>`."""
         return self.preparer.served_models()
 
-    def prepare(self, request: pb.GenerateRequest) -> Prepared:
+    def prepare(self, request: pb.GenerateRequest, tenant: str = "") -> Prepared:
         """Check and tokenize ``request``; raises RouterError (4xx) naming what is wrong."""
-        return self.preparer.prepare(request)
+        return self.preparer.prepare(request, tenant)
+
+    async def prepare_async(self, request: pb.GenerateRequest, tenant: str = "") -> Prepared:
+        """`prepare`, with the tokenization of a large prompt off the event loop.
+
+        A small prompt is tokenized inline (a thread hop would cost more than the work); a
+        large one runs on the preparation pool, whose queue is bounded (429 beyond it), so
+        a multi-megabyte prompt never stalls the other streams or `/health`."""
+        if _prompt_chars(request) <= self.config.inline_prepare_chars:
+            return self.preparer.prepare(request, tenant)
+        self.preparer.check(request)  # cheap refusals first, without queueing
+        return await self.preparing.run(self.preparer.prepare, request, tenant)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -84,9 +99,10 @@ class Router:
         """Wake requests waiting for capacity (a worker joined, heartbeated or finished)."""
         self.chooser.notify()
 
-    async def open(self, request: pb.GenerateRequest) -> RouteStream:
-        """Prepare, admit and dispatch ``request``; returns once its first chunk arrived."""
-        prepared = self.prepare(request)
+    async def open(self, request: pb.GenerateRequest, tenant: str = "") -> RouteStream:
+        """Prepare, admit and dispatch ``request``; returns once its first chunk arrived.
+        ``tenant`` is the caller's prefix-cache namespace (from its credentials)."""
+        prepared = await self.prepare_async(request, tenant)
         if self.chooser.waiting >= self.config.max_queue:
             raise overloaded(
                 f"The router's queue is full ({self.config.max_queue} requests waiting); "
@@ -183,7 +199,8 @@ class Router:
             self.metrics.e2e.observe(self._clock() - route.started)
 
     def _account(self, chunk: pb.TokenChunk) -> None:
-        outcome = "ok" if chunk.finish_reason in ("stop", "length") else chunk.finish_reason
+        reason = chunk.finish_reason  # sent by the worker: only known values become labels
+        outcome = "ok" if reason in ("stop", "length") else reason if reason == "abort" else "error"
         child = self._outcome_metric.get(outcome)
         if child is None:
             child = self._outcome_metric[outcome] = self.metrics.requests.labels("any", outcome)
@@ -203,6 +220,15 @@ class Router:
             worker_id=route.worker_id,
             error=chunk.error,
         )
+
+
+def _prompt_chars(request: pb.GenerateRequest) -> int:
+    """How much text a request asks the router to tokenize (a bound on the work)."""
+    if request.prompt:
+        return len(request.prompt)
+    return sum(len(m.content) + len(m.role) for m in request.messages) + len(
+        request.prompt_token_ids
+    )
 
 
 __all__ = ["Prepared", "RouteStream", "Router", "RouterError"]
