@@ -18,6 +18,7 @@ def _router(model_dir: Path, roles: tuple[str, ...]) -> tuple[Router, FakeTransp
     router, transport = fake_router(
         model_dir, request_role="decode", disaggregated=True, resume_timeout=0.2,
         dispatch_timeout=0.5,
+        cold_start_timeout=0.5,
     )  # fmt: skip
     for role in roles:
         add_fake_worker(router, transport, role, role=role)

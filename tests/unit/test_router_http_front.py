@@ -5,6 +5,8 @@ Real workers behind the same front are covered by tests/integration/test_local_s
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,11 @@ async def client(
     tiny_model_dir: Path,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Router, FakeTransport]]:
     router, transport = make_router(
-        tiny_model_dir, dispatch_timeout=0.2, resume_timeout=0.2, max_body_bytes=2048
+        tiny_model_dir,
+        dispatch_timeout=0.2,
+        resume_timeout=0.2,
+        max_body_bytes=2048,
+        cold_start_timeout=0.2,
     )
     add_worker(router, transport, "w0")
     async with serving(router) as http:
@@ -202,13 +208,41 @@ async def test_unknown_path_and_method(client: Any) -> None:
     assert (await http.get("/v1/completions")).status_code == 405
 
 
-async def test_no_worker_gives_503_after_dispatch_timeout(tiny_model_dir: Path) -> None:
-    router, _ = make_router(tiny_model_dir, dispatch_timeout=0.1)
+async def test_no_worker_holds_then_503_naming_the_reason(tiny_model_dir: Path) -> None:
+    """Scale to zero: the router stays Ready with no worker, holds a request for
+    `cold_start_timeout` (exported as queued demand), then answers 503 saying why."""
+    router, _ = make_router(tiny_model_dir, dispatch_timeout=0.1, cold_start_timeout=0.6)
     async with serving(router) as h:
-        assert (await h.get("/health")).status_code == 503
-        resp = await h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+        health = await h.get("/health")
+        assert health.status_code == 200 and health.json() == {"status": "ok", "workers": 0}
+        started = time.monotonic()
+        pending = asyncio.ensure_future(
+            h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+        )
+        await asyncio.sleep(0.3)
+        metrics = (await h.get("/metrics")).text
+        assert "mainsail_router_queued_requests 1.0" in metrics
+        resp = await pending
+    assert time.monotonic() - started >= 0.6
     assert resp.status_code == 503
-    assert resp.json()["error"]["code"] == "no_worker_available"
+    error = resp.json()["error"]
+    assert error["code"] == "no_worker_available"
+    assert "No worker is registered" in error["message"] and "scaled to zero" in error["message"]
+
+
+async def test_a_held_request_is_served_by_the_first_worker_to_register(
+    tiny_model_dir: Path,
+) -> None:
+    router, transport = make_router(tiny_model_dir, dispatch_timeout=0.1, cold_start_timeout=5)
+    async with serving(router) as h:
+        pending = asyncio.ensure_future(
+            h.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+        )
+        await asyncio.sleep(0.3)  # past dispatch_timeout: only the cold hold keeps it
+        assert not pending.done()
+        add_fake_worker(router, transport, "w-late")
+        resp = await pending
+    assert resp.status_code == 200, resp.text
 
 
 async def test_worker_down_before_first_token_fails_over(client: Any) -> None:

@@ -26,7 +26,12 @@ async def client(
     tiny_model_dir: Path,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Router, FakeTransport]]:
     router, transport = fake_router(
-        tiny_model_dir, MODEL, dispatch_timeout=0.2, resume_timeout=0.2, max_body_bytes=2048
+        tiny_model_dir,
+        MODEL,
+        dispatch_timeout=0.2,
+        resume_timeout=0.2,
+        max_body_bytes=2048,
+        cold_start_timeout=0.2,
     )
     add_fake_worker(router, transport, "w0")
     async with serving(router) as http:

@@ -241,6 +241,13 @@ class RouterSettings(SpecModel):
     )
     rebalance: Rebalance = Rebalance()
     auth: RouterAuth = RouterAuth()
+    cold_start_timeout_seconds: int = Field(
+        120,
+        ge=1,
+        le=3600,
+        description="Seconds the router holds a request while no worker is registered (pools "
+        "scaled to zero: the held request is the demand that wakes them) before answering 503.",
+    )
 
 
 class SLOClass(SpecModel):

@@ -71,6 +71,14 @@ class RouterConfig(BaseModel):
     dispatch_timeout: float = Field(
         30.0, gt=0, description="Seconds a request may wait for a worker before 503."
     )
+    cold_start_timeout: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a new request is held while no worker is registered at all (a "
+        "pool scaled to zero being woken by that very request: the autoscaler reads held "
+        "requests as demand) before 503; at least `dispatch_timeout`.",
+    )
     default_max_tokens: int = Field(
         DEFAULT_MAX_TOKENS, ge=1, description="max_tokens when a request has none."
     )
@@ -132,6 +140,7 @@ class RouterConfig(BaseModel):
             "http_port": spec.router.http_port,
             "grpc_port": spec.router.grpc_port,
             "max_queue": spec.router.max_queue,
+            "cold_start_timeout": float(spec.router.cold_start_timeout_seconds),
             "kv_index_max_blocks": spec.router.kv_index_max_blocks,
             "rebalance": spec.router.rebalance,
             "request_role": "unified" if spec.pools.unified is not None else "decode",

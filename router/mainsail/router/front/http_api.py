@@ -6,7 +6,8 @@ OpenAI error bodies; an error after streaming began arrives as an SSE `error` ev
 by `[DONE]`, which the `openai` SDK raises as an APIError. A streamed response makes one
 socket write per worker message (its events, and on the last one `[DONE]` and the end of the
 body), so a worker that sends several ready tokens at once costs one write, not several.
-Served by `mainsail.router.front.http_server`; also /health (503 until a worker is registered)
+Served by `mainsail.router.front.http_server`; also /health (200 once serving, with or without
+workers: a router whose pools are scaled to zero holds requests and must stay Ready)
 and /metrics (Prometheus text).
 """
 
@@ -47,7 +48,9 @@ class HttpFront:
     ) -> None:
         self.router = router
         self.credentials = credentials or Credentials()
-        self.ready = ready or (lambda: len(router.registry) > 0)
+        # Ready once serving, workers or not: a router with no worker registered holds requests
+        # for pools scaled to zero (see routing/choose.py), so it must stay reachable.
+        self.ready = ready or (lambda: True)
         self.routes: dict[str, dict[str, Endpoint]] = {
             "/v1/models": {"GET": self.models},
             "/v1/completions": {"POST": self.completions},
@@ -125,7 +128,7 @@ class HttpFront:
 
     async def health(self, request: Request) -> Response:
         ok = self.ready()
-        body = {"status": "ok" if ok else "no workers", "workers": len(self.router.registry)}
+        body = {"status": "ok" if ok else "not ready", "workers": len(self.router.registry)}
         return json_response(body, 200 if ok else 503)
 
     async def metrics(self, request: Request) -> Response:

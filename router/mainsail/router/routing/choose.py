@@ -3,7 +3,14 @@ wait for capacity when no worker can take it yet.
 
 Apart from dispatch because it is the one place that reads the KV indexes and the profile;
 the dispatcher only books and submits what this chose. Requests waiting here are the router's
-queue (`waiting`, bounded by `max_queue` in `Router.open`).
+queue (`waiting`, bounded by `max_queue` in `Router.open`), exported as
+`mainsail_router_queued_requests`: the demand the operator's autoscaler reads.
+
+Scale to zero: while no worker at all is registered (every pool at zero, or still starting) a
+new request is held up to the longer ``cold_start_timeout`` rather than ``timeout``, because
+the held request itself is what wakes the pool (the autoscaler sees it as queued demand and
+scales the pool up; the new worker registers and takes it). After that it gets a 503 that
+says so.
 """
 
 from __future__ import annotations
@@ -56,12 +63,21 @@ class WorkerChooser:
         """Wake requests waiting for capacity (a worker joined, heartbeated or finished)."""
         self._changed.set()
 
+    def cold(self) -> bool:
+        """No worker that could take a request is registered (all absent or draining)."""
+        return not any(not e.draining for e in self.registry.entries())
+
     async def choose(
-        self, prepared: Prepared, tried: set[str], started: float, timeout: float
+        self,
+        prepared: Prepared,
+        tried: set[str],
+        started: float,
+        timeout: float,
+        cold_start_timeout: float = 0.0,
     ) -> tuple[WorkerEntry, int]:
         """A worker not in ``tried`` and how many leading blocks the index says it holds;
-        RouterError 503 when none could take the request within ``timeout`` of ``started``."""
-        deadline = started + timeout
+        RouterError 503 when none could take the request within ``timeout`` of ``started``
+        (within ``cold_start_timeout``, if longer, while `cold`)."""
         self._waiting += 1
         self.metrics.queued.inc()
         try:
@@ -70,8 +86,16 @@ class WorkerChooser:
                 if chosen is not None:
                     return chosen
                 self.recorder.flush()
-                remaining = deadline - self._clock()
+                cold = self.cold()
+                limit = max(timeout, cold_start_timeout) if cold else timeout
+                remaining = started + limit - self._clock()
                 if remaining <= 0:
+                    if cold:
+                        raise unavailable(
+                            f"No worker is registered to serve this request (its pool is "
+                            f"scaled to zero or still starting); held {limit:g} s and none "
+                            "registered."
+                        )
                     raise unavailable(
                         f"No worker could take the request within {timeout:g} s "
                         f"({len(self.registry)} registered)."

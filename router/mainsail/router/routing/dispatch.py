@@ -86,11 +86,13 @@ class Dispatcher:
         target: str | None = None,
         generated: Sequence[int] = (),
         kv_publish: bool = False,
+        cold_start_timeout: float = 0.0,
     ) -> Dispatched:
         """Sends ``prepared`` (continuing after ``generated``) to ``target`` if it can take
         it, else to the scheduler's choice among workers not in ``avoid``, trying up to
         ``attempts`` workers until one produces a first chunk. RouterError 503 when no
-        worker was free within ``timeout`` of ``started``, 502 when every try failed."""
+        worker was free within ``timeout`` of ``started`` (``cold_start_timeout`` while no
+        worker is registered at all, see `WorkerChooser.choose`), 502 when every try failed."""
         started = self._clock() if started is None else started
         tried = set(avoid)
         work = worker_request(prepared, generated, kv_publish)
@@ -101,7 +103,9 @@ class Dispatcher:
             if picked is not None and picked.worker_id not in tried and not picked.draining:
                 entry, hit_blocks = picked, 0
             else:
-                entry, hit_blocks = await self.chooser.choose(prepared, tried, started, timeout)
+                entry, hit_blocks = await self.chooser.choose(
+                    prepared, tried, started, timeout, cold_start_timeout
+                )
             tried.add(entry.worker_id)
             self.book(entry)
             # Prefill work this request adds until its first token: the router's own, current

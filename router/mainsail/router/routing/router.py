@@ -116,6 +116,7 @@ class Router:
             attempts=self.config.max_attempts,
             started=started,
             kv_publish=prefill is not None,
+            cold_start_timeout=self.config.cold_start_timeout,
         )
         first = sent.first
         route = RouteStream(prepared, sent.entry.worker_id, first, nothing(), started, sent.entry)
