@@ -74,7 +74,7 @@ main() {
         trap 'rm -rf "$tmp"' EXIT
         trap 'exit 130' INT TERM HUP
         mkdir -p "$tmp/bin"
-        log "cache miss: building into $dir (warm Go cache: ~2 min; cold: ~15 min)"
+        log "cache miss: building into $dir (warm Go cache: ~1 min; cold: ~20 min on 2 busy cores)"
         build_node "$tmp"
         rm -rf "$tmp/src"
         chmod 755 "$tmp"
