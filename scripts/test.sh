@@ -32,6 +32,17 @@ deploy/testbed/ensure-node.sh >/dev/null
 step "node test bed: pause, busybox and debian-python images"
 python scripts/testbed_node.py prepare >/dev/null
 
+# The container images (deploy/images/Dockerfile.*), built without an engine and cached by
+# content hash under ~/.cache/mainsail/images: tests/integration/test_images.py runs each
+# image's entry point from these tars. Needs root (chroot, mounts) and mmdebstrap.
+if [ "$(id -u)" = 0 ] && command -v mmdebstrap >/dev/null; then
+  step "container images: operator, router, worker, redis (deploy/images/build.py)"
+  python deploy/images/build.py
+  export MAINSAIL_IMAGES_REQUIRED=1
+else
+  echo "not root or no mmdebstrap: images are not built and their tests skip" >&2
+fi
+
 step "ruff"
 ruff check .
 ruff format --check .

@@ -21,8 +21,10 @@ if ! kind get clusters | grep -qx "$cluster"; then
 fi
 kubectl config use-context "kind-$cluster"
 
-for component in operator router worker; do
-    docker build -f "$here/Dockerfile.$component" -t "mainsail/$component:$tag" "$root"
+# The same build files the engine-less builder (deploy/images/build.py) reads.
+for component in operator router worker redis; do
+    DOCKER_BUILDKIT=1 docker build -f "$root/deploy/images/Dockerfile.$component" \
+        -t "mainsail/$component:$tag" "$root"
     kind load docker-image --name "$cluster" "mainsail/$component:$tag"
 done
 
@@ -33,10 +35,12 @@ helm upgrade --install kuberay-operator kuberay/kuberay-operator \
 
 helm upgrade --install mainsail "$root/charts/mainsail" \
     --namespace mainsail-system --create-namespace --wait \
-    --set image.repository=mainsail/operator --set image.tag="$tag" \
-    --set image.pullPolicy=Never \
-    --set defaults.routerImage="mainsail/router:$tag" \
-    --set defaults.workerImage="mainsail/worker:$tag"
+    --set images.operator.repository=mainsail/operator --set images.operator.tag="$tag" \
+    --set images.router.repository=mainsail/router --set images.router.tag="$tag" \
+    --set images.worker.repository=mainsail/worker --set images.worker.tag="$tag" \
+    --set images.cache.repository=mainsail/redis --set images.cache.tag="$tag" \
+    --set images.operator.pullPolicy=Never --set images.router.pullPolicy=Never \
+    --set images.worker.pullPolicy=Never --set images.cache.pullPolicy=Never
 
 kubectl apply -f "$example"
 kubectl get modeldeployments,servingpools,rayclusters

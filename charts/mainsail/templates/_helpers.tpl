@@ -33,3 +33,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "mainsail.clusterRoleName" -}}
 {{- printf "%s-%s" .Release.Namespace (include "mainsail.operatorName" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* "repository:tag" of one entry of .Values.images; an empty tag is the appVersion.
+     Usage: include "mainsail.image" (list $ .Values.images.router) */}}
+{{- define "mainsail.image" -}}
+{{- $root := index . 0 -}}
+{{- $image := index . 1 -}}
+{{- printf "%s:%s" $image.repository ($image.tag | default $root.Chart.AppVersion) -}}
+{{- end -}}

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from mainsail.operator.settings import OperatorSettings
+from mainsail.operator.settings import OperatorSettings, PullPolicy
 
 _DEFAULTS = OperatorSettings()
 
@@ -27,11 +27,30 @@ class _Values(BaseModel):
 
 
 class Image(_Values):
-    """The operator's container image."""
+    """A container image: `repository:tag`, and how the kubelet pulls it."""
 
-    repository: str = Field("ghcr.io/mainsail-dev/mainsail-operator", min_length=1)
-    tag: str = Field("", description="Empty means the chart's appVersion.")
-    pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    repository: str = Field(min_length=1, pattern=r"^[^\s:@]+(:[0-9]+/[^\s:@]+)?$")
+    tag: str = Field(
+        "", pattern=r"^([\w][\w.-]{0,127})?$", description="Empty means the chart's appVersion."
+    )
+    pull_policy: PullPolicy = "IfNotPresent"
+
+
+def _image(ref: str, pull_policy: PullPolicy, app_version_tag: bool = True) -> Image:
+    """Chart default from an operator default `repository:tag`; the tag is left to the chart's
+    appVersion when `app_version_tag` (Mainsail's own images are versioned with the chart)."""
+    repository, _, tag = ref.rpartition(":")
+    return Image(repository=repository, tag="" if app_version_tag else tag, pullPolicy=pull_policy)
+
+
+class Images(_Values):
+    """Every image the chart and the operator run. The test bed sets locally built tags with
+    `pullPolicy: Never`; Docker users of deploy/kind/up.sh do the same."""
+
+    operator: Image = Image(repository="ghcr.io/mainsail-dev/mainsail-operator")
+    router: Image = _image(_DEFAULTS.router_image, _DEFAULTS.router_pull_policy)
+    worker: Image = _image(_DEFAULTS.worker_image, _DEFAULTS.worker_pull_policy)
+    cache: Image = _image(_DEFAULTS.redis_image, _DEFAULTS.redis_pull_policy, False)
 
 
 class ServiceAccount(_Values):
@@ -45,11 +64,8 @@ class Rbac(_Values):
 
 
 class Defaults(_Values):
-    """What the operator stamps into every deployment's children."""
+    """What the operator stamps into every deployment's children (besides `images`)."""
 
-    router_image: str = Field(_DEFAULTS.router_image, min_length=1)
-    worker_image: str = Field(_DEFAULTS.worker_image, min_length=1)
-    cache_image: str = Field(_DEFAULTS.redis_image, min_length=1)
     ray_version: str = Field(_DEFAULTS.ray_version, min_length=1)
     gpu_type_label: str = Field(_DEFAULTS.gpu_type_label, min_length=1)
 
@@ -70,7 +86,7 @@ class ChartValues(_Values):
     replica_count: int = Field(
         1, ge=0, le=1, description="0 or 1: the operator runs standalone (no peering)."
     )
-    image: Image = Image()
+    images: Images = Images()
     image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
     watch_namespaces: list[str] = Field(
         default_factory=list,

@@ -15,6 +15,7 @@ from mainsail.operator.desired_config import config_hash, config_map, config_tex
 from mainsail.operator.desired_pools import pool_replicas, ray_cluster, serving_pool
 from mainsail.operator.desired_router import router_deployment, router_service
 from mainsail.operator.naming import Owner
+from mainsail.operator.pull_policy import stamp_pull_policies
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.deployment import ModelDeploymentSpec
 
@@ -45,4 +46,5 @@ def desired_children(
         router_service(owner, spec),
         router_deployment(owner, spec, settings.router_image, cfg_hash, settings.worker_image),
     ]
+    stamp_pull_policies(children, settings)
     return children

@@ -1,4 +1,4 @@
-"""Operator settings: images and timing, validated once at start-up.
+"""Operator settings: images, their pull policies and timing, validated once at start-up.
 
 Read from `MAINSAIL_OPERATOR_*` environment variables (the Helm chart sets them from
 `values.yaml`), so a running operator never consults files or globals for these.
@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "MAINSAIL_OPERATOR_"
+
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+"""A container's `imagePullPolicy`. `IfNotPresent` suits tagged releases; a test bed that
+imported its images into the node's runtime uses `Never`."""
 
 
 class OperatorSettings(BaseModel):
@@ -30,6 +35,11 @@ class OperatorSettings(BaseModel):
     redis_image: str = Field(
         "valkey/valkey:8.1-alpine", min_length=1, description="Cache pool image (Redis protocol)."
     )
+    router_pull_policy: PullPolicy = Field("IfNotPresent", description="Router image pulls.")
+    worker_pull_policy: PullPolicy = Field(
+        "IfNotPresent", description="Ray head, worker and model init container image pulls."
+    )
+    redis_pull_policy: PullPolicy = Field("IfNotPresent", description="Cache image pulls.")
     ray_version: str = Field("2.60.0", description="Ray version KubeRay is told the image runs.")
     gpu_type_label: str = Field(
         "nvidia.com/gpu.product",
@@ -63,6 +73,15 @@ class OperatorSettings(BaseModel):
         description="Where the autoscaler reads a deployment's load. Placeholders: {router} "
         "(the router Service's name), {namespace}, {port} (spec.router.httpPort).",
     )
+
+    def pull_policy(self, image: str) -> PullPolicy | None:
+        """The configured pull policy of a container running `image` (None: not ours)."""
+        policies: dict[str, PullPolicy] = {
+            self.redis_image: self.redis_pull_policy,
+            self.worker_image: self.worker_pull_policy,
+            self.router_image: self.router_pull_policy,
+        }
+        return policies.get(image)
 
     @field_validator("router_metrics_url")
     @classmethod
