@@ -125,7 +125,7 @@ def test_router_image_runs_the_router_and_carries_no_engine(
     assert "usage" in router_image.ok(*entry, "router", "--help").lower()
     router_image.ok(
         "python3", "-c", "import mainsail.router.server, mainsail.cli.router_cmd, "
-        "mainsail.spec.tokenizer, mainsail.router.grpc_front",
+        "mainsail.spec.tokenizer, mainsail.router.front.grpc_api",
     )  # fmt: skip
     router_image.ok("python3", "-c", ABSENT, "torch", "ray", "kopf", "safetensors")
     # The entry point as the operator's Deployment runs it, on a generated checkpoint (what the

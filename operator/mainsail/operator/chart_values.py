@@ -40,7 +40,7 @@ def _image(ref: str, pull_policy: PullPolicy, app_version_tag: bool = True) -> I
     """Chart default from an operator default `repository:tag`; the tag is left to the chart's
     appVersion when `app_version_tag` (Mainsail's own images are versioned with the chart)."""
     repository, _, tag = ref.rpartition(":")
-    return Image(repository=repository, tag="" if app_version_tag else tag, pullPolicy=pull_policy)
+    return Image(repository=repository, tag="" if app_version_tag else tag, pull_policy=pull_policy)
 
 
 class Images(_Values):
