@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -243,6 +244,8 @@ def ensure_base(base: str) -> BaseRootfs:
     with _locked(home.parent / f".{home.name}.lock"):
         if done.tar.is_file():
             return done
+        for stale in home.parent.glob(f".{home.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".{home.name}.", dir=home.parent))
         try:
@@ -566,6 +569,8 @@ def build(name: str, context: Path = ROOT) -> BuiltImage:
     with _locked(home / f".{name}.lock"):
         if tar.is_file() and meta.is_file():
             return BuiltImage(**{**json.loads(meta.read_text()), "cached": True})
+        for stale in home.glob(f".{name}-*"):  # left by a build killed outright (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
         log(f"{name}: building {path.relative_to(ROOT)} (key {key})")
         work = Path(tempfile.mkdtemp(prefix=f".{name}-{key}.", dir=home))
@@ -619,6 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--print", dest="print_name", metavar="NAME", help="cached tar, no build")
     parser.add_argument("--execute", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so temporary directories are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.execute is not None:
             execute(args.execute)

@@ -86,8 +86,8 @@ def _unpacked(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
     try:
         config = image_run.unpack_image(Path(image.tar), rootfs)
         yield Unpacked(name, rootfs, config)
-    finally:
-        shutil.rmtree(rootfs, ignore_errors=True)
+    finally:  # rm is several times faster than shutil.rmtree on a 6 GB tree
+        subprocess.run(["rm", "-rf", "--one-file-system", str(rootfs)], check=False, timeout=600)
 
 
 @pytest.fixture(scope="module")
