@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup run test test-unit test-integration lint typecheck proto crds bench clean
+.PHONY: help setup run test test-unit test-integration test-cluster lint typecheck proto crds bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ test-unit: setup ## Unit tests only (fast)
 
 test-integration: setup ## Integration and end-to-end tests only
 	@$(PY) -m pytest tests/integration tests/e2e -q
+
+test-cluster: setup ## Cluster tier only: real pods on a one-node Kubernetes (needs root)
+	@scripts/node-deps.sh && $(PY) -m pytest tests/cluster -q
 
 lint: setup ## ruff + import-linter contracts
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
