@@ -19,6 +19,7 @@ import torch
 
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.workers.kvtier import BlockCodec, BlockLoader, FetchCostModel, RedisKVTier
+from mainsail.workers.kvtier.resp import connection_socket, pack, read_ok
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +48,23 @@ def test_blocks_round_trip_bit_exact(server: RedisServer) -> None:
     assert len(values) == 2
     for h, value in zip([11, 22], values, strict=True):
         assert torch.equal(c.decode(value), blocks[h])
+
+
+def test_the_installed_redis_py_keeps_the_socket_where_the_tier_reads_it(
+    server: RedisServer,
+) -> None:
+    """`resp.connection_socket` is the one reach into redis-py internals: on the installed
+    redis-py a live pooled connection must expose its socket there (else every fast path
+    silently falls back to redis-py's parser)."""
+    pool = redis.Redis.from_url(server.url).connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(pack([(b"SET", b"k", b"v")] * 2))
+        assert connection_socket(conn) is not None
+        read_ok(conn, 2)  # both replies read straight from that socket
+    finally:
+        pool.release(conn)
+        pool.disconnect()
 
 
 def test_other_layout_is_refused(server: RedisServer) -> None:

@@ -1,4 +1,5 @@
-"""`RespBatch` and friends: the numpy-packed commands parse as the RESP redis-py would send."""
+"""`mainsail.workers.kvtier.resp`: the numpy-packed commands parse as the RESP redis-py would
+send, reply checks, and the one reach into redis-py's internals on the installed version."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import numpy as np
 import pytest
 import redis
 
-from mainsail.workers.kvtier.resp_batch import (
+from mainsail.workers.kvtier.resp import (
+    TESTED_REDIS_PY,
     RespBatch,
+    SetCommands,
+    connection_socket,
     equal_rows,
     exists_valid,
     hex_keys,
+    pack,
     recv_rows,
 )
-from mainsail.workers.kvtier.resp_pipeline import pack
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +93,24 @@ def test_recv_rows_notices_a_short_last_reply_without_waiting() -> None:
         b.close()
         with pytest.raises(redis.ConnectionError):
             recv_rows(a, 1, 5, equal_rows(b"+OK\r\n"), b"+OK\r\n")
+
+
+def test_installed_redis_py_is_a_version_connection_socket_was_checked_on() -> None:
+    """Fails on a redis-py major nobody checked: `connection_socket` reads a private field
+    (the check on a live connection is in tests/integration/test_redis_kv_tier.py)."""
+    major = int(redis.__version__.split(".")[0])
+    assert major in TESTED_REDIS_PY, f"redis-py {redis.__version__}: check connection_socket"
+    assert connection_socket(object()) is None
+
+
+def test_set_commands_pack_the_tiers_keys_and_ttl() -> None:
+    sets = SetCommands(b"mainsail:kv:fp", ttl_s=60)
+    assert sets.key(0xAB) == b"mainsail:kv:fp:00000000000000ab"
+    assert sets.commands({1: b"v"}) == [
+        (b"SET", b"mainsail:kv:fp:0000000000000001", b"v", b"EX", b"60")
+    ]
+    data = np.zeros((2, 4), dtype=np.uint8)
+    got = sets.batch(b"H", 4).pack(sets.keys([1, 2]), data).tobytes()
+    assert got == b"".join(pack(sets.commands({1: (b"H", bytes(4)), 2: (b"H", bytes(4))})))
+    assert sets.batch(b"H", 4) is sets.batch(b"H", 4)
+    assert SetCommands(b"p", ttl_s=0).commands({1: b"v"})[0][3:] == ()

@@ -141,6 +141,9 @@ class AsyncEngine:
             if not engine.has_unfinished():
                 self._wake.wait(_IDLE_WAIT_S)
                 self._wake.clear()
+                # The KV tier's writer finishes after the last step: publish its "stored"
+                # events (and fresh metrics) while idle too, not only after the next step.
+                self._publish()
                 continue
             try:
                 outputs = engine.step()

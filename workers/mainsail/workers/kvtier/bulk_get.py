@@ -7,9 +7,10 @@ codec's, and its payload is received with `recv_into` directly into the block's 
 staging tensor: one copy, done by the kernel.
 
 redis-py still owns the connection (URL, auth, TLS, timeouts, pool); this module writes the
-commands with `send_packed_command` and reads the replies from the connection's socket. That
-socket is a private attribute of redis-py's `Connection`; when it is absent (another client
-type or a future redis-py), `get_into` returns None and the tier falls back to ordinary GETs.
+commands with `send_packed_command` and reads the replies from the connection's socket
+(`resp.connection_socket`, a private attribute of redis-py's `Connection`); when it is absent
+(another client type or a future redis-py), `get_into` returns None and the tier falls back to
+ordinary GETs.
 Any error discards the connection.
 """
 
@@ -21,8 +22,14 @@ import numpy as np
 import redis
 import torch
 
-from mainsail.workers.kvtier.resp_batch import SMALL_BLOCK_BYTES, RespBatch, recv_rows
-from mainsail.workers.kvtier.resp_pipeline import Buffer, pack
+from mainsail.workers.kvtier.resp import (
+    SMALL_BLOCK_BYTES,
+    Buffer,
+    RespBatch,
+    connection_socket,
+    pack,
+    recv_rows,
+)
 
 _CHUNK = 1 << 20
 _LINE_READ = 64 << 10  # bytes per read while looking for a reply header (payload rarely)
@@ -95,8 +102,8 @@ def get_into(client: redis.Redis, keys: np.ndarray, header: bytes, out: torch.Te
     conn = pool.get_connection()
     try:
         conn.send_packed_command(packed)
-        sock = getattr(conn, "_sock", None)
-        if not isinstance(sock, socket.socket):
+        sock = connection_socket(conn)
+        if sock is None:
             conn.disconnect()
             return None
         replies = _Replies(sock)

@@ -17,8 +17,6 @@ Redis again, so the tier recovers by itself when Redis returns.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,31 +28,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mainsail.workers.kvtier.bulk_get import get_into
-from mainsail.workers.kvtier.resp_batch import RespBatch, hex_keys, read_exists
-from mainsail.workers.kvtier.resp_pipeline import (
-    Arg,
-    ReplyPipe,
-    Value,
-    exchange,
-    run_pipeline,
-)
+from mainsail.workers.kvtier.circuit import CircuitBreaker, TierStats
+from mainsail.workers.kvtier.pipeline import ReplyPipe, exchange, run_pipeline
+from mainsail.workers.kvtier.resp import RespBatch, SetCommands, Value, read_exists
 from mainsail.workers.kvtier.write_session import WriteSession, _size, _slicer
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class TierStats:
-    """Counters for metrics and benchmarks (updated under the tier's lock)."""
-
-    stored_blocks: int = 0
-    fetched_blocks: int = 0
-    lookups: int = 0
-    hit_blocks: int = 0
-    errors: int = 0
-    bytes_written: int = 0
-    bytes_read: int = 0
-    skipped_while_down: int = 0
+__all__ = ["RedisKVTier", "RedisTierFactory", "TierStats"]
 
 
 class RedisKVTier:
@@ -74,16 +53,13 @@ class RedisKVTier:
             raise ValueError("ttl_s and backoff_s must be >= 0")
         self.client = client
         self.prefix = f"{key_prefix}:{fingerprint}"
-        self._prefix_bytes = self.prefix.encode()
         self.ttl_s = ttl_s
         self.backoff_s = backoff_s
-        self._clock = clock
-        self._down_until = 0.0
-        key_len = len(self._prefix_bytes) + 17
-        self._exists = RespBatch(b"EXISTS", key_len)
-        self._sets: dict[tuple[bytes, int], RespBatch] = {}
-        self._lock = threading.Lock()  # the writer and the loader threads share one tier
+        self.sets = SetCommands(self.prefix.encode(), ttl_s)
+        self._exists = RespBatch(b"EXISTS", len(self.sets.prefix) + 17)
+        # The writer and the loader threads share one tier: both objects lock themselves.
         self.stats = TierStats()
+        self.breaker = CircuitBreaker(backoff_s, clock, self.stats)
 
     @classmethod
     def from_url(
@@ -114,18 +90,9 @@ class RedisKVTier:
     def key(self, block_hash: int) -> str:
         return f"{self.prefix}:{block_hash:016x}"
 
-    def _key(self, block_hash: int) -> bytes:
-        return b"%s:%016x" % (self._prefix_bytes, block_hash)
-
     def available(self) -> bool:
         """False while the circuit is open after an error."""
-        return self._clock() >= self._down_until
-
-    def _failed(self, exc: Exception) -> None:
-        with self._lock:
-            self.stats.errors += 1
-            self._down_until = self._clock() + self.backoff_s
-        log.warning("Redis KV tier unavailable for %.1f s: %s", self.backoff_s, exc)
+        return self.breaker.available()
 
     def store(self, blocks: Mapping[int, Value]) -> int:
         """Write ``blocks`` (hash -> encoded value, or its parts); returns how many were written.
@@ -135,16 +102,16 @@ class RedisKVTier:
         if not blocks:
             return 0
         if not self.available():
-            with self._lock:
-                self.stats.skipped_while_down += len(blocks)
+            self.breaker.skip(len(blocks))
             return 0
         if getattr(self.client, "connection_pool", None) is None:
             try:
-                run_pipeline(self.client, self._set_commands(blocks), expect=_OK)
+                run_pipeline(self.client, self.sets.commands(blocks), expect=_OK)
             except redis.RedisError as exc:
-                self._failed(exc)
+                self.breaker.trip(exc)
                 return 0
-            self._count_stored(len(blocks), sum(_size(v) for v in blocks.values()))
+            nbytes = sum(_size(v) for v in blocks.values())
+            self.stats.add(stored_blocks=len(blocks), bytes_written=nbytes)
             return len(blocks)
         return self._store_once(lambda writes: writes.send(blocks))
 
@@ -170,8 +137,7 @@ class RedisKVTier:
             data = get_rows(0, n)
             return self.store({h: (header, data[i].data) for i, h in enumerate(block_hashes)})
         if not self.available():
-            with self._lock:
-                self.stats.skipped_while_down += n
+            self.breaker.skip(n)
             return 0
         return self._store_once(lambda writes: writes.send_rows(block_hashes, header, get_rows))
 
@@ -184,9 +150,9 @@ class RedisKVTier:
         if pool is None or not self.available():
             return None
         try:
-            return WriteSession(self, ReplyPipe(pool))
+            return WriteSession(ReplyPipe(pool), self.sets, self.breaker, self.stats)
         except redis.RedisError as exc:
-            self._failed(exc)
+            self.breaker.trip(exc)
             return None
 
     def _store_once(self, send: Callable[[WriteSession], bool]) -> int:
@@ -198,36 +164,16 @@ class RedisKVTier:
         finally:
             writes.close()
 
-    def _set_commands(self, blocks: Mapping[int, Value]) -> list[tuple[Value, ...]]:
-        ttl: tuple[Arg, ...] = (b"EX", b"%d" % self.ttl_s) if self.ttl_s else ()
-        return [(b"SET", self._key(h), v, *ttl) for h, v in blocks.items()]
-
-    def _count_stored(self, blocks: int, nbytes: int) -> None:
-        with self._lock:
-            self.stats.stored_blocks += blocks
-            self.stats.bytes_written += nbytes
-
-    def _set_batch(self, header: bytes, row_bytes: int) -> RespBatch:
-        batch = self._sets.get((header, row_bytes))
-        if batch is None:
-            ttl = (b"EX", b"%d" % self.ttl_s) if self.ttl_s else ()
-            key_len = len(self._prefix_bytes) + 17
-            batch = RespBatch(
-                b"SET", key_len, value_prefix=header, value_bytes=row_bytes, extra=ttl
-            )
-            self._sets = {**self._sets, (header, row_bytes): batch}
-        return batch
-
     def _exists_flags(self, block_hashes: Sequence[int]) -> list[bool]:
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return [
                 bool(x)
                 for x in run_pipeline(
-                    self.client, [(b"EXISTS", self._key(h)) for h in block_hashes]
+                    self.client, [(b"EXISTS", self.sets.key(h)) for h in block_hashes]
                 )
             ]
-        payload = self._exists.pack(hex_keys(self._prefix_bytes, block_hashes))
+        payload = self._exists.pack(self.sets.keys(block_hashes))
         n = len(block_hashes)
 
         return exchange(pool, [payload.reshape(-1).data], lambda conn: read_exists(conn, n))
@@ -239,16 +185,14 @@ class RedisKVTier:
         try:
             found = self._exists_flags(block_hashes)
         except redis.RedisError as exc:
-            self._failed(exc)
+            self.breaker.trip(exc)
             return 0
         hits = 0
         for present in found:
             if not present:
                 break
             hits += 1
-        with self._lock:
-            self.stats.lookups += 1
-            self.stats.hit_blocks += hits
+        self.stats.add(lookups=1, hit_blocks=hits)
         return hits
 
     def fetch(self, block_hashes: Sequence[int]) -> list[bytes]:
@@ -257,18 +201,16 @@ class RedisKVTier:
             return []
         try:
             # Pipelined GETs rather than MGET: MGET fails across Redis Cluster slots.
-            values = run_pipeline(self.client, [(b"GET", self._key(h)) for h in block_hashes])
+            values = run_pipeline(self.client, [(b"GET", self.sets.key(h)) for h in block_hashes])
         except redis.RedisError as exc:
-            self._failed(exc)
+            self.breaker.trip(exc)
             return []
         out: list[bytes] = []
         for value in values:
             if value is None:
                 break
             out.append(bytes(value))
-        with self._lock:
-            self.stats.fetched_blocks += len(out)
-            self.stats.bytes_read += sum(len(v) for v in out)
+        self.stats.add(fetched_blocks=len(out), bytes_read=sum(len(v) for v in out))
         return out
 
     def fetch_into(
@@ -282,17 +224,15 @@ class RedisKVTier:
         if not block_hashes or not self.available():
             return 0
         try:
-            keys = hex_keys(self._prefix_bytes, block_hashes)
+            keys = self.sets.keys(block_hashes)
             got = get_into(self.client, keys, header, out)
         except redis.RedisError as exc:
-            self._failed(exc)
+            self.breaker.trip(exc)
             return 0
         if got is None:
             return None
         row = len(header) + out[0].numel() * out.element_size()
-        with self._lock:
-            self.stats.fetched_blocks += got
-            self.stats.bytes_read += got * row
+        self.stats.add(fetched_blocks=got, bytes_read=got * row)
         return got
 
 

@@ -1,23 +1,22 @@
 """`WriteSession`: pipelined SETs of KV blocks on one Redis connection, two batches in flight.
 
-Split from `redis_tier` (which owns keys, the circuit breaker and the stats this session
-updates) so each module stays about one thing: this one is the write pipeline's bookkeeping.
+Split from `redis_tier` so each module stays about one thing: this one is the write pipeline's
+bookkeeping. It works on what the tier hands it — the SET packing (`resp.SetCommands`), the
+circuit breaker and the counters (`circuit`) — never on the tier itself.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import redis
 
-from mainsail.workers.kvtier.resp_batch import hex_keys, read_ok
-from mainsail.workers.kvtier.resp_pipeline import Buffer, Payload, ReplyPipe, Value, pack
-
-if TYPE_CHECKING:
-    from mainsail.workers.kvtier.redis_tier import RedisKVTier
+from mainsail.workers.kvtier.circuit import CircuitBreaker, TierStats
+from mainsail.workers.kvtier.pipeline import Payload, ReplyPipe
+from mainsail.workers.kvtier.resp import Buffer, SetCommands, Value, pack, read_ok
 
 
 class WriteSession:
@@ -30,9 +29,13 @@ class WriteSession:
     and the caller opens a new session later, as the circuit allows.
     """
 
-    def __init__(self, tier: RedisKVTier, pipe: ReplyPipe) -> None:
-        self._tier = tier
+    def __init__(
+        self, pipe: ReplyPipe, sets: SetCommands, breaker: CircuitBreaker, stats: TierStats
+    ) -> None:
         self._pipe = pipe
+        self._sets = sets
+        self._breaker = breaker
+        self._stats = stats
         self._sizes: deque[list[int]] = deque()  # [blocks, bytes] per batch in flight
         self.failed = False
 
@@ -43,7 +46,7 @@ class WriteSession:
 
     def send(self, blocks: Mapping[int, Value]) -> bool:
         """Send SETs of ``blocks`` (hash -> value or its parts); False if not sent."""
-        commands = self._tier._set_commands(blocks)
+        commands = self._sets.commands(blocks)
         size = [len(blocks), sum(_size(v) for v in blocks.values())]
         n = len(blocks)
         return self._send(size, lambda: pack(commands), lambda conn: read_ok(conn, n))
@@ -55,9 +58,9 @@ class WriteSession:
         rows: np.ndarray | Callable[[int, int], np.ndarray],
     ) -> bool:
         """Send SETs of ``header`` + row ``i`` for each hash (see `RedisKVTier.store_rows`)."""
-        tier, n = self._tier, len(block_hashes)
+        sets, n = self._sets, len(block_hashes)
         get_rows = rows if callable(rows) else _slicer(rows)
-        keys = hex_keys(tier._prefix_bytes, block_hashes)
+        keys = sets.keys(block_hashes)
         size = [n, 0]
 
         def payload() -> Iterator[Buffer]:
@@ -69,7 +72,7 @@ class WriteSession:
                 end = start + data.shape[0]
                 size[1] = n * (len(header) + data.shape[1])
                 step = max(1, _CHUNK_BYTES // data.shape[1])
-                batch = tier._set_batch(header, data.shape[1])
+                batch = sets.batch(header, data.shape[1])
                 yield batch.pack(keys[start:end], data).reshape(-1).data
                 start = end
 
@@ -89,7 +92,7 @@ class WriteSession:
             self._fail(None)
             raise
         blocks, nbytes = self._sizes.popleft()
-        self._tier._count_stored(blocks, nbytes)
+        self._stats.add(stored_blocks=blocks, bytes_written=nbytes)
         return blocks
 
     def close(self) -> None:
@@ -100,9 +103,8 @@ class WriteSession:
     def _send(self, size: list[int], payload: Payload, receive: Callable[[Any], None]) -> bool:
         if self.failed:
             return False
-        if not self._tier.available():  # another thread saw Redis fail: drop at no cost
-            with self._tier._lock:
-                self._tier.stats.skipped_while_down += size[0]
+        if not self._breaker.available():  # another thread saw Redis fail: drop at no cost
+            self._breaker.skip(size[0])
             return False
         self._sizes.append(size)
         try:
@@ -120,7 +122,7 @@ class WriteSession:
         self._sizes.clear()
         self._pipe.close()
         if exc is not None:
-            self._tier._failed(exc)
+            self._breaker.trip(exc)
 
 
 _CHUNK_BYTES = 256 << 10  # per send of `store_rows`: Redis stores one while the next is packed

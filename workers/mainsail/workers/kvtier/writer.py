@@ -26,8 +26,7 @@ import torch
 
 from mainsail.workers.kvtier.codec import BlockCodec
 from mainsail.workers.kvtier.redis_tier import RedisKVTier
-from mainsail.workers.kvtier.resp_batch import SMALL_BLOCK_BYTES
-from mainsail.workers.kvtier.resp_pipeline import Value
+from mainsail.workers.kvtier.resp import SMALL_BLOCK_BYTES, Value
 from mainsail.workers.kvtier.write_session import WriteSession
 
 log = logging.getLogger(__name__)

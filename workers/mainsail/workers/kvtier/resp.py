@@ -1,30 +1,44 @@
-"""`RespBatch`: a batch of same-shaped commands for small blocks, packed and checked with numpy.
+"""RESP, the Redis wire protocol, as the KV tier writes and reads it: the one module for it.
 
-Why: blocks of small models (the tiny test model's are 8 KiB) are stored and fetched by the
-hundred, and Redis serves a small SET or GET in a few microseconds; a Python loop that packs
-each command, formats each key and parses each reply costs more than that, so the tier ran
-at a fifth of `redis-benchmark`. Every command of a batch has the same shape (the keys all
+What is here: packing commands (`pack` for any commands, `RespBatch` for a batch of
+same-shaped ones packed with numpy, `SetCommands` for the tier's SETs), checking replies
+(`expect_replies`, `recv_rows`, `read_ok`, `read_exists`), and `connection_socket`, the one
+place that reaches into redis-py's internals. The connections themselves (pooling, retry,
+two batches in flight) are `pipeline.py`'s.
+
+Why RESP by hand: redis-py spends 10-15 µs of Python per command and copies every value; the
+tier stores and fetches blocks by the hundred. `RespBatch`: blocks of small models (the tiny
+test model's are 8 KiB) are stored and fetched by the hundred, and Redis serves a small SET or
+GET in a few microseconds; a Python loop that packs each command, formats each key and parses
+each reply costs more than that. Every command of a batch has the same shape (the keys all
 have the same length: prefix + 16 hex digits; the values all have the same length: the
 codec's header + one block), so the whole batch is one ``uint8`` array of ``n`` equal rows:
 the constant parts are broadcast, the keys hex-formatted in one vectorised pass, the block
 data copied in with one strided copy. Replies of a fixed size (``:0``/``:1`` for EXISTS,
 ``+OK`` for SET, a hit for GET) are received into one buffer and checked the same way.
 
-The copy into the batch array costs a memcpy per byte, so this path is for small blocks
-(`SMALL_BLOCK_BYTES`); large blocks keep `resp_pipeline`'s zero-copy sends and
-`bulk_get`'s receive straight into the staging tensor.
+The copy into the batch array costs a memcpy per byte, so that path is for small blocks
+(`SMALL_BLOCK_BYTES`); large blocks keep `pack`'s zero-copy sends and `bulk_get`'s receive
+straight into the staging tensor.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import redis
 
+Arg = bytes | bytearray | memoryview
+Value = Arg | tuple[Arg, ...]
+"""One command argument; a tuple is sent as one argument made of its parts (no join)."""
+Buffer = Arg | np.ndarray
+"""Bytes to send: also a uint8 array (a whole `RespBatch`)."""
+
 SMALL_BLOCK_BYTES = 64 << 10
+_INLINE_MAX = 16 << 10
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -37,6 +51,32 @@ def hex_keys(prefix: bytes, hashes: Sequence[int]) -> np.ndarray:
     out = np.empty((len(hashes), len(prefix) + 17), dtype=np.uint8)
     out[:, : len(prefix) + 1] = np.frombuffer(prefix + b":", dtype=np.uint8)
     out[:, len(prefix) + 1 :] = _HEX[nibbles]
+    return out
+
+
+def pack(commands: Sequence[Sequence[Value]]) -> list[Arg]:
+    """RESP of ``commands``: small parts joined, parts above 16 KiB as their own buffers.
+
+    Memoryviews must be one-dimensional bytes (as `BlockCodec.parts` makes them).
+    """
+    out: list[Arg] = []
+    buf: list[Arg] = []
+    add = buf.append
+    for command in commands:
+        add(b"*%d\r\n" % len(command))
+        for arg in command:
+            parts = arg if isinstance(arg, tuple) else (arg,)
+            add(b"$%d\r\n" % sum(map(len, parts)))
+            for part in parts:
+                if len(part) > _INLINE_MAX:
+                    out.append(b"".join(buf))
+                    out.append(part)
+                    buf.clear()
+                else:
+                    add(part)
+            add(b"\r\n")
+    if buf:
+        out.append(b"".join(buf))
     return out
 
 
@@ -156,10 +196,43 @@ def recv_rows(
     return buf, count, b""
 
 
+TESTED_REDIS_PY = (5, 6, 7, 8)
+"""Major versions of redis-py whose `Connection` keeps its socket in ``_sock`` (checked by
+tests/unit/test_kvtier_resp_batch.py against the installed one)."""
+
+
+def connection_socket(conn: Any) -> socket.socket | None:
+    """The raw socket of a connected redis-py connection (TLS included: an `SSLSocket`), or
+    None (another client type, a future redis-py): the one place the tier touches redis-py
+    internals. Reading it
+    directly is only safe right after `send_packed_command`, before redis-py parsed anything
+    (its parser would hold buffered bytes otherwise); every caller here does exactly that,
+    and falls back to `conn.read_response` when this is None."""
+    sock = getattr(conn, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def expect_replies(sock: socket.socket, expect: bytes, count: int) -> None:
+    """Read ``count`` replies that must each be ``expect``, in as few reads as possible."""
+    want = len(expect) * count
+    got = bytearray(want)
+    view = memoryview(got)
+    n = 0
+    while n < want:
+        step = sock.recv_into(view[n:], want - n)
+        if not step:
+            raise redis.ConnectionError("connection closed by server")
+        n += step
+        done = n - n % len(expect)
+        if got[:done] != expect * (done // len(expect)):
+            bad = next(i for i in range(0, done, len(expect)) if got[i : i + len(expect)] != expect)
+            raise redis.ResponseError(bytes(got[bad : bad + 200]).decode(errors="replace"))
+
+
 def read_ok(conn: Any, count: int) -> None:
     """Read ``count`` SET replies from a redis-py connection; any but ``+OK`` raises."""
-    sock = getattr(conn, "_sock", None)
-    if not isinstance(sock, socket.socket):
+    sock = connection_socket(conn)
+    if sock is None:
         for _ in range(count):
             conn.read_response(disable_decoding=True)  # an error reply raises
         return
@@ -170,8 +243,8 @@ def read_ok(conn: Any, count: int) -> None:
 
 def read_exists(conn: Any, count: int) -> list[bool]:
     """Read ``count`` single-key EXISTS replies from a redis-py connection, as flags."""
-    sock = getattr(conn, "_sock", None)
-    if not isinstance(sock, socket.socket):
+    sock = connection_socket(conn)
+    if sock is None:
         return [bool(conn.read_response(disable_decoding=True)) for _ in range(count)]
     buf, good, rest = recv_rows(sock, count, 4, exists_valid, b":")
     if good < count:
@@ -182,3 +255,37 @@ def read_exists(conn: Any, count: int) -> list[bool]:
 
 _OK = b"+OK\r\n"
 _ok_rows = equal_rows(_OK)
+
+
+class SetCommands:
+    """The tier's SETs: keys ``<prefix>:<hash as 16 hex digits>``, an optional ``EX ttl``."""
+
+    def __init__(self, prefix: bytes, ttl_s: int) -> None:
+        self.prefix = prefix
+        self._ttl: tuple[bytes, ...] = (b"EX", b"%d" % ttl_s) if ttl_s else ()
+        self._batches: dict[tuple[bytes, int], RespBatch] = {}
+
+    def key(self, block_hash: int) -> bytes:
+        return b"%s:%016x" % (self.prefix, block_hash)
+
+    def keys(self, block_hashes: Sequence[int]) -> np.ndarray:
+        """`hex_keys` of ``block_hashes`` under this prefix."""
+        return hex_keys(self.prefix, block_hashes)
+
+    def commands(self, blocks: Mapping[int, Value]) -> list[tuple[Value, ...]]:
+        """One SET per block (hash -> value or its parts), for `pack`."""
+        return [(b"SET", self.key(h), v, *self._ttl) for h, v in blocks.items()]
+
+    def batch(self, header: bytes, row_bytes: int) -> RespBatch:
+        """The `RespBatch` of SETs whose values are ``header`` + ``row_bytes`` of data."""
+        batch = self._batches.get((header, row_bytes))
+        if batch is None:
+            batch = RespBatch(
+                b"SET",
+                len(self.prefix) + 17,
+                value_prefix=header,
+                value_bytes=row_bytes,
+                extra=self._ttl,
+            )
+            self._batches = {**self._batches, (header, row_bytes): batch}  # readers lock-free
+        return batch
