@@ -29,6 +29,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -894,16 +895,25 @@ def teardown_instance(instance: Path, binaries: Binaries | None = None) -> None:
 def cleanup_stale(base: Path | None = None) -> list[str]:
     """Tear down instances under base whose owner process is gone; returns their ids."""
     base = base or default_base_dir()
+    if not base.is_dir():
+        return []
     cleaned = []
-    for instance in sorted(base.glob("msn-*")) if base.is_dir() else []:
-        try:
-            owner = json.loads((instance / "owner.json").read_text())
-            alive = _same_process(int(owner["pid"]), int(owner["start"]))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            alive = False
-        if not alive:
-            teardown_instance(instance)
-            cleaned.append(instance.name)
+    with (base / ".cleanup.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two starts never tear down the same leftover at once
+        for instance in sorted(base.glob("msn-*")):
+            try:
+                owner = json.loads((instance / "owner.json").read_text())
+                alive = _same_process(int(owner["pid"]), int(owner["start"]))
+            except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                # owner.json is written right after mkdir (and removed last by its own
+                # teardown): leave a dir that is new or already going away.
+                try:
+                    alive = time.time() - instance.stat().st_mtime < 30
+                except OSError:
+                    continue
+            if not alive:
+                teardown_instance(instance)
+                cleaned.append(instance.name)
     return cleaned
 
 
