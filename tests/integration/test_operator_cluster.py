@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from support.operator_harness import (
@@ -325,6 +326,49 @@ def test_status_is_ready_only_with_workers_registered_at_a_reachable_router(
         assert "not answering" in message("RouterReady")
         printed = bed.kubectl("get", "-n", ns, "modeldeployments").stdout
         assert "RouterUnreachable" in printed and "0/1" in printed
+    finally:
+        router.stop()
+
+
+def test_scaling_down_drains_the_chosen_worker_before_kuberay_removes_its_pod(
+    kube_testbed: Any,
+    kube_namespace: str,
+    operator: OperatorProcess,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """`kubectl scale servingpool` down: the operator picks the youngest worker pod, drains
+    its worker through the real router's admin API (on a cluster a worker's id is its pod's
+    name), and only then lowers the worker group with that pod in `workersToDelete`."""
+    bed, ns = kube_testbed, kube_namespace
+    router = LoopbackRouter(
+        tiny_model_dir, tmp_path, model_name="tiny-llama",
+        workers=(("tiny-unified-0", "unified"), ("tiny-unified-1", "unified")),
+    )  # fmt: skip
+    try:
+        md = yaml.safe_load((EXAMPLES / "tiny.yaml").read_text())
+        md["spec"]["router"]["httpPort"] = router.http_port
+        bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
+        wait_for(lambda: ("RayCluster", "tiny") in names(bed, ns), "the RayCluster")
+        for i in range(2):
+            bed.kubectl("apply", "-f", "-", input=json.dumps(_ready_pod(ns, "unified", i)))
+            time.sleep(1.1)  # creation times have one-second resolution: the youngest is -1
+        bed.kubectl("scale", "-n", ns, "servingpool", "tiny-unified", "--replicas=1")
+
+        def group() -> dict[str, Any]:
+            groups = get(bed, ns, "raycluster", "tiny")["spec"]["workerGroupSpecs"]
+            return dict(groups[0])
+
+        wait_for(lambda: group()["replicas"] == 1, "the worker group lowered to 1")
+        assert group()["scaleStrategy"] == {"workersToDelete": ["tiny-unified-1"]}
+        workers = httpx.get(f"http://127.0.0.1:{router.http_port}/workers", timeout=10).json()
+        draining = {w["id"]: w["draining"] for w in workers["data"]}
+        assert draining == {"tiny-unified-0": False, "tiny-unified-1": True}
+        events = bed.kubectl(
+            "get", "events", "-n", ns, "--field-selector", "involvedObject.name=tiny", "-o", "json"
+        ).stdout
+        drained = [e for e in json.loads(events)["items"] if e["reason"] == "Drained"]
+        assert drained and "tiny-unified-1" in drained[0]["message"]
     finally:
         router.stop()
 

@@ -111,6 +111,7 @@ class OperatorProcess:
             # router.httpPort (there are no Services to resolve here).
             "MAINSAIL_OPERATOR_AUTOSCALE_SECONDS": "1",
             "MAINSAIL_OPERATOR_ROUTER_METRICS_URL": "http://127.0.0.1:{port}/metrics",
+            "MAINSAIL_OPERATOR_ROUTER_ADMIN_URL": "http://127.0.0.1:{port}",
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

@@ -7,7 +7,7 @@ configuration first, then the cache, pools, Ray and finally the router that need
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mainsail.operator.desired_cache import cache_service, cache_statefulset, cache_urls, runs_cache
@@ -25,8 +25,10 @@ def desired_children(
     spec: ModelDeploymentSpec,
     settings: OperatorSettings,
     observed_pools: Mapping[str, Mapping[str, Any]] | None = None,
+    workers_to_delete: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Children in apply order; `observed_pools` maps role to the existing ServingPool."""
+    """Children in apply order; `observed_pools` maps role to the existing ServingPool,
+    `workers_to_delete` role to the worker pods a scale-down removes (see `scale_down`)."""
     observed_pools = observed_pools or {}
     urls = cache_urls(owner, spec.pools.cache)
     text = config_text(deployment_config(owner, spec, urls))
@@ -41,7 +43,7 @@ def desired_children(
     for role, pool in spec.pools.worker_pools().items():
         replicas[role] = pool_replicas(pool, observed_pools.get(role))
         children.append(serving_pool(owner, role, pool, replicas[role]))
-    children.append(ray_cluster(owner, spec, settings, cfg_hash, replicas, urls))
+    children.append(ray_cluster(owner, spec, settings, cfg_hash, replicas, urls, workers_to_delete))
     children += [
         router_service(owner, spec),
         router_deployment(owner, spec, settings.router_image, cfg_hash, settings.worker_image),

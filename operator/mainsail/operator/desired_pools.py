@@ -10,7 +10,7 @@ When the pool's autoscaling is enabled the number is kept within its bounds.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mainsail.operator.desired_config import common_env, config_mount, config_volume
@@ -149,8 +149,10 @@ def worker_group(
     pool: Pool,
     replicas: int,
     cache_urls: list[str],
+    workers_to_delete: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One RayCluster worker group: a role's replicas, GPUs as limits, GPU type as selector."""
+    """One RayCluster worker group: a role's replicas, GPUs as limits, GPU type as selector,
+    and the pods a scale-down removes (drained first, see `scale_down`)."""
     res = pool.resources
     limits = {"memory": res.memory}
     if res.gpus > 0:
@@ -176,6 +178,7 @@ def worker_group(
         "maxReplicas": max(replicas, pool.autoscaling.max_replicas),
         # A custom Ray resource per role lets actors be placed on their pool's nodes only.
         "rayStartParams": {"resources": json.dumps(json.dumps({f"mainsail-{role}": 1}))},
+        "scaleStrategy": {"workersToDelete": list(workers_to_delete)},
         "template": _pod_template(
             owner, spec, settings, cfg_hash, WORKER_COMPONENT, role, container, pool
         ),
@@ -189,6 +192,7 @@ def ray_cluster(
     cfg_hash: str,
     replicas: Mapping[str, int],
     cache_urls: list[str],
+    workers_to_delete: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The RayCluster: a CPU-only head running the worker supervisor (no engine on it) and
     one worker group per pool, each pod bringing one unit of `mainsail-<role>`."""
@@ -204,7 +208,17 @@ def ray_cluster(
     )
     head["args"] = [SUPERVISOR_LOOP]
     groups = [
-        worker_group(owner, spec, settings, cfg_hash, role, pool, replicas[role], cache_urls)
+        worker_group(
+            owner,
+            spec,
+            settings,
+            cfg_hash,
+            role,
+            pool,
+            replicas[role],
+            cache_urls,
+            (workers_to_delete or {}).get(role, ()),
+        )
         for role, pool in spec.pools.worker_pools().items()
     ]
     return {

@@ -112,6 +112,12 @@ def post_events(outcome: Outcome) -> None:
         kopf.event(
             body, type="Normal", reason="Deleted", message="deleted " + ", ".join(outcome.deleted)
         )
+    if outcome.drained:
+        message = "drained before removal: " + ", ".join(outcome.drained)
+        kopf.event(body, type="Normal", reason="Drained", message=message)
+    if outcome.drain_failures:
+        message = "removed without a drain: " + "; ".join(outcome.drain_failures)
+        kopf.event(body, type="Warning", reason="DrainFailed", message=message[:1000])
     if outcome.conflicts:
         message = "exists and is not ours: " + ", ".join(outcome.conflicts)
         kopf.event(body, type="Warning", reason="NameConflict", message=message)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from mainsail.operator.desired import desired_children
 from mainsail.operator.desired_cache import cache_name
 from mainsail.operator.desired_config import config_map_name
-from mainsail.operator.desired_pools import WORKER_COMPONENT, ray_cluster_name
+from mainsail.operator.desired_pools import WORKER_COMPONENT, pool_replicas, ray_cluster_name
 from mainsail.operator.desired_router import router_metrics_url, router_name
 from mainsail.operator.kinds import CHILDREN
 from mainsail.operator.kube import KubeApi, Obj
@@ -32,6 +32,7 @@ from mainsail.operator.naming import (
 )
 from mainsail.operator.plan import child_key, contains, controlled_by, plan_changes
 from mainsail.operator.router_probe import HttpRouterProbe, RouterProbe, RouterUnreachable
+from mainsail.operator.scale_down import choose_removals
 from mainsail.operator.settings import OperatorSettings
 from mainsail.operator.status import Observation, deployment_status, serving_pool_status
 from mainsail.spec.crd import SERVING_POOL_KIND
@@ -52,6 +53,8 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     invalid: str | None = None
+    drained: list[str] = field(default_factory=list)
+    drain_failures: list[str] = field(default_factory=list)
     ready_before: str | None = None
     ready_after: str | None = None
 
@@ -118,7 +121,11 @@ class Reconciler:
             for obj in ours
             if obj["kind"] == SERVING_POOL_KIND and "role" in (obj.get("spec") or {})
         }
-        plan = plan_changes(owner, desired_children(owner, spec, self._settings, pools), ours)
+        pods = self._worker_pods(owner)
+        removals = self._scale_downs(owner, spec, ours, pools, pods, outcome)
+        plan = plan_changes(
+            owner, desired_children(owner, spec, self._settings, pools, removals), ours
+        )
         current = {child_key(obj): obj for obj in ours}
         for obj in plan.create:
             meta = obj["metadata"]
@@ -136,21 +143,65 @@ class Reconciler:
             api.delete(obj["apiVersion"], obj["kind"], ns, meta["name"], meta["uid"])
             current.pop(child_key(obj), None)
             outcome.deleted.append(_describe(obj))
-        self._write_status(owner, spec, body, current)
+        self._write_status(owner, spec, body, current, pods)
         outcome.ready_after = _ready_status(outcome.body.get("status"))
         if outcome.ready_after is None:
             outcome.ready_after = outcome.ready_before
         return outcome
 
-    def _write_status(
-        self, owner: Owner, spec: ModelDeploymentSpec, body: Obj, current: dict[Any, Obj]
-    ) -> None:
-        api, ns = self._api, owner.namespace
+    def _worker_pods(self, owner: Owner) -> dict[str, list[Obj]]:
+        """The deployment's worker pods by role."""
         selector = f"{LABEL_DEPLOYMENT}={owner.name},{LABEL_COMPONENT}={WORKER_COMPONENT}"
         pods: dict[str, list[Obj]] = {}
-        for pod in api.list("v1", "Pod", ns, selector):
+        for pod in self._api.list("v1", "Pod", owner.namespace, selector):
             role = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ROLE, "")
             pods.setdefault(role, []).append(pod)
+        return pods
+
+    def _scale_downs(
+        self,
+        owner: Owner,
+        spec: ModelDeploymentSpec,
+        ours: list[Obj],
+        pools: dict[str, Obj],
+        pods: dict[str, list[Obj]],
+        outcome: Outcome,
+    ) -> dict[str, list[str]]:
+        """Role -> `workersToDelete`; each newly chosen pod's worker is drained first."""
+        ray = next((o for o in ours if o["kind"] == "RayCluster"), None)
+        ray_spec = (ray or {}).get("spec") or {}
+        groups = {g.get("groupName"): g for g in ray_spec.get("workerGroupSpecs") or []}
+        out: dict[str, list[str]] = {}
+        base = router_metrics_url(self._settings.router_admin_url, owner, spec)
+        for role, pool in spec.pools.worker_pools().items():
+            group = groups.get(role)
+            if group is None:
+                continue
+            previous = (group.get("scaleStrategy") or {}).get("workersToDelete") or []
+            decision = choose_removals(
+                pods.get(role, []),
+                previous,
+                int(group.get("replicas", 0)),
+                pool_replicas(pool, pools.get(role)),
+            )
+            for name in decision.new:
+                try:
+                    self._probe.drain(base, name)
+                    outcome.drained.append(name)
+                except RouterUnreachable as exc:
+                    outcome.drain_failures.append(f"{name}: {exc}")
+            out[role] = list(decision.workers_to_delete)
+        return out
+
+    def _write_status(
+        self,
+        owner: Owner,
+        spec: ModelDeploymentSpec,
+        body: Obj,
+        current: dict[Any, Obj],
+        pods: dict[str, list[Obj]],
+    ) -> None:
+        api, ns = self._api, owner.namespace
         pools: dict[str, Obj] = {}
         for (_, kind, name), obj in current.items():
             if kind != SERVING_POOL_KIND:

@@ -11,7 +11,9 @@ because the reconciler is; the call is bounded by a short timeout.
 
 from __future__ import annotations
 
+import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Protocol
@@ -26,9 +28,15 @@ class RouterUnreachable(RuntimeError):
 
 
 class RouterProbe(Protocol):
-    """Role -> registered workers, from one deployment's router."""
+    """Role -> registered workers, from one deployment's router; and draining a worker
+    before its pod is removed."""
 
     def registered(self, url: str) -> Mapping[str, int]: ...
+
+    def drain(self, base_url: str, worker_id: str) -> int:
+        """`POST <base>/workers/<id>/drain`: the worker takes no new request and its streams
+        move to other workers; returns how many moved. Raises `RouterUnreachable`."""
+        ...
 
 
 def registered_workers(text: str) -> dict[str, int]:
@@ -67,6 +75,18 @@ class HttpRouterProbe:
             raise RouterUnreachable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
         return registered_workers(text)
 
+    def drain(self, base_url: str, worker_id: str) -> int:
+        url = f"{base_url.rstrip('/')}/workers/{urllib.parse.quote(worker_id, safe='')}/drain"
+        request = urllib.request.Request(url, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=max(self._timeout, 10.0)) as resp:
+                body = json.loads(resp.read(2**16) or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise RouterUnreachable(f"POST {url}: HTTP {exc.code}") from exc
+        except (OSError, ValueError) as exc:
+            raise RouterUnreachable(f"POST {url}: {type(exc).__name__}: {exc}") from exc
+        return int(body.get("migrated", 0)) if isinstance(body, dict) else 0
+
 
 class StaticRouterProbe:
     """`RouterProbe` fake for tests and demos: answers ``counts``, or raises `RouterUnreachable`
@@ -76,9 +96,16 @@ class StaticRouterProbe:
         self.counts = dict(counts or {})
         self.error = error
         self.urls: list[str] = []
+        self.drained: list[str] = []
 
     def registered(self, url: str) -> Mapping[str, int]:
         self.urls.append(url)
         if self.error is not None:
             raise RouterUnreachable(self.error)
         return dict(self.counts)
+
+    def drain(self, base_url: str, worker_id: str) -> int:
+        if self.error is not None:
+            raise RouterUnreachable(self.error)
+        self.drained.append(worker_id)
+        return 0

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 ENV_PREFIX = "MAINSAIL_OPERATOR_"
 
@@ -74,6 +74,13 @@ class OperatorSettings(BaseModel):
         "(the router Service's name), {namespace}, {port} (spec.router.httpPort).",
     )
 
+    router_admin_url: str = Field(
+        "http://{router}.{namespace}.svc:{port}",
+        min_length=1,
+        description="Base URL of a deployment's router admin API (`POST /workers/<id>/drain` "
+        "before a scale-down removes a worker's pod). Placeholders as in router_metrics_url.",
+    )
+
     def pull_policy(self, image: str) -> PullPolicy | None:
         """The configured pull policy of a container running `image` (None: not ours)."""
         policies: dict[str, PullPolicy] = {
@@ -83,18 +90,18 @@ class OperatorSettings(BaseModel):
         }
         return policies.get(image)
 
-    @field_validator("router_metrics_url")
+    @field_validator("router_metrics_url", "router_admin_url")
     @classmethod
-    def _placeholders(cls, url: str) -> str:
+    def _placeholders(cls, url: str, info: ValidationInfo) -> str:
         try:
             url.format(router="r", namespace="n", port=1)
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
-                f"router_metrics_url: only {{router}}, {{namespace}} and {{port}} may be used "
+                f"{info.field_name}: only {{router}}, {{namespace}} and {{port}} may be used "
                 f"({exc!r})"
             ) from exc
         if not url.startswith(("http://", "https://")):
-            raise ValueError("router_metrics_url must be an http(s) URL")
+            raise ValueError(f"{info.field_name} must be an http(s) URL")
         return url
 
     @classmethod
