@@ -7,6 +7,7 @@ address outside loopback and the namespaces the test bed made.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 from support.node import (
     NETNS_DIR,
     NODE_NAME,
+    SHIM_SOCKET_DIR,
     Node,
     cleanup_stale,
     mounts_under,
@@ -261,14 +263,33 @@ def test_second_node_runs_beside_and_tears_down_to_nothing(
         second_pods = _deploy_web(second, "side")
         pod_netns = owned_pod_netns(second.netns)
         assert len(pod_netns) == 2
+        containers = subprocess.run(
+            ["ctr", "--address", str(second.containerd_socket), "-n", "k8s.io",
+             "containers", "ls", "-q"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert len(containers) == 4  # two sandboxes, two httpd
         assert mounts_under(second.dir)
         # Same CIDRs, separate namespaces: the first node's Service still reaches its own pods.
         ip = node_cluster.service_ip(node_namespace, "web")
         assert _answers(node_cluster, ip, pods) == pods
         second_ip = second.service_ip("side", "web")
         assert _answers(second, second_ip, second_pods) == second_pods
-        node_id, instance = second.id, second.dir
+        node_id, instance, socket = second.id, second.dir, second.containerd_socket
+        live = {p.name for p in SHIM_SOCKET_DIR.glob("*")}
+        assert {
+            hashlib.sha256(os.path.join(str(socket), "k8s.io", cid).encode()).hexdigest()
+            for cid in containers
+        } & live, "the shim socket naming changed: update teardown_instance"
     _assert_gone(node_id, instance, pod_netns, before)
+    # No libcni cache entry and no shim socket (named by containerd's address/ns/id hash).
+    results = [p for p in Path("/var/lib/cni/results").glob("*") if p.is_file()]
+    assert not [p for p in results if any(cid in p.read_text() for cid in containers)]
+    sockets = {
+        hashlib.sha256(os.path.join(str(socket), "k8s.io", cid).encode()).hexdigest()
+        for cid in containers
+    }
+    assert not sockets & {p.name for p in SHIM_SOCKET_DIR.glob("*")}
     # The first node is untouched.
     ip = node_cluster.service_ip(node_namespace, "web")
     assert node_cluster.http_get(f"http://{ip}/")[1].decode().strip() in pods

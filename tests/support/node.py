@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -53,6 +54,7 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 TESTBED = ROOT / "deploy" / "testbed"
 NETNS_DIR = Path("/run/netns")
+SHIM_SOCKET_DIR = Path("/run/containerd/s")  # fixed in containerd 1.6, shared by instances
 NODE_NAME = "mainsail-node"
 NODE_IP = "10.255.0.2"
 POD_CIDR = "10.244.0.0/16"
@@ -841,15 +843,20 @@ def teardown_instance(instance: Path, binaries: Binaries | None = None) -> None:
     netns = owner.get("netns", instance.name)
     socket = instance / "containerd" / "containerd.sock"
     _stop_recorded(instance, "kubelet")
-    rec = _recorded_pid(instance, "containerd")
-    if rec is not None and _same_process(*rec) and socket.exists():
-        _stop_containers(socket)
-    _stop_recorded(instance, "containerd")
-    container_ids = [
+    container_ids = {
         p.name
         for p in (instance / "containerd/state/io.containerd.runtime.v2.task/k8s.io").glob("*")
-    ]
+    }
+    rec = _recorded_pid(instance, "containerd")
+    if rec is not None and _same_process(*rec) and socket.exists():
+        container_ids |= set(_ctr(socket, "containers", "ls", "-q").stdout.split())
+        _stop_containers(socket)
+    _stop_recorded(instance, "containerd")
     _kill_tree(_shim_pids(socket))
+    for cid in container_ids:  # the shims' sockets: containerd names them by address/ns/id
+        digest = hashlib.sha256(os.path.join(str(socket), "k8s.io", cid).encode()).hexdigest()
+        with contextlib.suppress(OSError):
+            (SHIM_SOCKET_DIR / digest).unlink()
     pod_netns: list[str] = []
     if (NETNS_DIR / netns).exists():
         pod_netns = owned_pod_netns(netns)
