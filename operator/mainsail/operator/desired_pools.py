@@ -203,7 +203,8 @@ def ray_cluster(
         spec,
         settings.worker_image,
         head_env,
-        {"cpu": "1", "memory": "2Gi"},
+        # No engine runs here (num-cpus 0): GCS, the dashboard agent and the supervisor.
+        {"cpu": "250m", "memory": "1Gi"},
         {"memory": "2Gi"},
     )
     head["args"] = [SUPERVISOR_LOOP]
