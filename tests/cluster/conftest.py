@@ -21,13 +21,19 @@ import pytest
 from support.node import Binaries, Node, NodeError, start_node, support_problem
 from support.node_images import busybox_image, debian_python_image, pause_image
 
+SESSION_NODE_TIMEOUT_S = 900
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Build the node's binaries and images before any test runs, if a cluster test is
     selected and the machine can run a node."""
-    if support_problem() is not None:
-        return
-    if not any("node_cluster" in getattr(item, "fixturenames", ()) for item in items):
+    cluster_items = [i for i in items if "node_cluster" in getattr(i, "fixturenames", ())]
+    for item in cluster_items:
+        # The first test's timeout also covers starting the node and importing its images
+        # (gigabytes for the worker image): give these tests room unless they set their own.
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SESSION_NODE_TIMEOUT_S))
+    if not cluster_items or support_problem() is not None:
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     try:
