@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mainsail.operator.settings import OperatorSettings
+
 pytestmark = pytest.mark.integration
 CHART = str(Path(__file__).resolve().parents[2] / "charts" / "mainsail")
 
@@ -94,3 +96,39 @@ def test_install_upgrade_uninstall(kube_testbed: Any, kube_namespace: str) -> No
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     role = bed.kubectl("get", "clusterrole", f"{ns}-{name}", check=False)
     assert role.returncode != 0
+
+
+def test_images_are_named_through_values_and_validated_by_the_schema(kube_testbed: Any) -> None:
+    """`images.<name>` reaches the operator pod and, through its env, the operator's settings;
+    a bad pull policy or an unknown key is refused by values.schema.json before rendering."""
+    sets = [
+        "images.operator.repository=mainsail/operator", "images.operator.tag=k1",
+        "images.operator.pullPolicy=Never", "images.router.repository=mainsail/router",
+        "images.router.tag=k2", "images.router.pullPolicy=Never",
+        "images.cache.repository=mainsail/redis", "images.cache.tag=k3",
+    ]  # fmt: skip
+    rendered = helm(
+        kube_testbed, "template", "img", CHART, "--show-only", "templates/deployment.yaml",
+        *(arg for s in sets for arg in ("--set", s)),
+    )  # fmt: skip
+    container = yaml.safe_load(rendered)["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "mainsail/operator:k1"
+    assert container["imagePullPolicy"] == "Never"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MAINSAIL_OPERATOR_ROUTER_IMAGE"] == "mainsail/router:k2"
+    assert env["MAINSAIL_OPERATOR_ROUTER_PULL_POLICY"] == "Never"
+    assert env["MAINSAIL_OPERATOR_WORKER_IMAGE"] == "ghcr.io/mainsail-dev/mainsail-worker:0.1.0"
+    assert env["MAINSAIL_OPERATOR_WORKER_PULL_POLICY"] == "IfNotPresent"
+    assert env["MAINSAIL_OPERATOR_REDIS_IMAGE"] == "mainsail/redis:k3"
+    settings = OperatorSettings.from_env({k: v for k, v in env.items() if "OPERATOR" in k})
+    assert settings.pull_policy("mainsail/router:k2") == "Never"
+    for bad, says in [
+        ("images.worker.pullPolicy=Sometimes", "pullPolicy"),
+        ("image.tag=x", "image"),
+        ("images.router.tag=a b", "tag"),
+    ]:
+        proc = subprocess.run(
+            [str(kube_testbed.bin_dir / "helm"), "template", "bad", CHART, "--set", bad],
+            capture_output=True, text=True, timeout=120, env=kube_testbed.env,
+        )  # fmt: skip
+        assert proc.returncode != 0 and says in proc.stderr, (bad, proc.stderr)
