@@ -149,11 +149,17 @@ def get(bed: Any, ns: str, kind: str, name: str) -> dict[str, Any]:
 
 
 def names(bed: Any, ns: str) -> set[tuple[str, str]]:
-    kinds = "configmaps,services,deployments,statefulsets,rayclusters,servingpools"
+    kinds = "networkpolicies,configmaps,services,deployments,statefulsets,rayclusters,servingpools"
     items = json.loads(
         bed.kubectl("get", "-n", ns, kinds, "-l", "mainsail.dev/deployment", "-o", "json").stdout
     )["items"]
-    return {(i["kind"], i["metadata"]["name"]) for i in items}
+    found = {(i["kind"], i["metadata"]["name"]) for i in items}
+    secrets = json.loads(
+        bed.kubectl(
+            "get", "-n", ns, "secrets", "-l", "mainsail.dev/deployment", "-o", "json"
+        ).stdout
+    )["items"]
+    return found | {(i["kind"], i["metadata"]["name"]) for i in secrets}
 
 
 def expected_children(example: Path, ns: str) -> set[tuple[str, str]]:

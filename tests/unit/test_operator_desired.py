@@ -42,7 +42,10 @@ def test_dense_split_children_names_labels_and_owner() -> None:
     children = desired_children(OWNER, _spec("dense-prefill-decode.yaml"), SETTINGS)
     names = [(c["kind"], c["metadata"]["name"]) for c in children]
     assert names == [
+        ("Secret", "dense-pd-worker-credential"),
         ("ConfigMap", "dense-pd-config"),
+        ("NetworkPolicy", "dense-pd-workers"),
+        ("NetworkPolicy", "dense-pd-cache"),
         ("Service", "dense-pd-cache"),
         ("StatefulSet", "dense-pd-cache"),
         ("ServingPool", "dense-pd-prefill"),
@@ -93,7 +96,7 @@ def test_one_kv_config_is_handed_to_router_and_workers() -> None:
     router = kinds["Deployment"][0]["spec"]["template"]
     worker = kinds["RayCluster"][0]["spec"]["workerGroupSpecs"][0]["template"]
     for template in (router, worker):
-        env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
         assert env["MAINSAIL_KV_FINGERPRINT"] == fingerprint
         assert template["spec"]["volumes"][0]["configMap"]["name"] == "dense-pd-config"
     assert (
@@ -193,11 +196,13 @@ def test_router_reads_its_credentials_from_the_named_secret() -> None:
     spec = _spec("dense-prefill-decode.yaml")
     deployments = _by_kind(desired_children(OWNER, spec, OperatorSettings()))["Deployment"]
     env = {
-        e["name"]
+        e["name"]: e
         for d in deployments
         for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])
     }
-    assert "MAINSAIL_ROUTER_API_KEYS" not in env  # no secret named: the router is open
+    # No secret named: auth is still on, with the key the operator issued.
+    issued = env["MAINSAIL_ROUTER_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert issued == {"name": "dense-pd-worker-credential", "key": "apiKeys", "optional": False}
     auth = RouterAuth(secret_name="llm-keys")
     locked = spec.model_copy(update={"router": spec.router.model_copy(update={"auth": auth})})
     (router,) = [

@@ -43,8 +43,15 @@ def test_every_kind_in_the_table_has_the_rbac_its_use_needs() -> None:
     grants = cluster_role_rules()
     for kind in ALL:
         verbs = grants.get((kind.group, kind.plural), set())
-        needed = {Use.OWNER: READ | {"patch"}, Use.CHILD: READ | WRITE, Use.READ: READ}[kind.use]
+        needed = {
+            Use.OWNER: READ | {"patch"},
+            Use.CHILD: READ | WRITE,
+            Use.READ: READ,
+            Use.ISSUED: {"get"} | WRITE,
+        }[kind.use]
         assert needed <= verbs, f"{kind.kind}: chart grants {sorted(verbs)}"
+        if kind.use is Use.ISSUED:
+            assert not verbs & {"list", "watch"}, f"{kind.kind} must not be listable"
         if kind.use is Use.READ:
             assert not verbs & WRITE, f"{kind.kind} is read-only, chart grants {sorted(verbs)}"
         if kind.status:
@@ -72,5 +79,5 @@ def test_children_are_written_and_every_kind_has_a_path() -> None:
         == "/apis/ray.io/v1/namespaces/ns/rayclusters/x"
     )
     assert resource_path("v1", "Pod", "ns") == "/api/v1/namespaces/ns/pods"
-    with pytest.raises(ValueError, match="does not manage v1 Secret"):
-        resource_path("v1", "Secret", "ns", "x")
+    with pytest.raises(ValueError, match="does not manage v1 Node"):
+        resource_path("v1", "Node", "ns", "x")

@@ -49,7 +49,10 @@ def test_first_pass_creates_every_child_and_the_second_writes_nothing() -> None:
     assert _kinds(api) == [
         "ConfigMap/tiny-config",
         "Deployment/tiny-router",
+        "NetworkPolicy/tiny-cache",
+        "NetworkPolicy/tiny-workers",
         "RayCluster/tiny",
+        "Secret/tiny-worker-credential",
         "Service/tiny-cache",
         "Service/tiny-router",
         "ServingPool/tiny-unified",
@@ -141,8 +144,8 @@ def test_the_fake_keeps_the_api_servers_rules() -> None:
     assert info.value.status == 409
     with pytest.raises(KubeError):
         api.patch_status("v1", "ConfigMap", NS, "absent", {"x": 1})
-    with pytest.raises(ValueError, match="does not manage v1 Secret"):
-        api.get("v1", "Secret", NS, "s")
+    with pytest.raises(ValueError, match="does not manage v1 Node"):
+        api.get("v1", "Node", NS, "s")
     assert [o["metadata"]["name"] for o in api.list("v1", "ConfigMap", NS, "a=1")] == ["c"]
     assert api.list("v1", "ConfigMap", NS, "a=2") == []
     api.delete("v1", "ConfigMap", NS, "c", uid=cm["metadata"]["uid"])

@@ -12,8 +12,11 @@ from typing import Any
 
 from mainsail.operator.desired_cache import cache_service, cache_statefulset, cache_urls, runs_cache
 from mainsail.operator.desired_config import config_hash, config_map, config_text, deployment_config
+from mainsail.operator.desired_network import network_policies
 from mainsail.operator.desired_pools import pool_replicas, ray_cluster, serving_pool
 from mainsail.operator.desired_router import router_deployment, router_service
+from mainsail.operator.desired_secrets import ANNOTATION_ISSUE, Issuer, credentials_secret, issue_of
+from mainsail.operator.desired_security import REDIS_USER, RUN_AS_USER, harden
 from mainsail.operator.naming import Owner
 from mainsail.operator.pull_policy import stamp_pull_policies
 from mainsail.operator.settings import OperatorSettings
@@ -26,14 +29,20 @@ def desired_children(
     settings: OperatorSettings,
     observed_pools: Mapping[str, Mapping[str, Any]] | None = None,
     workers_to_delete: Mapping[str, Sequence[str]] | None = None,
+    observed_secret: Mapping[str, Any] | None = None,
+    rotate: str = "",
+    issuer: Issuer | None = None,
 ) -> list[dict[str, Any]]:
     """Children in apply order; `observed_pools` maps role to the existing ServingPool,
-    `workers_to_delete` role to the worker pods a scale-down removes (see `scale_down`)."""
+    `workers_to_delete` role to the worker pods a scale-down removes (see `scale_down`),
+    `observed_secret` is the existing credentials Secret (kept unless `rotate` changed)."""
     observed_pools = observed_pools or {}
     urls = cache_urls(owner, spec.pools.cache)
     text = config_text(deployment_config(owner, spec, urls))
     cfg_hash = config_hash(text)
-    children: list[dict[str, Any]] = [config_map(owner, text)]
+    secret = credentials_secret(owner, spec, observed_secret, rotate, issuer)
+    children: list[dict[str, Any]] = [secret, config_map(owner, text)]
+    children += network_policies(owner, runs_cache(spec.pools.cache))
     if runs_cache(spec.pools.cache):
         children += [
             cache_service(owner),
@@ -48,5 +57,20 @@ def desired_children(
         router_service(owner, spec),
         router_deployment(owner, spec, settings.router_image, cfg_hash, settings.worker_image),
     ]
+    for child in children:  # pods reading the credentials roll when they are rotated
+        for template in pod_templates(child):
+            template["metadata"].setdefault("annotations", {})[ANNOTATION_ISSUE] = issue_of(secret)
+            harden(template["spec"], REDIS_USER if child["kind"] == "StatefulSet" else RUN_AS_USER)
     stamp_pull_policies(children, settings)
     return children
+
+
+def pod_templates(child: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pod templates inside a child (Deployment, StatefulSet, RayCluster groups)."""
+    spec = child.get("spec") or {}
+    if child["kind"] in ("Deployment", "StatefulSet"):
+        return [spec["template"]]
+    if child["kind"] == "RayCluster":
+        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+        return [g["template"] for g in groups]
+    return []

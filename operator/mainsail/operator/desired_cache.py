@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mainsail.operator.desired_secrets import redis_password_env
 from mainsail.operator.naming import Owner, child_metadata, child_name, labels, selector_labels
 from mainsail.operator.quantity import ceil_bytes
 from mainsail.spec.deployment import CachePool
+from mainsail.spec.worker_auth import REDIS_PASSWORD_ENV
 
 COMPONENT = "cache"
 REDIS_PORT = 6379
@@ -69,10 +71,14 @@ def cache_statefulset(owner: Owner, cache: CachePool, image: str) -> dict[str, A
                 "metadata": {"labels": labels(owner, COMPONENT)},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "64Mi"}}],
                     "containers": [
                         {
                             "name": "redis",
                             "image": image,
+                            # The password comes from the credentials Secret; the kubelet
+                            # expands it into the args, so the pod spec never holds it.
+                            "env": redis_password_env(owner),
                             "args": [
                                 "--maxmemory",
                                 str(max_bytes),
@@ -82,12 +88,16 @@ def cache_statefulset(owner: Owner, cache: CachePool, image: str) -> dict[str, A
                                 "",
                                 "--appendonly",
                                 "no",
+                                "--requirepass",
+                                f"$({REDIS_PASSWORD_ENV})",
                             ],
                             "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
                             "readinessProbe": {
                                 "tcpSocket": {"port": "redis"},
                                 "periodSeconds": 5,
                             },
+                            # The server's working directory (nothing is persisted there).
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                             "resources": {
                                 "requests": {"cpu": "250m", "memory": str(limit)},
                                 "limits": {"memory": str(limit)},

@@ -14,6 +14,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mainsail.operator.desired_config import common_env, config_mount, config_volume
+from mainsail.operator.desired_secrets import (
+    redis_password_env,
+    tls_mount,
+    tls_volume,
+    worker_plane_env,
+)
 from mainsail.operator.naming import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_DECLARED_REPLICAS,
@@ -101,7 +107,7 @@ def _pod_template(
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "containers": [container],
-        "volumes": [config_volume(owner)],
+        "volumes": [config_volume(owner), tls_volume(owner)],
     }
     if pool is not None:
         selector = dict(pool.node_selector)
@@ -134,9 +140,14 @@ def _container(
     return {
         "name": name,
         "image": image,
-        "env": [*common_env(owner, spec), *extra_env],
+        "env": [
+            *common_env(owner, spec),
+            *extra_env,
+            *worker_plane_env(owner),
+            *redis_password_env(owner),
+        ],
         "resources": {"requests": requests, "limits": limits},
-        "volumeMounts": [config_mount()],
+        "volumeMounts": [config_mount(), tls_mount()],
     }
 
 
@@ -230,7 +241,8 @@ def ray_cluster(
             "rayVersion": settings.ray_version,
             "enableInTreeAutoscaling": False,
             "headGroupSpec": {
-                "rayStartParams": {"num-cpus": "0"},
+                # No dashboard: it is also Ray's job API (unauthenticated code execution).
+                "rayStartParams": {"num-cpus": "0", "include-dashboard": "false"},
                 "template": _pod_template(
                     owner, spec, settings, cfg_hash, HEAD_COMPONENT, None, head
                 ),

@@ -14,6 +14,12 @@ from mainsail.operator.desired_config import (
     config_mount,
     config_volume,
 )
+from mainsail.operator.desired_secrets import (
+    client_auth_env,
+    tls_mount,
+    tls_volume,
+    worker_plane_env,
+)
 from mainsail.operator.naming import (
     ANNOTATION_CONFIG_HASH,
     Owner,
@@ -24,7 +30,6 @@ from mainsail.operator.naming import (
 )
 from mainsail.spec.config_document import MODEL_DIR_ENV
 from mainsail.spec.deployment import ModelDeploymentSpec
-from mainsail.spec.router_auth import SECRET_KEYS
 
 COMPONENT = "router"
 
@@ -65,7 +70,8 @@ def _model_init(spec: ModelDeploymentSpec, worker_image: str) -> list[dict[str, 
                 "--seed", str(source.seed), "--size", source.size, "--out", MODEL_DIR,
             ],
             "resources": {
-                "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"},
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"cpu": "2", "memory": "2Gi"},
             },
             "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": MODEL_DIR}],
         }
@@ -114,16 +120,24 @@ def router_deployment(
                                 {"name": "http", "containerPort": router.http_port},
                                 {"name": "grpc", "containerPort": router.grpc_port},
                             ],
-                            "env": common_env(owner, spec) + model_env + _auth_env(spec),
+                            "env": [
+                                *common_env(owner, spec),
+                                *model_env,
+                                *client_auth_env(owner, spec),
+                                *worker_plane_env(owner),
+                            ],
                             "readinessProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
                                 "periodSeconds": 5,
                             },
-                            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
-                            "volumeMounts": [config_mount(), *model_mounts],
+                            "resources": {
+                                "requests": {"cpu": "500m", "memory": "512Mi"},
+                                "limits": {"cpu": "2", "memory": "2Gi"},
+                            },
+                            "volumeMounts": [config_mount(), *model_mounts, tls_mount()],
                         }
                     ],
-                    "volumes": [config_volume(owner), *model_volumes],
+                    "volumes": [config_volume(owner), *model_volumes, tls_volume(owner)],
                 },
             },
         },
@@ -131,20 +145,6 @@ def router_deployment(
     if init:
         deployment["spec"]["template"]["spec"]["initContainers"] = init
     return deployment
-
-
-def _auth_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
-    """The router's credentials from `spec.router.auth.secretName` (each key optional)."""
-    secret = spec.router.auth.secret_name
-    if secret is None:
-        return []
-    return [
-        {
-            "name": env,
-            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
-        }
-        for env, key in SECRET_KEYS.items()
-    ]
 
 
 def router_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:

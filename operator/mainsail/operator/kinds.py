@@ -22,6 +22,7 @@ class Use(Enum):
     OWNER = "owner"  # the ModelDeployment: read, watch, patch its status
     CHILD = "child"  # created, updated and deleted per deployment; watched
     READ = "read"  # read and watched only (worker pods, for readiness)
+    ISSUED = "issued"  # written and read back by name, never listed or watched (Secrets)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,14 @@ MODEL_DEPLOYMENT = ManagedKind(_MAINSAIL, KIND, "modeldeployments", Use.OWNER, s
 SERVING_POOL = ManagedKind(_MAINSAIL, SERVING_POOL_KIND, "servingpools", Use.CHILD, status=True)
 POD = ManagedKind("v1", "Pod", "pods", Use.READ)
 
+SECRET = ManagedKind("v1", "Secret", "secrets", Use.ISSUED)
+"""The credentials Secret the operator issues per deployment (`desired_secrets`): fetched by
+its name, so the operator needs no right to list or watch Secrets (it cannot enumerate the
+cluster's credentials)."""
+
 CHILDREN: tuple[ManagedKind, ...] = (
     ManagedKind("v1", "ConfigMap", "configmaps", Use.CHILD),
+    ManagedKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", Use.CHILD),
     ManagedKind("v1", "Service", "services", Use.CHILD),
     ManagedKind("apps/v1", "StatefulSet", "statefulsets", Use.CHILD),
     SERVING_POOL,
@@ -59,7 +66,7 @@ CHILDREN: tuple[ManagedKind, ...] = (
 )
 """The kinds a deployment's children are, in the order a pass lists them."""
 
-ALL: tuple[ManagedKind, ...] = (MODEL_DEPLOYMENT, *CHILDREN, POD)
+ALL: tuple[ManagedKind, ...] = (MODEL_DEPLOYMENT, SECRET, *CHILDREN, POD)
 
 PLURALS: dict[tuple[str, str], str] = {(k.api_version, k.kind): k.plural for k in ALL}
 """(apiVersion, kind) -> REST plural, for every kind the operator reads or writes."""

@@ -21,6 +21,7 @@ from mainsail.operator.desired_cache import cache_name
 from mainsail.operator.desired_config import config_map_name
 from mainsail.operator.desired_pools import WORKER_COMPONENT, pool_replicas, ray_cluster_name
 from mainsail.operator.desired_router import router_metrics_url, router_name
+from mainsail.operator.desired_secrets import admin_token, rotation
 from mainsail.operator.kinds import CHILDREN
 from mainsail.operator.kube import KubeApi, Obj
 from mainsail.operator.naming import (
@@ -37,6 +38,7 @@ from mainsail.operator.settings import OperatorSettings
 from mainsail.operator.status import Observation, deployment_status, serving_pool_status
 from mainsail.spec.crd import SERVING_POOL_KIND
 from mainsail.spec.deployment import KIND, ModelDeploymentSpec
+from mainsail.spec.worker_auth import secret_name
 
 
 def utc_now() -> datetime.datetime:
@@ -88,6 +90,7 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self._probe = probe if probe is not None else HttpRouterProbe()
+        self._admin_token: str | None = None  # the router's, read with the deployment's Secret
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
         """One pass for the named deployment; None when it is gone or being deleted."""
@@ -121,11 +124,21 @@ class Reconciler:
             for obj in ours
             if obj["kind"] == SERVING_POOL_KIND and "role" in (obj.get("spec") or {})
         }
+        # The credentials Secret is read by name (the operator may not list Secrets).
+        secret = api.get("v1", "Secret", ns, secret_name(owner.name))
+        if secret is not None and controlled_by(secret, owner):
+            ours.append(secret)
+        else:
+            secret = None
+        named = spec.router.auth.secret_name
+        self._admin_token = admin_token(
+            api.get("v1", "Secret", ns, named) if named is not None else secret
+        )
         pods = self._worker_pods(owner)
         removals = self._scale_downs(owner, spec, ours, pools, pods, outcome)
-        plan = plan_changes(
-            owner, desired_children(owner, spec, self._settings, pools, removals), ours
-        )
+        rotate = rotation((body.get("metadata") or {}).get("annotations"))
+        desired = desired_children(owner, spec, self._settings, pools, removals, secret, rotate)
+        plan = plan_changes(owner, desired, ours)
         current = {child_key(obj): obj for obj in ours}
         for obj in plan.create:
             meta = obj["metadata"]
@@ -186,7 +199,7 @@ class Reconciler:
             )
             for name in decision.new:
                 try:
-                    self._probe.drain(base, name)
+                    self._probe.drain(base, name, self._admin_token)
                     outcome.drained.append(name)
                 except RouterUnreachable as exc:
                     outcome.drain_failures.append(f"{name}: {exc}")

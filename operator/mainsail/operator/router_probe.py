@@ -33,9 +33,10 @@ class RouterProbe(Protocol):
 
     def registered(self, url: str) -> Mapping[str, int]: ...
 
-    def drain(self, base_url: str, worker_id: str) -> int:
-        """`POST <base>/workers/<id>/drain`: the worker takes no new request and its streams
-        move to other workers; returns how many moved. Raises `RouterUnreachable`."""
+    def drain(self, base_url: str, worker_id: str, admin_token: str | None = None) -> int:
+        """`POST <base>/workers/<id>/drain` (with the router's admin token when it has one):
+        the worker takes no new request and its streams move to other workers; returns how
+        many moved. Raises `RouterUnreachable`."""
         ...
 
 
@@ -75,9 +76,10 @@ class HttpRouterProbe:
             raise RouterUnreachable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
         return registered_workers(text)
 
-    def drain(self, base_url: str, worker_id: str) -> int:
+    def drain(self, base_url: str, worker_id: str, admin_token: str | None = None) -> int:
         url = f"{base_url.rstrip('/')}/workers/{urllib.parse.quote(worker_id, safe='')}/drain"
-        request = urllib.request.Request(url, data=b"", method="POST")
+        headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=max(self._timeout, 10.0)) as resp:
                 body = json.loads(resp.read(2**16) or b"{}")
@@ -104,7 +106,7 @@ class StaticRouterProbe:
             raise RouterUnreachable(self.error)
         return dict(self.counts)
 
-    def drain(self, base_url: str, worker_id: str) -> int:
+    def drain(self, base_url: str, worker_id: str, admin_token: str | None = None) -> int:
         if self.error is not None:
             raise RouterUnreachable(self.error)
         self.drained.append(worker_id)

@@ -33,6 +33,8 @@ import grpc
 
 WORKER_TOKEN_ENV = "MAINSAIL_WORKER_TOKEN"
 WORKER_TLS_DIR_ENV = "MAINSAIL_WORKER_TLS_DIR"
+REDIS_PASSWORD_ENV = "MAINSAIL_REDIS_PASSWORD"
+"""The cache pool's Redis password (workers add it to a `redis://` URL that has none)."""
 TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
 """Files in `MAINSAIL_WORKER_TLS_DIR` (CA bundle, this party's certificate chain and key)."""
 TLS_SERVER_NAME = "mainsail-worker"

@@ -17,9 +17,11 @@ Redis again, so the tier recovers by itself when Redis returns.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import numpy as np
 import redis
@@ -27,6 +29,7 @@ import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from mainsail.spec.worker_auth import REDIS_PASSWORD_ENV
 from mainsail.workers.kvtier.bulk_get import get_into
 from mainsail.workers.kvtier.circuit import CircuitBreaker, TierStats
 from mainsail.workers.kvtier.pipeline import ReplyPipe, exchange, run_pipeline
@@ -80,6 +83,8 @@ class RedisKVTier:
         """
         client = redis.Redis.from_url(
             url,
+            # The cache pool's password (operator-issued) when the URL carries none.
+            password=None if urlsplit(url).password else os.environ.get(REDIS_PASSWORD_ENV) or None,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),

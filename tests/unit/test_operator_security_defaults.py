@@ -1,0 +1,131 @@
+"""What the operator creates is locked down by default (issue 12, class 6).
+
+Auth on with an issued key when no Secret is named; the worker plane's token and TLS files in
+every router and Ray pod; credentials issued once and kept across passes, re-issued only on a
+rotation request; NetworkPolicies admitting only the deployment's router and Ray pods to the
+workers and only Ray pods to Redis; every pod non-root with a read-only root file system,
+no capabilities and limits on every container; Ray's dashboard (its job API) off.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mainsail.operator.desired import desired_children, pod_templates
+from mainsail.operator.desired_secrets import ANNOTATION_ROTATE, Issuer
+from mainsail.operator.naming import Owner
+from mainsail.operator.settings import OperatorSettings
+from mainsail.spec.deployment import ModelDeployment, ModelDeploymentSpec
+from mainsail.spec.worker_auth import TLS_SERVER_NAME, WORKER_TOKEN_ENV
+
+pytestmark = pytest.mark.unit
+OWNER = Owner(name="dense-pd", namespace="ns", uid="uid-1")
+EXAMPLES = Path(__file__).parents[2] / "deploy" / "examples"
+
+
+def _spec() -> ModelDeploymentSpec:
+    doc = yaml.safe_load((EXAMPLES / "dense-prefill-decode.yaml").read_text())
+    return ModelDeployment.model_validate(doc).spec
+
+
+def _counter(start: int = 0) -> Issuer:
+    n = iter(range(start, 10_000))
+    return Issuer(token=lambda: f"token-{next(n)}")
+
+
+def _by_kind(children: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for c in children:
+        out.setdefault(c["kind"], []).append(c)
+    return out
+
+
+def test_credentials_are_issued_once_and_rotated_on_request() -> None:
+    spec = _spec()
+    first = _by_kind(desired_children(OWNER, spec, OperatorSettings(), issuer=_counter()))
+    secret = first["Secret"][0]
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert set(data) == {
+        "workerToken", "redisPassword", "apiKeys", "adminToken", "ca.crt", "tls.crt", "tls.key",
+    }  # fmt: skip
+    assert len(set(data.values())) == len(data)  # all distinct
+    again = desired_children(
+        OWNER, spec, OperatorSettings(), observed_secret=secret, issuer=_counter()
+    )
+    assert _by_kind(again)["Secret"][0]["data"] == secret["data"]
+    settings = OperatorSettings()
+    rotated = _by_kind(
+        desired_children(
+            OWNER, spec, settings, observed_secret=secret, rotate="1", issuer=_counter(100)
+        )
+    )
+    new = rotated["Secret"][0]
+    assert new["metadata"]["annotations"][ANNOTATION_ROTATE] == "1"
+    assert new["data"]["workerToken"] != secret["data"]["workerToken"]
+    assert new["data"]["tls.key"] != secret["data"]["tls.key"]
+    # Pods roll with the rotation.
+    old_router = first["Deployment"][0]["spec"]["template"]["metadata"]["annotations"]
+    new_router = rotated["Deployment"][0]["spec"]["template"]["metadata"]["annotations"]
+    assert old_router != new_router
+
+
+def test_router_and_ray_pods_carry_the_worker_plane_credential() -> None:
+    kinds = _by_kind(desired_children(OWNER, _spec(), OperatorSettings(), issuer=_counter()))
+    router = kinds["Deployment"][0]["spec"]["template"]
+    ray = kinds["RayCluster"][0]
+    for template in [router, *pod_templates(ray)]:
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        ref = env[WORKER_TOKEN_ENV]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "dense-pd-worker-credential", "key": "workerToken"}
+        assert env["MAINSAIL_WORKER_TLS_DIR"]["value"] in {
+            m["mountPath"] for m in container["volumeMounts"]
+        }
+    head = ray["spec"]["headGroupSpec"]["rayStartParams"]
+    assert head["include-dashboard"] == "false"
+    tls = base64.b64decode(kinds["Secret"][0]["data"]["tls.crt"])
+    assert b"-----BEGIN CERTIFICATE-----" in tls and TLS_SERVER_NAME  # issued for the name
+
+
+def test_every_pod_is_hardened_and_every_container_limited() -> None:
+    children = desired_children(OWNER, _spec(), OperatorSettings(), issuer=_counter())
+    templates = [t for c in children for t in pod_templates(c)]
+    assert len(templates) >= 5  # router, cache, Ray head, two worker groups
+    for template in templates:
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        assert pod["automountServiceAccountToken"] is False
+        for container in [*pod["containers"], *pod.get("initContainers", [])]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            limits = container["resources"]["limits"]
+            assert "memory" in limits and "cpu" in limits, container["name"]
+            assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_network_policies_admit_only_the_deployments_own_pods() -> None:
+    kinds = _by_kind(desired_children(OWNER, _spec(), OperatorSettings(), issuer=_counter()))
+    policies = {p["metadata"]["name"]: p["spec"] for p in kinds["NetworkPolicy"]}
+    workers, cache = policies["dense-pd-workers"], policies["dense-pd-cache"]
+
+    def components(selector: dict[str, Any]) -> set[str]:
+        (expr,) = selector["matchExpressions"]
+        assert selector["matchLabels"] == {"mainsail.dev/deployment": "dense-pd"}
+        return set(expr["values"])
+
+    assert components(workers["podSelector"]) == {"head", "worker"}
+    (rule,) = workers["ingress"]
+    assert components(rule["from"][0]["podSelector"]) == {"head", "worker", "router"}
+    assert components(cache["podSelector"]) == {"cache"}
+    (rule,) = cache["ingress"]
+    assert components(rule["from"][0]["podSelector"]) == {"head", "worker"}
+    redis = kinds["StatefulSet"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert redis["args"][-2:] == ["--requirepass", "$(MAINSAIL_REDIS_PASSWORD)"]
