@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.unit
 MODEL = "tiny"
 
 
-def make_router(model_dir: Path, **overrides: Any) -> tuple[Router, FakeTransport]:
+def make_router(
+    model_dir: Path, clock: Callable[[], float] = time.monotonic, **overrides: Any
+) -> tuple[Router, FakeTransport]:
     config = RouterConfig(
         model_name=MODEL,
         model_dir=model_dir,
@@ -48,8 +50,24 @@ def make_router(model_dir: Path, **overrides: Any) -> tuple[Router, FakeTranspor
         transport,
         build_profile(config.profile),
         GlobalKVIndex(max_blocks=10_000),
+        clock=clock,
     )
     return router, transport
+
+
+async def held_at_router(router: Router, count: int = 1) -> None:
+    """Until ``count`` requests wait for a worker (bounded: 5 s of event-loop turns)."""
+    for _ in range(500):
+        if router.chooser.waiting == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{router.chooser.waiting} requests waiting, expected {count}")
+
+
+async def settle() -> None:
+    """Let woken tasks run (no time passes on the router's fake clock)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
 def add_worker(router: Router, transport: FakeTransport, name: str, **behaviour: Any) -> FakeWorker:
@@ -211,19 +229,26 @@ async def test_unknown_path_and_method(client: Any) -> None:
 async def test_no_worker_holds_then_503_naming_the_reason(tiny_model_dir: Path) -> None:
     """Scale to zero: the router stays Ready with no worker, holds a request for
     `cold_start_timeout` (exported as queued demand), then answers 503 saying why."""
-    router, _ = make_router(tiny_model_dir, dispatch_timeout=0.1, cold_start_timeout=0.6)
+    now = [100.0]
+    router, _ = make_router(
+        tiny_model_dir, clock=lambda: now[0], dispatch_timeout=0.1, cold_start_timeout=0.6
+    )
     async with serving(router) as h:
         health = await h.get("/health")
         assert health.status_code == 200 and health.json() == {"status": "ok", "workers": 0}
-        started = time.monotonic()
         pending = asyncio.ensure_future(
             h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
         )
-        await asyncio.sleep(0.3)
+        await held_at_router(router)
         metrics = (await h.get("/metrics")).text
         assert "mainsail_router_queued_requests 1.0" in metrics
+        now[0] = 100.5  # past dispatch_timeout, inside the cold-start hold
+        router.notify()
+        await settle()
+        assert router.chooser.waiting == 1
+        now[0] = 100.6
+        router.notify()
         resp = await pending
-    assert time.monotonic() - started >= 0.6
     assert resp.status_code == 503
     error = resp.json()["error"]
     assert error["code"] == "no_worker_available"
@@ -233,14 +258,21 @@ async def test_no_worker_holds_then_503_naming_the_reason(tiny_model_dir: Path) 
 async def test_a_held_request_is_served_by_the_first_worker_to_register(
     tiny_model_dir: Path,
 ) -> None:
-    router, transport = make_router(tiny_model_dir, dispatch_timeout=0.1, cold_start_timeout=5)
+    now = [100.0]
+    router, transport = make_router(
+        tiny_model_dir, clock=lambda: now[0], dispatch_timeout=0.1, cold_start_timeout=5
+    )
     async with serving(router) as h:
         pending = asyncio.ensure_future(
             h.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
         )
-        await asyncio.sleep(0.3)  # past dispatch_timeout: only the cold hold keeps it
-        assert not pending.done()
+        await held_at_router(router)
+        now[0] = 100.3  # past dispatch_timeout: only the cold hold keeps it
+        router.notify()
+        await settle()
+        assert router.chooser.waiting == 1 and not pending.done()
         add_fake_worker(router, transport, "w-late")
+        router.notify()  # as the Registry service does on registration
         resp = await pending
     assert resp.status_code == 200, resp.text
 
