@@ -9,6 +9,7 @@ startup 240 s, each replay 60 s, each request 30 s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -65,7 +66,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
+            # The group may be gone already (the stack exited on its own): show its log.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"mainsail up did not start:\n{(tmp / 'up.log').read_text()[-3000:]}")
         time.sleep(0.2)
     yield json.loads(ready.read_text())
