@@ -260,3 +260,12 @@ def test_a_generated_model_reaches_the_router_through_an_init_container() -> Non
     )["spec"]["template"]["spec"]
     assert "initContainers" not in router
     assert all(e["name"] != "MAINSAIL_MODEL_DIR" for e in router["containers"][0]["env"])
+
+
+def test_the_ray_head_is_probed_on_its_gcs_port_not_the_disabled_dashboard() -> None:
+    ray = _by_kind(desired_children(OWNER, _spec("tiny.yaml"), SETTINGS))["RayCluster"][0]
+    head_group = ray["spec"]["headGroupSpec"]
+    assert head_group["rayStartParams"]["include-dashboard"] == "false"
+    head = head_group["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert head[probe]["tcpSocket"] == {"port": 6379}

@@ -38,6 +38,8 @@ POOL_COMPONENT = "pool"
 WORKER_COMPONENT = "worker"
 HEAD_COMPONENT = "head"
 GPU_RESOURCE = "nvidia.com/gpu"
+GCS_PORT = 6379
+"""The Ray head's GCS port (KubeRay's default for `ray start --head`)."""
 SUPERVISOR_MODULE = "mainsail.workers.cluster_supervisor"
 SUPERVISOR_LOOP = f"{{ while true; do python3 -m {SUPERVISOR_MODULE}; sleep 2; done & }}"
 """The head container's command. KubeRay runs a container command that does not mention
@@ -219,6 +221,14 @@ def ray_cluster(
         {"memory": "2Gi"},
     )
     head["args"] = [SUPERVISOR_LOOP]
+    # KubeRay's default head probes also ask the dashboard (port 8265), which is off here (it
+    # is Ray's job API); they would keep the head unready and restart it every ~10 minutes,
+    # taking every worker with it. The GCS port answering is what the head is for.
+    gcs = {"tcpSocket": {"port": GCS_PORT}}
+    head["readinessProbe"] = {**gcs, "periodSeconds": 5, "failureThreshold": 6}
+    head["livenessProbe"] = {
+        **gcs, "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 6
+    }  # fmt: skip
     groups = [
         worker_group(
             owner,
