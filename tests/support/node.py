@@ -683,6 +683,9 @@ class Node:
             podLogsDir: {d / 'pod-logs'}
             readOnlyPort: 0
             healthzBindAddress: 127.0.0.1
+            # Only memory: the disk is the host's, shared with everything else on it; a disk
+            # signal would evict pods and delete imported images (it did, at 15 % free).
+            evictionHard: {{memory.available: 100Mi}}
             imageGCHighThresholdPercent: 100
             imageGCLowThresholdPercent: 99
             serializeImagePulls: false
