@@ -42,9 +42,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """Start/stop one server on loopback; `url` is what clients connect to."""
 
-    def __init__(self, port: int | None = None, maxmemory: str = "256mb") -> None:
+    def __init__(
+        self, port: int | None = None, maxmemory: str = "256mb", password: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self.maxmemory = maxmemory
+        self.password = password  # clients must AUTH (the URL does not carry it)
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="mainsail-redis-")
 
@@ -75,6 +78,8 @@ class RedisServer:
             "--loglevel",
             "warning",
         ]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -84,7 +89,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.05)
