@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -127,15 +126,17 @@ def _answers(node: Node, ip: str, pods: set[str], attempts: int = 40) -> set[str
 
     def fetch() -> str | None:
         try:
-            with urllib.request.urlopen(f"http://{ip}/", timeout=3) as resp:
-                return str(resp.read().decode().strip())
+            status, body = node.http_get(f"http://{ip}/", timeout=3)
         except OSError:
+            status, body = 0, b""
+        if status != 200:
             time.sleep(0.5)
             return None
+        return body.decode().strip()
 
     seen: set[str] = set()
     for _ in range(attempts):
-        name = node.in_netns(fetch)
+        name = fetch()
         if name is not None:
             seen.add(name)
         if seen >= pods:

@@ -154,6 +154,16 @@ def _run(
     return proc
 
 
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy"}
+
+
+def _node_env(**extra: str) -> dict[str, str]:
+    """os.environ without proxy settings (nothing in the namespace can reach a proxy; a Go
+    client would otherwise send the API server's traffic to one), plus extra."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+    return {**env, **extra}
+
+
 def _enter_netns(path: str) -> None:
     """Thread initializer: move this thread (only) into the network namespace at path."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -308,7 +318,7 @@ class Node:
         cmd = self.netns_argv(argv)
         proc = subprocess.run(
             cmd, input=input, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig), **(env or {})},
+            env=_node_env(KUBECONFIG=str(self.kubeconfig), **(env or {})),
         )  # fmt: skip
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
@@ -355,9 +365,13 @@ class Node:
         """GET url from inside the namespace; (status, body). TLS verified against the CA if ca."""
         context = ssl.create_default_context(cafile=str(self.ca_file)) if ca else None
 
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+
         def get() -> tuple[int, bytes]:
             try:
-                with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+                with opener.open(url, timeout=timeout) as resp:
                     return int(resp.status), resp.read()
             except urllib.error.HTTPError as exc:
                 return int(exc.code), exc.read()
@@ -418,7 +432,7 @@ class Node:
                 ["nsenter", f"--net={self.netns_path}", "--", *argv],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,
-                env={**os.environ, "PATH": path, **(env or {})},
+                env=_node_env(PATH=path, **(env or {})),
             )  # fmt: skip
         start = None
         for _ in range(100):
