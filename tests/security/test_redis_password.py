@@ -43,8 +43,7 @@ def test_the_tier_authenticates_with_the_password_from_the_environment(
         tier = RedisKVTier.from_url(server.url, "fp")
         assert tier.store({h: codec.encode(b) for h, b in blocks.items()}) == 3
         rows = torch.stack([torch.randn(codec.shape) for _ in range(2)])
-        raw = rows.contiguous().view(torch.uint8).reshape(2, -1).numpy()
-        assert tier.store_rows([4, 5], codec.header, raw) == 2
+        assert tier.store_rows([4, 5], codec.header, codec.rows(list(rows))) == 2
         assert tier.leading_hits([1, 2, 3, 4, 5, 6]) == 5
         values = tier.fetch([1, 2, 3])
         assert [

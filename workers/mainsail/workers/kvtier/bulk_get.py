@@ -22,6 +22,7 @@ import numpy as np
 import redis
 import torch
 
+from mainsail.workers.kvtier.checksum import CHECKSUM_BYTES, block_checksum, first_corrupt
 from mainsail.workers.kvtier.resp import (
     SMALL_BLOCK_BYTES,
     Buffer,
@@ -77,8 +78,15 @@ class _Replies:
             count -= step
 
 
-def get_into(client: redis.Redis, keys: np.ndarray, header: bytes, out: torch.Tensor) -> int | None:
-    """GET ``keys`` (rows of `hex_keys`); values ``header + row`` land in ``out[i]``.
+def get_into(
+    client: redis.Redis,
+    keys: np.ndarray,
+    header: bytes,
+    out: torch.Tensor,
+    corrupt: list[int] | None = None,
+) -> int | None:
+    """GET ``keys`` (rows of `hex_keys`); values ``header + row + checksum`` land in ``out[i]``
+    (a row whose checksum fails ends the run like a miss; ``corrupt[0]`` counts them).
 
     ``out`` is a contiguous CPU tensor. Returns how many leading keys existed with exactly
     that header and size (a miss or a foreign value ends the run; the rest of the replies is
@@ -107,10 +115,14 @@ def get_into(client: redis.Redis, keys: np.ndarray, header: bytes, out: torch.Te
             conn.disconnect()
             return None
         replies = _Replies(sock)
-        good = 0
+        good = consumed = 0
+        bad = [0]
         if small:
-            good = _leading_hits_into(replies, len(keys), header, rows)
-        return _read_rest(replies, len(keys) - good, header, rows, good)
+            good, consumed = _leading_hits_into(replies, len(keys), header, rows, bad)
+        good = _read_rest(replies, len(keys) - consumed, header, rows, good, bad, consumed == 0)
+        if corrupt is not None:
+            corrupt[0] += bad[0]
+        return good
     except TimeoutError as exc:
         conn.disconnect()
         raise redis.TimeoutError(str(exc)) from exc
@@ -124,11 +136,16 @@ def get_into(client: redis.Redis, keys: np.ndarray, header: bytes, out: torch.Te
         pool.release(conn)
 
 
-def _leading_hits_into(replies: _Replies, count: int, header: bytes, rows: np.ndarray) -> int:
-    """Receive the leading hit replies as fixed-size rows; leave the rest to `_read_rest`."""
+def _leading_hits_into(
+    replies: _Replies, count: int, header: bytes, rows: np.ndarray, bad: list[int]
+) -> tuple[int, int]:
+    """Receive the leading hit replies as fixed-size rows; leave the rest to `_read_rest`.
+    Returns (rows usable, replies consumed): a hit whose checksum fails ends the usable run
+    (and is counted in ``bad``)."""
     row_bytes = rows.shape[1]
-    prefix = b"$%d\r\n" % (len(header) + row_bytes) + header
-    stride = len(prefix) + row_bytes + 2
+    value_bytes = row_bytes + CHECKSUM_BYTES
+    prefix = b"$%d\r\n" % (len(header) + value_bytes) + header
+    stride = len(prefix) + value_bytes + 2
     want = np.frombuffer(prefix, dtype=np.uint8)
 
     def valid(batch: np.ndarray) -> np.ndarray:
@@ -141,15 +158,31 @@ def _leading_hits_into(replies: _Replies, count: int, header: bytes, rows: np.nd
 
     buf, good, rest = recv_rows(replies.sock, count, stride, valid, prefix)
     if good:
-        rows[:good] = buf[: good * stride].reshape(good, stride)[:, len(prefix) : -2]
+        received = buf[: good * stride].reshape(good, stride)
+        data = received[:, len(prefix) : len(prefix) + row_bytes]
+        intact = first_corrupt(data, received[:, len(prefix) + row_bytes : -2])
+        rows[:intact] = data[:intact]
+        if intact < good:
+            bad[0] += 1
+        replies.buf = bytearray(rest)
+        return intact, good
     replies.buf = bytearray(rest)
-    return good
+    return 0, 0
 
 
-def _read_rest(replies: _Replies, count: int, header: bytes, rows: np.ndarray, good: int) -> int:
-    """Read ``count`` more GET replies; while the run holds, hits go to ``rows[good:]``."""
+def _read_rest(
+    replies: _Replies,
+    count: int,
+    header: bytes,
+    rows: np.ndarray,
+    good: int,
+    bad: list[int],
+    run: bool,
+) -> int:
+    """Read ``count`` more GET replies; while the run holds (``run``: no reply before broke
+    it), hits go to ``rows[good:]``."""
     row_bytes = rows.shape[1]
-    run = good == 0  # after leading hits of `_leading_hits_into`, the next reply broke the run
+    check = memoryview(bytearray(CHECKSUM_BYTES))
     for _ in range(count):
         line = replies.line()
         kind = line[:1]
@@ -164,15 +197,20 @@ def _read_rest(replies: _Replies, count: int, header: bytes, rows: np.ndarray, g
         if size < 0:  # RESP2 null: a miss
             run = False
             continue
-        if run and size == len(header) + row_bytes:
+        if run and size == len(header) + row_bytes + CHECKSUM_BYTES:
             head = memoryview(bytearray(len(header)))
             replies.into(head)
             if head == header:
                 replies.into(memoryview(rows[good]))
-                good += 1
+                replies.into(check)
+                if block_checksum(rows[good]) == check.tobytes():
+                    good += 1
+                else:
+                    bad[0] += 1
+                    run = False
             else:
                 run = False
-                replies.skip(row_bytes)
+                replies.skip(row_bytes + CHECKSUM_BYTES)
         else:
             run = False
             replies.skip(size)

@@ -29,6 +29,7 @@ class TierStats:
     bytes_written: int = 0
     bytes_read: int = 0
     skipped_while_down: int = 0
+    corrupt_blocks: int = 0  # fetched values whose checksum failed: read as misses
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:

@@ -3,7 +3,9 @@
 Why one value per block: a single SET is atomic, so a reader never sees data without its
 metadata or half a block; and one key per block spreads evenly over Redis Cluster slots.
 The header repeats the layout and the KV hash fingerprint, so a block written under other
-parameters (another block size, dtype or model shape) is rejected instead of mis-read.
+parameters (another block size, dtype or model shape) is rejected instead of mis-read; the
+value ends with a checksum of the data (`checksum.py`), so a damaged block is a miss.
+Layout: ``MSKV2 | le_u32 header length | JSON header | data | BLAKE2b-64(data)``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
-_MAGIC = b"MSKV1"
+from mainsail.workers.kvtier.checksum import CHECKSUM_BYTES, block_checksum, checksum_rows
+
+_MAGIC = b"MSKV2"
 _HEADER_LEN = struct.Struct("<I")
 
 
@@ -50,21 +54,24 @@ class BlockCodec:
     def _header(self) -> bytes:
         return self._prefix[len(_MAGIC) + _HEADER_LEN.size :]
 
-    def parts(self, block: torch.Tensor) -> tuple[bytes, memoryview]:
-        """The value of ``block`` as (header, data), the data a view of the block's memory.
+    def parts(self, block: torch.Tensor) -> tuple[bytes, memoryview, bytes]:
+        """The value of ``block`` as (header, data, checksum), the data a view of the block's
+        memory.
 
         No copy when ``block`` is a contiguous CPU tensor of the codec's dtype (as the engine
-        hands them over); `RedisKVTier.store` sends the two parts as one value.
+        hands them over); `RedisKVTier.store` sends the parts as one value.
         """
         if tuple(block.shape) != self.shape:
             raise ValueError(f"block shape {tuple(block.shape)} != codec shape {self.shape}")
         block = block.detach()
         if block.device.type != "cpu" or block.dtype != self.dtype or not block.is_contiguous():
             block = block.to("cpu", self.dtype).contiguous()
-        return self._prefix, block.view(torch.uint8).numpy().reshape(-1).data
+        data = block.view(torch.uint8).numpy().reshape(-1).data
+        return self._prefix, data, block_checksum(data)
 
     def rows(self, blocks: Sequence[torch.Tensor]) -> np.ndarray:
-        """The data of ``blocks`` as one uint8 array, a row per block (one copy in all).
+        """The data of ``blocks`` as one uint8 array, a row per block (one copy in all), each
+        row followed by its checksum (the value after the header).
 
         For batches of small blocks (`RespBatch`), where a view per block costs more than
         copying its bytes.
@@ -74,15 +81,19 @@ class BlockCodec:
             raise ValueError(f"block shapes differ from codec shape {self.shape}")
         with torch.inference_mode():  # no autograd history, so no per-block detach
             stacked = torch.stack(list(blocks)).to("cpu", self.dtype)
-        rows: np.ndarray = stacked.contiguous().view(torch.uint8).reshape(len(blocks), -1).numpy()
+        data = stacked.contiguous().view(torch.uint8).reshape(len(blocks), -1).numpy()
+        rows: np.ndarray = np.empty((len(blocks), data.shape[1] + CHECKSUM_BYTES), np.uint8)
+        rows[:, : data.shape[1]] = data
+        rows[:, data.shape[1] :] = checksum_rows(data)
         return rows
 
     def encode(self, block: torch.Tensor) -> bytearray:
         """Bytes of ``block`` (shape `shape`, any device) with its header (one copy)."""
-        head, data = self.parts(block)
-        out = bytearray(len(head) + data.nbytes)
+        head, data, check = self.parts(block)
+        out = bytearray(len(head) + data.nbytes + len(check))
         out[: len(head)] = head
-        memoryview(out)[len(head) :] = data
+        memoryview(out)[len(head) : len(head) + data.nbytes] = data
+        out[len(head) + data.nbytes :] = check
         return out
 
     def decode(self, value: bytes | bytearray) -> torch.Tensor:
@@ -94,7 +105,8 @@ class BlockCodec:
     def decode_into(self, value: bytes | bytearray, out: torch.Tensor) -> None:
         """Copy the block in ``value`` into ``out`` (a contiguous CPU tensor of `shape`).
 
-        Raises ValueError when ``value`` was written with another layout or is truncated.
+        Raises ValueError when ``value`` was written with another layout, is truncated or
+        fails its checksum.
         """
         if not value.startswith(_MAGIC):
             raise ValueError("not a Mainsail KV block")
@@ -105,8 +117,11 @@ class BlockCodec:
         if header != self._header():
             raise ValueError(f"KV block layout mismatch: {bytes(header).decode(errors='replace')}")
         raw = np.frombuffer(value, dtype=np.uint8, offset=offset + n)
-        if raw.size != self.block_bytes():
+        if raw.size != self.block_bytes() + CHECKSUM_BYTES:
             raise ValueError(f"KV block truncated: {raw.size} of {self.block_bytes()} bytes")
+        raw, check = raw[: self.block_bytes()], raw[self.block_bytes() :]
+        if block_checksum(raw) != check.tobytes():
+            raise ValueError("KV block corrupt: checksum mismatch")
         if (
             tuple(out.shape) != self.shape
             or out.dtype != self.dtype

@@ -173,6 +173,8 @@ class BlockLoader:
                 self.codec.decode_into(value, staging[good])
             except ValueError as exc:
                 log.warning("KV tier block %016x unusable: %s", hashes[good], exc)
+                if "checksum" in str(exc):
+                    self.tier.stats.add(corrupt_blocks=1)
                 break
             good += 1
         return good

@@ -17,6 +17,7 @@ Redis again, so the tier recovers by itself when Redis returns.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from redis.retry import Retry
 
 from mainsail.spec.worker_auth import REDIS_PASSWORD_ENV
 from mainsail.workers.kvtier.bulk_get import get_into
+from mainsail.workers.kvtier.checksum import CHECKSUM_BYTES
 from mainsail.workers.kvtier.circuit import CircuitBreaker, TierStats
 from mainsail.workers.kvtier.pipeline import ReplyPipe, exchange, run_pipeline
 from mainsail.workers.kvtier.resp import RespBatch, SetCommands, Value, read_exists
@@ -228,19 +230,25 @@ class RedisKVTier:
         """
         if not block_hashes or not self.available():
             return 0
+        corrupt = [0]
         try:
             keys = self.sets.keys(block_hashes)
-            got = get_into(self.client, keys, header, out)
+            got = get_into(self.client, keys, header, out, corrupt)
         except redis.RedisError as exc:
             self.breaker.trip(exc)
             return 0
         if got is None:
             return None
-        row = len(header) + out[0].numel() * out.element_size()
-        self.stats.add(fetched_blocks=got, bytes_read=got * row)
+        row = len(header) + out[0].numel() * out.element_size() + CHECKSUM_BYTES
+        self.stats.add(fetched_blocks=got, bytes_read=got * row, corrupt_blocks=corrupt[0])
+        if corrupt[0]:
+            log.warning(
+                "KV tier: %d corrupt block(s) (checksum mismatch) read as a miss", corrupt[0]
+            )
         return got
 
 
+log = logging.getLogger(__name__)
 _OK = b"+OK\r\n"
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mainsail.workers.kvtier.checksum import CHECKSUM_BYTES, checksum_rows
 from mainsail.workers.kvtier.codec import BlockCodec
 from mainsail.workers.kvtier.redis_tier import RedisKVTier
 from mainsail.workers.kvtier.resp import SMALL_BLOCK_BYTES, Value
@@ -171,10 +172,13 @@ class BlockWriter:
         return _Rows([h for p in parts for h in p.hashes], torch.cat([p.blocks for p in parts]))
 
     def _rows(self, blocks: torch.Tensor) -> np.ndarray:
-        """The blocks' bytes as uint8 rows: a view when they are contiguous CPU tensors of
-        the codec's dtype (as the engine hands them over), else one copy."""
+        """The blocks' values after the header, as uint8 rows: each block's bytes followed by
+        its checksum (`checksum.py`; one copy)."""
         blocks = blocks.detach().to("cpu", self.codec.dtype).contiguous()
-        rows: np.ndarray = blocks.view(torch.uint8).reshape(blocks.shape[0], -1).numpy()
+        data = blocks.view(torch.uint8).reshape(blocks.shape[0], -1).numpy()
+        rows: np.ndarray = np.empty((data.shape[0], data.shape[1] + CHECKSUM_BYTES), np.uint8)
+        rows[:, : data.shape[1]] = data
+        rows[:, data.shape[1] :] = checksum_rows(data)
         return rows
 
     def _send(self, writes: WriteSession, batch: _Rows) -> list[int] | None:
