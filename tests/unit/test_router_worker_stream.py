@@ -154,3 +154,36 @@ async def test_coalesced_batches_what_is_ready_and_merges_logprobs() -> None:
     assert [lp.token_id for lp in chunk.logprobs] == [0, 1, 2]
     assert chunk.logprobs[0].logprob == -0.5 and list(chunk.logprobs[0].top_token_ids) == [0, 99]
     assert chunk.finish_reason == "stop" and chunk.usage.completion_tokens == 3
+
+
+async def test_a_consumer_that_stops_reading_cannot_grow_the_router() -> None:
+    """Past `max_queued` chunks waiting, the request ends with RESOURCE_EXHAUSTED and is
+    aborted at the worker; the stream and other requests carry on."""
+    from mainsail.router.fleet.worker_stream import WorkerStream
+
+    engine = RecordingEngine(token_delay=0.002)
+    async with worker(engine) as (_, address), grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.WorkerStub(channel)
+
+        async def abort(rid: str) -> None:
+            await stub.Abort(pb.AbortRequest(request_id=rid))
+
+        stream = WorkerStream(lambda: stub.SubmitMany(), abort, max_queued=8)
+        slow = stream.submit(request("slow", 400))
+        await anext(slow)  # then stop reading
+        for _ in range(500):
+            if stream.overflowed:
+                break
+            await asyncio.sleep(0.01)
+        assert stream.overflowed == 1
+        rest = [chunk async for chunk in slow]
+        assert len(rest) <= 9
+        assert rest[-1].finish_reason == "error" and "RESOURCE_EXHAUSTED" in rest[-1].error
+        for _ in range(100):
+            if "slow" in engine.aborted:
+                break
+            await asyncio.sleep(0.01)
+        assert "slow" in engine.aborted
+        other = await collect(stream.submit(request("other", 3)))
+        assert other[-1].finish_reason == "length"
+        stream.close()

@@ -8,6 +8,11 @@ through one reader task and are handed to each request's queue by `request_id`. 
 ends with the chunk that has a finish reason. When the stream breaks, every open request
 fails with `TransportError` and the next `submit` opens a new stream. A request whose
 consumer stops early is aborted at the worker (`Worker.Abort`).
+
+Each request's queue of chunks is bounded (`max_queued`): a consumer that stops reading (a
+client that does not read its stream) while the worker keeps generating would otherwise grow
+the router's memory with every token; past the bound the request ends with an error chunk
+(`RESOURCE_EXHAUSTED`) and is aborted at the worker — that request's error only.
 """
 
 from __future__ import annotations
@@ -24,14 +29,21 @@ from mainsail.router.errors import TransportError, WorkerRefused
 
 Item = pb.TokenChunk | TransportError
 Opener = Callable[[], Any]  # the stub's SubmitMany: returns a grpc.aio StreamStreamCall
+MAX_QUEUED_CHUNKS = 1024
+"""Chunks one request may have waiting for its consumer before it is ended."""
 
 
 class WorkerStream:
     """Requests multiplexed over one SubmitMany call; ``abort`` stops one at the worker."""
 
     def __init__(
-        self, open_call: Opener, abort: Callable[[str], Coroutine[Any, Any, None]]
+        self,
+        open_call: Opener,
+        abort: Callable[[str], Coroutine[Any, Any, None]],
+        max_queued: int = MAX_QUEUED_CHUNKS,
     ) -> None:
+        self.max_queued = max_queued
+        self.overflowed = 0  # requests ended because their consumer fell behind
         self._call = open_call()
         self._abort = abort
         self._open: dict[str, asyncio.Queue[Item]] = {}
@@ -105,11 +117,31 @@ class WorkerStream:
                     rid = chunk.request_id
                     done = bool(chunk.finish_reason)
                     queue = self._open.pop(rid, None) if done else self._open.get(rid)
-                    if queue is not None:
-                        queue.put_nowait(chunk)
+                    if queue is None:
+                        continue
+                    if not done and queue.qsize() >= self.max_queued:
+                        self._overflow(rid, queue)
+                        continue
+                    queue.put_nowait(chunk)
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
         self._fail(reason)
+
+    def _overflow(self, rid: str, queue: asyncio.Queue[Item]) -> None:
+        """End one request whose consumer stopped reading; abort it at the worker."""
+        del self._open[rid]
+        self.overflowed += 1
+        queue.put_nowait(
+            pb.TokenChunk(
+                request_id=rid,
+                finish_reason="error",
+                error=f"RESOURCE_EXHAUSTED: more than {self.max_queued} chunks waiting for a "
+                "consumer that is not reading",
+            )
+        )
+        task = asyncio.get_running_loop().create_task(self._abort(rid))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _fail(self, reason: str) -> None:
         """The stream is gone: every open request fails; the next submit opens a new one."""
