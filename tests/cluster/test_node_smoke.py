@@ -329,8 +329,9 @@ def test_instance_of_a_killed_owner_is_cleaned_by_the_next_start(
     finally:
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=30)
-    # Its daemons died with it (PDEATHSIG); the shim, the pod and the namespaces did not.
-    assert instance.exists() and (NETNS_DIR / node_id).exists()
-    assert node_id in cleanup_stale()
+    # Its daemons died with it (PDEATHSIG); the shim, the pod and the namespaces did not, until
+    # the next start's cleanup (another test run's node start may get there first: same code).
+    cleaned = cleanup_stale()
+    assert node_id in cleaned or not instance.exists()
     _assert_gone(node_id, instance, pod_netns, before)
     assert node_cluster.kubectl("get", "node", NODE_NAME).returncode == 0
