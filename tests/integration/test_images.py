@@ -11,6 +11,7 @@ a loopback device and nothing else). Needs root; without a cached image the test
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from support.reference import greedy_tokens
 
 from mainsail.router.settings import RouterConfig
 
@@ -179,17 +181,49 @@ print("ray", ray.get(engine_step.remote()))
 """
 
 
-def test_worker_image_runs_torch_ray_and_the_engine(worker_image: Unpacked) -> None:
+ENGINE_CHECK = """
+import json, sys
+from pathlib import Path
+from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+
+engine = Engine(Path(sys.argv[1]), EngineConfig(max_model_len=1024))
+params = SamplingParams(temperature=0.0, max_tokens=int(sys.argv[3]), ignore_eos=True)
+engine.add_request(EngineRequest("image", json.loads(sys.argv[2]), params))
+out = []
+for _ in range(1000):
+    if not engine.has_unfinished():
+        break
+    for o in engine.step():
+        out += o.new_token_ids
+print(json.dumps(out))
+"""
+PROMPT = [1, 5, 9, 13, 17, 21]
+
+
+def test_worker_image_runs_torch_ray_and_the_engine(
+    worker_image: Unpacked, tiny_model_dir: Path
+) -> None:
     # What KubeRay runs (through `bash -lc`, whose /etc/profile resets PATH).
     worker_image.ok("bash", "-lc", "command -v ray && command -v mainsail && command -v wget")
     worker_image.ok(
         "python3", "-c", "import torch, ray, mainsail.workers.ray_actor, mainsail.workers.host, "
         "mainsail.spec.tokenizer; assert float(torch.ones(3).sum()) == 3.0",
     )  # fmt: skip
-    # The router's model init container: generate the checkpoint on the CPU.
+    # torch.compile's triton is left out (worker-overrides.txt); the engine does not need it.
+    worker_image.ok("python3", "-c", ABSENT, "triton")
+    # The router's model init container: generate the checkpoint on the CPU. It is the very
+    # checkpoint this machine generates (the marker holds every file's SHA-256)...
     out = worker_image.ok("mainsail", "model", "init", "--out", "/tmp/model", timeout=180)
     assert "wrote a tiny llama checkpoint" in out
-    assert (worker_image.rootfs / "tmp" / "model" / "model.safetensors").is_file()
+    marker = ".mainsail-checkpoint.json"
+    made = json.loads((worker_image.rootfs / "tmp" / "model" / marker).read_text())
+    assert made == json.loads((tiny_model_dir / marker).read_text())
+    # ...and the image's engine generates exactly what the reference engine does here.
+    (worker_image.rootfs / "tmp" / "engine_check.py").write_text(ENGINE_CHECK)
+    tokens = worker_image.ok(
+        "python3", "/tmp/engine_check.py", "/tmp/model", json.dumps(PROMPT), "8", timeout=180
+    )
+    assert json.loads(tokens) == greedy_tokens(tiny_model_dir, PROMPT, 8)
     # A Ray head as `ray start` makes it, and a task importing torch and the engine on it.
     (worker_image.rootfs / "tmp" / "ray_check.py").write_text(RAY_CHECK)
     script = (
