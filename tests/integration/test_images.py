@@ -13,6 +13,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,7 +28,11 @@ from typing import Any
 import pytest
 from support.reference import greedy_tokens
 
+from mainsail.operator.desired_cache import cache_statefulset
+from mainsail.operator.naming import Owner
 from mainsail.router.settings import RouterConfig
+from mainsail.spec.deployment import CachePool
+from mainsail.spec.worker_auth import REDIS_PASSWORD_ENV
 
 pytestmark = [
     pytest.mark.integration,
@@ -237,13 +244,24 @@ def test_worker_image_runs_torch_ray_and_the_engine(
 def test_redis_image_serves_with_the_operators_arguments(redis_image: Unpacked) -> None:
     entry = redis_image.entrypoint()
     assert entry[0] == "redis-server"
-    # The cache StatefulSet's arguments (desired_cache), on a Unix socket instead of a port.
-    server = [*entry, "--maxmemory", "1000000", "--maxmemory-policy", "allkeys-lru"]
-    server += ["--save", "''", "--appendonly", "no", "--port", "0"]
-    server += ["--unixsocket", "/tmp/redis.sock", "--daemonize", "yes"]
+    # The cache StatefulSet's own arguments (the password expanded as Kubernetes expands
+    # `$(VAR)`), on a Unix socket instead of the port.
+    owner = Owner(name="img", namespace="ns", uid="uid", generation=1)
+    pod = cache_statefulset(owner, CachePool(), "unused")["spec"]["template"]["spec"]
+    password = secrets.token_hex(8)
+    args = [
+        re.sub(r"\$\((\w+)\)", lambda m: {REDIS_PASSWORD_ENV: password}[m.group(1)], arg)
+        for arg in pod["containers"][0]["args"]
+    ]
+    assert password in args, "the operator starts the cache with a password"
+    server = [*entry, *args, "--port", "0", "--unixsocket", "/tmp/redis.sock", "--daemonize", "yes"]
+    cli = f"redis-cli -s /tmp/redis.sock --no-auth-warning -a {password}"
     script = (
-        f"{' '.join(server)} && for i in $(seq 50); do "
-        "redis-cli -s /tmp/redis.sock ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done; "
-        "redis-cli -s /tmp/redis.sock set k v >/dev/null && redis-cli -s /tmp/redis.sock get k"
+        f"{shlex.join(server)} && for i in $(seq 50); do "
+        f"{cli} ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done; "
+        f"{cli} set k v >/dev/null && {cli} get k && "
+        "redis-cli -s /tmp/redis.sock --no-auth-warning -a wrong get k"
     )
-    assert redis_image.ok("sh", "-c", script).strip() == "v"
+    out = redis_image.ok("sh", "-c", script)
+    assert out.split()[0] == "v", out
+    assert "NOAUTH" in out or "WRONGPASS" in out, out  # a wrong password reads nothing
