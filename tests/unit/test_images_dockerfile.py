@@ -8,6 +8,8 @@ would otherwise mis-build. Fast: no build, no root.
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
 import sys
 import tomllib
 from pathlib import Path
@@ -21,9 +23,13 @@ IMAGES = ROOT / "deploy" / "images"
 
 
 def _load(name: str) -> ModuleType:
+    return _load_path(name, IMAGES / f"{name}.py")
+
+
+def _load_path(name: str, path: Path) -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, IMAGES / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -184,3 +190,34 @@ def test_runtime_config_is_what_the_oci_writer_takes() -> None:
     assert config["Entrypoint"] == ["mainsail"]
     assert config["Cmd"] == ["router", "--config", "/etc/mainsail/config.json"]
     assert "HOME=/home/mainsail" in config["Env"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay whiteouts are 0/0 character devices")
+def test_overlay_whiteouts_survive_the_layer_tar_and_unpacking(tmp_path: Path) -> None:
+    """A file deleted and a directory replaced during a build stay deleted in the image."""
+    oci = _load_path("oci_image", ROOT / "deploy" / "testbed" / "oci_image.py")
+    image_run = _load("image_run")
+    lower = tmp_path / "lower"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "etc" / "gone").write_text("deleted by a RUN")
+    (lower / "etc" / "kept").write_text("k")
+    (lower / "opq").mkdir()
+    (lower / "opq" / "old").write_text("hidden by the opaque directory")
+    upper = tmp_path / "upper"  # what overlayfs leaves in its upper directory
+    (upper / "etc").mkdir(parents=True)
+    os.mknod(upper / "etc" / "gone", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    (upper / "opq").mkdir()
+    os.setxattr(upper / "opq", "trusted.overlay.opaque", b"y")
+    (upper / "opq" / "new").write_text("n")
+    (upper / "added").write_text("a")
+    build.convert_whiteouts(upper)
+    assert (upper / "etc" / ".wh.gone").is_file() and (upper / "opq" / ".wh..wh..opq").is_file()
+    build.layer_tar(lower, tmp_path / "lower.tar")
+    build.layer_tar(upper, tmp_path / "upper.tar")
+    layers = [tmp_path / "lower.tar", tmp_path / "upper.tar"]
+    oci.write_image("mainsail/t:1", layers, {"User": "65532:65532"}, tmp_path / "image.tar")
+    rootfs = tmp_path / "rootfs"
+    config = image_run.unpack_image(tmp_path / "image.tar", rootfs)
+    assert config["User"] == "65532:65532"
+    files = {str(p.relative_to(rootfs)) for p in rootfs.rglob("*") if not p.is_dir()}
+    assert files == {"etc/kept", "opq/new", "added", ".image-config.json"}
