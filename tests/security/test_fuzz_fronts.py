@@ -143,6 +143,58 @@ def test_grpc_requests_never_get_a_server_error(
     _healthy(background_fleet)
 
 
+_METHODS = st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"BREW", b""])
+_PATHS = st.sampled_from(
+    [b"/v1/completions", b"/v1/chat/completions", b"/health", b"/workers/w0/drain",
+     b"/requests/x/migrate", b"/metrics", b"*", b"/\x00", b"/%ff%fe"]
+)  # fmt: skip
+_header = st.tuples(
+    st.binary(min_size=0, max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b),
+    st.binary(max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b),
+)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    method=_METHODS,
+    path=_PATHS,
+    version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/9", b""]),
+    headers=st.lists(_header, max_size=6),
+    body=st.binary(max_size=200),
+    garbage=st.binary(max_size=64),
+)
+def test_raw_http_heads_get_an_answer_or_a_close_never_a_5xx(
+    background_fleet: Background,
+    method: bytes,
+    path: bytes,
+    version: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    garbage: bytes,
+) -> None:
+    import socket
+
+    f = background_fleet.fleet
+    head = method + b" " + path + b" " + version + b"\r\n"
+    head += b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+    with socket.create_connection(("127.0.0.1", f.router.http_port), timeout=15) as sock:
+        sock.sendall(garbage + head + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):  # the router answers or closes within the timeout
+            answer += chunk
+    if answer:
+        assert answer.startswith(b"HTTP/1."), answer[:80]
+        status = int(answer.split(b" ", 2)[1])
+        assert status < 500 or (status == 503 and b"connections" in answer), answer[:300]
+    _healthy(background_fleet)
+
+
 def test_the_router_holds_nothing_after_the_fuzzing(background_fleet: Background) -> None:
     """Runs after the fuzzers (same module fleet): no open route, nothing queued or
     preparing, no worker booked, every worker still registered."""
