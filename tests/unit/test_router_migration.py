@@ -101,7 +101,7 @@ async def _stream_and(
 
 async def test_draining_a_worker_moves_its_streams_and_stops_new_work(client: Any) -> None:
     http, router, transport = client
-    transport.workers["w0:1"].token_delay = 0.02
+    transport.workers["w0:1"].pause_after = 3
     router.registry.heartbeat("w0", pb.LoadSnapshot(max_num_seqs=8))
     add_fake_worker(router, transport, "w1")
     router.registry.heartbeat("w1", pb.LoadSnapshot(running=6, waiting=6, max_num_seqs=8))
@@ -135,7 +135,7 @@ async def test_draining_a_worker_moves_its_streams_and_stops_new_work(client: An
 
 async def test_migrating_one_request_to_a_named_worker(client: Any) -> None:
     http, router, transport = client
-    transport.workers["w0:1"].token_delay = 0.02
+    transport.workers["w0:1"].pause_after = 2
     router.registry.heartbeat("w0", pb.LoadSnapshot(max_num_seqs=8))
     add_fake_worker(router, transport, "w1")
     add_fake_worker(router, transport, "w2")

@@ -31,6 +31,10 @@ class FakeWorker:
     """How one fake worker behaves."""
 
     token_delay: float = 0.0
+    pause_after: int | None = None
+    """After this many tokens, stop streaming until the request is aborted (a move's first
+    step): tests of drains and migrations then move a stream at a known token, whatever the
+    machine's load."""
     fail_before_first: bool = False
     fail_after: int | None = None
     submitted: list[pb.WorkerRequest] = field(default_factory=list)
@@ -62,6 +66,9 @@ class FakeTransport:
                 raise TransportError("UNAVAILABLE: worker died")
             if worker.token_delay:
                 await asyncio.sleep(worker.token_delay)
+            if worker.pause_after is not None and i >= worker.pause_after:
+                while request.request_id not in worker.aborted:
+                    await asyncio.sleep(0.002)
             if request.request_id in worker.aborted:  # as the engine does: a final "abort"
                 yield pb.TokenChunk(request_id=request.request_id, finish_reason="abort")
                 return
