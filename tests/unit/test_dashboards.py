@@ -1,13 +1,12 @@
-"""The chart's Grafana dashboard only queries metrics the router really exports."""
+"""The chart's Grafana dashboard only queries metrics the router really exports (the worker
+panels' names are checked against a real worker's /metrics in
+tests/integration/test_worker_metrics.py)."""
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.dashboards import ANY_NAME, ROUTER_NAME, WORKER_NAME, dashboard, names, queries
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.fleet.pool_load import PoolLoadCollector
@@ -15,7 +14,6 @@ from mainsail.router.fleet.registry import WorkerEntry
 from mainsail.router.metrics import RouterMetrics
 
 pytestmark = pytest.mark.unit
-DASHBOARD = Path(__file__).resolve().parents[2] / "charts/mainsail/dashboards/mainsail-router.json"
 
 
 def exported_names() -> set[str]:
@@ -31,30 +29,38 @@ def exported_names() -> set[str]:
     metrics.plugin.labels("kv-prefix").observe(0.001)
     metrics.expected_hit_blocks.labels("exact").inc()
     metrics.refusals.labels("kv_hash").inc()
+    latency = metrics.latency("m", "unified", "none")
+    for histogram in (latency.ttft, latency.itl, latency.e2e):
+        histogram.observe(0.01)
     text = metrics.render().decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 def test_every_query_names_an_exported_metric() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    assert len(exprs) >= 12
-    used = {name for e in exprs for name in re.findall(r"\bmainsail_[a-z0-9_]+", e)}
+    assert len(queries()) >= 12
+    used = names(ROUTER_NAME)
+    # Every name is the router's or a worker's (those are checked against a real worker).
+    assert names(ANY_NAME) == used | names(WORKER_NAME)
     missing = used - exported_names()
     assert not missing, f"dashboard queries metrics the router does not export: {missing}"
     # Everything an operator watches is on it: latency, cache hits, pool load, moves.
     for needed in ("ttft_seconds_bucket", "cached_prompt_tokens_total", "pool_kv_blocks_used",
-                   "resumes_total", "handoffs_total", "queued_requests"):  # fmt: skip
+                   "resumes_total", "handoffs_total", "queued_requests",
+                   "inter_token_latency_seconds_bucket"):  # fmt: skip
         assert any(name.endswith(needed) for name in used), needed
+    for needed in ("vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                   "vllm:prefix_cache_hits_total", "vllm:time_to_first_token_seconds_bucket",
+                   "mainsail_worker_kv_tier_checksum_misses_total"):  # fmt: skip
+        assert needed in names(WORKER_NAME), needed
 
 
 def test_panels_are_well_formed() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    ids = [p["id"] for p in dashboard["panels"]]
+    board = dashboard()
+    ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
-    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    variables = {v["name"] for v in board["templating"]["list"]}
     assert {"datasource", "namespace"} <= variables
-    for panel in dashboard["panels"]:
+    for panel in board["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
         for target in panel["targets"]:
             assert 'namespace="$namespace"' in target["expr"], target["expr"]

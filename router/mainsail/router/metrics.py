@@ -6,6 +6,9 @@ autoscaler reads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (
@@ -26,6 +29,20 @@ _LATENCY_BUCKETS = (
     60.0,
 )
 _FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Latency histograms are per model (served name or adapter), pool (worker role) and SLO
+# class: label values come only from the router's configuration and the fixed role names,
+# never from client strings, so the series count stays bounded.
+ROUTE_LABELS = ("model", "pool", "slo_class")
+
+
+@dataclass(frozen=True)
+class RouteLatency:
+    """The latency histogram children of one (model, pool, SLO class)."""
+
+    ttft: Any
+    itl: Any
+    e2e: Any
 
 
 class RouterMetrics:
@@ -54,15 +71,25 @@ class RouterMetrics:
         self.ttft = Histogram(
             "mainsail_router_ttft_seconds",
             "Time to first token seen by the router.",
+            ROUTE_LABELS,
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "mainsail_router_inter_token_latency_seconds",
+            "Time between streamed tokens seen by the router.",
+            ROUTE_LABELS,
+            buckets=_ITL_BUCKETS,
             registry=r,
         )
         self.e2e = Histogram(
             "mainsail_router_e2e_seconds",
             "Request latency, arrival to last token.",
+            ROUTE_LABELS,
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self._latency: dict[tuple[str, str, str], RouteLatency] = {}
         self.schedule = Histogram(
             "mainsail_router_schedule_seconds",
             "Time to choose a worker (index + profile).",
@@ -134,6 +161,16 @@ class RouterMetrics:
             ["reason"],
             registry=r,
         )
+
+    def latency(self, model: str, pool: str, slo_class: str) -> RouteLatency:
+        """The histograms for one label set (callers pass configured names only)."""
+        key = (model, pool, slo_class)
+        found = self._latency.get(key)
+        if found is None:
+            found = self._latency[key] = RouteLatency(
+                self.ttft.labels(*key), self.itl.labels(*key), self.e2e.labels(*key)
+            )
+        return found
 
     def render(self) -> bytes:
         """The text exposition format served at /metrics."""

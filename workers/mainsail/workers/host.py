@@ -28,6 +28,7 @@ from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub
 from mainsail.workers.kvtier import RedisTierFactory
+from mainsail.workers.metrics_endpoint import CacheConfig, MetricsServer, serve_worker_metrics
 from mainsail.workers.registration import Registrar
 from mainsail.workers.service import RequestLimits, ServingEngine, WorkerService
 
@@ -58,6 +59,13 @@ class WorkerSpec(BaseModel):
         "every pod of a cluster and the router get the same weights and tokenizer).",
     )
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    metrics_port: int | None = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus /metrics (plain HTTP, bound to `host`, "
+        "advertised at registration); 0 picks a free port, null serves none.",
+    )
     adapters: tuple[Adapter, ...] = Field(
         (),
         description="LoRA adapters to load and advertise; a bare name (no source) is only "
@@ -112,6 +120,7 @@ class WorkerHost:
         self.hub: KVEventHub | None = None
         self.registrar: Registrar | None = None
         self._server: grpc.aio.Server | None = None
+        self.metrics_server: MetricsServer | None = None
         self._registration: asyncio.Task[None] | None = None
         self.address = ""
 
@@ -153,6 +162,11 @@ class WorkerHost:
                 max_model_len=config.max_model_len,
             )
         self.engine = engine
+        if spec.metrics_port is not None:
+            cache = _cache_config(spec, engine)
+            self.metrics_server = serve_worker_metrics(
+                spec.model_name, engine.metrics, cache, spec.host, spec.metrics_port
+            )
         self.hub = KVEventHub(spec.worker_id, engine.drain_kv_events, snapshot)
         self.hub.start()
         service = WorkerService(
@@ -186,6 +200,7 @@ class WorkerHost:
                     block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
                 ),
                 adapters=list(spec.adapter_names),
+                metrics_address=self.metrics_address,
             )
             self.registrar = Registrar(
                 spec.router_address, info, service.load_snapshot, credential=self.credential
@@ -193,6 +208,13 @@ class WorkerHost:
             self._registration = asyncio.get_running_loop().create_task(self.registrar.run())
         log.info("worker %s serving on %s", spec.worker_id, self.address)
         return self.address
+
+    @property
+    def metrics_address(self) -> str:
+        """host:port of this worker's /metrics ("" when it serves none)."""
+        if self.metrics_server is None:
+            return ""
+        return f"{self.spec.advertise_host or self.spec.host}:{self.metrics_server.port}"
 
     async def wait_registered(self, timeout: float = 30.0) -> None:
         """Return once the router accepted this worker; raise if it refused or timed out."""
@@ -224,5 +246,16 @@ class WorkerHost:
             await self._server.stop(grace=0.5)
         if self.hub is not None:
             await self.hub.stop()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         if isinstance(self.engine, AsyncEngine):
             await self.engine.shutdown()
+
+
+def _cache_config(spec: WorkerSpec, engine: ServingEngine) -> CacheConfig:
+    """Block size, block count and LoRA slots of the engine serving ``spec``."""
+    if isinstance(engine, AsyncEngine):
+        config = engine.engine.config
+        return CacheConfig(config.block_size, config.total_kv_blocks, len(config.adapters))
+    total = engine.metrics().kv_blocks_total  # the fake engine: no KV, only its totals
+    return CacheConfig(spec.engine.block_size, total, len(spec.adapters))

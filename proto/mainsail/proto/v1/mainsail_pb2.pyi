@@ -827,6 +827,7 @@ class WorkerInfo(_message.Message):
     MAX_NUM_SEQS_FIELD_NUMBER: _builtins.int
     KV_HASH_FIELD_NUMBER: _builtins.int
     ADAPTERS_FIELD_NUMBER: _builtins.int
+    METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     """host:port of the worker's Worker service."""
@@ -835,6 +836,8 @@ class WorkerInfo(_message.Message):
     model: _builtins.str
     max_model_len: _builtins.int
     max_num_seqs: _builtins.int
+    metrics_address: _builtins.str
+    """host:port of the worker's Prometheus /metrics (plain HTTP); empty when it serves none."""
     @_builtins.property
     def kv_hash(self) -> Global___KVHashParams: ...
     @_builtins.property
@@ -850,10 +853,11 @@ class WorkerInfo(_message.Message):
         max_num_seqs: _builtins.int = ...,
         kv_hash: Global___KVHashParams | None = ...,
         adapters: _abc.Iterable[_builtins.str] | None = ...,
+        metrics_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kv_hash", b"kv_hash"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "address", b"address", "kv_hash", b"kv_hash", "max_model_len", b"max_model_len", "max_num_seqs", b"max_num_seqs", "model", b"model", "role", b"role", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "address", b"address", "kv_hash", b"kv_hash", "max_model_len", b"max_model_len", "max_num_seqs", b"max_num_seqs", "metrics_address", b"metrics_address", "model", b"model", "role", b"role", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,8 +80,8 @@ def _malformed(info: pb.WorkerInfo) -> str:
     """What is wrong with a registration's own fields ('' when nothing)."""
     if not info.worker_id or not info.address:
         return "worker_id and address are required"
-    if len(info.worker_id) > 128 or len(info.address) > 256:
-        return "worker_id (128) or address (256 characters) too long"
+    if len(info.worker_id) > 128 or len(info.address) > 256 or len(info.metrics_address) > 256:
+        return "worker_id (128), address or metrics_address (256 characters) too long"
     if (info.role or "unified") not in ROLES:
         return f"role must be one of {', '.join(sorted(ROLES))}"
     if len(info.adapters) > 256 or any(len(a) > 128 for a in info.adapters):

@@ -172,6 +172,7 @@ class HttpFront:
                 "id": e.worker_id,
                 "role": e.info.role or "unified",
                 "address": e.address,
+                "metrics_address": e.info.metrics_address,
                 "adapters": list(e.info.adapters),
                 "running": e.load.running,
                 "waiting": e.load.waiting,

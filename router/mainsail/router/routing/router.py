@@ -23,7 +23,7 @@ from mainsail.router.errors import RouterError, overloaded
 from mainsail.router.fleet.registry import WorkerRegistry
 from mainsail.router.fleet.transport import WorkerTransport
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
-from mainsail.router.metrics import RouterMetrics
+from mainsail.router.metrics import RouteLatency, RouterMetrics
 from mainsail.router.routing.bounded_pool import BoundedPool
 from mainsail.router.routing.choose import WorkerChooser
 from mainsail.router.routing.dispatch import Dispatcher
@@ -31,7 +31,7 @@ from mainsail.router.routing.moves import RequestMover
 from mainsail.router.routing.prepare import Prepared, RequestPreparer
 from mainsail.router.routing.rebalance import Move
 from mainsail.router.routing.route_stream import RouteStream, close_stream, nothing
-from mainsail.router.scheduling import SchedulingProfile
+from mainsail.router.scheduling import ROLES, SchedulingProfile
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.tokenizer import Tokenizer
 
@@ -68,6 +68,7 @@ class Router:
         )
         self.moves = RequestMover(config, registry, transport, self.dispatcher, self.metrics)
         self._outcome_metric: dict[str, Any] = {}
+        self._slo_names = frozenset(c.name for c in config.slo.classes)
         self.preparing = BoundedPool(
             config.prepare_threads, config.max_preparing, name="mainsail-prepare"
         )
@@ -166,8 +167,8 @@ class Router:
         """The route's chunks as the worker sent them, ending with one that has a finish
         reason ("error" when the worker broke off); records latency and usage, releases the
         worker and aborts the request if the caller stops early."""
-        first_seen = self._clock()
-        self.metrics.ttft.observe(first_seen - route.started)
+        last_seen = self._clock()
+        self._latency(route).ttft.observe(last_seen - route.started)
         chunk: pb.TokenChunk | None = route.first
         finished = False
         try:
@@ -179,6 +180,13 @@ class Router:
                 if finished:
                     break
                 chunk = await anext(route.after_first, None)
+                if chunk is not None and chunk.token_ids:
+                    now = self._clock()
+                    gap = (now - last_seen) / len(chunk.token_ids)
+                    itl = self._latency(route).itl
+                    for _ in chunk.token_ids:  # a coalesced chunk: its tokens share the gap
+                        itl.observe(gap)
+                    last_seen = now
             if not finished:
                 yield pb.TokenChunk(
                     request_id=route.prepared.request_id,
@@ -197,7 +205,16 @@ class Router:
                 self.moves.active.pop(route.prepared.request_id, None)
                 if route.entry is not None:
                     self.dispatcher.release(route.entry)
-            self.metrics.e2e.observe(self._clock() - route.started)
+            self._latency(route).e2e.observe(self._clock() - route.started)
+
+    def _latency(self, route: RouteStream) -> RouteLatency:
+        """The route's latency histograms: labels from configured names and role names only."""
+        adapter = route.prepared.adapter
+        model = adapter if adapter in self.config.adapters else self.config.model_name
+        role = route.entry.info.role if route.entry is not None else route.prepared.info.role
+        pool = role if role in ROLES else "other"
+        slo = route.prepared.info.slo_class
+        return self.metrics.latency(model, pool, slo if slo in self._slo_names else "none")
 
     def _account(self, chunk: pb.TokenChunk) -> None:
         reason = chunk.finish_reason  # sent by the worker: only known values become labels

@@ -16,7 +16,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -206,6 +206,7 @@ class Engine:
                 shape_p.append((n, seq.num_computed))
         self._metrics.preemptions += len(batch.preempted)
         self._metrics.prefix_hit_tokens += batch.prefix_hit_tokens
+        self._metrics.prefix_query_tokens += batch.prefix_query_tokens
         if not batch.items:
             return outputs
         inputs = [
@@ -265,15 +266,23 @@ class Engine:
             max(0, seq.prompt_len - seq.num_computed)
             for seq in (*self._scheduler.running, *self._scheduler.waiting)
         )
-        snap = dataclasses.replace(snap, pending_prefill_tokens=pending)
+        snap = dataclasses.replace(
+            snap,
+            pending_prefill_tokens=pending,
+            running_adapters=_adapter_names(self._scheduler.running),
+            waiting_adapters=_adapter_names(self._scheduler.waiting),
+        )
         if self._tier is None:
             return snap
+        tier = self._tier.tier.stats
         return dataclasses.replace(
             snap,
             redis_hit_tokens=self._tier.redis_hit_tokens,
             kv_tier_stored_blocks=self._tier.writer.stats.written,
             kv_tier_write_drops=self._tier.writer.stats.dropped,
-            kv_tier_errors=self._tier.tier.stats.errors,
+            kv_tier_errors=tier.errors,
+            kv_tier_fetched_blocks=tier.fetched_blocks,
+            kv_tier_corrupt_blocks=tier.corrupt_blocks,
         )
 
     @property
@@ -348,6 +357,7 @@ class Engine:
         self._seqs.pop(seq.request_id, None)
         seq.finish_reason = reason
         self._metrics.num_requests_finished += 1
+        self._metrics.e2e.observe(self._clock() - seq.arrival)
 
     def _finish(
         self, seq: Sequence, reason: FinishReason, error: str | None = None
@@ -364,3 +374,8 @@ class Engine:
             cached_tokens=seq.cached_tokens or 0,
             error=error,
         )
+
+
+def _adapter_names(seqs: Iterable[Sequence]) -> tuple[str, ...]:
+    """The distinct LoRA adapters of ``seqs``, sorted (for the LoRA info gauge)."""
+    return tuple(sorted({s.request.adapter for s in seqs if s.request.adapter}))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 TTFT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TPOT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+E2E_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 EMA_ALPHA = 0.1
 
 
@@ -44,12 +45,18 @@ class _HistogramRecorder:
         return Histogram(self.bounds, tuple(self.counts), self.total, self.count)
 
 
+EMPTY_HISTOGRAM = Histogram((), (0,), 0.0, 0)
+
+
 @dataclass(frozen=True)
 class EngineMetrics:
     """A snapshot of one engine's state and counters (counters only grow).
 
     ``prefix_hit_tokens`` counts every prompt token served from the cache, including those
-    fetched from the shared tier; ``redis_hit_tokens`` is the part fetched from Redis.
+    fetched from the shared tier; ``redis_hit_tokens`` is the part fetched from Redis;
+    ``prefix_query_tokens`` the prompt tokens looked up (each admission, as vLLM counts).
+    ``e2e`` is arrival to finish; ``running_adapters`` / ``waiting_adapters`` the LoRA
+    adapters of the running and queued requests (sorted).
     ``kv_tier_*``: blocks written to the tier, dropped because its write queue was full, and
     tier errors (each one closes the tier for its backoff).
     """
@@ -72,6 +79,12 @@ class EngineMetrics:
     kv_tier_stored_blocks: int = 0
     kv_tier_write_drops: int = 0
     kv_tier_errors: int = 0
+    kv_tier_fetched_blocks: int = 0
+    kv_tier_corrupt_blocks: int = 0  # fetched values whose checksum failed (read as misses)
+    prefix_query_tokens: int = 0
+    e2e: Histogram = EMPTY_HISTOGRAM
+    running_adapters: tuple[str, ...] = ()
+    waiting_adapters: tuple[str, ...] = ()
 
     @property
     def kv_utilization(self) -> float:
@@ -84,6 +97,7 @@ class MetricsRecorder:
     """Mutable counters owned by the engine loop."""
 
     prefix_hit_tokens: int = 0
+    prefix_query_tokens: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
     step_time_ms_last: float = 0.0
@@ -92,6 +106,7 @@ class MetricsRecorder:
     num_requests_finished: int = 0
     ttft: _HistogramRecorder = field(default_factory=lambda: _HistogramRecorder(TTFT_BUCKETS))
     tpot: _HistogramRecorder = field(default_factory=lambda: _HistogramRecorder(TPOT_BUCKETS))
+    e2e: _HistogramRecorder = field(default_factory=lambda: _HistogramRecorder(E2E_BUCKETS))
 
     def observe_step(self, seconds: float) -> None:
         ms = seconds * 1000.0
@@ -118,4 +133,6 @@ class MetricsRecorder:
             tpot=self.tpot.freeze(),
             preemptions=self.preemptions,
             num_requests_finished=self.num_requests_finished,
+            prefix_query_tokens=self.prefix_query_tokens,
+            e2e=self.e2e.freeze(),
         )

@@ -31,6 +31,7 @@ class ScheduledBatch:
     copies: list[BlockCopy] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     prefix_hit_tokens: int = 0
+    prefix_query_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -88,6 +89,7 @@ class Scheduler:
             if seq.cached_tokens is None:
                 seq.cached_tokens = seq.num_computed
             batch.prefix_hit_tokens += seq.num_computed
+            batch.prefix_query_tokens += seq.num_tokens
             batch.copies += self.kv.grow(seq.table, seq.num_computed, num_new)
             seq.status = Status.RUNNING
             self.running.append(seq)
