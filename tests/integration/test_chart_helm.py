@@ -75,6 +75,36 @@ def test_dashboards_configmap_carries_the_dashboard_file(kube_testbed: Any) -> N
     assert off.returncode != 0 and "could not find template" in off.stderr  # off by default
 
 
+def test_pod_monitor_selects_the_operators_router_and_worker_pods(kube_testbed: Any) -> None:
+    from mainsail.operator.desired_pools import WORKER_COMPONENT
+    from mainsail.operator.desired_router import COMPONENT as ROUTER_COMPONENT
+    from mainsail.operator.naming import LABEL_COMPONENT, Owner, labels
+    from mainsail.spec.worker_metrics import WORKER_METRICS_PORT_NAME
+
+    rendered = helm(
+        kube_testbed, "template", "mon", CHART, "--set", "monitoring.podMonitor.enabled=true",
+        "--set", "monitoring.podMonitor.labels.release=prom",
+        "--show-only", "templates/podmonitor.yaml",
+    )  # fmt: skip
+    monitor = yaml.safe_load(rendered)
+    assert monitor["kind"] == "PodMonitor" and monitor["metadata"]["labels"]["release"] == "prom"
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    (expr,) = spec["selector"]["matchExpressions"]
+    assert expr["key"] == LABEL_COMPONENT
+    assert set(expr["values"]) == {ROUTER_COMPONENT, WORKER_COMPONENT}
+    owner = Owner(name="d", namespace="ns", uid="u")
+    for component in (ROUTER_COMPONENT, WORKER_COMPONENT):  # the operator's own pod labels
+        assert spec["selector"]["matchLabels"].items() <= labels(owner, component).items()
+    assert {e["port"] for e in spec["podMetricsEndpoints"]} == {"http", WORKER_METRICS_PORT_NAME}
+    rendered = helm(
+        kube_testbed, "template", "mon", CHART, "--set", "monitoring.podMonitor.enabled=true",
+        "--set", "watchNamespaces={team-a}", "--show-only", "templates/podmonitor.yaml",
+    )  # fmt: skip
+    scoped = yaml.safe_load(rendered)
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
 def test_install_upgrade_uninstall(kube_testbed: Any, kube_namespace: str) -> None:
     bed, ns, release = kube_testbed, kube_namespace, f"ms-{secrets.token_hex(2)}"
     helm(bed, "install", release, CHART, "--namespace", ns)

@@ -5,6 +5,7 @@ only metrics this worker and the router export."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from support.fleet import ADMIN_TOKEN, MODEL, fleet
 
 from mainsail.spec.deployment import SLO, EngineSettings, SLOClass
 from mainsail.workers.engine import AsyncEngine
+from mainsail.workers.host import WorkerHost, WorkerSpec
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +113,38 @@ async def test_worker_metrics_follow_the_engine(tiny_model_dir: Path) -> None:
     async with httpx.AsyncClient(timeout=2) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(url)
+
+
+async def test_taken_fixed_port_falls_back_and_fake_engine_serves_the_names(
+    tiny_model_dir: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        spec = WorkerSpec(
+            worker_id="fake",
+            model_name=MODEL,
+            model_dir=tiny_model_dir,
+            fake_engine=True,
+            metrics_port=busy,
+            engine=EngineSettings(block_size=32),
+        )
+        host = WorkerHost(spec)
+        await host.start()
+        try:
+            port = int(host.metrics_address.rsplit(":", 1)[1])
+            assert port not in (0, busy)
+            async with httpx.AsyncClient(timeout=10) as http:
+                samples = _samples((await http.get(f"http://{host.metrics_address}/metrics")).text)
+        finally:
+            await host.stop()
+    ((_, cache_labels),) = [k for k in samples if k[0] == "vllm:cache_config_info"]
+    assert dict(cache_labels)["block_size"] == "32"
+    assert _one(samples, "mainsail_worker_requests_finished_total") == 0
+    off = WorkerHost(spec.model_copy(update={"metrics_port": None}))
+    await off.start()
+    try:
+        assert off.metrics_address == ""
+    finally:
+        await off.stop()

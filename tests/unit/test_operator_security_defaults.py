@@ -22,6 +22,7 @@ from mainsail.operator.naming import Owner
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.deployment import ModelDeployment, ModelDeploymentSpec
 from mainsail.spec.worker_auth import TLS_SERVER_NAME, WORKER_TOKEN_ENV
+from mainsail.spec.worker_metrics import WORKER_METRICS_PORT
 
 pytestmark = pytest.mark.unit
 OWNER = Owner(name="dense-pd", namespace="ns", uid="uid-1")
@@ -122,10 +123,39 @@ def test_network_policies_admit_only_the_deployments_own_pods() -> None:
         return set(expr["values"])
 
     assert components(workers["podSelector"]) == {"head", "worker"}
-    (rule,) = workers["ingress"]
+    rule, metrics = workers["ingress"]
     assert components(rule["from"][0]["podSelector"]) == {"head", "worker", "router"}
+    # Anyone (Prometheus) may reach the workers' metrics port, and only that port.
+    assert metrics == {"ports": [{"protocol": "TCP", "port": WORKER_METRICS_PORT}]}
     assert components(cache["podSelector"]) == {"cache"}
     (rule,) = cache["ingress"]
     assert components(rule["from"][0]["podSelector"]) == {"head", "worker"}
     redis = kinds["StatefulSet"][0]["spec"]["template"]["spec"]["containers"][0]
     assert redis["args"][-2:] == ["--requirepass", "$(MAINSAIL_REDIS_PASSWORD)"]
+
+
+def test_worker_pods_name_and_annotate_the_metrics_port() -> None:
+    from mainsail.spec.config_document import DeploymentDocument
+    from mainsail.workers.cluster_supervisor import spec_factory
+
+    kinds = _by_kind(desired_children(OWNER, _spec(), OperatorSettings(), issuer=_counter()))
+    (ray,) = kinds["RayCluster"]
+    groups = ray["spec"]["workerGroupSpecs"]
+    assert groups
+    for group in groups:
+        template = group["template"]
+        (container,) = template["spec"]["containers"]
+        assert container["ports"] == [{"name": "metrics", "containerPort": WORKER_METRICS_PORT}]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(WORKER_METRICS_PORT)
+    head = ray["spec"]["headGroupSpec"]["template"]
+    assert "prometheus.io/port" not in head["metadata"]["annotations"]
+    # ... and the cluster worker binds exactly that port.
+    spec = _spec()
+    document = DeploymentDocument(
+        deployment="dense-pd",
+        kvFingerprint=spec.engine.kv_hash().fingerprint(),
+        spec=spec,
+        routerAddress="router:50051",
+    )
+    assert spec_factory(document)("decode", 0).metrics_port == WORKER_METRICS_PORT

@@ -80,6 +80,22 @@ class Dashboards(_Values):
     label_value: str = Field("1", description="Value of that label.")
 
 
+class PodMonitor(_Values):
+    """A Prometheus Operator PodMonitor for the routers' and workers' /metrics."""
+
+    enabled: bool = Field(
+        False, description="Render it (needs the Prometheus Operator's PodMonitor CRD)."
+    )
+    interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels (what your Prometheus selects on)."
+    )
+
+
+class Monitoring(_Values):
+    pod_monitor: PodMonitor = PodMonitor()
+
+
 class ChartValues(_Values):
     """`values.yaml` of charts/mainsail."""
 
@@ -105,6 +121,7 @@ class ChartValues(_Values):
     )
     verbose: bool = False
     dashboards: Dashboards = Dashboards()
+    monitoring: Monitoring = Monitoring()
     resources: dict[str, Any] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "100m", "memory": "256Mi"},

@@ -4,7 +4,9 @@ Why: a worker's gRPC port serves prompts and a Redis holds KV blocks that reveal
 should be reachable from every pod of the cluster. The router's own ports stay open (it is the
 deployment's endpoint and checks client keys). Ray's pods of one deployment talk among
 themselves (GCS, object transfer, the supervisor's actors), so the worker policy admits the
-deployment's Ray pods and its router; the cache policy admits the deployment's Ray pods only.
+deployment's Ray pods and its router, and anyone on the workers' metrics port only (it serves
+counts, never prompts: Prometheus scrapes it); the cache policy admits the deployment's Ray
+pods only.
 Requires a CNI that enforces NetworkPolicy (on one that does not, these are inert).
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, Owner, child_metadata
 from mainsail.operator.naming import child_name as _child_name
+from mainsail.spec.worker_metrics import WORKER_METRICS_PORT
 
 COMPONENT = "network"
 RAY_COMPONENTS = ("head", "worker")
@@ -40,7 +43,10 @@ def network_policies(owner: Owner, runs_cache: bool) -> list[dict[str, Any]]:
             "spec": {
                 "podSelector": _pods(owner, RAY_COMPONENTS)["podSelector"],
                 "policyTypes": ["Ingress"],
-                "ingress": [{"from": [_pods(owner, (*RAY_COMPONENTS, "router"))]}],
+                "ingress": [
+                    {"from": [_pods(owner, (*RAY_COMPONENTS, "router"))]},
+                    {"ports": [{"protocol": "TCP", "port": WORKER_METRICS_PORT}]},
+                ],
             },
         }
     ]

@@ -33,6 +33,7 @@ from mainsail.operator.naming import (
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.crd import SERVING_POOL_KIND
 from mainsail.spec.deployment import API_GROUP, API_VERSION, ModelDeploymentSpec, Pool
+from mainsail.spec.worker_metrics import WORKER_METRICS_PORT, WORKER_METRICS_PORT_NAME
 
 POOL_COMPONENT = "pool"
 WORKER_COMPONENT = "worker"
@@ -184,6 +185,19 @@ def worker_group(
         {"cpu": res.cpu, "memory": res.memory},
         limits,
     )
+    # The worker's /metrics (one worker per pod): named for a PodMonitor, annotated for
+    # annotation-based scrape configs.
+    container["ports"] = [{"name": WORKER_METRICS_PORT_NAME, "containerPort": WORKER_METRICS_PORT}]
+    template = _pod_template(
+        owner, spec, settings, cfg_hash, WORKER_COMPONENT, role, container, pool
+    )
+    template["metadata"]["annotations"].update(
+        {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(WORKER_METRICS_PORT),
+            "prometheus.io/path": "/metrics",
+        }
+    )
     return {
         "groupName": role,
         "replicas": replicas,
@@ -192,9 +206,7 @@ def worker_group(
         # A custom Ray resource per role lets actors be placed on their pool's nodes only.
         "rayStartParams": {"resources": json.dumps(json.dumps({f"mainsail-{role}": 1}))},
         "scaleStrategy": {"workersToDelete": list(workers_to_delete)},
-        "template": _pod_template(
-            owner, spec, settings, cfg_hash, WORKER_COMPONENT, role, container, pool
-        ),
+        "template": template,
     }
 
 

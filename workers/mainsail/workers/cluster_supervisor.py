@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from mainsail.spec.config_document import CONFIG_ENV, DeploymentDocument
+from mainsail.spec.worker_metrics import WORKER_METRICS_PORT
 from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import NODE_ID_PLACEHOLDER
 from mainsail.workers.supervisor import Placement, SpecFactory, WorkerSupervisor
@@ -58,6 +59,7 @@ def spec_factory(document: DeploymentDocument) -> SpecFactory:
             engine=spec.engine,
             router_address=document.router_address,
             host="0.0.0.0",
+            metrics_port=WORKER_METRICS_PORT,  # one worker per pod: a fixed, scrapable port
             adapters=tuple(spec.adapters),
             redis_url=redis,
         )

@@ -14,6 +14,7 @@ latencies and adapter names only: no prompt, token or request id ever reaches it
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from mainsail.workers.engine import EngineMetrics, Histogram
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,17 @@ def serve_worker_metrics(
     host: str,
     port: int,
 ) -> MetricsServer:
-    """Start a worker's `/metrics` on ``host:port`` (0 = a free port) with its own registry."""
+    """Start a worker's `/metrics` on ``host:port`` (0 = a free port) with its own registry.
+
+    A fixed port that is taken (a replaced worker's predecessor still holding it) falls back
+    to a free one with a warning: metrics are not worth failing the worker's start over, and
+    the address actually bound is the one registered with the router."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(model_name, snapshot, cache))
-    return MetricsServer(registry, host, port)
+    try:
+        return MetricsServer(registry, host, port)
+    except OSError as exc:
+        if port == 0:
+            raise
+        log.warning("metrics port %s:%d unavailable (%s); serving on a free port", host, port, exc)
+        return MetricsServer(registry, host, 0)
