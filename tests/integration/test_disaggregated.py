@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from support.reference import greedy_tokens
 
 from mainsail.cli.local.redis_server import RedisServer
@@ -27,6 +29,12 @@ MAX_TOKENS = 12
 
 def _prompt_ids(n: int) -> list[int]:
     return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+
+
+async def _scrape(host: WorkerHost) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"http://{host.metrics_address}/metrics")).text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir: Path) -> None:
@@ -74,6 +82,15 @@ async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir:
         # The decode worker never computed this prompt: its 6 full blocks came from Redis.
         assert fetched.loader.tier.stats.fetched_blocks >= 6
         assert decode.engine.metrics().prefix_hit_tokens >= 6 * 16
+        # The same figures on the workers' own /metrics.
+        scraped = {role: await _scrape(host) for role, host in hosts.items()}
+        assert scraped["prefill"]["mainsail_worker_kv_tier_stored_blocks_total"] >= 6
+        assert scraped["decode"]["mainsail_worker_kv_tier_fetched_blocks_total"] >= 6
+        assert scraped["decode"]["mainsail_worker_kv_tier_hit_tokens_total"] >= 6 * 16
+        assert scraped["decode"]["vllm:prefix_cache_hits_total"] >= 6 * 16
+        for values in scraped.values():
+            assert values["mainsail_worker_kv_tier_checksum_misses_total"] == 0
+            assert values["mainsail_worker_kv_tier_errors_total"] == 0
     finally:
         for host in hosts.values():
             await host.stop()

@@ -17,8 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from mainsail.spec.deployment import Adapter
 from mainsail.workers.checkpoint import generate_adapter, generate_checkpoint
@@ -237,6 +239,25 @@ def test_corrupt_adapter_fails_engine_start(
         Engine(model, EngineConfig(max_model_len=256, adapters={"w": wrong_rank}))
 
 
+def test_metrics_name_the_adapters_of_running_and_waiting_requests(
+    setup: tuple[Path, dict[str, Path]],
+) -> None:
+    model, adapters = setup
+    engine = Engine(model, EngineConfig(max_model_len=256, max_num_seqs=1, adapters=adapters))
+    engine.add_request(EngineRequest("a", _prompt(20, 6), GREEDY, adapter="x"))
+    engine.add_request(EngineRequest("b", _prompt(20, 7), GREEDY, adapter="y"))
+    engine.add_request(EngineRequest("c", _prompt(20, 8), GREEDY))
+    before = engine.metrics()
+    assert (before.running_adapters, before.waiting_adapters) == ((), ("x", "y"))
+    engine.step()  # one slot: the first request runs, the others wait
+    during = engine.metrics()
+    assert (during.running_adapters, during.waiting_adapters) == (("x",), ("y",))
+    _drain(engine)
+    after = engine.metrics()
+    assert (after.running_adapters, after.waiting_adapters) == ((), ())
+    assert after.e2e.count == after.num_requests_finished == 3
+
+
 async def test_worker_host_serves_generated_adapters(
     setup: tuple[Path, dict[str, Path]], tmp_path: Path
 ) -> None:
@@ -261,5 +282,12 @@ async def test_worker_host_serves_generated_adapters(
         direct = Engine(model, EngineConfig(adapters={"x": adapters["x"]}))
         assert got["x"] == _generate(direct, {"x": (_prompt(12, 4), "x")})["x"]
         assert len({tuple(v) for v in got.values()}) == 3
+        async with httpx.AsyncClient(timeout=10) as http:
+            text = (await http.get(f"http://{host.metrics_address}/metrics")).text
+        (lora,) = [
+            s for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "vllm:lora_requests_info"
+        ]  # fmt: skip
+        assert lora.labels["max_lora"] == "2" and lora.value > 0
     finally:
         await host.stop()

@@ -102,8 +102,8 @@ class AsyncEngine:
         self._send(_Abort(request_id))
 
     def metrics(self) -> EngineMetrics:
-        """The snapshot taken after the latest step."""
-        return self._metrics
+        """The snapshot taken after the latest step, with the KV tier's counters as of now."""
+        return self.engine.with_tier_counters(self._metrics)
 
     async def flush_kv_tier(self, timeout: float) -> bool:
         """Wait (off the event loop) until the blocks handed to the shared KV tier so far are

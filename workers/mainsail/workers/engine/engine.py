@@ -272,6 +272,12 @@ class Engine:
             running_adapters=_adapter_names(self._scheduler.running),
             waiting_adapters=_adapter_names(self._scheduler.waiting),
         )
+        return self.with_tier_counters(snap)
+
+    def with_tier_counters(self, snap: EngineMetrics) -> EngineMetrics:
+        """``snap`` with the shared tier's counters as of now. They grow on the tier's own
+        threads too (writes finish after the step that queued them), so a reader on another
+        thread (`AsyncEngine.metrics`) refreshes them rather than keep the last step's."""
         if self._tier is None:
             return snap
         tier = self._tier.tier.stats
