@@ -702,6 +702,14 @@ class Node:
             evictionHard: {{memory.available: 100Mi}}
             imageGCHighThresholdPercent: 100
             imageGCLowThresholdPercent: 99
+            # The node shares the host's disk with everything else on it: the default 10-15 %
+            # free-space thresholds put it under disk pressure (taint, evictions) on a busy
+            # machine while gigabytes are still free.
+            evictionHard:
+              memory.available: "100Mi"
+              nodefs.available: "2%"
+              imagefs.available: "2%"
+              nodefs.inodesFree: "2%"
             serializeImagePulls: false
             authentication:
               anonymous: {{enabled: false}}

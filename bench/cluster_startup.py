@@ -1,0 +1,141 @@
+"""The cluster path's start-up figures on the test bed's node: `kubectl apply` -> Ready and ->
+first token, worker pod start -> worker registered, and `kubectl scale` -> new worker serving.
+
+Starts a single-node cluster with KubeRay (tests/support/node.py, as root), imports the four
+images of the current sources (`deploy/images/build.py` must have built them), installs the
+chart, applies deploy/examples/tiny.yaml (pool CPU request lowered to fit two cores) and
+prints each phase. Figures for docs/benchmarks.md; never asserted in tests. Usage (as root):
+`python bench/cluster_startup.py [--keep-images]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.node import Node, start_node, support_problem  # noqa: E402
+
+NAMES = {"operator": "operator", "router": "router", "worker": "worker", "redis": "cache"}
+
+
+def _images() -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in NAMES:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "deploy/images/build.py"), "--print", name],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        tar = Path(proc.stdout.strip().splitlines()[-1])
+        out[name] = json.loads(tar.with_suffix(".json").read_text())
+    return out
+
+
+def _credentials(node: Node, ns: str) -> tuple[str, str]:
+    """(a client API key, the admin token) from the Secret the operator issued."""
+    out = node.kubectl("get", "secret", "-n", ns, "tiny-worker-credential", "-o", "json").stdout
+    data = {k: base64.b64decode(v).decode() for k, v in json.loads(out)["data"].items()}
+    return data["apiKeys"].split(",")[0].strip(), data["adminToken"].strip()
+
+
+def _registered(node: Node, ip: str, admin: str) -> set[str]:
+    def get() -> set[str]:
+        request = urllib.request.Request(
+            f"http://{ip}:8000/workers", headers={"Authorization": f"Bearer {admin}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return {w["id"] for w in json.loads(resp.read())["data"]}
+        except OSError:
+            return set()
+
+    return node.in_netns(get, timeout=30)
+
+
+def _first_token(base: str, api_key: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=base, api_key=api_key, max_retries=0, timeout=600)
+    stream = client.completions.create(
+        model="tiny-llama", prompt="Hello", max_tokens=4, stream=True, temperature=0
+    )
+    next(iter(stream))
+
+
+def _pod_started(node: Node, ns: str, pod: str) -> float:
+    """Seconds since the pod's container started, from the kubelet's status."""
+    info = json.loads(node.kubectl("get", "pod", "-n", ns, pod, "-o", "json").stdout)
+    started = info["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    when = datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.UTC) - when).total_seconds()
+
+
+def run(node: Node) -> dict[str, float]:
+    images = _images()
+    t0 = time.monotonic()
+    for info in images.values():
+        node.ensure_image(info["tar"])
+    figures = {"import images (s)": time.monotonic() - t0}
+    ns = "bench"
+    node.create_namespace(ns)
+    values: list[str] = []
+    for name, key in NAMES.items():
+        repository, _, tag = images[name]["ref"].rpartition(":")
+        values += [
+            "--set", f"images.{key}.repository={repository}",
+            "--set", f"images.{key}.tag={tag}",
+            "--set", f"images.{key}.pullPolicy=Never",
+        ]  # fmt: skip
+    node.helm("install", "mainsail", str(ROOT / "charts/mainsail"), "-n", ns, *values,
+              "--wait", "--timeout", "10m", timeout=900)  # fmt: skip
+    import yaml
+
+    md = yaml.safe_load((ROOT / "deploy/examples/tiny.yaml").read_text())
+    md["spec"]["pools"]["unified"]["resources"] = {"cpu": "250m", "memory": "3Gi"}
+    t0 = time.monotonic()
+    node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
+    node.kubectl("wait", "-n", ns, "--for=condition=Ready", "modeldeployment/tiny",
+                 "--timeout=1200s", timeout=1230)  # fmt: skip
+    figures["apply -> Ready (s)"] = time.monotonic() - t0
+    ip = node.service_ip(ns, "tiny-router")
+    key, admin = _credentials(node, ns)
+    node.in_netns(_first_token, f"http://{ip}:8000/v1", key, timeout=600)
+    figures["apply -> first token (s)"] = time.monotonic() - t0
+    before = _registered(node, ip, admin)
+    t0 = time.monotonic()
+    node.kubectl("scale", "-n", ns, "servingpool", "tiny-unified", "--replicas=3")
+    node.wait_for(lambda: len(_registered(node, ip, admin)) == 3, 900, "a third worker")
+    figures["scale-up -> new worker registered (s)"] = time.monotonic() - t0
+    (new,) = _registered(node, ip, admin) - before
+    # Read right after the registration was seen (1 s polling): at most ~1 s high.
+    figures["new pod's container start -> registered (s)"] = _pod_started(node, ns, new)
+    return figures
+
+
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    if problem := support_problem():
+        print(f"cannot run a node here: {problem}", file=sys.stderr)
+        return 2
+    node = start_node(kuberay=True)
+    try:
+        figures = run(node)
+    finally:
+        node.stop()
+    for name, value in figures.items():
+        print(f"{name:45s} {value:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
