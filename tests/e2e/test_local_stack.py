@@ -182,6 +182,12 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
     text = httpx.get(stack["metrics"]).text
     assert "mainsail_router_ttft_seconds_count" in text
     assert 'mainsail_router_workers{role="unified"} 2.0' in text
+    # Each worker serves its own /metrics (vLLM's names) where the router's list says.
+    workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+    assert len(workers) == stack["workers"]
+    for worker in workers:
+        scraped = httpx.get(f"http://{worker['metrics_address']}/metrics", timeout=10).text
+        assert f'vllm:num_requests_running{{model_name="{stack["model"]}"}}' in scraped
 
 
 def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> None:

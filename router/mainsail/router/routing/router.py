@@ -69,6 +69,9 @@ class Router:
         self.moves = RequestMover(config, registry, transport, self.dispatcher, self.metrics)
         self._outcome_metric: dict[str, Any] = {}
         self._slo_names = frozenset(c.name for c in config.slo.classes)
+        # The plain requests' series exist (at zero) from the start, so rates and the
+        # dashboard work before the first request.
+        self.metrics.latency(config.model_name, config.request_role, "none")
         self.preparing = BoundedPool(
             config.prepare_threads, config.max_preparing, name="mainsail-prepare"
         )
