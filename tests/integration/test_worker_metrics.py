@@ -108,7 +108,10 @@ async def test_worker_metrics_follow_the_engine(tiny_model_dir: Path) -> None:
         itl = sum(
             v for (n, _), v in routed.items() if n.endswith("inter_token_latency_seconds_count")
         )
-        assert 0 < itl <= generated - 3
+        # Tokens after each request's first chunk (a loaded worker may coalesce several
+        # tokens into the first; the fake-worker tier checks the exact count).
+        assert 0 <= itl <= generated - 3
+        assert ("mainsail_router_inter_token_latency_seconds_count", key) in routed
     # Stopped with its worker: the port is released.
     async with httpx.AsyncClient(timeout=2) as http:
         with pytest.raises(httpx.ConnectError):
