@@ -34,8 +34,12 @@ def _images() -> dict[str, dict[str, Any]]:
     for name in NAMES:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "deploy/images/build.py"), "--print", name],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True,
         )  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"image {name} of the current sources is not built: run deploy/images/build.py"
+            )
         tar = Path(proc.stdout.strip().splitlines()[-1])
         out[name] = json.loads(tar.with_suffix(".json").read_text())
     return out
