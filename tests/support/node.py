@@ -697,14 +697,11 @@ class Node:
             podLogsDir: {d / 'pod-logs'}
             readOnlyPort: 0
             healthzBindAddress: 127.0.0.1
-            # Only memory: the disk is the host's, shared with everything else on it; a disk
-            # signal would evict pods and delete imported images (it did, at 15 % free).
-            evictionHard: {{memory.available: 100Mi}}
             imageGCHighThresholdPercent: 100
             imageGCLowThresholdPercent: 99
             # The node shares the host's disk with everything else on it: the default 10-15 %
-            # free-space thresholds put it under disk pressure (taint, evictions) on a busy
-            # machine while gigabytes are still free.
+            # free-space thresholds put it under disk pressure (taint, evictions, imported
+            # images deleted - seen at 15 % free) on a busy machine while gigabytes are free.
             evictionHard:
               memory.available: "100Mi"
               nodefs.available: "2%"
