@@ -19,7 +19,6 @@ import concurrent.futures
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
+from support.chart_images import chart_image as _image
+from support.chart_images import helm_image_values as _helm_values
 from support.node import Node
 from support.stack import running_stack
 
@@ -38,36 +39,6 @@ EXAMPLE = ROOT / "deploy" / "examples" / "tiny.yaml"
 READY_TIMEOUT_S = 1200.0
 PROMPT = "The harbour master counted the sails"
 MAX_TOKENS = 24
-
-
-def _image(name: str) -> dict[str, Any]:
-    """The cached image of the current sources: {ref, tar, key}; skip (or fail) without it."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "deploy/images/build.py"), "--print", name],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    tar = Path(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
-    if tar is None or not tar.is_file():
-        message = f"image {name} of the current sources is not built (deploy/images/build.py)"
-        if os.environ.get("MAINSAIL_IMAGES_REQUIRED") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    info: dict[str, Any] = json.loads(tar.with_suffix(".json").read_text())
-    return info
-
-
-def _helm_values(images: dict[str, dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for name, chart_key in (
-        ("operator", "operator"), ("router", "router"), ("worker", "worker"), ("redis", "cache"),
-    ):  # fmt: skip
-        repository, _, tag = images[name]["ref"].rpartition(":")
-        out += [
-            "--set", f"images.{chart_key}.repository={repository}",
-            "--set", f"images.{chart_key}.tag={tag}",
-            "--set", f"images.{chart_key}.pullPolicy=Never",
-        ]  # fmt: skip
-    return out
 
 
 def _diagnostics(node: Node, ns: str) -> str:
