@@ -36,6 +36,30 @@ from mainsail.workers.supervisor import WorkerSupervisor
 Progress = Callable[[str], None]
 
 
+RAY_START_ATTEMPTS = 3
+"""Local Ray starts tried before giving up: Ray waits a fixed 30 s for its raylet to register
+and fails the start on a machine busy enough to exceed it (seen on 2 cores under load)."""
+
+
+def init_ray_retrying(
+    init: Callable[[], object],
+    shutdown: Callable[[], None],
+    progress: Progress,
+    attempts: int = RAY_START_ATTEMPTS,
+) -> None:
+    """Start local Ray, starting it again (after `shutdown`, which stops the processes that
+    start made) when only Ray's own start-up wait ran out; any other error is raised at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            init()
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this case
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            progress(f"Local Ray was slow to start ({exc}); starting it again")
+            shutdown()
+
+
 @dataclass
 class StackOptions:
     """Command-line choices that override or complete the deployment for a local run."""
@@ -179,13 +203,17 @@ class LocalStack:
             pool_resource(role): float(self._replicas(pool.replicas))
             for role, pool in self._pools().items()
         }
-        ray.init(
-            num_cpus=max(1, total),
-            resources=roles,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            namespace=f"mainsail-{self.deployment.metadata.name}",
+        init_ray_retrying(
+            lambda: ray.init(
+                num_cpus=max(1, total),
+                resources=roles,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                namespace=f"mainsail-{self.deployment.metadata.name}",
+            ),
+            ray.shutdown,
+            self.progress,
         )
         self.ray_started = True
         if previous is not None and threading.current_thread() is threading.main_thread():
