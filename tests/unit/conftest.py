@@ -2,7 +2,10 @@
 
 Why: unit tests run on injected clocks and in-process fakes, so the slowest takes seconds; a
 unit test that hangs should fail in `UNIT_TIMEOUT_S`, not after the suite-wide 300 s meant for
-tiers that start real servers.
+tiers that start real servers. The bound covers fixture setup too, so it leaves room for the
+one-time costs a first test pays on a loaded 2-core machine: generating the tiny checkpoint on a
+clean clone (~4 s with the torch import) and torch's first forward pass (~2.5 s, LoRA tests).
+A test that waits for a router timeout advances a `ManualClock` instead of sleeping it out.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT_TIMEOUT_S = 30
+UNIT_TIMEOUT_S = 10
 _HERE = Path(__file__).parent
 
 

@@ -3,20 +3,29 @@ workers and Redis: tests/integration/test_disaggregated.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.routing.router import Router
-from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
+from mainsail.router.testing import (
+    FakeTransport,
+    ManualClock,
+    add_fake_worker,
+    fake_router,
+    held_at_router,
+)
 
 pytestmark = pytest.mark.unit
 
 
-def _router(model_dir: Path, roles: tuple[str, ...]) -> tuple[Router, FakeTransport]:
+def _router(
+    model_dir: Path, roles: tuple[str, ...], clock: ManualClock | None = None
+) -> tuple[Router, FakeTransport]:
     router, transport = fake_router(
-        model_dir, request_role="decode", disaggregated=True, resume_timeout=0.2,
+        model_dir, clock=clock, request_role="decode", disaggregated=True, resume_timeout=0.2,
         dispatch_timeout=0.5,
         cold_start_timeout=0.5,
     )  # fmt: skip
@@ -29,6 +38,10 @@ def _request(max_tokens: int) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         model="tiny", prompt="a b c d", sampling=pb.SamplingParams(max_tokens=max_tokens)
     )
+
+
+async def _collect(router: Router, request: pb.GenerateRequest) -> list[pb.GenerateResponse]:
+    return [r async for r in router.generate(request)]
 
 
 async def test_prefill_worker_gets_one_token_then_decode_continues(tiny_model_dir: Path) -> None:
@@ -58,7 +71,12 @@ async def test_one_token_requests_and_missing_pools(tiny_model_dir: Path) -> Non
     assert {r.worker_id for r in responses} == {"decode"}
     assert not transport.workers["decode:1"].submitted[0].kv_publish
 
-    router, transport = _router(tiny_model_dir, ("prefill",))  # prefill only: no decode half
-    responses = [r async for r in router.generate(_request(3))]
+    clock = ManualClock()  # prefill only: no decode half, given up after resume_timeout
+    router, transport = _router(tiny_model_dir, ("prefill",), clock)
+    pending = asyncio.ensure_future(_collect(router, _request(3)))
+    await held_at_router(router)
+    clock.advance(0.2)
+    router.notify()
+    responses = await pending
     assert responses[-1].finish_reason == "error"
     assert "no decode worker" in responses[-1].error

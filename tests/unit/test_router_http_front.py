@@ -21,7 +21,13 @@ from mainsail.router.kvindex import GlobalKVIndex
 from mainsail.router.routing.router import Router
 from mainsail.router.scheduling import build_profile
 from mainsail.router.settings import RouterConfig
-from mainsail.router.testing import FakeTransport, FakeWorker, add_fake_worker
+from mainsail.router.testing import (
+    FakeTransport,
+    FakeWorker,
+    add_fake_worker,
+    held_at_router,
+    settle,
+)
 from mainsail.spec.deployment import SLO, SLOClass
 from mainsail.spec.kvhash import KVHashConfig
 from mainsail.spec.tokenizer import Tokenizer
@@ -53,21 +59,6 @@ def make_router(
         clock=clock,
     )
     return router, transport
-
-
-async def held_at_router(router: Router, count: int = 1) -> None:
-    """Until ``count`` requests wait for a worker (bounded: 5 s of event-loop turns)."""
-    for _ in range(500):
-        if router.chooser.waiting == count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{router.chooser.waiting} requests waiting, expected {count}")
-
-
-async def settle() -> None:
-    """Let woken tasks run (no time passes on the router's fake clock)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def add_worker(router: Router, transport: FakeTransport, name: str, **behaviour: Any) -> FakeWorker:

@@ -4,6 +4,7 @@ after a worker fails mid-stream, on `POST /workers/<id>/drain`, and on `POST
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ from support.http import serving, sse_events
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.routing.router import Router
-from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
+from mainsail.router.testing import (
+    FakeTransport,
+    ManualClock,
+    add_fake_worker,
+    fake_router,
+    held_at_router,
+    settle,
+)
 from mainsail.spec import sse
 
 pytestmark = pytest.mark.unit
@@ -22,12 +30,18 @@ MODEL = "tiny"
 
 
 @pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
 async def client(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, clock: ManualClock
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Router, FakeTransport]]:
     router, transport = fake_router(
         tiny_model_dir,
         MODEL,
+        clock=clock,
         dispatch_timeout=0.2,
         resume_timeout=0.2,
         max_body_bytes=2048,
@@ -39,18 +53,35 @@ async def client(
 
 
 async def test_worker_dying_mid_stream_with_no_other_worker_ends_with_error_event(
-    client: Any,
+    client: Any, clock: ManualClock
 ) -> None:
-    http, _, transport = client
+    """Each of `max_resumes` moves waits `resume_timeout` for a worker, then the stream ends
+    with an error; a new request is held `cold_start_timeout`, then 503 (timeouts fired on
+    the router's clock, not waited out)."""
+    http, router, transport = client
     transport.workers["w0:1"].fail_after = 2
-    resp = await http.post(
-        "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True}
+    pending = asyncio.ensure_future(
+        http.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True},
+        )
     )
-    events = sse_events(resp.text)
+    for _ in range(router.config.max_resumes):  # each move looks for another worker
+        await held_at_router(router)
+        assert not pending.done()
+        clock.advance(0.2)  # resume_timeout
+        router.notify()
+        await settle()  # the timed-out move gives up before the next one starts waiting
+    events = sse_events((await pending).text)
     assert events[-1] == "[DONE]"
     assert "worker died" in events[-2]["error"]["message"]
-    resp = await http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
-    assert resp.status_code in (502, 503)
+    pending = asyncio.ensure_future(
+        http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
+    )
+    await held_at_router(router)  # no worker left: held for a cold start
+    clock.advance(0.2)  # cold_start_timeout
+    router.notify()
+    assert (await pending).status_code == 503
 
 
 async def test_worker_dying_mid_stream_moves_the_request_to_another_worker(client: Any) -> None:

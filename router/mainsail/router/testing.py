@@ -1,5 +1,8 @@
 """Fakes shipped with the router, for unit tests, demos and overhead benchmarks.
 
+`ManualClock` is a clock that moves only when told: inject it into the router, park a request on
+a timeout, `advance` past it and `Router.notify` - the timeout fires without the test waiting.
+
 `FakeTransport` stands in for the gRPC transport: each registered address behaves like a
 worker that streams `max_tokens` deterministic tokens, optionally slowly or failing at a
 chosen point. It exercises the router's real request path (validation, scheduling,
@@ -10,7 +13,8 @@ fail-over, streaming) without an engine; it is never the only evidence that a fe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,11 +126,43 @@ def idle_worker(worker_id: str = "w", **changes: Any) -> WorkerSnapshot:
     return WorkerSnapshot(**fields)
 
 
+class ManualClock:
+    """Seconds that pass only on `advance` (a `Router`'s ``clock``)."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def held_at_router(router: Router, count: int = 1) -> None:
+    """Until ``count`` requests wait for a worker in ``router`` (bounded: 5 s)."""
+    for _ in range(500):
+        if router.chooser.waiting == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{router.chooser.waiting} requests waiting, expected {count}")
+
+
+async def settle(turns: int = 10) -> None:
+    """Let woken tasks run ``turns`` event-loop turns (no time passes on a `ManualClock`)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
 def fake_router(
-    model_dir: Path, model: str = "tiny", **config: Any
+    model_dir: Path,
+    model: str = "tiny",
+    clock: Callable[[], float] | None = None,
+    **config: Any,
 ) -> tuple[Router, FakeTransport]:
     """A real `Router` (tokenizer of ``model_dir``, default profile, exact KV index) over a
-    `FakeTransport`; ``config`` overrides `RouterConfig` fields."""
+    `FakeTransport`, on ``clock`` if given (else real time); ``config`` overrides
+    `RouterConfig` fields."""
     settings = RouterConfig(
         model_name=model, model_dir=model_dir, **{"max_model_len": 256, **config}
     )
@@ -138,6 +174,7 @@ def fake_router(
         transport,
         build_profile(settings.profile),
         GlobalKVIndex(max_blocks=10_000),
+        clock=time.monotonic if clock is None else clock,
     )
     return router, transport
 
