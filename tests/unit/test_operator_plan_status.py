@@ -199,13 +199,17 @@ async def test_coalescer_runs_one_pass_at_a_time_and_folds_requests() -> None:
 
 
 async def test_coalescer_waiters_see_the_error() -> None:
+    gate = asyncio.Event()
+
     async def run(key: str) -> None:
-        await asyncio.sleep(0.01)
+        await gate.wait()
         raise RuntimeError("boom")
 
     coalescer: Coalescer[str] = Coalescer(run)
     first = asyncio.create_task(coalescer.request("a"))
     await asyncio.sleep(0)
     second = asyncio.create_task(coalescer.request("a"))
+    await asyncio.sleep(0)  # the second joins the pass in flight
+    gate.set()
     results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 1)
     assert all(isinstance(r, RuntimeError) for r in results)

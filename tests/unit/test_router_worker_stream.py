@@ -28,6 +28,14 @@ class RecordingEngine(FakeEngine):
     def __init__(self, token_delay: float = 0.0) -> None:
         super().__init__(token_delay=token_delay)
         self.aborted: list[str] = []
+        self._abort_seen = asyncio.Event()
+
+    async def until_aborted(self, request_id: str) -> None:
+        """Until the worker has aborted ``request_id`` (bounded: 5 s)."""
+        async with asyncio.timeout(5):
+            while request_id not in self.aborted:
+                self._abort_seen.clear()
+                await self._abort_seen.wait()
 
     async def generate(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
         if req.prompt_token_ids == [0]:
@@ -37,6 +45,7 @@ class RecordingEngine(FakeEngine):
 
     def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
+        self._abort_seen.set()
 
 
 @asynccontextmanager
@@ -104,10 +113,7 @@ async def test_stopping_early_aborts_at_the_worker() -> None:
         async with aclosing(transport.submit(address, request("early", 50))) as stream:
             first = await anext(stream)
         assert first.text == " w0"
-        for _ in range(100):
-            if engine.aborted:
-                break
-            await asyncio.sleep(0.01)
+        await engine.until_aborted("early")
         await transport.close()
     assert engine.aborted == ["early"]
 
@@ -179,11 +185,7 @@ async def test_a_consumer_that_stops_reading_cannot_grow_the_router() -> None:
         rest = [chunk async for chunk in slow]
         assert len(rest) <= 9
         assert rest[-1].finish_reason == "error" and "RESOURCE_EXHAUSTED" in rest[-1].error
-        for _ in range(100):
-            if "slow" in engine.aborted:
-                break
-            await asyncio.sleep(0.01)
-        assert "slow" in engine.aborted
+        await engine.until_aborted("slow")
         other = await collect(stream.submit(request("other", 3)))
         assert other[-1].finish_reason == "length"
         stream.close()

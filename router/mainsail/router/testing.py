@@ -44,6 +44,8 @@ class FakeWorker:
     submitted: list[pb.WorkerRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     kv_batches: list[pb.KVEventBatch] = field(default_factory=list)
+    abort_seen: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set on each abort: a paused stream waits on it rather than polling `aborted`."""
 
 
 class FakeTransport:
@@ -72,7 +74,8 @@ class FakeTransport:
                 await asyncio.sleep(worker.token_delay)
             if worker.pause_after is not None and i >= worker.pause_after:
                 while request.request_id not in worker.aborted:
-                    await asyncio.sleep(0.002)
+                    worker.abort_seen.clear()
+                    await worker.abort_seen.wait()
             if request.request_id in worker.aborted:  # as the engine does: a final "abort"
                 yield pb.TokenChunk(request_id=request.request_id, finish_reason="abort")
                 return
@@ -92,6 +95,7 @@ class FakeTransport:
         worker = self.workers.get(address)
         if worker is not None:
             worker.aborted.append(request_id)
+            worker.abort_seen.set()
 
     async def kv_events(self, address: str) -> AsyncIterator[pb.KVEventBatch]:
         worker = self.workers.get(address)
