@@ -24,6 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.chart_images import helm_image_values  # noqa: E402
 from support.node import Node, start_node, support_problem  # noqa: E402
 
 NAMES = {"operator": "operator", "router": "router", "worker": "worker", "redis": "cache"}
@@ -92,14 +93,7 @@ def run(node: Node) -> dict[str, float]:
     figures = {"import images (s)": time.monotonic() - t0}
     ns = "bench"
     node.create_namespace(ns)
-    values: list[str] = []
-    for name, key in NAMES.items():
-        repository, _, tag = images[name]["ref"].rpartition(":")
-        values += [
-            "--set", f"images.{key}.repository={repository}",
-            "--set", f"images.{key}.tag={tag}",
-            "--set", f"images.{key}.pullPolicy=Never",
-        ]  # fmt: skip
+    values = helm_image_values(images)
     node.helm("install", "mainsail", str(ROOT / "charts/mainsail"), "-n", ns, *values,
               "--wait", "--timeout", "10m", timeout=900)  # fmt: skip
     import yaml

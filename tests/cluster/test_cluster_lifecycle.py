@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 import yaml
 from support.chart_images import IMAGE_NAMES, chart_image, helm_image_values
+from support.greedy import ask_greedy
 from support.node import Node, NodeError
 from support.stack import running_stack
 
@@ -81,18 +82,7 @@ def _unified_document() -> dict[str, Any]:
 
 def _ask(base_url: str, api_key: str) -> tuple[str, str, int]:
     """(non-streamed text, streamed text joined, completion tokens) of the greedy request."""
-    import openai
-
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
-    kwargs: dict[str, Any] = {
-        "model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
-        "extra_body": {"ignore_eos": True},
-    }  # fmt: skip
-    whole = client.completions.create(**kwargs)
-    parts = list(client.completions.create(stream=True, **kwargs))
-    streamed = "".join(p.choices[0].text for p in parts if p.choices)
-    assert whole.usage is not None
-    return whole.choices[0].text, streamed, whole.usage.completion_tokens
+    return ask_greedy(base_url, api_key, MODEL, PROMPT, MAX_TOKENS)
 
 
 @pytest.fixture(scope="module")

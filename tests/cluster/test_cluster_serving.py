@@ -23,12 +23,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from support.chart_images import chart_image as _image
 from support.chart_images import helm_image_values as _helm_values
+from support.greedy import ask_greedy
 from support.node import Node
 from support.stack import running_stack
 
@@ -69,18 +69,7 @@ def _credentials(node: Node, ns: str) -> tuple[str, str]:
 
 def _ask(base_url: str, api_key: str = "none") -> tuple[str, str, int]:
     """(non-streamed text, streamed text joined, completion tokens) of the greedy request."""
-    import openai
-
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
-    kwargs: dict[str, Any] = {
-        "model": "tiny-llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
-        "extra_body": {"ignore_eos": True},
-    }  # fmt: skip
-    whole = client.completions.create(**kwargs)
-    parts = list(client.completions.create(stream=True, **kwargs))
-    streamed = "".join(p.choices[0].text for p in parts if p.choices)
-    assert whole.usage is not None
-    return whole.choices[0].text, streamed, whole.usage.completion_tokens
+    return ask_greedy(base_url, api_key, "tiny-llama", PROMPT, MAX_TOKENS)
 
 
 @pytest.fixture(scope="module")
