@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=0)
     parser.add_argument("--grpc-port", type=int, default=0)
-    parser.add_argument("--router", help="Mainsail router gRPC host:port to register with.")
+    parser.add_argument("--router", help="Mainsail router fleet port (host:port) to register with.")
     parser.add_argument("--worker-id", default="fake-0")
     parser.add_argument("--model", default="bench")
     parser.add_argument("--token-delay", type=float, default=0.0, help="Seconds between tokens.")

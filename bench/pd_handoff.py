@@ -42,7 +42,8 @@ async def measure(
     engine = EngineSettings(max_model_len=2048, max_batched_tokens=512)
     router = RouterServer(
         RouterConfig(
-            model_name="m", model_dir=model_dir, http_port=0, grpc_port=0, max_model_len=2048,
+            model_name="m", model_dir=model_dir, http_port=0, grpc_port=0, fleet_port=0,
+            max_model_len=2048,
             request_role="decode", disaggregated=True, kv_hash=engine.kv_hash(),
         )
     )  # fmt: skip
@@ -53,7 +54,7 @@ async def measure(
             host = WorkerHost(
                 WorkerSpec(
                     worker_id=f"w-{role}", role=role, model_name="m", model_dir=model_dir,
-                    engine=engine, router_address=f"127.0.0.1:{router.grpc_port}",
+                    engine=engine, router_address=f"127.0.0.1:{router.fleet_port}",
                     redis_url=redis_url,
                 )
             )  # fmt: skip

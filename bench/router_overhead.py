@@ -159,7 +159,12 @@ def main() -> int:
     model_dir = ensure_checkpoint("llama")
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-bench-"))
     config = RouterConfig(
-        model_name="bench", model_dir=model_dir, http_port=0, grpc_port=0, max_model_len=1024
+        model_name="bench",
+        model_dir=model_dir,
+        http_port=0,
+        grpc_port=0,
+        fleet_port=0,
+        max_model_len=1024,
     )
     (tmp / "router.json").write_text(config.model_dump_json())
     router = subprocess.Popen(
@@ -184,7 +189,7 @@ def main() -> int:
             worker_id="fake-0",
             model_name="bench",
             model_dir=model_dir,
-            router_address=f"127.0.0.1:{ports['grpc_port']}",
+            router_address=f"127.0.0.1:{ports['fleet_port']}",
             port=worker_port,
             fake_engine=True,
         )

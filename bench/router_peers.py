@@ -243,6 +243,7 @@ def start_all(
         model_dir=ensure_checkpoint("llama"),
         http_port=0,
         grpc_port=0,
+        fleet_port=0,
         max_model_len=1024,
     )
     (tmp / "mainsail.json").write_text(config.model_dump_json())
@@ -253,7 +254,7 @@ def start_all(
     for k in range(args.backends):
         ready = tmp / f"backend{k}.ready"
         cmd = [sys.executable, str(HERE / "fake_openai_backend.py"), "--ready-file", str(ready)]
-        cmd += ["--router", f"127.0.0.1:{ms_ports['grpc_port']}", "--worker-id", f"fake-{k}"]
+        cmd += ["--router", f"127.0.0.1:{ms_ports['fleet_port']}", "--worker-id", f"fake-{k}"]
         cmd += ["--token-delay", str(args.token_delay), "--model", MODEL]
         proc = procs.start(f"backend{k}", cmd)
         backends.append(f"http://127.0.0.1:{_wait_file(ready, proc)['http_port']}")

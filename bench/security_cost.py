@@ -70,7 +70,12 @@ class Stack:
 
     def start(self, model_dir: Path) -> tuple[str, str]:
         config = RouterConfig(
-            model_name="bench", model_dir=model_dir, http_port=0, grpc_port=0, max_model_len=1024
+            model_name="bench",
+            model_dir=model_dir,
+            http_port=0,
+            grpc_port=0,
+            fleet_port=0,
+            max_model_len=1024,
         )
         (self.tmp / "router.json").write_text(config.model_dump_json())
         ready = self.tmp / "ready"
@@ -88,7 +93,7 @@ class Stack:
         ports = json.loads(ready.read_text())
         spec = WorkerSpec(
             worker_id="fake-0", model_name="bench", model_dir=model_dir,
-            router_address=f"127.0.0.1:{ports['grpc_port']}", port=free_port(), fake_engine=True,
+            router_address=f"127.0.0.1:{ports['fleet_port']}", port=free_port(), fake_engine=True,
         )  # fmt: skip
         (self.tmp / "worker.json").write_text(spec.model_dump_json())
         self.procs.append(

@@ -175,6 +175,7 @@ def test_grpc_generate_health_and_reflection(stack: dict[str, Any]) -> None:
         )
         names = {s.name for s in reply.list_services_response.service}
         assert "mainsail.proto.v1.Inference" in names
+        assert "mainsail.proto.v1.Registry" not in names  # workers register on the fleet port
 
 
 def test_metrics_and_health(stack: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir:
     redis = RedisServer(maxmemory="64mb").start()
     router = RouterServer(
         RouterConfig(
-            model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0,
+            model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0, fleet_port=0,
             max_model_len=512, request_role="decode", disaggregated=True,
         )
     )  # fmt: skip
@@ -52,7 +52,7 @@ async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir:
             host = WorkerHost(
                 WorkerSpec(
                     worker_id=f"w-{role}", role=role, model_name="tiny", model_dir=tiny_model_dir,
-                    router_address=f"127.0.0.1:{router.grpc_port}", redis_url=redis.url,
+                    router_address=f"127.0.0.1:{router.fleet_port}", redis_url=redis.url,
                 )
             )  # fmt: skip
             await host.start()
@@ -103,7 +103,7 @@ async def test_without_a_prefill_worker_requests_run_whole_on_decode(
 ) -> None:
     router = RouterServer(
         RouterConfig(
-            model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0,
+            model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0, fleet_port=0,
             max_model_len=512, request_role="decode", disaggregated=True,
         )
     )  # fmt: skip
@@ -116,7 +116,7 @@ async def test_without_a_prefill_worker_requests_run_whole_on_decode(
     try:
         await router.start()
         host = WorkerHost(
-            host.spec.model_copy(update={"router_address": f"127.0.0.1:{router.grpc_port}"})
+            host.spec.model_copy(update={"router_address": f"127.0.0.1:{router.fleet_port}"})
         )
         await host.start()
         await host.wait_registered(30)

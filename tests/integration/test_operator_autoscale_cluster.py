@@ -159,7 +159,7 @@ def test_a_request_wakes_a_pool_scaled_to_zero(
             assert "idle" not in reason() and not held.done()  # the held request is the load
             spec = WorkerSpec(
                 worker_id="zero-unified-0", model_name="tiny-zero", model_dir=tiny_model_dir,
-                router_address=router.grpc,
+                router_address=router.fleet,
             )  # fmt: skip
             spec_file = tmp_path / "worker.json"
             spec_file.write_text(spec.model_dump_json())

@@ -66,6 +66,10 @@ CASES = {
         _with("spec.model", {"name": "x"}),
         ["spec.model", "set exactly one of path or generate"],
     ),
+    "cel-router-ports": (
+        _with("spec.router", {"fleetPort": 50051}),
+        ["spec.router.fleetPort", "httpPort, grpcPort and fleetPort must differ"],
+    ),
     "name-length": (_with("metadata.name", "x" * 60), ["metadata.name must be at most 55"]),
     "unknown-field": (_with("spec.engine.bogus", 1), ['unknown field "spec.engine.bogus"']),
 }

@@ -64,7 +64,15 @@ def _good(text: str = "The harbour was full of sails", max_tokens: int = 4) -> p
 async def test_the_registry_refuses_callers_without_the_worker_token(tiny_model_dir: Path) -> None:
     async with fleet(tiny_model_dir, workers=1) as f:
         before = {e.worker_id: e.address for e in f.router.registry.entries()}
+        # The clients' gRPC port does not serve the Registry at all, token or not.
         async with grpc.aio.insecure_channel(f.grpc) as channel:
+            for md in ((), WORKER.metadata):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await pb_grpc.RegistryStub(channel).Register(
+                        _info("evil", "127.0.0.1:1"), metadata=md, timeout=5
+                    )
+                assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        async with grpc.aio.insecure_channel(f.fleet) as channel:
             registry = pb_grpc.RegistryStub(channel)
             for md in ((), f.metadata(0), (("authorization", f"Bearer {'x' * 43}"),)):
                 calls = (
@@ -346,7 +354,7 @@ async def test_cached_prefixes_are_shared_inside_a_tenant_never_across(
 
 async def test_what_workers_send_cannot_grow_the_router(tiny_model_dir: Path) -> None:
     async with fleet(tiny_model_dir, workers=1) as f:
-        async with grpc.aio.insecure_channel(f.grpc) as channel:
+        async with grpc.aio.insecure_channel(f.fleet) as channel:
             registry = pb_grpc.RegistryStub(channel)
             md = WORKER.metadata
             for i in range(300):

@@ -38,6 +38,11 @@ class Fleet:
     def grpc(self) -> str:
         return f"127.0.0.1:{self.router.grpc_port}"
 
+    @property
+    def fleet(self) -> str:
+        """The router's fleet port (workers register there)."""
+        return f"127.0.0.1:{self.router.fleet_port}"
+
     def key(self, i: int = 0) -> dict[str, str]:
         return {"Authorization": f"Bearer {CLIENT_KEYS[i]}"}
 
@@ -63,6 +68,7 @@ async def fleet(
         model_dir=model_dir,
         http_port=0,
         grpc_port=0,
+        fleet_port=0,
         max_model_len=max_model_len,
         **config,
     )
@@ -81,7 +87,7 @@ async def fleet(
                     model_name=MODEL,
                     model_dir=model_dir,
                     engine=engine or EngineSettings(max_model_len=512),
-                    router_address=f"127.0.0.1:{router.grpc_port}",
+                    router_address=f"127.0.0.1:{router.fleet_port}",
                 ),
                 worker_credential,
             )

@@ -212,7 +212,11 @@ class LoopbackRouter:
         self.http_port = _free_port()
         self.model_name = model_name
         config = RouterConfig(
-            model_name=model_name, model_dir=model_dir, http_port=self.http_port, grpc_port=0
+            model_name=model_name,
+            model_dir=model_dir,
+            http_port=self.http_port,
+            grpc_port=0,
+            fleet_port=0,
         )
         (tmp / "router.json").write_text(config.model_dump_json())
         ready = tmp / "router.ready"
@@ -225,6 +229,7 @@ class LoopbackRouter:
         ports = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), "router")
         self.kv = config.kv_hash
         self.grpc = f"127.0.0.1:{ports['grpc_port']}"
+        self.fleet = f"127.0.0.1:{ports['fleet_port']}"  # where workers register
         self.load = {"running": 0, "waiting": 0, "kv_blocks_used": 0, "kv_blocks_total": 1000}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -257,7 +262,7 @@ class LoopbackRouter:
                 kv_blocks_total=load["kv_blocks_total"],
             )
 
-        registrar = Registrar(self.grpc, info, snapshot)
+        registrar = Registrar(self.fleet, info, snapshot)
 
         async def start() -> Any:
             return asyncio.ensure_future(registrar.run()), registrar

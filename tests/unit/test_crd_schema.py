@@ -19,7 +19,13 @@ from mainsail.spec.crd import (
     structural_schema,
     to_yaml,
 )
-from mainsail.spec.deployment import Autoscaling, ModelDeploymentSpec, ModelSource, Pools
+from mainsail.spec.deployment import (
+    Autoscaling,
+    ModelDeploymentSpec,
+    ModelSource,
+    Pools,
+    RouterSettings,
+)
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +120,8 @@ def test_roles_match_the_pools_model() -> None:
         (Pools, {"encode": {}}),
         (ModelSource, {"name": "m"}),
         (ModelSource, {"name": "m", "path": "/x", "generate": "llama"}),
+        (RouterSettings, {"fleetPort": 50051}),
+        (RouterSettings, {"httpPort": 9000, "grpcPort": 9000}),
     ],
 )
 def test_cel_rules_have_pydantic_twins(model: type, document: dict[str, Any]) -> None:

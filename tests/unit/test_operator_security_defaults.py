@@ -156,6 +156,24 @@ def test_worker_pods_name_and_annotate_the_metrics_port() -> None:
         deployment="dense-pd",
         kvFingerprint=spec.engine.kv_hash().fingerprint(),
         spec=spec,
-        routerAddress="router:50051",
+        routerAddress="router:50052",
     )
     assert spec_factory(document)("decode", 0).metrics_port == WORKER_METRICS_PORT
+
+
+def test_workers_register_on_the_routers_fleet_port_never_the_client_port() -> None:
+    from mainsail.spec.config_document import DeploymentDocument
+
+    spec = _spec()
+    kinds = _by_kind(desired_children(OWNER, spec, OperatorSettings(), issuer=_counter()))
+    (router,) = kinds["Deployment"]
+    (container,) = router["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["fleet"] == spec.router.fleet_port != ports["grpc"]
+    service = next(s for s in kinds["Service"] if s["metadata"]["name"] == "dense-pd-router")
+    assert {"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"} in service[
+        "spec"
+    ]["ports"]
+    (config,) = kinds["ConfigMap"]
+    document = DeploymentDocument.model_validate_json(config["data"]["config.json"])
+    assert document.router_address == f"dense-pd-router.ns.svc:{spec.router.fleet_port}"

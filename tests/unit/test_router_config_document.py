@@ -48,7 +48,7 @@ def test_pool_sizes_stay_out_of_the_document() -> None:
     doc7 = deployment_config(owner, ModelDeployment.model_validate(scaled).spec, [])
     assert doc == doc7
     parsed = DeploymentDocument.model_validate(doc)
-    assert parsed.router_address == "tiny-router.default.svc:50051"
+    assert parsed.router_address == "tiny-router.default.svc:50052"
 
 
 def test_inconsistent_fingerprint_is_refused() -> None:

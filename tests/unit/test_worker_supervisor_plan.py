@@ -117,7 +117,7 @@ def test_cluster_workers_are_built_from_the_config_document() -> None:
     )
     spec = spec_factory(doc)("decode", 3)
     assert spec.role == "decode" and spec.worker_id == NODE_ID_PLACEHOLDER
-    assert spec.router_address == "dense-pd-router.prod.svc:50051"
+    assert spec.router_address == "dense-pd-router.prod.svc:50052"
     assert spec.redis_url == "redis://dense-pd-cache-0:6379/0"
     assert spec.generate is not None and spec.generate.seed == 7
     assert spec.engine == md.spec.engine and spec.host == "0.0.0.0"

@@ -30,10 +30,10 @@ def router_config_from_document(
     doc: dict[str, Any], host: str = "0.0.0.0", model_dir: Path | None = None
 ) -> RouterConfig:
     """A `RouterConfig` from the operator's configuration document: the same settings
-    `mainsail up` derives from the same spec (roles, SLO classes, adapters, profile), bound
-    to ``host``. ``model_dir`` (the operator's init container wrote the checkpoint there,
-    `MAINSAIL_MODEL_DIR`) wins over the spec's source. Raises `ValueError` naming what is
-    wrong."""
+    `mainsail up` derives from the same spec (roles, SLO classes, adapters, profile), its
+    client and fleet ports bound to ``host``. ``model_dir`` (the operator's init container
+    wrote the checkpoint there, `MAINSAIL_MODEL_DIR`) wins over the spec's source. Raises
+    `ValueError` naming what is wrong."""
     try:
         document = DeploymentDocument.model_validate(doc)
     except ValidationError as exc:
@@ -52,7 +52,11 @@ def router_config_from_document(
             spec.model.generate, seed=spec.model.seed, size=spec.model.size
         )
     assert model_dir is not None
-    return RouterConfig.from_deployment(document.model_deployment(), model_dir, host=host)
+    # The fleet port listens on every interface of the pod too: workers reach it by pod IP
+    # (only they may: NetworkPolicy, worker token, mutual TLS).
+    return RouterConfig.from_deployment(
+        document.model_deployment(), model_dir, host=host, fleet_host=host
+    )
 
 
 def main(argv: list[str]) -> int:

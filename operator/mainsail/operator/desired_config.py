@@ -28,9 +28,10 @@ def config_map_name(owner: Owner) -> str:
     return child_name(owner, "config")
 
 
-def router_grpc_address(owner: Owner, spec: ModelDeploymentSpec) -> str:
-    """Where workers register: the router Service's gRPC port (in-cluster DNS)."""
-    return f"{child_name(owner, 'router')}.{owner.namespace}.svc:{spec.router.grpc_port}"
+def router_fleet_address(owner: Owner, spec: ModelDeploymentSpec) -> str:
+    """Where workers register: the router Service's fleet port (in-cluster DNS), never the
+    clients' gRPC port."""
+    return f"{child_name(owner, 'router')}.{owner.namespace}.svc:{spec.router.fleet_port}"
 
 
 def deployment_config(
@@ -56,7 +57,7 @@ def deployment_config(
         "roles": sorted(spec.pools.worker_pools()),
         "cache": {"urls": cache_urls, "ttlSeconds": spec.pools.cache.ttl_seconds},
         "spec": spec_for_document(spec),
-        "routerAddress": router_grpc_address(owner, spec),
+        "routerAddress": router_fleet_address(owner, spec),
     }
 
 

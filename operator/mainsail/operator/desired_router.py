@@ -119,6 +119,7 @@ def router_deployment(
                             "ports": [
                                 {"name": "http", "containerPort": router.http_port},
                                 {"name": "grpc", "containerPort": router.grpc_port},
+                                {"name": "fleet", "containerPort": router.fleet_port},
                             ],
                             "env": [
                                 *common_env(owner, spec),
@@ -148,7 +149,8 @@ def router_deployment(
 
 
 def router_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """ClusterIP Service: the deployment's endpoint (HTTP and gRPC)."""
+    """ClusterIP Service: the deployment's endpoint (HTTP and gRPC) and the workers' fleet
+    port (registration; the router's NetworkPolicy admits only the deployment's Ray pods)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -159,6 +161,7 @@ def router_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
             "ports": [
                 {"name": "http", "port": spec.router.http_port, "targetPort": "http"},
                 {"name": "grpc", "port": spec.router.grpc_port, "targetPort": "grpc"},
+                {"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"},
             ],
         },
     }

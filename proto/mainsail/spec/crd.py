@@ -36,6 +36,7 @@ from mainsail.spec.deployment import (
     ModelSource,
     Pool,
     Pools,
+    RouterSettings,
     SpecModel,
 )
 
@@ -158,6 +159,15 @@ CEL_RULES: dict[type[BaseModel], list[Schema]] = {
             "message": "set unified, or both prefill and decode",
             "reason": "FieldValueRequired",
         },
+    ],
+    RouterSettings: [
+        {
+            "rule": "self.httpPort != self.grpcPort && self.fleetPort != self.httpPort"
+            " && self.fleetPort != self.grpcPort",
+            "message": "httpPort, grpcPort and fleetPort must differ",
+            "fieldPath": ".fleetPort",
+            "reason": "FieldValueInvalid",
+        }
     ],
     ModelSource: [
         {

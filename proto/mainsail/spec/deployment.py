@@ -232,6 +232,13 @@ class RouterSettings(SpecModel):
     replicas: int = Field(1, ge=1, le=100)
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(50051, ge=1, le=65535)
+    fleet_port: int = Field(
+        50052,
+        ge=1,
+        le=65535,
+        description="Where workers register with the router (the Registry, worker token and "
+        "mutual TLS); not a client port: only the deployment's worker pods may reach it.",
+    )
     profile: RoutingProfile = RoutingProfile()
     kv_index_max_blocks: int = Field(
         1_000_000, ge=1, description="Cap on the global KV index (block ids kept)."
@@ -248,6 +255,12 @@ class RouterSettings(SpecModel):
         description="Seconds the router holds a request while no worker is registered (pools "
         "scaled to zero: the held request is the demand that wakes them) before answering 503.",
     )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> RouterSettings:
+        if len({self.http_port, self.grpc_port, self.fleet_port}) < 3:
+            raise ValueError("router: httpPort, grpcPort and fleetPort must differ")
+        return self
 
 
 class SLOClass(SpecModel):

@@ -6,13 +6,14 @@ reads its KV events. Neither may be reachable with a client's API key (clients h
 they leak), nor with nothing at all. So the router and its workers share one token, and can
 additionally run router -> worker gRPC over mutual TLS:
 
-    MAINSAIL_WORKER_TOKEN     shared bearer token; when set, the router's `Registry` and the
-                              worker's `Worker` service refuse calls without
-                              `authorization: Bearer <token>` (UNAUTHENTICATED)
+    MAINSAIL_WORKER_TOKEN     shared bearer token; when set, the router's `Registry` (on its
+                              own "fleet port") and the worker's `Worker` service refuse calls
+                              without `authorization: Bearer <token>` (UNAUTHENTICATED)
     MAINSAIL_WORKER_TLS_DIR   directory with `ca.crt`, `tls.crt`, `tls.key` (the layout of a
                               Kubernetes TLS Secret plus its CA); when set, workers serve the
-                              Worker API over TLS and require a client certificate signed by
-                              the CA, and the router presents its own
+                              Worker API and the router its fleet port over TLS, each requiring
+                              a client certificate signed by the CA, and each presents its own
+                              when calling the other
 
 `mainsail up` generates a token itself (nothing to set up, everything bound to loopback); on a
 cluster the operator issues both into a Secret it owns (`secret_name`) and mounts them into
@@ -25,7 +26,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,17 @@ class WorkerCredential:
             private_key=self.tls.key,
             certificate_chain=self.tls.cert,
         )
+
+    def open_channel(
+        self, address: str, options: Sequence[tuple[str, str | int]] = ()
+    ) -> grpc.aio.Channel:
+        """An aio channel to a server of the worker plane (a worker's API, the router's fleet
+        port): mutual TLS when this party has TLS material, plaintext otherwise."""
+        merged = [*options, *self.channel_options()]
+        tls = self.channel_credentials()
+        if tls is None:
+            return grpc.aio.insecure_channel(address, options=merged)
+        return grpc.aio.secure_channel(address, tls, options=merged)
 
 
 def token_guard(credential: WorkerCredential) -> grpc.aio.ServerInterceptor:

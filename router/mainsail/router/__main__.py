@@ -34,7 +34,13 @@ async def _serve(config: RouterConfig, ready_file: Path | None, parent_pid: int 
     gc.freeze()
     if ready_file is not None:
         ready_file.write_text(
-            json.dumps({"http_port": server.http_port, "grpc_port": server.grpc_port})
+            json.dumps(
+                {
+                    "http_port": server.http_port,
+                    "grpc_port": server.grpc_port,
+                    "fleet_port": server.fleet_port,
+                }
+            )
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

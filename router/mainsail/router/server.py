@@ -1,8 +1,12 @@
 """The router process: both fronts, the registry's pruning loop and the KV event feed.
 
 `RouterServer` assembles the parts from a `RouterConfig` (seams — transport, clock, RNG —
-injectable for tests) and serves HTTP (`front.http_server`, on a socket we bind with
-TCP_NODELAY) and gRPC (Inference, Registry, standard health, reflection) from one asyncio loop.
+injectable for tests) and serves, from one asyncio loop, the clients' ports — HTTP
+(`front.http_server`, on a socket we bind with TCP_NODELAY) and gRPC (Inference, standard
+health, reflection) — and the workers' own "fleet port" (Registry only). Why a separate
+listener: registration decides who receives users' prompts, so it gets the worker plane's
+credential on a port clients never need (a NetworkPolicy admits only worker pods to it), with
+mutual TLS when the worker plane has TLS material; a client port never answers a Registry call.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ class RouterServer:
         self._removals: set[asyncio.Task[None]] = set()  # connection drops, until done
         self.http_port = 0
         self.grpc_port = 0
+        self._fleet: grpc.aio.Server | None = None
+        self.fleet_port = 0
 
     def _added(self, entry: WorkerEntry) -> None:
         self.feed.on_add(entry)
@@ -129,14 +135,10 @@ class RouterServer:
         pb_grpc.add_InferenceServicer_to_server(
             InferenceService(self.router, self.credentials), server
         )
-        pb_grpc.add_RegistryServicer_to_server(
-            RegistryService(self.router, self.worker_credential), server
-        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [
             pb.DESCRIPTOR.services_by_name["Inference"].full_name,
-            pb.DESCRIPTOR.services_by_name["Registry"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -147,6 +149,7 @@ class RouterServer:
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._grpc = server
+        self._fleet = await self._start_fleet()
 
         sock = bind_socket(cfg.host, cfg.http_port)
         self.http_port = sock.getsockname()[1]
@@ -164,7 +167,33 @@ class RouterServer:
         self._tasks.append(asyncio.create_task(self._prune_loop()))
         if cfg.rebalance.enabled:
             self._tasks.append(asyncio.create_task(self._rebalance_loop()))
-        log.info("router serving HTTP :%d gRPC :%d", self.http_port, self.grpc_port)
+        log.info(
+            "router serving HTTP :%d gRPC :%d fleet :%d%s",
+            self.http_port,
+            self.grpc_port,
+            self.fleet_port,
+            " (mutual TLS)" if self.worker_credential.tls is not None else "",
+        )
+
+    async def _start_fleet(self) -> grpc.aio.Server:
+        """The fleet port: `Registry` alone, token-guarded, over mutual TLS when configured."""
+        cfg = self.config
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *server_options()])
+        pb_grpc.add_RegistryServicer_to_server(
+            RegistryService(self.router, self.worker_credential), server
+        )
+        address = f"{cfg.fleet_host}:{cfg.fleet_port}"
+        tls = self.worker_credential.server_credentials()
+        port = (
+            server.add_secure_port(address, tls)
+            if tls is not None
+            else server.add_insecure_port(address)
+        )
+        if port == 0:
+            raise OSError(f"cannot bind the fleet port {address}")
+        await server.start()
+        self.fleet_port = port
+        return server
 
     async def _prune_loop(self) -> None:
         while True:
@@ -191,6 +220,8 @@ class RouterServer:
             await self._http.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
+        if self._fleet is not None:
+            await self._fleet.stop(grace=1.0)
         await self.feed.close()
         tasks = [*self._tasks, *self._removals]
         for task in tasks:

@@ -33,6 +33,18 @@ class RouterConfig(BaseModel):
     host: str = Field("127.0.0.1", description="Address both fronts bind to.")
     http_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port.")
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port.")
+    fleet_host: str = Field(
+        "127.0.0.1",
+        description="Address the fleet port binds to (workers' `Registry`; loopback locally, "
+        "all interfaces on a cluster where a NetworkPolicy admits only worker pods).",
+    )
+    fleet_port: int = Field(
+        50052,
+        ge=0,
+        le=65535,
+        description="Workers register here (`Registry`: worker token, mutual TLS when the "
+        "worker plane has TLS material); never served on the clients' ports. 0: a free port.",
+    )
     max_queue: int = Field(4096, ge=1, description="Requests waiting for a worker before 429.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest HTTP body.")
     max_head_bytes: int = Field(
@@ -139,6 +151,7 @@ class RouterConfig(BaseModel):
             "slo": spec.slo,
             "http_port": spec.router.http_port,
             "grpc_port": spec.router.grpc_port,
+            "fleet_port": spec.router.fleet_port,
             "max_queue": spec.router.max_queue,
             "cold_start_timeout": float(spec.router.cold_start_timeout_seconds),
             "kv_index_max_blocks": spec.router.kv_index_max_blocks,

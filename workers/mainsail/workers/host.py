@@ -45,7 +45,9 @@ class WorkerSpec(BaseModel):
     model_name: str = Field(..., min_length=1, description="Served name the router expects.")
     model_dir: Path
     engine: EngineSettings = EngineSettings()
-    router_address: str | None = Field(None, description="host:port of the router's gRPC.")
+    router_address: str | None = Field(
+        None, description="host:port of the router's fleet port (where workers register)."
+    )
     host: str = Field("127.0.0.1", description="Address the Worker service binds to.")
     advertise_host: str | None = Field(
         None,

@@ -1,5 +1,8 @@
 """A worker announces itself to the router and keeps heartbeating its load.
 
+It calls the router's fleet port (the `Registry` service's own listener, never the clients'
+port), over mutual TLS when the worker plane has TLS material (`WorkerCredential.open_channel`).
+
 Registration carries the KV hashing parameters; a router that disagrees refuses the worker
 and says why (`RegistrationRefused`), which the worker reports instead of serving traffic
 that would be mis-routed. When the router forgets the worker (restart, missed heartbeats) the
@@ -30,7 +33,8 @@ class RegistrationRefused(Exception):
 
 
 class Registrar:
-    """Registers ``info`` with the router at ``router_address`` and heartbeats until stopped."""
+    """Registers ``info`` with the router whose fleet port is ``router_address`` and heartbeats
+    until stopped."""
 
     def __init__(
         self,
@@ -52,7 +56,7 @@ class Registrar:
 
     async def run(self) -> None:
         """Loop forever (cancel to stop); raises RegistrationRefused on a refusal."""
-        async with grpc.aio.insecure_channel(self.router_address) as channel:
+        async with self.credential.open_channel(self.router_address) as channel:
             stub = pb_grpc.RegistryStub(channel)
             interval = 1.0
             while True:
@@ -88,7 +92,7 @@ class Registrar:
 
     async def deregister(self) -> None:
         """Tell the router this worker is leaving (best effort)."""
-        async with grpc.aio.insecure_channel(self.router_address) as channel:
+        async with self.credential.open_channel(self.router_address) as channel:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await pb_grpc.RegistryStub(channel).Deregister(
                     pb.DeregisterRequest(worker_id=self.info.worker_id),

@@ -87,6 +87,7 @@ class LocalStack:
     router_proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
     grpc_port: int = 0
+    fleet_port: int = 0
     supervisor: WorkerSupervisor | None = None
     ray_started: bool = False
     _supervisor_thread: threading.Thread | None = None
@@ -153,6 +154,11 @@ class LocalStack:
             host=opts.host,
             http_port=ports.http,
             grpc_port=ports.grpc,
+            # Workers register on loopback, whatever --host says for clients; a free port
+            # (several stacks may run side by side). The token guards it; TLS only when the
+            # user set MAINSAIL_WORKER_TLS_DIR (then router and workers both use it).
+            fleet_host="127.0.0.1",
+            fleet_port=0,
         )
         config_path = self._workdir / "router.json"
         config_path.write_text(config.model_dump_json())
@@ -185,6 +191,7 @@ class LocalStack:
             time.sleep(0.05)
         ports = json.loads(ready.read_text())
         self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
+        self.fleet_port = ports["fleet_port"]
 
     def _start_ray(self) -> None:
         self.progress("Starting local Ray")
@@ -231,7 +238,7 @@ class LocalStack:
 
         assert self.model_dir is not None
         spec = self.deployment.spec
-        router_address = f"{self.options.host}:{self.grpc_port}"
+        router_address = f"127.0.0.1:{self.fleet_port}"
         model_dir = self.model_dir
         # Adapters whose `path` is not on this machine are skipped (the rest are served);
         # `generateRank` adapters are generated for the local checkpoint by each worker.
@@ -271,6 +278,7 @@ class LocalStack:
             "http": f"http://{host}:{self.http_port}",
             "openai_base_url": f"http://{host}:{self.http_port}/v1",
             "grpc": f"{host}:{self.grpc_port}",
+            "fleet": f"127.0.0.1:{self.fleet_port}",
             "metrics": f"http://{host}:{self.http_port}/metrics",
             "redis": self.redis_url,
             "workers": self._total_replicas(),

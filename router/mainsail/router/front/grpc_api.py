@@ -4,7 +4,8 @@
 becomes the matching gRPC status with the same message. The standard health service and
 server reflection are added by `server.py`, so `grpcurl` works without the .proto file.
 
-`Registry` is the worker plane's door: every call needs the worker token
+`Registry` is the worker plane's door, served only on the router's fleet port (`server.py`;
+mutual TLS there when the worker plane has TLS material): every call needs the worker token
 (`mainsail.spec.worker_auth`), never a client API key, and answers UNAUTHENTICATED otherwise.
 """
 
