@@ -79,9 +79,11 @@ class RouterServer:
             worker_credential if worker_credential is not None else WorkerCredential.from_env()
         )
         self.metrics = RouterMetrics()
-        self.transport = transport or GrpcTransport(self.worker_credential)
         self.registry = WorkerRegistry(
             config.model_name, config.kv_hash, expiry=config.worker_expiry, clock=clock
+        )
+        self.transport = transport or GrpcTransport(
+            self.worker_credential, router_id=self.registry.router_id
         )
         self.index = GlobalKVIndex(max_blocks=config.kv_index_max_blocks)
         self.approx = ApproximateIndex(max_blocks=max(1, config.kv_index_max_blocks // 10))
@@ -98,7 +100,9 @@ class RouterServer:
             approx=self.approx,
             publishes_events=self.feed.publishes,
         )
-        self.registry.subscribe(on_add=self._added, on_remove=self._removed)
+        self.registry.subscribe(
+            on_add=self._added, on_remove=self._removed, on_drain=self._drain_heard
+        )
         self.metrics.registry.register(PoolLoadCollector(self.registry.entries))
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
@@ -120,6 +124,19 @@ class RouterServer:
         task = asyncio.get_running_loop().create_task(self.transport.drop(entry.address))
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
+
+    def _drain_heard(self, entry: WorkerEntry) -> None:
+        """A worker reports it is draining (asked through any router replica): move this
+        router's requests off it."""
+        self.router.notify()
+        task = asyncio.get_running_loop().create_task(self._evacuate(entry.worker_id))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def _evacuate(self, worker_id: str) -> None:
+        moved = await self.router.moves.evacuate(worker_id)
+        if moved:
+            log.info("worker %s is draining; moved %d requests off it", worker_id, moved)
 
     def _count_workers(self) -> None:
         roles: dict[str, int] = {"unified": 0, "prefill": 0, "decode": 0, "encode": 0}

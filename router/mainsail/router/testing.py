@@ -46,6 +46,9 @@ class FakeWorker:
     kv_batches: list[pb.KVEventBatch] = field(default_factory=list)
     abort_seen: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     """Set on each abort: a paused stream waits on it rather than polling `aborted`."""
+    draining: bool = False
+    drain_epoch: int = 0
+    """The draining state the worker holds (`Worker.Drain`), as a real worker does."""
 
 
 class FakeTransport:
@@ -102,6 +105,15 @@ class FakeTransport:
         for batch in worker.kv_batches if worker else []:
             yield batch
         await asyncio.Event().wait()
+
+    async def drain(self, address: str, drain: bool) -> pb.DrainReply:
+        worker = self.workers.get(address)
+        if worker is None:
+            raise TransportError(f"UNAVAILABLE: no worker at {address}")
+        if worker.draining != drain:
+            worker.draining = drain
+            worker.drain_epoch += 1
+        return pb.DrainReply(draining=worker.draining, drain_epoch=worker.drain_epoch)
 
     async def drop(self, address: str) -> None:
         return None

@@ -10,6 +10,12 @@ next heartbeat says so and the worker registers again. Every call carries the wo
 token (`mainsail.spec.worker_auth`). A refusal with `retry_after` > 0 is temporary (the id is
 still held by a live worker, for example this worker's previous process): the worker waits and
 registers again instead of giving up.
+
+One `Registrar` is one session with one router. With several router replicas a worker runs one
+per replica (`fleet_registration.FleetRegistrar`), each independent. The router's reply names
+the router (`router_id`); each heartbeat then says how many of the worker's requests came from
+that router (`router_in_flight`), so the router can add the other replicas' requests to its
+own live count without counting its own twice.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class Registrar:
         *,
         retry_s: float = 0.5,
         credential: WorkerCredential | None = None,
+        in_flight: Callable[[str], int] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.router_address = router_address
         self.credential = credential or WorkerCredential()
@@ -51,8 +59,29 @@ class Registrar:
         self.info = info
         self.load = load
         self.retry_s = retry_s
+        self.in_flight = in_flight
+        self.on_change = on_change
         self.registered = asyncio.Event()
         self.refused: str | None = None
+        self.router_id = ""
+
+    def _set_registered(self, on: bool) -> None:
+        if on == self.registered.is_set():
+            return
+        if on:
+            self.registered.set()
+        else:
+            self.registered.clear()
+        if self.on_change is not None:
+            self.on_change()
+
+    def snapshot(self) -> pb.LoadSnapshot:
+        """This worker's load as reported to this router."""
+        load = self.load()
+        if self.in_flight is not None and self.router_id:
+            load.router_in_flight = self.in_flight(self.router_id)
+            load.router_id = self.router_id
+        return load
 
     async def run(self) -> None:
         """Loop forever (cancel to stop); raises RegistrationRefused on a refusal."""
@@ -71,15 +100,16 @@ class Registrar:
                             self.refused = reply.detail
                             raise RegistrationRefused(reply.detail)
                         interval = reply.heartbeat_interval or 1.0
-                        self.registered.set()
+                        self.router_id = reply.router_id
+                        self._set_registered(True)
                         log.info("registered %s with %s", self.info.worker_id, self.router_address)
                     beat = await stub.Heartbeat(
-                        pb.HeartbeatRequest(worker_id=self.info.worker_id, load=self.load()),
+                        pb.HeartbeatRequest(worker_id=self.info.worker_id, load=self.snapshot()),
                         timeout=5.0,
                         metadata=self._metadata,
                     )
                     if not beat.known:
-                        self.registered.clear()
+                        self._set_registered(False)
                         continue
                     await asyncio.sleep(interval)
                 except grpc.aio.AioRpcError as exc:
@@ -87,7 +117,7 @@ class Registrar:
                         self.refused = exc.details() or "UNAUTHENTICATED"
                         raise RegistrationRefused(f"UNAUTHENTICATED: {self.refused}") from exc
                     log.debug("router unreachable (%s); retrying", exc.code().name)
-                    self.registered.clear()
+                    self._set_registered(False)
                     await asyncio.sleep(self.retry_s)
 
     async def deregister(self) -> None:

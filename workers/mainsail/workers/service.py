@@ -3,8 +3,12 @@
 The router reaches every worker the same way, whether it is a Ray actor on a laptop or a pod
 in a RayCluster: Submit streams token chunks, Abort stops a request, Load returns the
 snapshot the scheduler reads, KVEvents streams block stored/removed events for the global
-index. Bad input is refused with INVALID_ARGUMENT naming the field: first by the request
-contract the router also enforces (`mainsail.spec.request_contract`), then by the engine; the
+index (to every router that subscribes: each router replica keeps its own index). Drain sets
+the draining state the worker itself holds and reports to every router in its heartbeats, so a
+worker drained through one router replica is drained for all.
+
+Bad input is refused with INVALID_ARGUMENT naming the field: first by the request contract
+the router also enforces (`mainsail.spec.request_contract`), then by the engine; the
 engine keeps serving everyone else. On SubmitMany a refusal is one chunk for that request
 (finish_reason "error", error "INVALID_ARGUMENT: ..."), never the end of the stream.
 """
@@ -23,6 +27,7 @@ import grpc
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS, FieldError, check_worker_request
+from mainsail.spec.router_identity import MAX_ROUTER_ID_CHARS, ROUTER_ID_METADATA
 from mainsail.workers.engine import (
     EngineInputError,
     EngineMetrics,
@@ -185,7 +190,10 @@ class RequestLimits:
 class _Multiplexer:
     """The requests of one SubmitMany stream: a task per request, outputs gathered per id."""
 
-    def __init__(self, engine: ServingEngine, limits: RequestLimits | None = None) -> None:
+    def __init__(
+        self, engine: ServingEngine, limits: RequestLimits | None = None, origin: str = ""
+    ) -> None:
+        self.origin = origin  # the id of the router that opened the stream ("" unknown)
         self.engine = engine
         self.limits = limits
         self.ready: dict[str, list[RequestOutput]] = {}
@@ -270,6 +278,13 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.max_num_seqs = max_num_seqs
         self.adapters = adapters
         self._clock = clock
+        self._streams: set[_Multiplexer] = set()  # open SubmitMany streams
+        self.draining = False
+        self.drain_epoch = 0
+
+    def in_flight_from(self, router_id: str) -> int:
+        """Requests in flight here that arrived from the router ``router_id``."""
+        return sum(len(m.tasks) for m in self._streams if m.origin == router_id)
 
     async def Submit(
         self, request: pb.WorkerRequest, context: grpc.aio.ServicerContext
@@ -294,7 +309,12 @@ class WorkerService(pb_grpc.WorkerServicer):
     ) -> AsyncIterator[pb.TokenChunkBatch]:
         """Every request on one stream; what is ready for all of them goes out as one message,
         each request's ready outputs as one chunk."""
-        mux = _Multiplexer(self.engine, self.limits)
+        origin = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == ROUTER_ID_METADATA:
+                origin = str(value)[:MAX_ROUTER_ID_CHARS]
+        mux = _Multiplexer(self.engine, self.limits, origin)
+        self._streams.add(mux)
         reader = asyncio.get_running_loop().create_task(mux.read(request_iterator))
         try:
             while True:
@@ -308,6 +328,7 @@ class WorkerService(pb_grpc.WorkerServicer):
                 if reader.done() and not mux.tasks and not mux.ready:
                     return
         finally:
+            self._streams.discard(mux)
             reader.cancel()
             for task in list(mux.tasks.values()):
                 task.cancel()
@@ -347,7 +368,19 @@ class WorkerService(pb_grpc.WorkerServicer):
             requests_finished=m.num_requests_finished,
             pending_prefill_tokens=m.pending_prefill_tokens,
             timestamp=self._clock(),
+            draining=self.draining,
+            drain_epoch=self.drain_epoch,
         )
+
+    async def Drain(
+        self, request: pb.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DrainReply:
+        """Holds the draining state here, so every router hears it in this worker's next
+        heartbeat, whichever router an operator asked."""
+        if request.drain != self.draining:
+            self.draining = request.drain
+            self.drain_epoch += 1
+        return pb.DrainReply(draining=self.draining, drain_epoch=self.drain_epoch)
 
     async def Migrate(
         self, request: pb.MigrateRequest, context: grpc.aio.ServicerContext

@@ -578,6 +578,48 @@ class LoadRequest(_message.Message):
 Global___LoadRequest: _TypeAlias = LoadRequest  # noqa: Y015
 
 @_typing.final
+class DrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRAIN_FIELD_NUMBER: _builtins.int
+    drain: _builtins.bool
+    """True: stop taking new requests from any router; false: take them again."""
+    def __init__(
+        self,
+        *,
+        drain: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainRequest: _TypeAlias = DrainRequest  # noqa: Y015
+
+@_typing.final
+class DrainReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRAINING_FIELD_NUMBER: _builtins.int
+    DRAIN_EPOCH_FIELD_NUMBER: _builtins.int
+    draining: _builtins.bool
+    drain_epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        draining: _builtins.bool = ...,
+        drain_epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_epoch", b"drain_epoch", "draining", b"draining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainReply: _TypeAlias = DrainReply  # noqa: Y015
+
+@_typing.final
 class LoadSnapshot(_message.Message):
     """What the router reads from a worker to schedule (see docs/protocol.md)."""
 
@@ -598,6 +640,10 @@ class LoadSnapshot(_message.Message):
     REQUESTS_FINISHED_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     PENDING_PREFILL_TOKENS_FIELD_NUMBER: _builtins.int
+    ROUTER_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    DRAIN_EPOCH_FIELD_NUMBER: _builtins.int
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     running: _builtins.int
     waiting: _builtins.int
@@ -615,6 +661,22 @@ class LoadSnapshot(_message.Message):
     """Prompt tokens queued or admitted but not yet computed: the prefill work ahead of a new
     request (a request count hides that one prompt can be 100x another).
     """
+    router_in_flight: _builtins.int
+    """Of running + waiting, the requests that arrived on SubmitMany streams of the router this
+    snapshot is sent to (streams carry the router's id, metadata `x-mainsail-router`): the
+    router adds the rest (other routers' requests) to its own live count without counting
+    its own twice. 0 in a snapshot not addressed to one router (Load).
+    """
+    draining: _builtins.bool
+    """The worker is draining (Worker.Drain, asked through any router): every router stops
+    sending it new requests and moves its own requests off it.
+    """
+    drain_epoch: _builtins.int
+    """Counts the worker's drain changes; a router ignores a report older than the change it
+    made itself (a heartbeat sent before the Drain call).
+    """
+    router_id: _builtins.str
+    """The router id `router_in_flight` is counted for ("" when not addressed to one router)."""
     @_builtins.property
     def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -635,10 +697,14 @@ class LoadSnapshot(_message.Message):
         requests_finished: _builtins.int = ...,
         timestamp: _builtins.float = ...,
         pending_prefill_tokens: _builtins.int = ...,
+        router_in_flight: _builtins.int = ...,
+        draining: _builtins.bool = ...,
+        drain_epoch: _builtins.int = ...,
+        router_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "max_num_seqs", b"max_num_seqs", "pending_prefill_tokens", b"pending_prefill_tokens", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "drain_epoch", b"drain_epoch", "draining", b"draining", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "max_num_seqs", b"max_num_seqs", "pending_prefill_tokens", b"pending_prefill_tokens", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "router_id", b"router_id", "router_in_flight", b"router_in_flight", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -871,6 +937,7 @@ class RegisterReply(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     detail: _builtins.str
     """Why a worker was refused (for example a KV hash parameter mismatch)."""
@@ -880,6 +947,10 @@ class RegisterReply(_message.Message):
     """When > 0 the refusal is temporary (the worker id is held by another live worker): try
     again after this many seconds.
     """
+    router_id: _builtins.str
+    """This router process's id (random per start); its SubmitMany streams carry it, so the
+    worker can tell this router which of its requests are this router's (router_in_flight).
+    """
     def __init__(
         self,
         *,
@@ -887,10 +958,11 @@ class RegisterReply(_message.Message):
         detail: _builtins.str = ...,
         heartbeat_interval: _builtins.float = ...,
         retry_after: _builtins.float = ...,
+        router_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "detail", b"detail", "heartbeat_interval", b"heartbeat_interval", "retry_after", b"retry_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "detail", b"detail", "heartbeat_interval", b"heartbeat_interval", "retry_after", b"retry_after", "router_id", b"router_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -179,6 +179,11 @@ class WorkerStub:
                 request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVEventsRequest.SerializeToString,
                 response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVEventBatch.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/mainsail.proto.v1.Worker/Drain',
+                request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.DrainRequest.SerializeToString,
+                response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.DrainReply.FromString,
+                _registered_method=True)
         self.Migrate = channel.unary_unary(
                 '/mainsail.proto.v1.Worker/Migrate',
                 request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.MigrateRequest.SerializeToString,
@@ -233,6 +238,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Sets the worker's draining state, which it reports to every router it registered with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Migrate(self, request, context):
         """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it.
         """
@@ -272,6 +284,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.KVEvents,
                     request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVEventsRequest.FromString,
                     response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVEventBatch.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.DrainRequest.FromString,
+                    response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.DrainReply.SerializeToString,
             ),
             'Migrate': grpc.unary_unary_rpc_method_handler(
                     servicer.Migrate,
@@ -441,6 +458,33 @@ class Worker:
             '/mainsail.proto.v1.Worker/KVEvents',
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVEventsRequest.SerializeToString,
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVEventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mainsail.proto.v1.Worker/Drain',
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.DrainRequest.SerializeToString,
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.DrainReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,8 @@ class WorkerStub:
     Health: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.HealthRequest, _mainsail_pb2.HealthReply]
     Load: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.LoadRequest, _mainsail_pb2.LoadSnapshot]
     KVEvents: _grpc.UnaryStreamMultiCallable[_mainsail_pb2.KVEventsRequest, _mainsail_pb2.KVEventBatch]
+    Drain: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.DrainRequest, _mainsail_pb2.DrainReply]
+    """Sets the worker's draining state, which it reports to every router it registered with."""
     Migrate: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.MigrateRequest, _mainsail_pb2.MigrateReply]
     """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
 
@@ -106,6 +108,8 @@ class WorkerAsyncStub(WorkerStub):
     Health: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.HealthRequest, _mainsail_pb2.HealthReply]  # type: ignore[assignment]
     Load: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.LoadRequest, _mainsail_pb2.LoadSnapshot]  # type: ignore[assignment]
     KVEvents: _aio.UnaryStreamMultiCallable[_mainsail_pb2.KVEventsRequest, _mainsail_pb2.KVEventBatch]  # type: ignore[assignment]
+    Drain: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.DrainRequest, _mainsail_pb2.DrainReply]  # type: ignore[assignment]
+    """Sets the worker's draining state, which it reports to every router it registered with."""
     Migrate: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.MigrateRequest, _mainsail_pb2.MigrateReply]  # type: ignore[assignment]
     """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
 
@@ -161,6 +165,14 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _mainsail_pb2.KVEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_mainsail_pb2.KVEventBatch], _abc.AsyncIterator[_mainsail_pb2.KVEventBatch]]: ...
+
+    @_abc_1.abstractmethod
+    def Drain(
+        self,
+        request: _mainsail_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mainsail_pb2.DrainReply, _abc.Awaitable[_mainsail_pb2.DrainReply]]:
+        """Sets the worker's draining state, which it reports to every router it registered with."""
 
     @_abc_1.abstractmethod
     def Migrate(

@@ -11,6 +11,13 @@ same id from another address is refused with a `retry_after` (the worker's own n
 gets in once the old one expires, deregisters or fails), so nobody takes over a live
 worker's traffic. Everything a worker sends that the router keeps is bounded: refusals are a
 short ring, reasons are a fixed set (they label a metric), roles must be known ones.
+
+Several router replicas may serve the same workers (active-active): each has its own registry
+and its own `router_id`, sent back at registration. A worker's heartbeat tells this router how
+many of its requests are this router's (`fleet.load_merge`) and whether the worker is
+draining — the worker holds that state, so a drain asked through any replica reaches every
+replica's registry with the next heartbeat (`drain_epoch` orders it against this router's own
+change). Listeners hear when a heartbeat starts a drain (`on_drain`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.fleet.load_merge import others_in_flight
 from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.router_identity import new_router_id
 
 Listener = Callable[["WorkerEntry"], None]
 ROLES = frozenset({"unified", "prefill", "decode", "encode"})
@@ -46,6 +55,8 @@ class WorkerEntry:
     pending_prefill: int = 0  # uncached prompt tokens dispatched here, first token not yet seen
     failures: int = 0
     draining: bool = False  # an operator asked to empty it: no new requests are sent here
+    drain_epoch: int = 0  # the worker's count of drain changes this state reflects
+    others: int = 0  # requests other routers have there, per its last heartbeat
 
     @property
     def fingerprint(self) -> str:
@@ -99,6 +110,7 @@ class WorkerRegistry:
         *,
         expiry: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        router_id: str | None = None,
     ) -> None:
         if expiry <= 0:
             raise ValueError(f"expiry must be > 0 seconds, got {expiry}")
@@ -106,17 +118,27 @@ class WorkerRegistry:
         self._kv_hash = kv_hash
         self._expiry = expiry
         self._clock = clock
+        self.router_id = router_id or new_router_id()
         self._workers: dict[str, WorkerEntry] = {}
         self._on_add: list[Listener] = []
         self._on_remove: list[Listener] = []
+        self._on_drain: list[Listener] = []
         self.refusals: deque[tuple[str, str]] = deque(maxlen=MAX_REFUSALS_KEPT)
 
-    def subscribe(self, on_add: Listener | None = None, on_remove: Listener | None = None) -> None:
-        """Call ``on_add``/``on_remove`` whenever a worker joins or leaves."""
+    def subscribe(
+        self,
+        on_add: Listener | None = None,
+        on_remove: Listener | None = None,
+        on_drain: Listener | None = None,
+    ) -> None:
+        """Call ``on_add``/``on_remove`` whenever a worker joins or leaves, ``on_drain`` when a
+        heartbeat says a worker started draining (asked through another router)."""
         if on_add:
             self._on_add.append(on_add)
         if on_remove:
             self._on_remove.append(on_remove)
+        if on_drain:
+            self._on_drain.append(on_drain)
 
     def register(self, info: pb.WorkerInfo) -> Verdict:
         """Admit ``info`` unless its model or KV hashing parameters disagree with ours."""
@@ -176,7 +198,25 @@ class WorkerRegistry:
             return False
         entry.last_seen = self._clock()
         entry.load = load
+        entry.others = others_in_flight(load, self.router_id)
+        if load.drain_epoch > entry.drain_epoch or (
+            load.drain_epoch == entry.drain_epoch and load.draining == entry.draining
+        ):
+            started = load.draining and not entry.draining
+            entry.draining = load.draining
+            entry.drain_epoch = load.drain_epoch
+            if started:
+                for listener in self._on_drain:
+                    listener(entry)
         return True
+
+    def set_draining(self, worker_id: str, draining: bool, epoch: int) -> None:
+        """This router changed the worker's draining state (the worker answered ``epoch``);
+        heartbeats older than that change no longer override it."""
+        entry = self._workers.get(worker_id)
+        if entry is not None and epoch >= entry.drain_epoch:
+            entry.draining = draining
+            entry.drain_epoch = epoch
 
     def deregister(self, worker_id: str) -> None:
         """Forget a worker that is shutting down."""

@@ -20,6 +20,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.errors import TransportError
 from mainsail.router.fleet.worker_stream import WorkerStream
 from mainsail.spec.keepalive import client_options
+from mainsail.spec.router_identity import ROUTER_ID_METADATA
 from mainsail.spec.worker_auth import WorkerCredential
 
 
@@ -38,6 +39,11 @@ class WorkerTransport(Protocol):
         """The worker's KV event stream, starting with a snapshot."""
         ...
 
+    async def drain(self, address: str, drain: bool) -> pb.DrainReply:
+        """Set the worker's own draining state (it tells every router); raises
+        TransportError when the worker cannot be reached."""
+        ...
+
     async def drop(self, address: str) -> None:
         """Forget the connection to a worker that left."""
         ...
@@ -49,11 +55,16 @@ class WorkerTransport(Protocol):
 
 class GrpcTransport:
     """`WorkerTransport` over grpc.aio channels, one per worker address; every call carries
-    the worker-plane token, and channels use mutual TLS when the credential has material."""
+    the worker-plane token, and channels use mutual TLS when the credential has material.
+    SubmitMany streams also carry this router's id (``router_id``, `mainsail.spec.router_identity`)
+    so the worker can report this router its own share of the load."""
 
-    def __init__(self, credential: WorkerCredential | None = None) -> None:
+    def __init__(self, credential: WorkerCredential | None = None, router_id: str = "") -> None:
         self.credential = credential or WorkerCredential()
         self._metadata = self.credential.metadata
+        self._stream_metadata = (
+            (*self._metadata, (ROUTER_ID_METADATA, router_id)) if router_id else self._metadata
+        )
         self._options = [*client_options(), *self.credential.channel_options()]
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.WorkerStub]] = {}
         self._streams: dict[str, WorkerStream] = {}
@@ -77,7 +88,7 @@ class GrpcTransport:
         stream = self._streams.get(address)
         if stream is None or stream.closed:
             stub = self._stub(address)
-            metadata = self._metadata
+            metadata = self._stream_metadata
             stream = WorkerStream(
                 lambda: stub.SubmitMany(metadata=metadata), self._aborter(address)
             )
@@ -107,6 +118,15 @@ class GrpcTransport:
             raise TransportError(f"{exc.code().name}: {exc.details()}") from exc
         finally:
             call.cancel()
+
+    async def drain(self, address: str, drain: bool) -> pb.DrainReply:
+        try:
+            reply: pb.DrainReply = await self._stub(address).Drain(
+                pb.DrainRequest(drain=drain), timeout=5.0, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise TransportError(f"{exc.code().name}: {exc.details()}") from exc
+        return reply
 
     async def drop(self, address: str) -> None:
         stream = self._streams.pop(address, None)

@@ -100,6 +100,7 @@ class RegistryService(pb_grpc.RegistryServicer):
             detail=verdict.detail,
             heartbeat_interval=self.router.config.heartbeat_interval,
             retry_after=verdict.retry_after,
+            router_id=self.router.registry.router_id,
         )
 
     async def Heartbeat(

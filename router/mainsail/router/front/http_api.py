@@ -177,6 +177,7 @@ class HttpFront:
                 "running": e.load.running,
                 "waiting": e.load.waiting,
                 "outstanding": e.outstanding,
+                "other_routers_in_flight": e.others,
                 "kv_blocks_used": e.load.kv_blocks_used,
                 "kv_blocks_total": e.load.kv_blocks_total,
                 "draining": e.draining,

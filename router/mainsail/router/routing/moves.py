@@ -10,6 +10,7 @@ of a disaggregated request (`prefill_half` / `decode_half`). Each move is one
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
@@ -22,6 +23,8 @@ from mainsail.router.routing.prepare import Prepared
 from mainsail.router.routing.rebalance import Move, WorkerLoad, plan_moves
 from mainsail.router.routing.route_stream import RouteStream, prepend, whole_usage
 from mainsail.router.settings import RouterConfig
+
+log = logging.getLogger(__name__)
 
 
 class RequestMover:
@@ -190,14 +193,29 @@ class RequestMover:
 
     async def drain(self, worker_id: str, drain: bool = True) -> int:
         """Stops (or, with ``drain=False``, resumes) sending requests to a worker; draining
-        also migrates every request streaming there. Returns how many were moved."""
+        also migrates every request streaming there from this router. The worker holds the
+        state (`Worker.Drain`) and reports it to every router replica, which then stop
+        sending it requests and move theirs (`evacuate`). Returns how many were moved here."""
         entry = self.registry.get(worker_id)
         if entry is None:
             raise not_found(f"No worker {worker_id!r} is registered.")
-        entry.draining = drain
+        try:
+            reply = await self.transport.drain(entry.address, drain)
+        except TransportError as exc:
+            # Unreachable: this router stops using it anyway; the others find out when
+            # its heartbeats stop (or it fails their requests).
+            log.warning("worker %s did not take the drain (%s); draining here only", worker_id, exc)
+            entry.draining = drain
+        else:
+            self.registry.set_draining(worker_id, reply.draining, reply.drain_epoch)
         self.dispatcher.chooser.notify()
         if not drain:
             return 0
+        return await self.evacuate(worker_id)
+
+    async def evacuate(self, worker_id: str) -> int:
+        """Moves every request this router streams from ``worker_id`` elsewhere (a drain
+        asked here, or heard from the worker's heartbeat); returns how many moved."""
         streaming = [r for r in self.active.values() if r.worker_id == worker_id]
         moved = 0
         for route in streaming:

@@ -5,12 +5,16 @@ request's path, so what a registration fixes (role, adapters, KV hash fingerprin
 computed once per registered entry, and only load and the router's own counts are read each
 time. Scheduling metrics (decision time, per-plugin times, expected hit blocks by index mode)
 are recorded after the request is on its way, off its latency.
+
+A snapshot's `outstanding` is the worker's total in flight: this router's own live count plus
+what other router replicas have there per the worker's last report (`fleet.load_merge`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mainsail.router.fleet.load_merge import merged_in_flight
 from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.scheduling import PluginTiming, WorkerSnapshot
@@ -54,7 +58,7 @@ class WorkerViews:
             kv_blocks_total=load.kv_blocks_total,
             adapters=adapters,
             max_model_len=max_model_len,
-            outstanding=entry.outstanding,
+            outstanding=merged_in_flight(entry.outstanding, entry.others),
             hash_fingerprint=fingerprint,
             pending_prefill_tokens=max(load.pending_prefill_tokens, entry.pending_prefill),
         )

@@ -32,7 +32,7 @@ class WorkerSnapshot:
     kv_blocks_total: int  # 0 means "not reported yet"
     adapters: frozenset[str]  # LoRA adapters currently loaded
     max_model_len: int  # longest context (prompt + output), tokens
-    outstanding: int  # requests this router dispatched there and has not seen finish
+    outstanding: int  # in flight there: this router's own (live) + other routers' (reported)
     hash_fingerprint: str  # `KVHashConfig.fingerprint()` the worker hashes with
     pending_prefill_tokens: int = 0  # prompt tokens ahead of a new request (see docs/protocol.md)
 
