@@ -94,7 +94,7 @@ async def test_every_replica_serves_and_follows_replicas_coming_and_going(
         for host in fleet.workers:
             assert host.registrar is not None
             await until(
-                lambda h=host: f"127.0.0.1:{gone.grpc_port}" not in h.registrar.sessions,  # type: ignore[union-attr]
+                lambda h=host: fleet.fleet_address(gone) not in h.registrar.sessions,  # type: ignore[union-attr]
                 what="session to the removed replica stopped",
             )
             assert len(host.registrar.registered_with()) == 2

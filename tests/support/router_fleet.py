@@ -40,8 +40,8 @@ class RouterFleet:
     def http(self, i: int) -> str:
         return f"http://127.0.0.1:{self.routers[i].http_port}"
 
-    def grpc(self, router: RouterServer) -> str:
-        return f"127.0.0.1:{router.grpc_port}"
+    def fleet_address(self, router: RouterServer) -> str:
+        return f"127.0.0.1:{router.fleet_port}"
 
     async def add_router(self) -> RouterServer:
         """One more replica; workers find it at their next discovery round."""
@@ -50,6 +50,7 @@ class RouterFleet:
             model_dir=self.model_dir,
             http_port=0,
             grpc_port=0,
+            fleet_port=0,
             max_model_len=512,
             **self.config,
         )
@@ -60,14 +61,14 @@ class RouterFleet:
         )
         await router.start()
         self.routers.append(router)
-        self.discovery.set(self.grpc(r) for r in self.routers)
+        self.discovery.set(self.fleet_address(r) for r in self.routers)
         return router
 
     async def kill_router(self, router: RouterServer) -> None:
         """Stop a replica at once (its open streams end) and take it out of discovery."""
         self.routers.remove(router)
         await router.stop()
-        self.discovery.set(self.grpc(r) for r in self.routers)
+        self.discovery.set(self.fleet_address(r) for r in self.routers)
 
     async def add_worker(self, engine: EngineSettings | None = None) -> WorkerHost:
         host = WorkerHost(
