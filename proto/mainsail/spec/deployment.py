@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.step_cost import StepCost
 
 API_GROUP = "mainsail.dev"
 API_VERSION = "v1alpha1"
@@ -226,6 +227,50 @@ class RouterAuth(SpecModel):
     )
 
 
+class FlowControl(SpecModel):
+    """The router's queue of requests waiting for a worker (issue 14): one queue per priority
+    band, inside a band one per tenant (its API key, an operator-mapped tenant header, or, on
+    an open router, the `x-mainsail-fairness-id` header), served fairly across tenants and
+    earliest deadline first within one. `maxQueue` bounds them all together."""
+
+    max_per_band: int = Field(
+        4096, ge=1, description="Requests one priority band may hold waiting before 429."
+    )
+    max_per_tenant: int = Field(
+        1024,
+        ge=1,
+        description="Requests one tenant may hold waiting in one band before 429 (so a flood "
+        "from one tenant fills its own queue, not everyone's).",
+    )
+
+    @model_validator(mode="after")
+    def _nested(self) -> FlowControl:
+        if self.max_per_tenant > self.max_per_band:
+            raise ValueError("router.flow: maxPerTenant must be <= maxPerBand")
+        return self
+
+
+class Admission(SpecModel):
+    """Early refusal of requests no worker can serve within their TTFT target: the router
+    predicts each candidate worker's time to first token with the engine's step cost model
+    (its queue of prefill, the request's uncached prompt, the running decodes) and answers
+    429 with the reason and `Retry-After` instead of letting the request wait past it."""
+
+    step_cost: StepCost | None = Field(
+        None,
+        description="The workers' step cost model (`mainsail.spec.step_cost`; fit it from "
+        "measured steps with `python -m mainsail.sim.calibrate`, or take a profile of the "
+        "simulator's gpu_profiles.yaml). Unset: no prediction, only the bounded queues refuse.",
+    )
+    headroom: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="A request is refused when its predicted TTFT exceeds headroom x its "
+        "target (above 1 tolerates a pessimistic model).",
+    )
+
+
 class RouterSettings(SpecModel):
     """The global router in front of the pools."""
 
@@ -255,6 +300,8 @@ class RouterSettings(SpecModel):
         description="Seconds the router holds a request while no worker is registered (pools "
         "scaled to zero: the held request is the demand that wakes them) before answering 503.",
     )
+    flow: FlowControl = FlowControl()
+    admission: Admission = Admission()
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> RouterSettings:
@@ -267,17 +314,44 @@ class SLOClass(SpecModel):
     """A named service class clients select per request."""
 
     name: str = Field(..., min_length=1, max_length=63, pattern=r"^[a-z0-9-]+$")
-    priority: int = Field(0, ge=0, le=100, description="Higher is served first.")
+    priority: int = Field(
+        0,
+        ge=-100,
+        le=100,
+        description="Priority band: higher is served first and shed last. Negative classes "
+        "are sheddable: they run only on spare capacity and are dropped first under pressure.",
+    )
     ttft_ms: float | None = Field(None, gt=0, description="Time-to-first-token target.")
     tpot_ms: float | None = Field(None, gt=0, description="Time-per-output-token target.")
 
 
+class RequestTargetBounds(SpecModel):
+    """What a request may ask for itself (`ttft_ms` / `tpot_ms` fields or headers): a client
+    asking tighter than `min*` would jump the engine's deadline order, looser than `max*`
+    would hold capacity. Out of bounds is a 400 naming the field."""
+
+    min_ttft_ms: float = Field(50, gt=0, description="Tightest TTFT target a request may ask.")
+    max_ttft_ms: float = Field(600_000, gt=0, description="Loosest TTFT target a request may ask.")
+    min_tpot_ms: float = Field(5, gt=0, description="Tightest TPOT target a request may ask.")
+    max_tpot_ms: float = Field(60_000, gt=0, description="Loosest TPOT target a request may ask.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RequestTargetBounds:
+        if self.min_ttft_ms > self.max_ttft_ms:
+            raise ValueError("slo.requestBounds: minTtftMs must be <= maxTtftMs")
+        if self.min_tpot_ms > self.max_tpot_ms:
+            raise ValueError("slo.requestBounds: minTpotMs must be <= maxTpotMs")
+        return self
+
+
 class SLO(SpecModel):
-    """Latency targets; `default` applies when a request names no class."""
+    """Latency targets; `ttftMs`/`tpotMs` apply when a request names no class (and the class
+    sets none), `requestBounds` limits what a request may ask for itself."""
 
     ttft_ms: float = Field(2000, gt=0)
     tpot_ms: float = Field(200, gt=0)
     classes: list[SLOClass] = Field(default_factory=list)
+    request_bounds: RequestTargetBounds = RequestTargetBounds()
 
 
 class Adapter(SpecModel):

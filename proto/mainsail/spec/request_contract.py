@@ -124,3 +124,7 @@ def check_worker_request(request: pb.WorkerRequest, *, vocab_size: int, max_mode
     check_context(len(request.prompt_token_ids), request.sampling.max_tokens, max_model_len)
     if not 0 <= request.sampled_before <= len(request.prompt_token_ids):
         raise FieldError("sampled_before", "sampled_before must be in [0, prompt length].")
+    for name in ("ttft_deadline", "tpot_target"):
+        value = getattr(request, name)
+        if not math.isfinite(value) or value < 0:
+            raise FieldError(name, f"{name} must be a finite number >= 0 (0: none).")

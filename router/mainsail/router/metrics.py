@@ -155,6 +155,14 @@ class RouterMetrics:
             "Disaggregated requests moved from their prefill worker to a decode worker.",
             registry=r,
         )
+        self.shed = Counter(
+            "mainsail_router_shed",
+            "Requests refused with 429 by flow control, by reason: queue_full (a bound of the "
+            "flow queue), displaced (dropped while waiting for a higher band or on pressure), "
+            "predicted_ttft (admission: no worker could meet the TTFT target).",
+            ["reason"],
+            registry=r,
+        )
         self.refusals = Counter(
             "mainsail_router_worker_refusals",
             "Worker registrations refused, by reason.",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mainsail.spec.deployment import SLO, ModelDeployment, Rebalance, RoutingProfile
+from mainsail.spec.deployment import SLO, Admission, ModelDeployment, Rebalance, RoutingProfile
 from mainsail.spec.kvhash import KVHashConfig
 from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
 
@@ -46,6 +46,16 @@ class RouterConfig(BaseModel):
         "worker plane has TLS material); never served on the clients' ports. 0: a free port.",
     )
     max_queue: int = Field(4096, ge=1, description="Requests waiting for a worker before 429.")
+    max_per_band: int = Field(
+        4096, ge=1, description="Requests one priority band may hold waiting before 429."
+    )
+    max_per_tenant: int = Field(
+        1024,
+        ge=1,
+        description="Requests one tenant (flow) may hold waiting in one band before 429: a "
+        "flood from one tenant fills its own queue, not everyone's.",
+    )
+    admission: Admission = Admission()
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest HTTP body.")
     max_head_bytes: int = Field(
         64 * 1024,
@@ -133,6 +143,8 @@ class RouterConfig(BaseModel):
     def _pool_fits(self) -> RouterConfig:
         if self.max_preparing < self.prepare_threads:
             raise ValueError("max_preparing must be >= prepare_threads")
+        if self.max_per_tenant > self.max_per_band:
+            raise ValueError("max_per_tenant must be <= max_per_band")
         return self
 
     @classmethod
@@ -153,6 +165,9 @@ class RouterConfig(BaseModel):
             "grpc_port": spec.router.grpc_port,
             "fleet_port": spec.router.fleet_port,
             "max_queue": spec.router.max_queue,
+            "max_per_band": spec.router.flow.max_per_band,
+            "max_per_tenant": spec.router.flow.max_per_tenant,
+            "admission": spec.router.admission,
             "cold_start_timeout": float(spec.router.cold_start_timeout_seconds),
             "kv_index_max_blocks": spec.router.kv_index_max_blocks,
             "rebalance": spec.router.rebalance,

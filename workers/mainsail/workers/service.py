@@ -73,8 +73,11 @@ def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
     )
 
 
-def engine_request_from_proto(request: pb.WorkerRequest) -> EngineRequest:
-    """The engine's request for a wire `WorkerRequest` (both Submit and SubmitMany)."""
+def engine_request_from_proto(request: pb.WorkerRequest, now: float | None = None) -> EngineRequest:
+    """The engine's request for a wire `WorkerRequest` (both Submit and SubmitMany). Its
+    unix-time deadline becomes seconds from now (``now``: unix time, default the wall clock),
+    so the engine compares deadlines on its own clock."""
+    wall = time.time() if now is None else now
     return EngineRequest(
         request_id=request.request_id,
         prompt_token_ids=list(request.prompt_token_ids),
@@ -83,6 +86,8 @@ def engine_request_from_proto(request: pb.WorkerRequest) -> EngineRequest:
         adapter=request.adapter or None,
         sampled_before=request.sampled_before,
         cache_namespace=request.cache_namespace or None,
+        ttft_budget_s=request.ttft_deadline - wall if request.ttft_deadline else None,
+        tpot_s=request.tpot_target or None,
     )
 
 

@@ -142,6 +142,9 @@ class GenerateRequest(_message.Message):
     SLO_CLASS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TTFT_MS_FIELD_NUMBER: _builtins.int
+    TPOT_MS_FIELD_NUMBER: _builtins.int
+    FAIRNESS_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Served model name (ModelDeployment spec.model.name); may be "<model>:<adapter>"."""
     prompt: _builtins.str
@@ -155,6 +158,18 @@ class GenerateRequest(_message.Message):
     """A client's own id for its request: kept only as a label (logs, the response header
     `x-client-request-id`). The router always assigns the request's real id itself
     (unguessable; `GenerateResponse.request_id`, `x-request-id`), so ids never collide.
+    """
+    ttft_ms: _builtins.float
+    """Per-request latency targets in milliseconds (0: the SLO class's, else the deployment's
+    default). Bounded by the deployment's spec.slo.requestBounds (INVALID_ARGUMENT naming
+    the field outside them). HTTP clients send them as `ttft_ms` / `tpot_ms` body fields or
+    the `x-mainsail-ttft-ms` / `x-mainsail-tpot-ms` headers.
+    """
+    tpot_ms: _builtins.float
+    fairness_id: _builtins.str
+    """Fairness key when the router has no API keys (auth off) and no operator-mapped tenant
+    header: requests with the same key share one fair-queuing flow (HTTP header
+    `x-mainsail-fairness-id`). Ignored when the caller is identified by its API key.
     """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -174,10 +189,13 @@ class GenerateRequest(_message.Message):
         slo_class: _builtins.str = ...,
         priority: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        ttft_ms: _builtins.float = ...,
+        tpot_ms: _builtins.float = ...,
+        fairness_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "messages", b"messages", "model", b"model", "priority", b"priority", "prompt", b"prompt", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling", "slo_class", b"slo_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "fairness_id", b"fairness_id", "messages", b"messages", "model", b"model", "priority", b"priority", "prompt", b"prompt", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling", "slo_class", b"slo_class", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,11 +381,14 @@ class WorkerRequest(_message.Message):
     KV_PUBLISH_FIELD_NUMBER: _builtins.int
     SAMPLED_BEFORE_FIELD_NUMBER: _builtins.int
     CACHE_NAMESPACE_FIELD_NUMBER: _builtins.int
+    TPOT_TARGET_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     adapter: _builtins.str
     priority: _builtins.int
     ttft_deadline: _builtins.float
-    """Absolute deadline for the first token, unix seconds; 0 means none."""
+    """Absolute deadline for the first token, unix seconds; 0 means none. Within one priority the
+    engine admits waiting requests earliest deadline first.
+    """
     kv_publish: _builtins.bool
     """The prefill half of a disaggregated request: the worker writes the prompt's full KV
     blocks to the shared KV tier and sends its final chunk only once they are stored, so the
@@ -381,6 +402,10 @@ class WorkerRequest(_message.Message):
     """Prefix-cache namespace (the tenant, as the router derives it from the API key or an
     operator-mapped header; empty: the shared namespace). Mixed into the KV block hash seed,
     so cached prefixes are shared inside one namespace and never across two.
+    """
+    tpot_target: _builtins.float
+    """Time-per-output-token target, seconds; 0 means none. The engine schedules the decode of
+    a request whose next token is due before prefill chunks (a Sarathi-style token budget).
     """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -398,10 +423,11 @@ class WorkerRequest(_message.Message):
         kv_publish: _builtins.bool = ...,
         sampled_before: _builtins.int = ...,
         cache_namespace: _builtins.str = ...,
+        tpot_target: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "cache_namespace", b"cache_namespace", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "cache_namespace", b"cache_namespace", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "tpot_target", b"tpot_target", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

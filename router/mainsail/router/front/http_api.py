@@ -14,6 +14,7 @@ and /metrics (Prometheus text).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -240,10 +241,18 @@ class HttpFront:
 
     @staticmethod
     def _labelled(req: pb.GenerateRequest, request: Request) -> pb.GenerateRequest:
-        """The client's `X-Request-Id`, kept as a label only (the router assigns the id)."""
+        """The client's `X-Request-Id` (kept as a label only: the router assigns the id), its
+        latency targets and fairness id from the `x-mainsail-*` headers (docs/scheduling.md)."""
         raw = request.header(b"x-request-id")
         if raw is not None:
             req.request_id = raw.decode("latin-1")
+        for header, name in _TARGET_HEADERS:
+            value = request.header(header)
+            if value is not None:
+                setattr(req, name, _milliseconds(header.decode(), value))
+        fairness = request.header(b"x-mainsail-fairness-id")
+        if fairness is not None:
+            req.fairness_id = fairness.decode("latin-1").strip()
         return req
 
     async def _respond(
@@ -303,12 +312,28 @@ class HttpFront:
             writer.write(b"".join(out), last=True)
 
 
+_TARGET_HEADERS = ((b"x-mainsail-ttft-ms", "ttft_ms"), (b"x-mainsail-tpot-ms", "tpot_ms"))
+
+
+def _milliseconds(header: str, raw: bytes) -> float:
+    """A positive, finite number of milliseconds from a header, else 400 naming it."""
+    try:
+        value = float(raw.decode("latin-1").strip())
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise bad_request(f"{header} must be a positive number of milliseconds.", param=header)
+    return value
+
+
 def _sampling_request(body: CompletionRequest | ChatCompletionRequest) -> pb.GenerateRequest:
     req = pb.GenerateRequest(
         model=body.model,
         adapter=body.adapter or "",
         slo_class=body.slo_class or "",
         priority=body.priority,
+        ttft_ms=body.ttft_ms or 0.0,
+        tpot_ms=body.tpot_ms or 0.0,
     )
     s = req.sampling
     if body.max_tokens is not None:

@@ -52,6 +52,8 @@ class _Sampling(_Body):
     priority: int = Field(0, ge=0, le=PRIORITY_MAX)
     slo_class: str | None = None
     adapter: str | None = None
+    ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    tpot_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @field_validator("stop")
     @classmethod

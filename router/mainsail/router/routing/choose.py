@@ -3,8 +3,11 @@ wait for capacity when no worker can take it yet.
 
 Apart from dispatch because it is the one place that reads the KV indexes and the profile;
 the dispatcher only books and submits what this chose. Requests waiting here are the router's
-queue (`waiting`, bounded by `max_queue` in `Router.open`), exported as
-`mainsail_router_queued_requests`: the demand the operator's autoscaler reads.
+queue (`waiting`), exported as `mainsail_router_queued_requests`: the demand the operator's
+autoscaler reads. Who goes next and who is refused is the `FlowQueue` policy
+(`scheduling/flow.py`: priority bands, fair across tenants, deadlines within one, bounded):
+only the head of that queue runs the profile, so a request never overtakes one the policy
+puts before it; when the head fits, the next in line is woken at once.
 
 Scale to zero: while no worker at all is registered (every pool at zero, or still starting) a
 new request is held up to the longer ``cold_start_timeout`` rather than ``timeout``, because
@@ -20,13 +23,14 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from mainsail.router.errors import unavailable
+from mainsail.router.errors import RouterError, overloaded, unavailable
 from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.routing.prepare import Prepared
 from mainsail.router.routing.worker_views import ScheduleRecorder, WorkerViews
 from mainsail.router.scheduling import SchedulingContext, SchedulingProfile
+from mainsail.router.scheduling.flow import FlowLimits, FlowQueue, Ticket
 
 
 class WorkerChooser:
@@ -41,6 +45,7 @@ class WorkerChooser:
         clock: Callable[[], float],
         approx: ApproximateIndex | None = None,
         publishes_events: Callable[[str], bool] = lambda worker_id: True,
+        limits: FlowLimits | None = None,
     ) -> None:
         self.registry = registry
         self.profile = profile
@@ -53,6 +58,8 @@ class WorkerChooser:
         self._changed = asyncio.Event()
         self._views = WorkerViews(registry)
         self.recorder = ScheduleRecorder(metrics)
+        self.flow = FlowQueue(limits or FlowLimits(4096, 4096, 1024))
+        self._refusals: dict[Ticket, RouterError | None] = {}
 
     @property
     def waiting(self) -> int:
@@ -74,18 +81,36 @@ class WorkerChooser:
         started: float,
         timeout: float,
         cold_start_timeout: float = 0.0,
+        deadline: float | None = None,
     ) -> tuple[WorkerEntry, int]:
         """A worker not in ``tried`` and how many leading blocks the index says it holds;
         RouterError 503 when none could take the request within ``timeout`` of ``started``
-        (within ``cold_start_timeout``, if longer, while `cold`)."""
+        (within ``cold_start_timeout``, if longer, while `cold`), 429 when the flow queue
+        refuses or sheds it. ``deadline`` orders it within its tenant (default: its TTFT
+        target from ``started``)."""
+        due = started + prepared.ttft_target_s if deadline is None else deadline
+        offer = self.flow.offer(prepared.priority, prepared.flow, due)
+        for gone in offer.shed:
+            self._refuse(gone, "it was shed for a higher-priority request")
+        if offer.ticket is None:
+            self.metrics.shed.labels("queue_full").inc()
+            raise overloaded(f"The router cannot queue this request: {offer.reason}; retry later.")
+        ticket = offer.ticket
+        self._refusals[ticket] = None
         self._waiting += 1
         self.metrics.queued.inc()
         try:
             while True:
-                chosen = self._schedule(prepared, tried)
-                if chosen is not None:
-                    return chosen
-                self.recorder.flush()
+                refusal = self._refusals.get(ticket)
+                if refusal is not None:
+                    raise refusal
+                if self.flow.head() == ticket:
+                    chosen = self._schedule(prepared, tried)
+                    if chosen is not None:
+                        self.flow.pop_head()
+                        self._changed.set()  # the next in line may fit too
+                        return chosen
+                    self.recorder.flush()
                 cold = self.cold()
                 limit = max(timeout, cold_start_timeout) if cold else timeout
                 remaining = started + limit - self._clock()
@@ -107,8 +132,21 @@ class WorkerChooser:
             self.recorder.flush()
             raise
         finally:
+            self._refusals.pop(ticket, None)
+            if ticket in self.flow:
+                self.flow.remove(ticket)
+                self._changed.set()  # whoever is next in line now
             self._waiting -= 1
             self.metrics.queued.dec()
+
+    def _refuse(self, ticket: Ticket, why: str) -> None:
+        """End a waiting request with 429 (shed): its waiter raises when it wakes."""
+        if ticket in self._refusals:
+            self._refusals[ticket] = overloaded(
+                f"The router dropped this request while it waited: {why}; retry later."
+            )
+            self.metrics.shed.labels("displaced").inc()
+            self._changed.set()
 
     def _schedule(self, prepared: Prepared, tried: set[str]) -> tuple[WorkerEntry, int] | None:
         entries = [

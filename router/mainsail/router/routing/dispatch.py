@@ -12,6 +12,8 @@ keeps serving everyone else.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,10 +37,14 @@ class Dispatched:
 
 
 def worker_request(
-    prepared: Prepared, generated: Sequence[int] = (), kv_publish: bool = False
+    prepared: Prepared,
+    generated: Sequence[int] = (),
+    kv_publish: bool = False,
+    ttft_deadline: float = 0.0,
 ) -> pb.WorkerRequest:
     """What a worker is sent: the prompt plus any tokens already streamed (as prompt, with
-    the remaining budget and the sampling position to continue from)."""
+    the remaining budget and the sampling position to continue from), and its SLO: the
+    absolute deadline of its next token (unix seconds) and its TPOT target."""
     sampling = prepared.sampling
     if generated:
         sampling = pb.SamplingParams()
@@ -53,6 +59,8 @@ def worker_request(
         kv_publish=kv_publish,
         sampled_before=len(generated),
         cache_namespace=prepared.cache_namespace,
+        ttft_deadline=ttft_deadline,
+        tpot_target=prepared.tpot_target_s,
     )
 
 
@@ -67,6 +75,7 @@ class Dispatcher:
         metrics: RouterMetrics,
         block_size: int,
         clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.transport = transport
@@ -74,6 +83,7 @@ class Dispatcher:
         self.metrics = metrics
         self.block_size = block_size
         self._clock = clock
+        self._wall = wall_clock
 
     async def dispatch(
         self,
@@ -95,7 +105,9 @@ class Dispatcher:
         worker is registered at all, see `WorkerChooser.choose`), 502 when every try failed."""
         started = self._clock() if started is None else started
         tried = set(avoid)
-        work = worker_request(prepared, generated, kv_publish)
+        work = worker_request(
+            prepared, generated, kv_publish, self._deadline(prepared, started, generated)
+        )
         last_error = ""
         for _attempt in range(attempts):
             picked = self.registry.get(target) if target else None
@@ -103,8 +115,14 @@ class Dispatcher:
             if picked is not None and picked.worker_id not in tried and not picked.draining:
                 entry, hit_blocks = picked, 0
             else:
+                # A request that already streamed (a move) is due now: first in its tenant.
                 entry, hit_blocks = await self.chooser.choose(
-                    prepared, tried, started, timeout, cold_start_timeout
+                    prepared,
+                    tried,
+                    started,
+                    timeout,
+                    cold_start_timeout,
+                    deadline=-math.inf if generated else None,
                 )
             tried.add(entry.worker_id)
             self.book(entry)
@@ -136,6 +154,14 @@ class Dispatcher:
                 entry.pending_prefill = max(0, entry.pending_prefill - backlog)
             return Dispatched(entry, first, stream)
         raise upstream_failed(f"Workers failed before producing a token: {last_error}")
+
+    def _deadline(self, prepared: Prepared, started: float, generated: Sequence[int]) -> float:
+        """When the request's next token is due, unix seconds (workers compare wall clocks):
+        its TTFT target from when it arrived, or, for a request that already streamed (a
+        move), one TPOT from now."""
+        if generated:
+            return self._wall() + (prepared.tpot_target_s or prepared.ttft_target_s)
+        return self._wall() + prepared.ttft_target_s - (self._clock() - started)
 
     def book(self, entry: WorkerEntry) -> None:
         """Counts a request as outstanding on ``entry``."""

@@ -14,6 +14,7 @@ tenant's cache namespace is mixed into the block hashes like the adapter.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ class Prepared:
     info: RequestInfo
     client_label: str = ""  # the client's own request id, if it sent one: a label only
     cache_namespace: str = ""  # the tenant's prefix-cache namespace ("" = shared)
+    tpot_target_s: float = 0.0  # time-per-output-token target (0: none)
+    flow: str = ""  # fair-queuing key: the tenant, else the client's fairness id
 
 
 def new_request_id() -> str:
@@ -84,6 +87,10 @@ class RequestPreparer:
         check_label("request_id", request.request_id)
         check_label("slo_class", request.slo_class)
         check_label("adapter", request.adapter)
+        check_label("fairness_id", request.fairness_id)
+        bounds = self.config.slo.request_bounds
+        _check_target("ttft_ms", request.ttft_ms, bounds.min_ttft_ms, bounds.max_ttft_ms)
+        _check_target("tpot_ms", request.tpot_ms, bounds.min_tpot_ms, bounds.max_tpot_ms)
         if len(request.model) > 256:
             raise FieldError("model", "model must be at most 256 characters.")
         if not 0 <= request.priority <= PRIORITY_MAX:
@@ -105,8 +112,20 @@ class RequestPreparer:
                 f"Unknown SLO class `{request.slo_class}` (known: {known}).", param="slo_class"
             )
         slo = self._slo.get(request.slo_class)
-        priority = max(request.priority, slo.priority if slo else 0)
-        ttft_ms = (slo.ttft_ms if slo and slo.ttft_ms else None) or self.config.slo.ttft_ms
+        # A class sets the band (negative: sheddable); a request's own priority may raise it.
+        priority = request.priority
+        if slo is not None:
+            priority = max(priority, slo.priority) if priority else slo.priority
+        ttft_ms = (
+            request.ttft_ms
+            or (slo.ttft_ms if slo and slo.ttft_ms else None)
+            or self.config.slo.ttft_ms
+        )
+        tpot_ms = (
+            request.tpot_ms
+            or (slo.tpot_ms if slo and slo.tpot_ms else None)
+            or self.config.slo.tpot_ms
+        )
         request_id = new_request_id()
         kv = self.config.kv_hash
         hashes = chain_hashes(token_ids, kv.block_size, kv.hash_seed, hash_key(adapter, tenant))
@@ -130,6 +149,8 @@ class RequestPreparer:
             info,
             client_label=request.request_id,
             cache_namespace=tenant,
+            tpot_target_s=tpot_ms / 1000,
+            flow=tenant or (f"f:{request.fairness_id}" if request.fairness_id else ""),
         )
 
     def _resolve_model(self, model: str, adapter: str) -> str:
@@ -183,3 +204,14 @@ class RequestPreparer:
         token_ids = list(request.prompt_token_ids)
         check_prompt_ids(token_ids, self.tokenizer.vocab_size)
         return token_ids
+
+
+def _check_target(param: str, value: float, low: float, high: float) -> None:
+    """A request's own latency target (ms; 0 = not set) within the deployment's bounds."""
+    if value == 0:
+        return
+    if not math.isfinite(value) or not low <= value <= high:
+        raise FieldError(
+            param,
+            f"{param} must be in [{low:g}, {high:g}] milliseconds (this deployment's bounds).",
+        )

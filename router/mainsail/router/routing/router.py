@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.errors import RouterError, overloaded
+from mainsail.router.errors import RouterError
 from mainsail.router.fleet.registry import WorkerRegistry
 from mainsail.router.fleet.transport import WorkerTransport
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
@@ -32,6 +32,7 @@ from mainsail.router.routing.prepare import Prepared, RequestPreparer
 from mainsail.router.routing.rebalance import Move
 from mainsail.router.routing.route_stream import RouteStream, close_stream, nothing
 from mainsail.router.scheduling import ROLES, SchedulingProfile
+from mainsail.router.scheduling.flow import FlowLimits
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.tokenizer import Tokenizer
 
@@ -60,8 +61,9 @@ class Router:
         self.metrics = metrics or RouterMetrics()
         self._clock = clock
         self.preparer = RequestPreparer(config, tokenizer)
+        limits = FlowLimits(config.max_queue, config.max_per_band, config.max_per_tenant)
         self.chooser = WorkerChooser(
-            registry, profile, index, self.metrics, clock, approx, publishes_events
+            registry, profile, index, self.metrics, clock, approx, publishes_events, limits
         )
         self.dispatcher = Dispatcher(
             registry, transport, self.chooser, self.metrics, config.kv_hash.block_size, clock
@@ -107,11 +109,6 @@ class Router:
         """Prepare, admit and dispatch ``request``; returns once its first chunk arrived.
         ``tenant`` is the caller's prefix-cache namespace (from its credentials)."""
         prepared = await self.prepare_async(request, tenant)
-        if self.chooser.waiting >= self.config.max_queue:
-            raise overloaded(
-                f"The router's queue is full ({self.config.max_queue} requests waiting); "
-                "retry later."
-            )
         started = self._clock()
         prefill = self.moves.prefill_half(prepared)
         sent = await self.dispatcher.dispatch(

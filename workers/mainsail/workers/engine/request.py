@@ -24,6 +24,10 @@ class EngineRequest:
     at that position, so a moved seeded request draws what it would have drawn unmoved.
     ``cache_namespace``: the tenant's prefix-cache namespace (mixed into the KV hash seed with
     the adapter, `kv_key`): cached blocks are reused only within one namespace.
+    ``ttft_budget_s``: seconds from arrival by which the first token is due (may be negative:
+    already late); within one priority waiting requests are admitted earliest deadline first.
+    ``tpot_s``: seconds each later token is due after the previous one; a decode whose token
+    is due is scheduled before prefill chunks.
     """
 
     request_id: str
@@ -34,6 +38,8 @@ class EngineRequest:
     arrival_time: float | None = None
     sampled_before: int = 0
     cache_namespace: str | None = None
+    ttft_budget_s: float | None = None
+    tpot_s: float | None = None
 
     @property
     def kv_key(self) -> str | None:
