@@ -7,6 +7,7 @@ hang or a 500.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ class RouterError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,6 +32,7 @@ class RouterError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.retry_after = retry_after  # seconds; HTTP `Retry-After`, gRPC `retry-after` trailer
 
     def body(self) -> dict[str, Any]:
         """The JSON body OpenAI clients parse."""
@@ -41,6 +44,12 @@ class RouterError(Exception):
                 "code": self.code,
             }
         }
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Extra HTTP headers of the refusal (`Retry-After`, whole seconds)."""
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(max(1, math.ceil(self.retry_after))).encode())]
 
     def grpc_status(self) -> grpc.StatusCode:
         """The gRPC status closest to the HTTP one."""
@@ -78,9 +87,19 @@ def not_found(message: str) -> RouterError:
     return RouterError(404, message, code="not_found")
 
 
-def overloaded(message: str) -> RouterError:
-    """429 when admission control refuses more work (client should back off)."""
-    return RouterError(429, message, type="rate_limit_error", code="overloaded")
+def overloaded(message: str, retry_after: float = 1.0) -> RouterError:
+    """429 when admission control refuses more work: the client should back off for
+    ``retry_after`` seconds (sent as `Retry-After`)."""
+    return RouterError(
+        429, message, type="rate_limit_error", code="overloaded", retry_after=retry_after
+    )
+
+
+def slo_unattainable(message: str, retry_after: float) -> RouterError:
+    """429 when admission predicts that no worker can meet the request's TTFT target."""
+    return RouterError(
+        429, message, type="rate_limit_error", code="slo_unattainable", retry_after=retry_after
+    )
 
 
 def unavailable(message: str) -> RouterError:

@@ -54,9 +54,11 @@ class InferenceService(pb_grpc.InferenceServicer):
             route = await self.router.open(request, tenant=tenant)
         except RouterError as exc:
             self.router.metrics.requests.labels("grpc", f"http_{exc.status}").inc()
-            # The field comes first, as the worker names it (`param: message`).
+            # The field comes first, as the worker names it (`param: message`); a 429's
+            # back-off travels as the `retry-after` trailer (seconds), as over HTTP.
             detail = f"{exc.param}: {exc.message}" if exc.param else exc.message
-            await context.abort(exc.grpc_status(), detail)
+            trailers = tuple((k.decode(), v.decode()) for k, v in exc.headers())
+            await context.abort(exc.grpc_status(), detail, trailing_metadata=trailers)
             return
         async for response in self.router.responses(route):
             yield response

@@ -90,7 +90,7 @@ class HttpFront:
             if counter is None:
                 counter = self.router.metrics.requests.labels("http", f"http_{exc.status}")
             counter.inc()
-            return json_response(exc.body(), exc.status)
+            return json_response(exc.body(), exc.status, exc.headers())
 
     def _refusal(self, request: Request) -> Response | None:
         """401 when the path needs credentials the request lacks (see `auth.py`)."""

@@ -23,14 +23,16 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from mainsail.router.errors import RouterError, overloaded, unavailable
+from mainsail.router.errors import RouterError, overloaded, slo_unattainable, unavailable
 from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.routing.prepare import Prepared
 from mainsail.router.routing.worker_views import ScheduleRecorder, WorkerViews
 from mainsail.router.scheduling import SchedulingContext, SchedulingProfile
+from mainsail.router.scheduling.admission import admit
 from mainsail.router.scheduling.flow import FlowLimits, FlowQueue, Ticket
+from mainsail.spec.deployment import Admission as AdmissionSettings
 
 
 class WorkerChooser:
@@ -46,6 +48,8 @@ class WorkerChooser:
         approx: ApproximateIndex | None = None,
         publishes_events: Callable[[str], bool] = lambda worker_id: True,
         limits: FlowLimits | None = None,
+        admission: AdmissionSettings | None = None,
+        block_size: int = 16,
     ) -> None:
         self.registry = registry
         self.profile = profile
@@ -60,6 +64,9 @@ class WorkerChooser:
         self.recorder = ScheduleRecorder(metrics)
         self.flow = FlowQueue(limits or FlowLimits(4096, 4096, 1024))
         self._refusals: dict[Ticket, RouterError | None] = {}
+        self._tokens: dict[Ticket, int] = {}  # prompt tokens of each waiting request
+        self.admission = admission
+        self.block_size = block_size
 
     @property
     def waiting(self) -> int:
@@ -88,6 +95,8 @@ class WorkerChooser:
         (within ``cold_start_timeout``, if longer, while `cold`), 429 when the flow queue
         refuses or sheds it. ``deadline`` orders it within its tenant (default: its TTFT
         target from ``started``)."""
+        if deadline is None:
+            self.admit(prepared, started)  # a new request: refused now rather than late
         due = started + prepared.ttft_target_s if deadline is None else deadline
         offer = self.flow.offer(prepared.priority, prepared.flow, due)
         for gone in offer.shed:
@@ -97,6 +106,7 @@ class WorkerChooser:
             raise overloaded(f"The router cannot queue this request: {offer.reason}; retry later.")
         ticket = offer.ticket
         self._refusals[ticket] = None
+        self._tokens[ticket] = prepared.info.prompt_tokens
         self._waiting += 1
         self.metrics.queued.inc()
         try:
@@ -133,6 +143,7 @@ class WorkerChooser:
             raise
         finally:
             self._refusals.pop(ticket, None)
+            self._tokens.pop(ticket, None)
             if ticket in self.flow:
                 self.flow.remove(ticket)
                 self._changed.set()  # whoever is next in line now
@@ -148,6 +159,48 @@ class WorkerChooser:
             self.metrics.shed.labels("displaced").inc()
             self._changed.set()
 
+    def admit(self, prepared: Prepared, started: float) -> None:
+        """429 (with `Retry-After`) when no worker is predicted to give ``prepared`` its first
+        token within its TTFT target (`scheduling/admission.py`); no-op without a cost model
+        or while no worker is registered (a cold pool is woken by the held request)."""
+        settings = self.admission
+        if settings is None or settings.step_cost is None:
+            return
+        entries = [e for e in self.registry.entries() if not e.draining]
+        if not entries:
+            return
+        ahead = sum(n for t, n in self._tokens.items() if t.priority >= prepared.priority)
+        verdict = admit(
+            settings.step_cost,
+            self._context(prepared, entries),
+            block_size=self.block_size,
+            target_s=prepared.ttft_target_s,
+            waited_s=self._clock() - started,
+            queued_ahead_tokens=ahead,
+            headroom=settings.headroom,
+        )
+        if not verdict.admit:
+            self.metrics.shed.labels("predicted_ttft").inc()
+            raise slo_unattainable(
+                f"Refused at admission: {verdict.reason}; retry after {verdict.retry_after_s:g} s.",
+                verdict.retry_after_s,
+            )
+
+    def _context(self, prepared: Prepared, entries: list[WorkerEntry]) -> SchedulingContext:
+        hashes = prepared.info.block_hashes
+        hits = self.index.longest_prefix(hashes)
+        if self.approx is not None:
+            # Workers that publish no KV events are scored from the router's own history.
+            for worker_id, depth in self.approx.longest_prefix(hashes).items():
+                if not self.publishes_events(worker_id):
+                    hits[worker_id] = max(hits.get(worker_id, 0), depth)
+        return SchedulingContext(
+            request=prepared.info,
+            workers=tuple([self._views.snapshot(e) for e in entries]),
+            prefix_hits=hits,
+            now=self._clock(),
+        )
+
     def _schedule(self, prepared: Prepared, tried: set[str]) -> tuple[WorkerEntry, int] | None:
         entries = [
             e for e in self.registry.entries() if e.worker_id not in tried and not e.draining
@@ -156,18 +209,8 @@ class WorkerChooser:
             return None
         t0 = time.perf_counter()
         hashes = prepared.info.block_hashes
-        hits = self.index.longest_prefix(hashes)
-        if self.approx is not None:
-            # Workers that publish no KV events are scored from the router's own history.
-            for worker_id, depth in self.approx.longest_prefix(hashes).items():
-                if not self.publishes_events(worker_id):
-                    hits[worker_id] = max(hits.get(worker_id, 0), depth)
-        ctx = SchedulingContext(
-            request=prepared.info,
-            workers=tuple([self._views.snapshot(e) for e in entries]),
-            prefix_hits=hits,
-            now=self._clock(),
-        )
+        ctx = self._context(prepared, entries)
+        hits = ctx.prefix_hits
         decision = self.profile.schedule(ctx)
         elapsed = time.perf_counter() - t0
         if decision.worker_id is None:

@@ -63,7 +63,16 @@ class Router:
         self.preparer = RequestPreparer(config, tokenizer)
         limits = FlowLimits(config.max_queue, config.max_per_band, config.max_per_tenant)
         self.chooser = WorkerChooser(
-            registry, profile, index, self.metrics, clock, approx, publishes_events, limits
+            registry,
+            profile,
+            index,
+            self.metrics,
+            clock,
+            approx,
+            publishes_events,
+            limits,
+            config.admission,
+            config.kv_hash.block_size,
         )
         self.dispatcher = Dispatcher(
             registry, transport, self.chooser, self.metrics, config.kv_hash.block_size, clock
