@@ -2,14 +2,19 @@
 
 Each step:
 
-1. Running sequences, highest priority first, each get the tokens they still need to compute
-   (one for a decode, a chunk of the remaining prompt for a prefill), capped by what is left
-   of ``max_batched_tokens``. If their blocks cannot grow, the lowest-priority running
-   sequence is preempted by recompute (its blocks are freed, it goes back to waiting; its
-   hashed blocks stay cached, so the recompute is often a prefix hit).
-2. If nothing was preempted, waiting sequences, highest priority first, are admitted while
-   budget, ``max_num_seqs`` and free blocks allow, reusing cached prefix blocks. Admission
-   stops at the first one that does not fit, so priority order holds.
+1. Running sequences each get the tokens they still need to compute, capped by what is left
+   of ``max_batched_tokens``: first every decode (one token each), then prefill chunks with
+   the rest of the budget — Sarathi-Serve's stall-free batching, so a decode whose TPOT is
+   at stake is never starved by a long prompt; ``max_batched_tokens`` is the token budget
+   that bounds a step's time. Within each kind, highest priority first, then earliest
+   deadline (`Sequence.deadline`: the request's TTFT budget, then one TPOT per token). If
+   blocks cannot grow, the lowest-priority, latest-deadline running sequence not yet in this
+   step is preempted by recompute (its blocks are freed, it goes back to waiting; its hashed
+   blocks stay cached, so the recompute is often a prefix hit).
+2. If nothing was preempted, waiting sequences — highest priority first, earliest deadline
+   first within a priority — are admitted while budget, ``max_num_seqs`` and free blocks
+   allow, reusing cached prefix blocks. Admission stops at the first one that does not fit,
+   so that order holds.
 
 The scheduler only books blocks and tokens; the engine runs the model and advances
 ``num_computed`` afterwards.
@@ -67,13 +72,17 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.max_batched_tokens
         self.running.sort(key=lambda s: s.priority_key)
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        decodes_first = sorted(self.running, key=lambda s: not s.decoding)  # stable
+        scheduled: set[int] = set()
+        for seq in decodes_first:
+            if budget <= 0:
+                break
+            if seq.status is not Status.RUNNING:
+                continue  # preempted for an earlier one this step
             num_new = min(seq.num_tokens - seq.num_computed, budget)
-            if self._grow_or_preempt(seq, num_new, batch):
+            if self._grow_or_preempt(seq, num_new, batch, scheduled):
                 budget -= num_new
-                i += 1
+                scheduled.add(id(seq))
         if batch.preempted:
             return batch
         self.waiting.sort(key=lambda s: s.priority_key)
@@ -97,13 +106,18 @@ class Scheduler:
             budget -= num_new
         return batch
 
-    def _grow_or_preempt(self, seq: Sequence, num_new: int, batch: ScheduledBatch) -> bool:
-        """Book blocks for ``seq``, preempting from the back; False if ``seq`` itself went."""
+    def _grow_or_preempt(
+        self, seq: Sequence, num_new: int, batch: ScheduledBatch, scheduled: set[int]
+    ) -> bool:
+        """Book blocks for ``seq``, preempting from the back the running sequences not yet
+        in this step (``scheduled`` holds their ids); False if ``seq`` itself went."""
         while (
             self.kv.blocks_to_grow(seq.table, seq.num_computed, num_new)
             > self.kv.allocator.num_free
         ):
-            victim = self.running.pop()
+            at = next(i for i in range(len(self.running) - 1, -1, -1)
+                      if id(self.running[i]) not in scheduled)  # fmt: skip
+            victim = self.running.pop(at)
             self.kv.free(victim.table)
             victim.reset_for_recompute()
             self.waiting.append(victim)

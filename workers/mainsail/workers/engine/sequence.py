@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -79,9 +80,25 @@ class Sequence:
         return self.generator
 
     @property
-    def priority_key(self) -> tuple[int, int]:
-        """Sort key: higher priority first, then first come first served."""
-        return (-self.request.priority, self.order)
+    def deadline(self) -> float:
+        """When this sequence's next token is due, on the engine's clock (inf: no target):
+        the first `ttft_budget_s` after arrival, each later one `tpot_s` after the last."""
+        request = self.request
+        if self.last_token_time is None:
+            budget = request.ttft_budget_s
+            return math.inf if budget is None else self.arrival + budget
+        return math.inf if request.tpot_s is None else self.last_token_time + request.tpot_s
+
+    @property
+    def priority_key(self) -> tuple[int, float, int]:
+        """Sort key: higher priority first, then earliest deadline, then first come first
+        served."""
+        return (-self.request.priority, self.deadline, self.order)
+
+    @property
+    def decoding(self) -> bool:
+        """Whether its next step computes one token (a decode) rather than a prefill chunk."""
+        return self.num_tokens - self.num_computed == 1
 
     def append(self, token_id: int) -> None:
         """Add a generated token, hashing the block it completes."""
