@@ -162,3 +162,54 @@ def test_images_are_named_through_values_and_validated_by_the_schema(kube_testbe
             capture_output=True, text=True, timeout=120, env=kube_testbed.env,
         )  # fmt: skip
         assert proc.returncode != 0 and says in proc.stderr, (bad, proc.stderr)
+
+
+def test_network_policy_values_reach_the_operator_and_bad_peers_are_refused(
+    kube_testbed: Any, tmp_path: Path
+) -> None:
+    """`networkPolicy.*` becomes the operator's default peers (and its own pods a peer), which
+    end up in every deployment's NetworkPolicies; a malformed peer fails at `helm template`."""
+    from mainsail.operator.desired_network import network_policies
+    from mainsail.operator.naming import Owner
+    from mainsail.spec.deployment import ModelDeploymentSpec
+
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    gateway = {"ipBlock": {"cidr": "192.0.2.0/24"}}
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump({"networkPolicy": {"clientsFrom": [gateway], "metricsFrom": [monitoring]}})
+    )
+    rendered = helm(
+        kube_testbed, "template", "np", CHART, "--namespace", "ops", "-f", str(values),
+        "--show-only", "templates/deployment.yaml",
+    )  # fmt: skip
+    container = yaml.safe_load(rendered)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = OperatorSettings.from_env(
+        {k: v for k, v in env.items() if k.startswith("MAINSAIL_OPERATOR_")}
+    )
+    spec = ModelDeploymentSpec.model_validate({"model": {"name": "m", "generate": "llama"}})
+    policies = {
+        p["metadata"]["name"]: p["spec"]["ingress"]
+        for p in network_policies(Owner("d", "team", "u"), spec, settings, runs_cache=False)
+    }
+    assert policies["d-workers"][1]["from"] == [monitoring]
+    _, clients, http = policies["d-router"]
+    assert clients["from"] == [gateway]
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator",
+                                        "app.kubernetes.io/instance": "np",
+                                        "app.kubernetes.io/name": "mainsail"}},
+    }  # fmt: skip
+    assert http["from"] == [monitoring, operator]
+
+    values.write_text(yaml.safe_dump({"networkPolicy": {"clientsFrom": [{"ipBlock": {}}]}}))
+    proc = subprocess.run(
+        [str(kube_testbed.bin_dir / "helm"), "template", "np", CHART, "-f", str(values)],
+        capture_output=True, text=True, timeout=120, env=kube_testbed.env,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "cidr" in proc.stderr, proc.stderr

@@ -70,6 +70,13 @@ CASES = {
         _with("spec.router", {"fleetPort": 50051}),
         ["spec.router.fleetPort", "httpPort, grpcPort and fleetPort must differ"],
     ),
+    "cel-network-peer": (
+        _with(
+            "spec.network",
+            {"clientsFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]},
+        ),
+        ["spec.network.clientsFrom[0]", "a peer sets ipBlock, or podSelector"],
+    ),
     "name-length": (_with("metadata.name", "x" * 60), ["metadata.name must be at most 55"]),
     "unknown-field": (_with("spec.engine.bogus", 1), ['unknown field "spec.engine.bogus"']),
 }

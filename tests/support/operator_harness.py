@@ -97,8 +97,9 @@ def _free_port() -> int:
 class OperatorProcess:
     """`python -m mainsail.operator` under a given kubeconfig; restartable."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, namespaces: tuple[str, ...] = ()) -> None:
         self.kubeconfig, self.log = kubeconfig, log
+        self.namespaces = namespaces  # empty: every namespace (the chart's default)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -115,7 +116,8 @@ class OperatorProcess:
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mainsail.operator", f"--liveness=http://127.0.0.1:{port}/healthz"],
+                [sys.executable, "-m", "mainsail.operator", f"--liveness=http://127.0.0.1:{port}/healthz",
+                 *(f"--namespace={ns}" for ns in self.namespaces)],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         url = f"http://127.0.0.1:{port}/healthz"

@@ -26,6 +26,7 @@ from mainsail.spec.deployment import (
     Pools,
     RouterSettings,
 )
+from mainsail.spec.network import Peer
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +122,8 @@ def test_roles_match_the_pools_model() -> None:
         (ModelSource, {"name": "m"}),
         (ModelSource, {"name": "m", "path": "/x", "generate": "llama"}),
         (RouterSettings, {"fleetPort": 50051}),
+        (Peer, {}),
+        (Peer, {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}),
         (RouterSettings, {"httpPort": 9000, "grpcPort": 9000}),
     ],
 )

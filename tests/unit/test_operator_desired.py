@@ -45,6 +45,7 @@ def test_dense_split_children_names_labels_and_owner() -> None:
         ("Secret", "dense-pd-worker-credential"),
         ("ConfigMap", "dense-pd-config"),
         ("NetworkPolicy", "dense-pd-workers"),
+        ("NetworkPolicy", "dense-pd-router"),
         ("NetworkPolicy", "dense-pd-cache"),
         ("Service", "dense-pd-cache"),
         ("StatefulSet", "dense-pd-cache"),

@@ -16,23 +16,16 @@ from mainsail.operator.kube import resource_path
 
 pytestmark = pytest.mark.unit
 
-RBAC = Path(__file__).parents[2] / "charts/mainsail/templates/rbac.yaml"
+RBAC = Path(__file__).parents[2] / "charts/mainsail/files/operator-rules.yaml"
 READ = {"get", "list", "watch"}
 WRITE = {"create", "update", "patch", "delete"}
 
 
 def cluster_role_rules() -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs, from the ClusterRole's `rules:` block (plain YAML in the
-    template: no Helm directives inside it)."""
-    lines = RBAC.read_text().splitlines()
-    start = lines.index("rules:")
-    block = []
-    for line in lines[start:]:
-        if line.startswith("{{") or line == "---":
-            break
-        block.append(line)
+    """(apiGroup, resource) -> verbs, from the rules the chart grants (one plain YAML file,
+    used for the ClusterRole and for every namespace's Role alike)."""
     grants: dict[tuple[str, str], set[str]] = {}
-    for rule in yaml.safe_load("\n".join(block))["rules"]:
+    for rule in yaml.safe_load(RBAC.read_text())["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 grants.setdefault((group, resource), set()).update(rule["verbs"])

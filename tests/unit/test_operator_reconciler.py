@@ -50,6 +50,7 @@ def test_first_pass_creates_every_child_and_the_second_writes_nothing() -> None:
         "ConfigMap/tiny-config",
         "Deployment/tiny-router",
         "NetworkPolicy/tiny-cache",
+        "NetworkPolicy/tiny-router",
         "NetworkPolicy/tiny-workers",
         "RayCluster/tiny",
         "Secret/tiny-worker-credential",

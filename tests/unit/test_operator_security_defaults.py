@@ -10,11 +10,13 @@ no capabilities and limits on every container; Ray's dashboard (its job API) off
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from mainsail.operator.desired import desired_children, pod_templates
 from mainsail.operator.desired_secrets import ANNOTATION_ROTATE, Issuer
@@ -112,26 +114,106 @@ def test_every_pod_is_hardened_and_every_container_limited() -> None:
             assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
 
 
+def _policies(
+    spec: ModelDeploymentSpec | None = None, settings: OperatorSettings | None = None
+) -> dict[str, Any]:
+    children = desired_children(
+        OWNER, spec or _spec(), settings or OperatorSettings(), issuer=_counter()
+    )
+    return {p["metadata"]["name"]: p["spec"] for p in _by_kind(children)["NetworkPolicy"]}
+
+
+def _components(selector: dict[str, Any]) -> set[str]:
+    (expr,) = selector["matchExpressions"]
+    assert selector["matchLabels"] == {"mainsail.dev/deployment": "dense-pd"}
+    return set(expr["values"])
+
+
+def _ports(rule: dict[str, Any]) -> set[int]:
+    return {p["port"] for p in rule["ports"]}
+
+
+PROMETHEUS = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+
+
 def test_network_policies_admit_only_the_deployments_own_pods() -> None:
-    kinds = _by_kind(desired_children(OWNER, _spec(), OperatorSettings(), issuer=_counter()))
-    policies = {p["metadata"]["name"]: p["spec"] for p in kinds["NetworkPolicy"]}
-    workers, cache = policies["dense-pd-workers"], policies["dense-pd-cache"]
-
-    def components(selector: dict[str, Any]) -> set[str]:
-        (expr,) = selector["matchExpressions"]
-        assert selector["matchLabels"] == {"mainsail.dev/deployment": "dense-pd"}
-        return set(expr["values"])
-
-    assert components(workers["podSelector"]) == {"head", "worker"}
+    policies = _policies()
+    workers, cache, router = (policies[f"dense-pd-{n}"] for n in ("workers", "cache", "router"))
+    assert _components(workers["podSelector"]) == {"head", "worker"}
     rule, metrics = workers["ingress"]
-    assert components(rule["from"][0]["podSelector"]) == {"head", "worker", "router"}
-    # Anyone (Prometheus) may reach the workers' metrics port, and only that port.
-    assert metrics == {"ports": [{"protocol": "TCP", "port": WORKER_METRICS_PORT}]}
-    assert components(cache["podSelector"]) == {"cache"}
+    assert _components(rule["from"][0]["podSelector"]) == {"head", "worker", "router"}
+    # The metrics port only, and by default only from Prometheus pods of the same namespace
+    # (never the whole cluster).
+    assert metrics == {"ports": [{"protocol": "TCP", "port": WORKER_METRICS_PORT}],
+                       "from": [PROMETHEUS]}  # fmt: skip
+    assert _components(cache["podSelector"]) == {"cache"}
     (rule,) = cache["ingress"]
-    assert components(rule["from"][0]["podSelector"]) == {"head", "worker"}
-    redis = kinds["StatefulSet"][0]["spec"]["template"]["spec"]["containers"][0]
-    assert redis["args"][-2:] == ["--requirepass", "$(MAINSAIL_REDIS_PASSWORD)"]
+    assert _components(rule["from"][0]["podSelector"]) == {"head", "worker"}
+    # The router: its fleet port only from the deployment's Ray pods (where workers run);
+    # its client ports from anyone by default (clients need an API key).
+    spec = _spec().router
+    assert _components(router["podSelector"]) == {"router"}
+    fleet, clients = router["ingress"]
+    assert _ports(fleet) == {spec.fleet_port}
+    assert [_components(p["podSelector"]) for p in fleet["from"]] == [{"head", "worker"}]
+    assert _ports(clients) == {spec.http_port, spec.grpc_port} and "from" not in clients
+    redis = _by_kind(desired_children(OWNER, _spec(), OperatorSettings(), issuer=_counter()))
+    container = redis["StatefulSet"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--requirepass", "$(MAINSAIL_REDIS_PASSWORD)"]
+
+
+def test_network_peers_come_from_the_spec_else_the_operator_settings() -> None:
+    gateway = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gw"}}}
+    lb = {"ipBlock": {"cidr": "10.1.0.0/16", "except": ["10.1.2.0/24"]}}
+    monitoring = {"namespaceSelector": {"matchLabels": {"team": "obs"}}, **PROMETHEUS}
+    me = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}},
+          "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}  # fmt: skip
+    settings = OperatorSettings.from_env(
+        {
+            "MAINSAIL_OPERATOR_CLIENTS_FROM": json.dumps([gateway]),
+            "MAINSAIL_OPERATOR_METRICS_FROM": json.dumps([monitoring]),
+            "MAINSAIL_OPERATOR_OPERATOR_PEER": json.dumps(me),
+        }
+    )
+    router_spec = _spec().router
+    policies = _policies(settings=settings)
+    assert policies["dense-pd-workers"]["ingress"][1]["from"] == [monitoring]
+    _, clients, http = policies["dense-pd-router"]["ingress"]
+    assert clients["from"] == [gateway]
+    # /metrics and the operator's admin calls share the HTTP port: admitted there only.
+    assert _ports(http) == {router_spec.http_port} and http["from"] == [monitoring, me]
+
+    # The deployment's own spec.network wins; [] means anyone.
+    doc = yaml.safe_load((EXAMPLES / "dense-prefill-decode.yaml").read_text())
+    doc["spec"]["network"] = {"clientsFrom": [lb], "metricsFrom": []}
+    spec = ModelDeployment.model_validate(doc).spec
+    policies = _policies(spec, settings)
+    assert "from" not in policies["dense-pd-workers"]["ingress"][1]
+    _, clients, http = policies["dense-pd-router"]["ingress"]
+    assert clients["from"] == [lb] and "from" not in http
+    # Editing the network settings rolls no pod (they are not in config.json).
+    before = _by_kind(desired_children(OWNER, _spec(), settings, issuer=_counter()))
+    after = _by_kind(desired_children(OWNER, spec, settings, issuer=_counter()))
+    assert before["ConfigMap"] == after["ConfigMap"]
+
+
+@pytest.mark.parametrize(
+    ("peer", "message"),
+    [
+        ({"ipBlock": {"cidr": "10.0.0.0/8"}, **PROMETHEUS}, "a peer sets ipBlock"),
+        ({}, "a peer sets ipBlock"),
+        ({"ipBlock": {"cidr": "10.0.0.300/8"}}, "does not appear to be an IPv4 or IPv6"),
+        ({"podSelector": {"matchExpressions": []}}, "matchExpressions"),
+    ],
+)
+def test_bad_network_peers_are_refused_naming_the_field(peer: Any, message: str) -> None:
+    doc = yaml.safe_load((EXAMPLES / "dense-prefill-decode.yaml").read_text())
+    doc["spec"]["network"] = {"clientsFrom": [peer]}
+    with pytest.raises(ValidationError) as info:
+        ModelDeployment.model_validate(doc)
+    assert "network.clientsFrom.0" in str(info.value) and message in str(info.value)
+    with pytest.raises(ValidationError, match="clients_from"):
+        OperatorSettings.from_env({"MAINSAIL_OPERATOR_CLIENTS_FROM": json.dumps([peer])})
 
 
 def test_worker_pods_name_and_annotate_the_metrics_port() -> None:

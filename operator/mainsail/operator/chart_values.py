@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from mainsail.operator.settings import OperatorSettings, PullPolicy
+from mainsail.spec.network import Peer, default_metrics_peers
 
 _DEFAULTS = OperatorSettings()
 
@@ -60,7 +61,9 @@ class ServiceAccount(_Values):
 
 
 class Rbac(_Values):
-    create: bool = Field(True, description="ClusterRole and its binding(s) for the operator.")
+    create: bool = Field(
+        True, description="The operator's ClusterRole (or per-namespace Roles) and bindings."
+    )
 
 
 class Defaults(_Values):
@@ -96,6 +99,22 @@ class Monitoring(_Values):
     pod_monitor: PodMonitor = PodMonitor()
 
 
+class NetworkPolicyValues(_Values):
+    """Defaults of every ModelDeployment's `spec.network` (NetworkPolicy peers)."""
+
+    clients_from: list[Peer] = Field(
+        default_factory=list,
+        description="Who may reach routers' client ports (HTTP, gRPC); [] = anyone (clients "
+        "still need an API key).",
+    )
+    metrics_from: list[Peer] = Field(
+        default_factory=default_metrics_peers,
+        description="Who may scrape workers' metrics port (and routers' /metrics when "
+        "clientsFrom is restricted); [] = anyone. Default: Prometheus pods "
+        "(app.kubernetes.io/name=prometheus) in each deployment's namespace.",
+    )
+
+
 class ChartValues(_Values):
     """`values.yaml` of charts/mainsail."""
 
@@ -106,8 +125,8 @@ class ChartValues(_Values):
     image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
     watch_namespaces: list[str] = Field(
         default_factory=list,
-        description="Namespaces to watch; empty watches all (ClusterRoleBinding) and otherwise "
-        "each listed namespace gets a RoleBinding only.",
+        description="Namespaces to watch; empty watches all (ClusterRole and binding), otherwise "
+        "each listed namespace gets a Role and RoleBinding and nothing is granted cluster-wide.",
     )
     service_account: ServiceAccount = ServiceAccount()
     rbac: Rbac = Rbac()
@@ -122,6 +141,7 @@ class ChartValues(_Values):
     verbose: bool = False
     dashboards: Dashboards = Dashboards()
     monitoring: Monitoring = Monitoring()
+    network_policy: NetworkPolicyValues = NetworkPolicyValues()
     resources: dict[str, Any] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "100m", "memory": "256Mi"},

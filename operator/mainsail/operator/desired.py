@@ -42,7 +42,7 @@ def desired_children(
     cfg_hash = config_hash(text)
     secret = credentials_secret(owner, spec, observed_secret, rotate, issuer)
     children: list[dict[str, Any]] = [secret, config_map(owner, text)]
-    children += network_policies(owner, runs_cache(spec.pools.cache))
+    children += network_policies(owner, spec, settings, runs_cache(spec.pools.cache))
     if runs_cache(spec.pools.cache):
         children += [
             cache_service(owner),

@@ -6,11 +6,14 @@ Read from `MAINSAIL_OPERATOR_*` environment variables (the Helm chart sets them 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from mainsail.spec.network import Peer, default_metrics_peers
 
 ENV_PREFIX = "MAINSAIL_OPERATOR_"
 
@@ -80,6 +83,29 @@ class OperatorSettings(BaseModel):
         description="Base URL of a deployment's router admin API (`POST /workers/<id>/drain` "
         "before a scale-down removes a worker's pod). Placeholders as in router_metrics_url.",
     )
+
+    clients_from: list[Peer] = Field(
+        default_factory=list,
+        description="Default for `spec.network.clientsFrom`: who may reach a router's client "
+        "ports (JSON list of NetworkPolicy peers; empty: anyone, clients still need a key).",
+    )
+    metrics_from: list[Peer] = Field(
+        default_factory=default_metrics_peers,
+        description="Default for `spec.network.metricsFrom`: who may scrape the workers' "
+        "metrics port (JSON list of peers; empty: anyone). Default: Prometheus pods "
+        "(app.kubernetes.io/name=prometheus) in the deployment's namespace.",
+    )
+    operator_peer: Peer | None = Field(
+        None,
+        description="This operator's pods as a peer (the chart sets it): admitted to the "
+        "router's HTTP port (status, drains) when clientsFrom is restricted.",
+    )
+
+    @field_validator("clients_from", "metrics_from", "operator_peer", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        """Environment variables carry these as JSON."""
+        return json.loads(value) if isinstance(value, str) else value
 
     def pull_policy(self, image: str) -> PullPolicy | None:
         """The configured pull policy of a container running `image` (None: not ours)."""

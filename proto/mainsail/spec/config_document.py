@@ -76,8 +76,10 @@ class DeploymentDocument(BaseModel):
 
 
 def spec_for_document(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """``spec`` as JSON with the pool sizes removed (see `SIZE_KEYS`)."""
-    out: dict[str, Any] = spec.model_dump(by_alias=True, mode="json")
+    """``spec`` as JSON with the pool sizes removed (see `SIZE_KEYS`), and the network
+    settings (NetworkPolicies only: neither the router nor the workers read them, so editing
+    them must not roll their pods)."""
+    out: dict[str, Any] = spec.model_dump(by_alias=True, mode="json", exclude={"network"})
     for role in spec.pools.worker_pools():
         for key in SIZE_KEYS:
             out["pools"][role].pop(key, None)

@@ -39,6 +39,7 @@ from mainsail.spec.deployment import (
     RouterSettings,
     SpecModel,
 )
+from mainsail.spec.network import Peer
 
 Schema = dict[str, Any]
 
@@ -159,6 +160,13 @@ CEL_RULES: dict[type[BaseModel], list[Schema]] = {
             "message": "set unified, or both prefill and decode",
             "reason": "FieldValueRequired",
         },
+    ],
+    Peer: [
+        {
+            "rule": "has(self.ipBlock) != (has(self.podSelector) || has(self.namespaceSelector))",
+            "message": "a peer sets ipBlock, or podSelector and/or namespaceSelector",
+            "reason": "FieldValueInvalid",
+        }
     ],
     RouterSettings: [
         {

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.network import NetworkSettings
 from mainsail.spec.step_cost import StepCost
 
 API_GROUP = "mainsail.dev"
@@ -373,6 +374,7 @@ class ModelDeploymentSpec(SpecModel):
     router: RouterSettings = RouterSettings()
     slo: SLO = SLO()
     adapters: list[Adapter] = Field(default_factory=list)
+    network: NetworkSettings = NetworkSettings()
 
 
 class ObjectMeta(SpecModel):
