@@ -88,37 +88,32 @@ class WorkerChooser:
         started: float,
         timeout: float,
         cold_start_timeout: float = 0.0,
-        deadline: float | None = None,
+        queue: bool = True,
     ) -> tuple[WorkerEntry, int]:
         """A worker not in ``tried`` and how many leading blocks the index says it holds;
         RouterError 503 when none could take the request within ``timeout`` of ``started``
-        (within ``cold_start_timeout``, if longer, while `cold`), 429 when the flow queue
-        refuses or sheds it. ``deadline`` orders it within its tenant (default: its TTFT
-        target from ``started``)."""
-        if deadline is None:
-            self.admit(prepared, started)  # a new request: refused now rather than late
-        due = started + prepared.ttft_target_s if deadline is None else deadline
-        offer = self.flow.offer(prepared.priority, prepared.flow, due)
-        for gone in offer.shed:
-            self._refuse(gone, "it was shed for a higher-priority request")
-        if offer.ticket is None:
-            self.metrics.shed.labels("queue_full").inc()
-            raise overloaded(f"The router cannot queue this request: {offer.reason}; retry later.")
-        ticket = offer.ticket
-        self._refusals[ticket] = None
-        self._tokens[ticket] = prepared.info.prompt_tokens
+        (within ``cold_start_timeout``, if longer, while `cold`), 429 when admission or the
+        flow queue refuses it or sheds it while it waits.
+
+        ``queue=False`` is for a request admitted earlier (another try after a fail-over, a
+        move of a streaming request, the decode half of a disaggregated one): it neither
+        passes admission again nor joins the flow queue, and tries every worker it may on
+        every wake — behind the queue's order it could wait for a head that cannot use the
+        workers it can (a move must avoid its own worker)."""
+        ticket = self._enqueue(prepared, started) if queue else None
         self._waiting += 1
         self.metrics.queued.inc()
         try:
             while True:
-                refusal = self._refusals.get(ticket)
+                refusal = self._refusals.get(ticket) if ticket is not None else None
                 if refusal is not None:
                     raise refusal
-                if self.flow.head() == ticket:
+                if ticket is None or self.flow.head() == ticket:
                     chosen = self._schedule(prepared, tried)
                     if chosen is not None:
-                        self.flow.pop_head()
-                        self._changed.set()  # the next in line may fit too
+                        if ticket is not None:
+                            self.flow.pop_head()
+                            self._changed.set()  # the next in line may fit too
                         return chosen
                     self.recorder.flush()
                 cold = self.cold()
@@ -142,13 +137,29 @@ class WorkerChooser:
             self.recorder.flush()
             raise
         finally:
-            self._refusals.pop(ticket, None)
-            self._tokens.pop(ticket, None)
-            if ticket in self.flow:
-                self.flow.remove(ticket)
-                self._changed.set()  # whoever is next in line now
+            if ticket is not None:
+                self._refusals.pop(ticket, None)
+                self._tokens.pop(ticket, None)
+                if ticket in self.flow:
+                    self.flow.remove(ticket)
+                    self._changed.set()  # whoever is next in line now
             self._waiting -= 1
             self.metrics.queued.dec()
+
+    def _enqueue(self, prepared: Prepared, started: float) -> Ticket:
+        """Admission, then a place in the flow queue (deadline: its TTFT target from
+        ``started``); 429 when either refuses. Requests it displaces are refused."""
+        self.admit(prepared, started)  # a new request: refused now rather than late
+        due = started + prepared.ttft_target_s
+        offer = self.flow.offer(prepared.priority, prepared.flow, due)
+        for gone in offer.shed:
+            self._refuse(gone, "it was shed for a higher-priority request")
+        if offer.ticket is None:
+            self.metrics.shed.labels("queue_full").inc()
+            raise overloaded(f"The router cannot queue this request: {offer.reason}; retry later.")
+        self._refusals[offer.ticket] = None
+        self._tokens[offer.ticket] = prepared.info.prompt_tokens
+        return offer.ticket
 
     def _refuse(self, ticket: Ticket, why: str) -> None:
         """End a waiting request with 429 (shed): its waiter raises when it wakes."""

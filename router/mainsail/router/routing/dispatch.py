@@ -12,7 +12,6 @@ keeps serving everyone else.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -115,14 +114,14 @@ class Dispatcher:
             if picked is not None and picked.worker_id not in tried and not picked.draining:
                 entry, hit_blocks = picked, 0
             else:
-                # A request that already streamed (a move) is due now: first in its tenant.
+                # Only a new request's first try is admitted and queued (see `choose`).
                 entry, hit_blocks = await self.chooser.choose(
                     prepared,
                     tried,
                     started,
                     timeout,
                     cold_start_timeout,
-                    deadline=-math.inf if generated else None,
+                    queue=not (generated or tried),
                 )
             tried.add(entry.worker_id)
             self.book(entry)
