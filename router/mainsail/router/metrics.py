@@ -145,6 +145,16 @@ class RouterMetrics:
             "Streaming requests moved to another worker on request (drain, migrate).",
             registry=r,
         )
+        self.kv_migrations = Counter(
+            "mainsail_router_kv_migrations",
+            "Moves whose KV was copied to the target worker (included in migrations).",
+            registry=r,
+        )
+        self.kv_migration_failures = Counter(
+            "mainsail_router_kv_migration_failures",
+            "Moves with the KV that failed and fell back to recompute.",
+            registry=r,
+        )
         self.rebalance_moves = Counter(
             "mainsail_router_rebalance_moves",
             "Streaming requests moved by automatic rebalancing (included in migrations).",

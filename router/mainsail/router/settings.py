@@ -133,6 +133,12 @@ class RouterConfig(BaseModel):
         "another worker and continued (0: end it with finish_reason `error`).",
     )
     rebalance: Rebalance = Rebalance()
+    kv_migration: bool = Field(
+        True,
+        description="Moves of streaming requests (drain, migrate, rebalancing) copy the "
+        "request's KV to the target worker while it keeps decoding, pausing it only for the "
+        "last blocks; false (or when that fails): the target recomputes the context.",
+    )
     resume_timeout: float = Field(
         10.0,
         gt=0,

@@ -61,6 +61,13 @@ class FakeTransport:
         self.workers[address] = worker or FakeWorker()
         return self.workers[address]
 
+    @property
+    def moves_kv(self) -> bool:
+        return False  # fake workers hold no KV: moves recompute
+
+    async def migrate(self, address: str, request_id: str, target_address: str) -> pb.MigrateReply:
+        return pb.MigrateReply(detail="fake workers hold no KV")
+
     async def submit(self, address: str, request: pb.WorkerRequest) -> AsyncIterator[pb.TokenChunk]:
         worker = self.workers.get(address)
         if worker is None:

@@ -30,6 +30,7 @@ from mainsail.workers.fleet_registration import FleetRegistrar
 from mainsail.workers.kv_publisher import KVEventHub
 from mainsail.workers.kvtier import RedisTierFactory
 from mainsail.workers.metrics_endpoint import CacheConfig, MetricsServer, serve_worker_metrics
+from mainsail.workers.migration import KVMigrator
 from mainsail.workers.router_discovery import RouterDiscovery, discovery_from
 from mainsail.workers.service import RequestLimits, ServingEngine, WorkerService
 
@@ -153,6 +154,7 @@ class WorkerHost:
         self.hub: KVEventHub | None = None
         self.registrar: FleetRegistrar | None = None
         self.service: WorkerService | None = None
+        self.migrator: KVMigrator | None = None
         self._server: grpc.aio.Server | None = None
         self.metrics_server: MetricsServer | None = None
         self._registration: asyncio.Task[None] | None = None
@@ -163,6 +165,7 @@ class WorkerHost:
         spec = self.spec
         engine: ServingEngine
         limits: RequestLimits | None = None
+        migrator: KVMigrator | None = None
         source = spec.generate
         if source is not None and source.generate is not None and not spec.fake_engine:
             from mainsail.workers.checkpoint import generate_checkpoint
@@ -191,6 +194,7 @@ class WorkerHost:
                 config = dataclasses.replace(config, kv_tier_fetch="always")
             real = AsyncEngine(await asyncio.to_thread(Engine, spec.model_dir, config))
             engine, snapshot = real, real.kv_snapshot
+            migrator = self.migrator = KVMigrator(real, self.credential)
             limits = RequestLimits(
                 vocab_size=real.engine.model_config.vocab_size,
                 max_model_len=config.max_model_len,
@@ -210,6 +214,7 @@ class WorkerHost:
             max_num_seqs=spec.engine.max_num_seqs,
             adapters=spec.adapter_names,
             limits=limits,
+            migrator=migrator,
         )
         self.service = service
         server = grpc.aio.server(

@@ -39,6 +39,7 @@ from mainsail.workers.engine import (
 from mainsail.workers.kv_publisher import KVEventHub
 
 _PUBLISH_TIMEOUT_S = 5.0  # past it the decode worker recomputes what is missing
+_REUSE_WAIT_S = 2.0
 
 
 class ServingEngine(Protocol):
@@ -192,15 +193,30 @@ class RequestLimits:
         check_worker_request(request, vocab_size=self.vocab_size, max_model_len=self.max_model_len)
 
 
+class Migrator(Protocol):
+    """A worker's side of KV migrations (`mainsail.workers.migration.KVMigrator`)."""
+
+    async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply: ...
+
+    def receive(self, stages: AsyncIterator[pb.KVStage]) -> AsyncIterator[pb.KVStageAck]: ...
+
+    def adopted(self, request_id: str) -> AsyncIterator[RequestOutput]: ...
+
+
 class _Multiplexer:
     """The requests of one SubmitMany stream: a task per request, outputs gathered per id."""
 
     def __init__(
-        self, engine: ServingEngine, limits: RequestLimits | None = None, origin: str = ""
+        self,
+        engine: ServingEngine,
+        limits: RequestLimits | None = None,
+        origin: str = "",
+        migrator: Migrator | None = None,
     ) -> None:
         self.origin = origin  # the id of the router that opened the stream ("" unknown)
         self.engine = engine
         self.limits = limits
+        self.migrator = migrator
         self.ready: dict[str, list[RequestOutput]] = {}
         self.failed: dict[str, str] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -212,6 +228,11 @@ class _Multiplexer:
             async for batch in batches:
                 for request in batch.requests:
                     rid = request.request_id
+                    previous = self.tasks.get(rid)
+                    if previous is not None:
+                        # The same id again right after an abort (a KV move given up, then
+                        # recomputed here): give the aborted one a moment to end.
+                        await asyncio.wait({previous}, timeout=_REUSE_WAIT_S)
                     if rid in self.tasks:
                         self._fail(rid, f"INVALID_ARGUMENT: request id {rid!r} is already in use")
                         continue
@@ -228,8 +249,13 @@ class _Multiplexer:
     async def _run(self, request: pb.WorkerRequest) -> None:
         rid = request.request_id
         try:
-            engine_request = engine_request_from_proto(request)
-            async for out in self.engine.generate(engine_request):
+            if request.adopt:
+                if self.migrator is None:
+                    raise EngineInputError("adopt: this worker cannot take moved requests")
+                outputs = self.migrator.adopted(rid)
+            else:
+                outputs = self.engine.generate(engine_request_from_proto(request))
+            async for out in outputs:
                 if out.finished and request.kv_publish:
                     # Disaggregated prefill: the decode worker fetches these blocks next.
                     await self.engine.flush_kv_tier(_PUBLISH_TIMEOUT_S)
@@ -275,9 +301,11 @@ class WorkerService(pb_grpc.WorkerServicer):
         adapters: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
         limits: RequestLimits | None = None,
+        migrator: Migrator | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.limits = limits
+        self.migrator = migrator
         self.engine = engine
         self.hub = hub
         self.max_num_seqs = max_num_seqs
@@ -297,8 +325,13 @@ class WorkerService(pb_grpc.WorkerServicer):
         try:
             if self.limits is not None:
                 self.limits.check(request)
-            engine_request = engine_request_from_proto(request)
-            batches = coalesced(self.engine.generate(engine_request))
+            if request.adopt:
+                if self.migrator is None:
+                    raise EngineInputError("adopt: this worker cannot take moved requests")
+                outputs = self.migrator.adopted(request.request_id)
+            else:
+                outputs = self.engine.generate(engine_request_from_proto(request))
+            batches = coalesced(outputs)
             async with contextlib.aclosing(batches):
                 async for batch in batches:
                     yield chunk_from_outputs(batch)
@@ -318,7 +351,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         for key, value in context.invocation_metadata() or ():
             if key == ROUTER_ID_METADATA:
                 origin = str(value)[:MAX_ROUTER_ID_CHARS]
-        mux = _Multiplexer(self.engine, self.limits, origin)
+        mux = _Multiplexer(self.engine, self.limits, origin, self.migrator)
         self._streams.add(mux)
         reader = asyncio.get_running_loop().create_task(mux.read(request_iterator))
         try:
@@ -390,12 +423,25 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Migrate(
         self, request: pb.MigrateRequest, context: grpc.aio.ServicerContext
     ) -> pb.MigrateReply:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "worker-to-worker migration is not implemented: the router moves requests itself "
-            "(drain, /requests/<id>/migrate)",
-        )
-        return pb.MigrateReply(accepted=False)
+        """Move a running request with its KV to another worker (`migration.py`)."""
+        if self.migrator is None:
+            return pb.MigrateReply(detail="this worker holds no KV to move (fake engine)")
+        return await self.migrator.migrate(request)
+
+    async def ReceiveKV(
+        self, request_iterator: AsyncIterator[pb.KVStage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.KVStageAck]:
+        """The target side of `Migrate`: blocks and state of an announced request."""
+        if self.migrator is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this worker holds no KV")
+            return
+        try:
+            async for ack in self.migrator.receive(request_iterator):
+                yield ack
+        except EngineInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (ValueError, RuntimeError) as exc:  # KVRefused, MigrationError
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
     async def KVEvents(
         self, request: pb.KVEventsRequest, context: grpc.aio.ServicerContext

@@ -382,6 +382,7 @@ class WorkerRequest(_message.Message):
     SAMPLED_BEFORE_FIELD_NUMBER: _builtins.int
     CACHE_NAMESPACE_FIELD_NUMBER: _builtins.int
     TPOT_TARGET_FIELD_NUMBER: _builtins.int
+    ADOPT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     adapter: _builtins.str
     priority: _builtins.int
@@ -407,6 +408,12 @@ class WorkerRequest(_message.Message):
     """Time-per-output-token target, seconds; 0 means none. The engine schedules the decode of
     a request whose next token is due before prefill chunks (a Sarathi-style token budget).
     """
+    adopt: _builtins.bool
+    """The request arrives by KV migration (docs/protocol.md "Migration"): this worker does not
+    start it but waits (bounded) for its source worker to hand over its state and KV blocks
+    on `Worker.ReceiveKV`, then continues it and streams its tokens here. Only request_id is
+    read; everything else comes from the source.
+    """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -424,10 +431,11 @@ class WorkerRequest(_message.Message):
         sampled_before: _builtins.int = ...,
         cache_namespace: _builtins.str = ...,
         tpot_target: _builtins.float = ...,
+        adopt: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "cache_namespace", b"cache_namespace", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "tpot_target", b"tpot_target", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "adopt", b"adopt", "cache_namespace", b"cache_namespace", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "tpot_target", b"tpot_target", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -831,28 +839,37 @@ Global___KVEventBatch: _TypeAlias = KVEventBatch  # noqa: Y015
 @_typing.final
 class MigrateRequest(_message.Message):
     """---------------------------------------------------------------- migration
-    Live migration is driven by the router today: it aborts the request on one worker and
-    continues it on another with WorkerRequest.sampled_before (router/routing/moves.py).
-    Worker-to-worker Migrate (pushing KV directly to the target) is reserved; workers answer
-    UNIMPLEMENTED.
+    Live migration that moves KV (docs/protocol.md "Migration"). The router first sends the
+    target worker a WorkerRequest with `adopt` set, then calls Migrate on the source worker.
+    The source copies the request's KV blocks to the target over one `ReceiveKV` stream, in
+    stages, while the request keeps decoding; at the last stage it pauses the request, sends
+    the blocks written since the previous stage together with the request's state, and once
+    the target has adopted it, ends the request on its own stream with finish_reason
+    "migrated"; the router then reads the target's stream. On any failure the source resumes
+    the request itself and Migrate answers accepted=false; the router then falls back to
+    moving it by recompute (WorkerRequest.sampled_before).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TARGET_ADDRESS_FIELD_NUMBER: _builtins.int
+    MAX_STAGES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     target_address: _builtins.str
-    """gRPC address of the destination worker."""
+    """gRPC address of the destination worker (which must already hold the `adopt` request)."""
+    max_stages: _builtins.int
+    """Most copy stages before the pause (0: the worker's default)."""
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         target_address: _builtins.str = ...,
+        max_stages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "target_address", b"target_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_stages", b"max_stages", "request_id", b"request_id", "target_address", b"target_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -864,21 +881,183 @@ class MigrateReply(_message.Message):
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    FINAL_BLOCKS_FIELD_NUMBER: _builtins.int
+    PAUSE_SECONDS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
+    """True once the target adopted the request (the source's stream ends with "migrated")."""
     detail: _builtins.str
+    stages: _builtins.int
+    """Stages run, including the final (paused) one."""
+    blocks: _builtins.int
+    """KV blocks copied in all, and of those while the request was paused."""
+    final_blocks: _builtins.int
+    pause_seconds: _builtins.float
+    """How long the request was paused on the source, seconds."""
     def __init__(
         self,
         *,
         accepted: _builtins.bool = ...,
         detail: _builtins.str = ...,
+        stages: _builtins.int = ...,
+        blocks: _builtins.int = ...,
+        final_blocks: _builtins.int = ...,
+        pause_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "detail", b"detail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "blocks", b"blocks", "detail", b"detail", "final_blocks", b"final_blocks", "pause_seconds", b"pause_seconds", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MigrateReply: _TypeAlias = MigrateReply  # noqa: Y015
+
+@_typing.final
+class MigratedRequest(_message.Message):
+    """What a target needs, besides the KV blocks, to continue a request token-identically."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    SAMPLED_BEFORE_FIELD_NUMBER: _builtins.int
+    CACHE_NAMESPACE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    NUM_COMPUTED_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    DETOK_IDS_FIELD_NUMBER: _builtins.int
+    DETOK_PREFIX_FIELD_NUMBER: _builtins.int
+    DETOK_READ_FIELD_NUMBER: _builtins.int
+    DETOK_PENDING_FIELD_NUMBER: _builtins.int
+    TPOT_S_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    priority: _builtins.int
+    sampled_before: _builtins.int
+    cache_namespace: _builtins.str
+    seed: _builtins.int
+    """The sampler's seed: the request's own, or the one the source drew for it."""
+    num_computed: _builtins.int
+    """Tokens whose KV the blocks hold (the rest are computed by the target)."""
+    cached_tokens: _builtins.int
+    detok_prefix: _builtins.int
+    detok_read: _builtins.int
+    detok_pending: _builtins.str
+    tpot_s: _builtins.float
+    """The request's time-per-output-token target, seconds (0: none), for the target's scheduler."""
+    @_builtins.property
+    def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The request as the source engine holds it: its prompt (which, for a request moved by
+        recompute earlier, ends with tokens generated before) and the tokens generated there.
+        """
+
+    @_builtins.property
+    def output_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def sampling(self) -> Global___SamplingParams: ...
+    @_builtins.property
+    def detok_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The incremental detokenizer's window and its text not yet emitted (held back because it
+        may begin a stop string), so the target's text continues exactly.
+        """
+
+    def __init__(
+        self,
+        *,
+        prompt_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        output_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        sampling: Global___SamplingParams | None = ...,
+        adapter: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        sampled_before: _builtins.int = ...,
+        cache_namespace: _builtins.str = ...,
+        seed: _builtins.int = ...,
+        num_computed: _builtins.int = ...,
+        cached_tokens: _builtins.int = ...,
+        detok_ids: _abc.Iterable[_builtins.int] | None = ...,
+        detok_prefix: _builtins.int = ...,
+        detok_read: _builtins.int = ...,
+        detok_pending: _builtins.str = ...,
+        tpot_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "cache_namespace", b"cache_namespace", "cached_tokens", b"cached_tokens", "detok_ids", b"detok_ids", "detok_pending", b"detok_pending", "detok_prefix", b"detok_prefix", "detok_read", b"detok_read", "num_computed", b"num_computed", "output_token_ids", b"output_token_ids", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "sampled_before", b"sampled_before", "sampling", b"sampling", "seed", b"seed", "tpot_s", b"tpot_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigratedRequest: _TypeAlias = MigratedRequest  # noqa: Y015
+
+@_typing.final
+class KVStage(_message.Message):
+    """One message of a ReceiveKV stream: KV blocks of one request (and, last, its state)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FIRST_BLOCK_FIELD_NUMBER: _builtins.int
+    NUM_BLOCKS_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    first_block: _builtins.int
+    """Index in the request's block table of the first block in `blocks`."""
+    num_blocks: _builtins.int
+    header: _builtins.bytes
+    """The block layout and model identity (the shared KV tier's block header: KV hash
+    fingerprint, checkpoint digest, dtype, shape); a target serving anything else refuses.
+    """
+    blocks: _builtins.bytes
+    """`num_blocks` rows, each the block's raw data followed by its BLAKE2b-64 checksum."""
+    @_builtins.property
+    def state(self) -> Global___MigratedRequest:
+        """Set on the last message: the request is paused at the source; the target adopts it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        first_block: _builtins.int = ...,
+        num_blocks: _builtins.int = ...,
+        header: _builtins.bytes = ...,
+        blocks: _builtins.bytes = ...,
+        state: Global___MigratedRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "first_block", b"first_block", "header", b"header", "num_blocks", b"num_blocks", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KVStage: _TypeAlias = KVStage  # noqa: Y015
+
+@_typing.final
+class KVStageAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    ADOPTED_FIELD_NUMBER: _builtins.int
+    blocks: _builtins.int
+    """Blocks the target holds for the request so far."""
+    adopted: _builtins.bool
+    """The request runs on the target now (answer to the message with `state`)."""
+    def __init__(
+        self,
+        *,
+        blocks: _builtins.int = ...,
+        adopted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopted", b"adopted", "blocks", b"blocks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KVStageAck: _TypeAlias = KVStageAck  # noqa: Y015
 
 @_typing.final
 class KVHashParams(_message.Message):

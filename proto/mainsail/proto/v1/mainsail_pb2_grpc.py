@@ -189,6 +189,11 @@ class WorkerStub:
                 request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.MigrateRequest.SerializeToString,
                 response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.MigrateReply.FromString,
                 _registered_method=True)
+        self.ReceiveKV = channel.stream_stream(
+                '/mainsail.proto.v1.Worker/ReceiveKV',
+                request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStage.SerializeToString,
+                response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStageAck.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -246,7 +251,15 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Migrate(self, request, context):
-        """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it.
+        """Moves a running request's KV to the worker at target_address (see "migration" above).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveKV(self, request_iterator, context):
+        """The target side of Migrate: another worker of the deployment streams a request's KV
+        blocks and state; each message is acknowledged. Needs the worker-plane credential.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,6 +307,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Migrate,
                     request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.MigrateRequest.FromString,
                     response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.MigrateReply.SerializeToString,
+            ),
+            'ReceiveKV': grpc.stream_stream_rpc_method_handler(
+                    servicer.ReceiveKV,
+                    request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStage.FromString,
+                    response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStageAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -512,6 +530,33 @@ class Worker:
             '/mainsail.proto.v1.Worker/Migrate',
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.MigrateRequest.SerializeToString,
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.MigrateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveKV(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mainsail.proto.v1.Worker/ReceiveKV',
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStage.SerializeToString,
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStageAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,7 +87,11 @@ class WorkerStub:
     Drain: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.DrainRequest, _mainsail_pb2.DrainReply]
     """Sets the worker's draining state, which it reports to every router it registered with."""
     Migrate: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.MigrateRequest, _mainsail_pb2.MigrateReply]
-    """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
+    """Moves a running request's KV to the worker at target_address (see "migration" above)."""
+    ReceiveKV: _grpc.StreamStreamMultiCallable[_mainsail_pb2.KVStage, _mainsail_pb2.KVStageAck]
+    """The target side of Migrate: another worker of the deployment streams a request's KV
+    blocks and state; each message is acknowledged. Needs the worker-plane credential.
+    """
 
 @_typing.type_check_only
 class WorkerAsyncStub(WorkerStub):
@@ -111,7 +115,11 @@ class WorkerAsyncStub(WorkerStub):
     Drain: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.DrainRequest, _mainsail_pb2.DrainReply]  # type: ignore[assignment]
     """Sets the worker's draining state, which it reports to every router it registered with."""
     Migrate: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.MigrateRequest, _mainsail_pb2.MigrateReply]  # type: ignore[assignment]
-    """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
+    """Moves a running request's KV to the worker at target_address (see "migration" above)."""
+    ReceiveKV: _aio.StreamStreamMultiCallable[_mainsail_pb2.KVStage, _mainsail_pb2.KVStageAck]  # type: ignore[assignment]
+    """The target side of Migrate: another worker of the deployment streams a request's KV
+    blocks and state; each message is acknowledged. Needs the worker-plane credential.
+    """
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -180,7 +188,17 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _mainsail_pb2.MigrateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mainsail_pb2.MigrateReply, _abc.Awaitable[_mainsail_pb2.MigrateReply]]:
-        """Reserved (see "migration" above): workers answer UNIMPLEMENTED; nothing calls it."""
+        """Moves a running request's KV to the worker at target_address (see "migration" above)."""
+
+    @_abc_1.abstractmethod
+    def ReceiveKV(
+        self,
+        request_iterator: _MaybeAsyncIterator[_mainsail_pb2.KVStage],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_mainsail_pb2.KVStageAck], _abc.AsyncIterator[_mainsail_pb2.KVStageAck]]:
+        """The target side of Migrate: another worker of the deployment streams a request's KV
+        blocks and state; each message is acknowledged. Needs the worker-plane credential.
+        """
 
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -23,6 +23,10 @@ from mainsail.spec.keepalive import client_options
 from mainsail.spec.router_identity import ROUTER_ID_METADATA
 from mainsail.spec.worker_auth import WorkerCredential
 
+MIGRATE_TIMEOUT_S = 90.0
+"""A KV migration the source has not finished by then is given up (it resumes the request,
+and the router moves it by recompute)."""
+
 
 class WorkerTransport(Protocol):
     """How the router talks to a worker at an address."""
@@ -33,6 +37,17 @@ class WorkerTransport(Protocol):
 
     async def abort(self, address: str, request_id: str) -> None:
         """Best effort: stop generating for ``request_id``."""
+        ...
+
+    @property
+    def moves_kv(self) -> bool:
+        """Whether its workers can move a request's KV between them (`migrate`)."""
+        ...
+
+    async def migrate(self, address: str, request_id: str, target_address: str) -> pb.MigrateReply:
+        """Ask the worker at ``address`` to move ``request_id`` with its KV to the worker at
+        ``target_address`` (which must hold the `adopt` request); the reply says whether
+        the target took it. Never raises: a broken call is ``accepted=false``."""
         ...
 
     def kv_events(self, address: str) -> AsyncIterator[pb.KVEventBatch]:
@@ -106,6 +121,20 @@ class GrpcTransport:
             await self._stub(address).Abort(
                 pb.AbortRequest(request_id=request_id), timeout=2.0, metadata=self._metadata
             )
+
+    @property
+    def moves_kv(self) -> bool:
+        return True
+
+    async def migrate(self, address: str, request_id: str, target_address: str) -> pb.MigrateReply:
+        request = pb.MigrateRequest(request_id=request_id, target_address=target_address)
+        try:
+            reply: pb.MigrateReply = await self._stub(address).Migrate(
+                request, timeout=MIGRATE_TIMEOUT_S, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            return pb.MigrateReply(detail=f"{exc.code().name}: {exc.details()}")
+        return reply
 
     async def kv_events(self, address: str) -> AsyncIterator[pb.KVEventBatch]:
         call = self._stub(address).KVEvents(

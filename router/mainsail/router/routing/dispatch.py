@@ -162,6 +162,11 @@ class Dispatcher:
             return self._wall() + (prepared.tpot_target_s or prepared.ttft_target_s)
         return self._wall() + prepared.ttft_target_s - (self._clock() - started)
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The router's clock (tests inject a manual one)."""
+        return self._clock
+
     def book(self, entry: WorkerEntry) -> None:
         """Counts a request as outstanding on ``entry``."""
         entry.outstanding += 1

@@ -9,22 +9,31 @@ of a disaggregated request (`prefill_half` / `decode_half`). Each move is one
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import RouterError, WorkerRefused, not_found
-from mainsail.router.fleet.registry import WorkerRegistry
+from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.fleet.transport import TransportError, WorkerTransport
 from mainsail.router.metrics import RouterMetrics
-from mainsail.router.routing.dispatch import Dispatcher
+from mainsail.router.routing.dispatch import Dispatcher, worker_request
 from mainsail.router.routing.prepare import Prepared
 from mainsail.router.routing.rebalance import Move, WorkerLoad, plan_moves
-from mainsail.router.routing.route_stream import RouteStream, prepend, whole_usage
+from mainsail.router.routing.route_stream import (
+    KVMove,
+    RouteStream,
+    close_stream,
+    prepend,
+    whole_usage,
+)
 from mainsail.router.settings import RouterConfig
 
 log = logging.getLogger(__name__)
+_CANCEL_WAIT_S = 5.0  # for a given-up KV move's target to end the request
 
 
 class RequestMover:
@@ -44,6 +53,8 @@ class RequestMover:
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.active: dict[str, RouteStream] = {}  # open routes by request id
+        self._moving: set[asyncio.Task[None]] = set()  # KV moves under way
+        self._clock = dispatcher.clock
 
     def prefill_half(self, prepared: Prepared) -> Prepared | None:
         """The prefill half of a disaggregated request (one token, on a prefill worker), or
@@ -79,14 +90,35 @@ class RequestMover:
     ) -> AsyncIterator[pb.TokenChunk]:
         """The chunks after the first. Moves the request to another worker when its worker
         fails mid-stream, or when `migrate` asked for it (see the module docstring)."""
+        try:
+            async for chunk in self._after_first(route, stream, moved):
+                yield chunk
+        finally:
+            if route.kv_move is not None:  # ended while a KV move was under way
+                self._background(self._drop_kv_move(route))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._moving.add(task)
+        task.add_done_callback(self._moving.discard)
+
+    async def _after_first(
+        self, route: RouteStream, stream: AsyncIterator[pb.TokenChunk], moved: bool
+    ) -> AsyncIterator[pb.TokenChunk]:
         generated = route.generated
         generated.extend(route.first.token_ids)
         resumes = 0  # moves after failures, bounded by max_resumes
         while True:
-            migrating = False
+            migrating = kv_moved = False
             try:
                 async for chunk in stream:
                     generated.extend(chunk.token_ids)
+                    if chunk.finish_reason == "migrated":
+                        kv_moved = True  # the request runs on the KV move's target now
+                        if chunk.token_ids:
+                            chunk.finish_reason = ""
+                            yield chunk
+                        break
                     if chunk.finish_reason == "abort" and route.migrate_to is not None:
                         migrating = True  # our own abort: move on instead of finishing
                         if chunk.token_ids:
@@ -104,6 +136,19 @@ class RequestMover:
             except TransportError as exc:
                 why = f"worker failed mid-stream: {exc}"
                 self.registry.mark_failed(route.worker_id)
+                route.migrate_to = None  # a move asked for meanwhile is this resume
+            kv_move, route.kv_move = route.kv_move, None
+            if kv_moved and kv_move is not None:
+                if route.entry is not None:
+                    self.dispatcher.release(route.entry)
+                route.entry, route.worker_id = kv_move.entry, kv_move.entry.worker_id
+                stream, moved = kv_move.stream, True
+                self.metrics.migrations.inc()
+                continue
+            route.kv_move = kv_move
+            await self._drop_kv_move(route)  # the source ended otherwise: the target's goes
+            if kv_moved:
+                why = "the worker moved the request to a worker the router does not know"
             resumed = None
             if migrating:
                 target, route.migrate_to = route.migrate_to, None
@@ -147,22 +192,98 @@ class RequestMover:
 
     # ------------------------------------------------------------------ migration
 
-    async def migrate(self, request_id: str, target: str | None = None) -> bool:
+    async def migrate(
+        self, request_id: str, target: str | None = None, kv: bool | None = None
+    ) -> bool:
         """Moves a streaming request to ``target`` (a worker id) or wherever the scheduler
         picks; False when the request is not streaming here (unknown or finished).
 
-        The worker is asked to abort; its last chunk (reason "abort") is swallowed and the
-        request continues elsewhere from the tokens already streamed, as after a failure.
+        With its KV (``kv``, default `RouterConfig.kv_migration`, when the workers can): the
+        target is told to expect the request, and its worker (`Worker.Migrate`) copies the KV
+        there in stages while the request keeps decoding; it ends the request on its side
+        with finish reason "migrated" once the target took it over, and the client's stream
+        carries on from the target's (`after_first`). By recompute (the fallback whenever
+        that fails): the worker is asked to abort; its last chunk (reason "abort") is
+        swallowed and the request continues elsewhere from the tokens already streamed, as
+        after a failure.
         """
         route = self.active.get(request_id)
         if route is None or route.closed:
             return False
-        route.migrate_to = target or ""
         entry = self.registry.get(route.worker_id)
         if entry is None:
             return False
-        await self.transport.abort(entry.address, request_id)
+        if route.migrate_to is not None or route.kv_move is not None:
+            return True  # already on its way
+        if (self.config.kv_migration if kv is None else kv) and self.transport.moves_kv:
+            self._background(self._move_kv(route, entry, target))
+            return True
+        await self._recompute(route, entry, target)
         return True
+
+    async def _recompute(self, route: RouteStream, source: WorkerEntry, target: str | None) -> None:
+        route.migrate_to = target or ""
+        await self.transport.abort(source.address, route.prepared.request_id)
+
+    async def _move_kv(self, route: RouteStream, source: WorkerEntry, target: str | None) -> None:
+        """One move with the KV (see `migrate`); falls back to recompute when it fails."""
+        rid = route.prepared.request_id
+        picked = self.registry.get(target) if target else None
+        if picked is None or picked.draining or picked.worker_id == source.worker_id:
+            try:
+                picked, _hits = await self.dispatcher.chooser.choose(
+                    route.prepared, {source.worker_id}, self._clock(), self.config.resume_timeout
+                )
+            except RouterError:
+                if not route.closed and route.kv_move is None:
+                    await self._recompute(route, source, None)
+                return
+        if route.closed:
+            return
+        self.dispatcher.book(picked)
+        announce = worker_request(route.prepared, route.generated)
+        announce.adopt = True
+        stream = self.transport.submit(picked.address, announce)
+        move = KVMove(picked, stream, asyncio.ensure_future(anext(stream)))
+        route.kv_move = move
+        reply = await self.transport.migrate(source.address, rid, picked.address)
+        if reply.accepted:
+            self.metrics.kv_migrations.inc()
+            return  # `after_first` switches to the target when the source says "migrated"
+        self.metrics.kv_migration_failures.inc()
+        if route.kv_move is not move:
+            return  # the source's stream ended meanwhile; `after_first` handled it
+        await self._drop_kv_move(route)
+        if not route.closed:
+            await self._recompute(route, source, picked.worker_id)
+
+    async def _drop_kv_move(self, route: RouteStream) -> None:
+        """Give up the route's KV move, if any, and wait until its target side is gone (also
+        when another task is already giving it up): only then may the request be sent to
+        that worker again."""
+        move, route.kv_move = route.kv_move, None
+        if move is not None:
+            route.kv_dropping = asyncio.ensure_future(self._cancel(route, move))
+        if route.kv_dropping is not None:
+            await asyncio.shield(route.kv_dropping)
+
+    async def _cancel(self, route: RouteStream, move: KVMove) -> None:
+        """Drop a KV move's target side: abort the request there and read its stream to the
+        end (so that the id is free there again before a recompute may reuse it), then
+        release the booking."""
+        await self.transport.abort(move.entry.address, route.prepared.request_id)
+        stream = move.stream
+        try:
+            async with asyncio.timeout(_CANCEL_WAIT_S):
+                async for _chunk in stream:
+                    pass
+        except Exception:  # timed out, refused, broken: nothing more to read
+            pass
+        finally:
+            await close_stream(stream)
+            if not move.first.done():
+                move.first.cancel()
+            self.dispatcher.release(move.entry)
 
     def plan_rebalance(self) -> list[Move]:
         """This round's automatic migrations (`mainsail.router.routing.rebalance`), not yet

@@ -3,6 +3,7 @@ request path and the moves between workers share."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -10,6 +11,30 @@ from dataclasses import dataclass, field
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.fleet.registry import WorkerEntry
 from mainsail.router.routing.prepare import Prepared
+
+
+@dataclass
+class KVMove:
+    """A move with the KV under way: the target worker (booked) and its stream of the
+    request (``first``: its first chunk, awaited from the start so that cancelling the move
+    ends the stream at once), read once the source ends the request with finish reason
+    "migrated"."""
+
+    entry: WorkerEntry
+    rest: AsyncIterator[pb.TokenChunk]
+    first: asyncio.Future[pb.TokenChunk]
+
+    @property
+    def stream(self) -> AsyncIterator[pb.TokenChunk]:
+        return _after(self.first, self.rest)
+
+
+async def _after(
+    first: asyncio.Future[pb.TokenChunk], rest: AsyncIterator[pb.TokenChunk]
+) -> AsyncIterator[pb.TokenChunk]:
+    yield await first
+    async for chunk in rest:
+        yield chunk
 
 
 @dataclass
@@ -23,6 +48,8 @@ class RouteStream:
     started: float
     entry: WorkerEntry | None = None  # released (outstanding count) when the route ends
     migrate_to: str | None = None  # set by `Router.migrate`: "" = any worker, else its id
+    kv_move: KVMove | None = None  # a move with the KV under way (`RequestMover.migrate`)
+    kv_dropping: asyncio.Future[None] | None = None  # a KV move being given up
     generated: list[int] = field(default_factory=list)  # tokens streamed so far
     _closed: bool = field(default=False)
 

@@ -143,9 +143,11 @@ class Router:
 
     # ------------------------------------------------------------------ moves
 
-    async def migrate(self, request_id: str, target: str | None = None) -> bool:
+    async def migrate(
+        self, request_id: str, target: str | None = None, kv: bool | None = None
+    ) -> bool:
         """See `RequestMover.migrate`."""
-        return await self.moves.migrate(request_id, target)
+        return await self.moves.migrate(request_id, target, kv)
 
     async def drain(self, worker_id: str, drain: bool = True) -> int:
         """See `RequestMover.drain`."""

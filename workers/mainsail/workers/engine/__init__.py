@@ -11,6 +11,7 @@ from mainsail.workers.engine.config import EngineConfig
 from mainsail.workers.engine.engine import Engine, StepShape
 from mainsail.workers.engine.errors import EngineInputError
 from mainsail.workers.engine.kv_events import KVEvent
+from mainsail.workers.engine.kv_migration import ExportedKV, MigratedState, MigrationError
 from mainsail.workers.engine.metrics import EngineMetrics, Histogram
 from mainsail.workers.engine.request import EngineRequest, FinishReason, RequestOutput
 from mainsail.workers.engine.sampling_params import SamplingParams
@@ -25,9 +26,12 @@ __all__ = [
     "EngineInputError",
     "EngineMetrics",
     "EngineRequest",
+    "ExportedKV",
     "FinishReason",
     "Histogram",
     "KVEvent",
+    "MigratedState",
+    "MigrationError",
     "RequestOutput",
     "SamplingParams",
     "StepShape",

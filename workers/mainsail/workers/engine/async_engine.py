@@ -10,16 +10,19 @@ copied out by the thread after each step, so reading them never races the engine
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from mainsail.workers.engine.engine import Engine
 from mainsail.workers.engine.errors import EngineInputError
 from mainsail.workers.engine.kv_events import KVEvent
+from mainsail.workers.engine.kv_migration import MigratedState, MigrationError
 from mainsail.workers.engine.metrics import EngineMetrics
 from mainsail.workers.engine.request import EngineRequest, RequestOutput
 
@@ -41,7 +44,16 @@ class _Abort:
     request_id: str
 
 
-_Command = _Add | _Abort
+@dataclass(frozen=True)
+class _Call:
+    """Command: run ``fn`` on the engine thread between steps (KV migration)."""
+
+    fn: Callable[[Engine], Any]
+    future: concurrent.futures.Future[Any]
+
+
+_Command = _Add | _Abort | _Call
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,6 +69,7 @@ class AsyncEngine:
         self.engine = engine
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
+        self._awaiting: set[str] = set()  # `adopted` streams whose request has not arrived
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -74,16 +87,86 @@ class AsyncEngine:
         if self._stopping:
             raise RuntimeError("engine is shut down")
         self.engine.check_request(req)
+        async for out in self._stream(req.request_id, _Add(req), None):
+            yield out
+
+    async def adopted(self, request_id: str, timeout: float) -> AsyncGenerator[RequestOutput, None]:
+        """Stream the outputs of a request that another worker is moving here with its KV
+        (`Engine.adopt`, run through `call`); `TimeoutError` if it has not arrived and
+        produced a token within ``timeout`` seconds. Closing the stream aborts it (and frees
+        any of its blocks already received)."""
+        if self._stopping:
+            raise RuntimeError("engine is shut down")
+        with self._lock:
+            if request_id in self._awaiting:
+                raise EngineInputError(f"request id {request_id!r} is already in use")
+            self._awaiting.add(request_id)
+        try:
+            async for out in self._stream(request_id, None, timeout):
+                yield out
+        finally:
+            with self._lock:
+                self._awaiting.discard(request_id)
+
+    def awaits(self, request_id: str) -> bool:
+        """Whether an `adopted` stream waits for ``request_id`` (only those may be moved in)."""
+        with self._lock:
+            return request_id in self._awaiting
+
+    async def adopt(self, state: MigratedState) -> None:
+        """Start the moved request ``state`` (its blocks imported with `Engine.import_kv`)
+        for the `adopted` stream waiting for it; `MigrationError` if none waits any more."""
+        rid = state.request.request_id
+
+        def run(engine: Engine) -> None:
+            with self._lock:
+                if rid not in self._awaiting:
+                    raise MigrationError(f"no request {rid!r} waits to be moved here")
+                self._awaiting.discard(rid)
+            try:
+                engine.adopt(state)
+            except Exception as exc:
+                self._deliver(rid, exc)
+                raise
+
+        await self.call(run)
+
+    async def call(self, fn: Callable[[Engine], T]) -> T:
+        """``fn(engine)``, run on the engine thread between steps (it alone touches the
+        engine's state and KV tensors); its exception is raised here."""
+        return await asyncio.wrap_future(self.post(fn))
+
+    def post(self, fn: Callable[[Engine], T]) -> concurrent.futures.Future[T]:
+        """Like `call`, without waiting (cleanup that must happen even when cancelled)."""
+        if self._stopping:
+            raise RuntimeError("engine is shut down")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._send(_Call(fn, future))
+        return future
+
+    async def _stream(
+        self, request_id: str, start: _Add | None, first_timeout: float | None
+    ) -> AsyncGenerator[RequestOutput, None]:
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
-            if req.request_id in self._streams:
-                raise EngineInputError(f"request id {req.request_id!r} is already in use")
-            self._streams[req.request_id] = stream
-        self._send(_Add(req))
+            if request_id in self._streams:
+                raise EngineInputError(f"request id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+        if start is not None:
+            self._send(start)
         finished = False
         try:
             while True:
-                item = await stream.queue.get()
+                if first_timeout is not None:
+                    try:
+                        item = await asyncio.wait_for(stream.queue.get(), first_timeout)
+                    except TimeoutError:
+                        raise TimeoutError(
+                            f"request {request_id!r} was not moved here within {first_timeout} s"
+                        ) from None
+                    first_timeout = None
+                else:
+                    item = await stream.queue.get()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
@@ -93,12 +176,17 @@ class AsyncEngine:
                     return
         finally:
             with self._lock:
-                self._streams.pop(req.request_id, None)
+                self._streams.pop(request_id, None)
             if not finished:
-                self._send(_Abort(req.request_id))
+                self._send(_Abort(request_id))
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its stream ends with finish_reason "abort"."""
+        with self._lock:
+            waiting = request_id in self._awaiting
+            self._awaiting.discard(request_id)
+        if waiting:  # not adopted yet: nothing in the engine will end its stream
+            self._deliver(request_id, _aborted(request_id))
         self._send(_Abort(request_id))
 
     def metrics(self) -> EngineMetrics:
@@ -170,6 +258,13 @@ class AsyncEngine:
                     self.engine.add_request(command.request)
                 except Exception as exc:
                     self._deliver(command.request.request_id, exc)
+            elif isinstance(command, _Call):
+                if not command.future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    command.future.set_result(command.fn(self.engine))
+                except Exception as exc:
+                    command.future.set_exception(exc)
             else:
                 self.engine.abort(command.request_id)
 
@@ -190,3 +285,16 @@ class AsyncEngine:
             return
         with contextlib.suppress(RuntimeError):
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+
+def _aborted(request_id: str) -> RequestOutput:
+    return RequestOutput(
+        request_id=request_id,
+        new_token_ids=[],
+        new_text="",
+        finished=True,
+        finish_reason="abort",
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached_tokens=0,
+    )

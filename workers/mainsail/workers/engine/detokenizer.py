@@ -13,8 +13,19 @@ cut just before it and the request finishes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 _CONTEXT_TOKENS = 5
+
+
+@dataclass(frozen=True)
+class DetokenizerState:
+    """A `Detokenizer` in flight: token window, its two offsets, text not yet emitted."""
+
+    ids: tuple[int, ...]
+    prefix: int
+    read: int
+    pending: str
 
 
 class Detokenizer:
@@ -34,6 +45,26 @@ class Detokenizer:
         self.text = ""
         self._emitted = 0
         self.stopped = False
+
+    def state(self) -> DetokenizerState:
+        """What continues this decoder elsewhere (a request moved with its KV): the token
+        window, its offsets and the text not yet emitted."""
+        return DetokenizerState(
+            tuple(self._ids), self._prefix, self._read, self.text[self._emitted :]
+        )
+
+    @classmethod
+    def resume(
+        cls, decode: Callable[[list[int]], str], state: DetokenizerState, stop: Sequence[str]
+    ) -> Detokenizer:
+        """A decoder that goes on exactly where the one that gave ``state`` stopped."""
+        if not 0 <= state.prefix <= state.read <= len(state.ids):
+            raise ValueError("detokenizer state offsets are outside its token window")
+        out = cls(decode, (), stop)
+        out._ids = list(state.ids)
+        out._prefix, out._read = state.prefix, state.read
+        out.text = state.pending
+        return out
 
     def add(self, token_id: int) -> None:
         """Append a token's text to ``text`` (cut at a stop string, which sets ``stopped``)."""

@@ -23,10 +23,11 @@ import torch
 
 from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.config import EngineConfig
-from mainsail.workers.engine.detokenizer import Detokenizer
+from mainsail.workers.engine.detokenizer import Detokenizer, DetokenizerState
 from mainsail.workers.engine.errors import EngineInputError
 from mainsail.workers.engine.kv_cache_manager import KVCacheManager
 from mainsail.workers.engine.kv_events import KVEvent
+from mainsail.workers.engine.kv_migration import ExportedKV, KVMigrations, MigratedState
 from mainsail.workers.engine.kv_tier_link import TierLink
 from mainsail.workers.engine.metrics import EngineMetrics, MetricsRecorder
 from mainsail.workers.engine.model_runner import ModelRunner, StepInput
@@ -35,6 +36,7 @@ from mainsail.workers.engine.sampler import SampleRequest, sample
 from mainsail.workers.engine.scheduler import Scheduler
 from mainsail.workers.engine.sequence import Sequence
 from mainsail.workers.engine.tokenizer import Tokenizer
+from mainsail.workers.kvtier import BlockCodec, kv_namespace
 from mainsail.workers.models import AdapterSet, load_model
 
 log = logging.getLogger(__name__)
@@ -108,11 +110,31 @@ class Engine:
         self._pending: list[RequestOutput] = []
         self._metrics = MetricsRecorder()
         self.last_step: StepShape | None = None
+        self._codec: BlockCodec | None = None
+        self._migrations = KVMigrations(
+            self._kv, self._scheduler, self._runner, self._seqs, self._new_sequence, self._clock
+        )
 
     @property
     def kv_cache_bytes(self) -> int:
         """Device memory held by the paged KV cache."""
         return self._runner.kv_cache_bytes
+
+    def kv_block_codec(self) -> BlockCodec:
+        """This engine's KV block layout and model identity, as the shared tier writes them
+        (`kv_namespace`: KV hash fingerprint, checkpoint digest, dtype). Workers moving a
+        request's KV check it (`kv_transfer.py`). The first call reads the whole checkpoint
+        (its digest): call it off the engine thread."""
+        if self._codec is None:
+            self._codec = BlockCodec(
+                layers=self.model_config.num_layers,
+                block_size=self.config.block_size,
+                kv_heads=self.model_config.num_kv_heads,
+                head_dim=self.model_config.head_dim,
+                dtype=self._runner.dtype,
+                fingerprint=kv_namespace(self.config.kv_hash(), self.model_dir, self._runner.dtype),
+            )
+        return self._codec
 
     @property
     def adapters(self) -> list[str]:
@@ -159,29 +181,70 @@ class Engine:
         if req.request_id in self._seqs:
             raise EngineInputError(f"request id {req.request_id!r} is already in use")
         seed = req.sampling.seed if req.sampling.seed is not None else self._rng.getrandbits(63)
-        gen = torch.Generator(device=self.config.device)
-        seq = Sequence(
+        seq = self._new_sequence(req, seed)
+        self._seqs[req.request_id] = seq
+        if self._tier is None or not self._tier.start_load(seq):
+            self._scheduler.add(seq)
+
+    def _new_sequence(
+        self, req: EngineRequest, seed: int, detokenizer: DetokenizerState | None = None
+    ) -> Sequence:
+        decode, stop = self.tokenizer.decode, req.sampling.stop
+        return Sequence(
             request=req,
             order=next(self._order),
             block_size=self.config.block_size,
             hash_seed=self.config.hash_seed,
-            generator=gen,
+            generator=torch.Generator(device=self.config.device),
             seed=seed,
-            detokenizer=Detokenizer(self.tokenizer.decode, req.prompt_token_ids, req.sampling.stop),
+            detokenizer=(
+                Detokenizer(decode, req.prompt_token_ids, stop)
+                if detokenizer is None
+                else Detokenizer.resume(decode, detokenizer, stop)
+            ),
             arrival=req.arrival_time if req.arrival_time is not None else self._clock(),
         )
-        self._seqs[req.request_id] = seq
-        if self._tier is None or not self._tier.start_load(seq):
-            self._scheduler.add(seq)
+
+    # ------------------------------------------------------------------ KV migration
+    # The logic lives in `kv_migration.py`; these run on the engine thread (`AsyncEngine.call`).
+
+    def export_kv(self, request_id: str, first_block: int, final: bool) -> ExportedKV:
+        """A copy of a running request's blocks from ``first_block``; ``final`` pauses it and
+        adds its state (see `KVMigrations.export`)."""
+        return self._migrations.export(request_id, first_block, final)
+
+    def end_export(self, request_id: str, moved: bool) -> None:
+        """After the final export: ``moved`` finishes the request here with reason
+        "migrated" (it runs on the target now); otherwise it resumes where it paused."""
+        seq = self._migrations.end_export(request_id, moved)
+        if seq is not None:
+            self._pending.append(self._finish(seq, "migrated"))
+
+    def import_kv(self, request_id: str, first_block: int, blocks: torch.Tensor) -> int:
+        """Hold arriving blocks of a request this engine is to adopt; blocks held now."""
+        return self._migrations.import_blocks(request_id, first_block, blocks)
+
+    def adopt(self, state: MigratedState) -> None:
+        """Continue a request moved here with its KV (`import_kv` first); it is checked as a
+        new request would be (`EngineInputError`)."""
+        self.check_request(state.request)
+        self._migrations.adopt(state)
+
+    def drop_import(self, request_id: str) -> None:
+        """Free the blocks held for a request that will not be adopted after all."""
+        self._migrations.drop_import(request_id)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its final output (reason "abort") comes with the next step."""
         seq = self._seqs.get(request_id)
         if seq is not None:
             self._pending.append(self._finish(seq, "abort"))
+        else:
+            self._migrations.drop_import(request_id)
 
     def has_unfinished(self) -> bool:
-        return bool(self._seqs or self._pending)
+        """Whether a step has anything to do (a request paused for migration has not)."""
+        return bool(self._pending) or len(self._seqs) > self._migrations.paused
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; outputs of requests that advanced or finished."""
@@ -357,6 +420,7 @@ class Engine:
         )
 
     def _release(self, seq: Sequence, reason: FinishReason) -> None:
+        self._migrations.forget(seq.request_id)
         if self._tier is not None:
             self._tier.forget(seq)
         self._scheduler.remove(seq)

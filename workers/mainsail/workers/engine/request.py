@@ -8,7 +8,8 @@ from typing import Literal
 from mainsail.spec.kvhash import hash_key
 from mainsail.workers.engine.sampling_params import SamplingParams
 
-FinishReason = Literal["stop", "length", "abort", "error"]
+FinishReason = Literal["stop", "length", "abort", "error", "migrated"]
+"""``migrated``: the request continues on another worker, which received its KV."""
 
 
 @dataclass(frozen=True)
