@@ -186,3 +186,40 @@ async def test_receive_kv_needs_an_announced_request_and_the_worker_token(two: F
             async for _ in stub.ReceiveKV(iter([stage])):
                 pass
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_drain_moves_every_stream_with_its_kv_before_it_returns(two: Fleet) -> None:
+    """`POST /workers/<id>/drain` (what the operator calls before removing a worker's pod):
+    the planner spreads the worker's streams, each moves with its KV, and the call returns
+    once they are moved; every client gets the undisturbed tokens."""
+    requests = [_request(GREEDY), _request(SEEDED)]
+    references = [(await _generate(two, r))[0] for r in requests]
+    for host in two.workers[1:]:  # both requests start on w0 (w1 drained meanwhile)
+        await two.router.router.drain(host.spec.worker_id)
+    started = asyncio.Event()
+    counts = [0, 0]
+
+    async def run(i: int) -> tuple[list[int], list[str], pb.GenerateResponse]:
+        tokens: list[int] = []
+        workers: list[str] = []
+        last = pb.GenerateResponse()
+        async with grpc.aio.insecure_channel(two.grpc) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            async for last in stub.Generate(requests[i], metadata=two.metadata(), timeout=120):
+                tokens += last.token_ids
+                workers.append(last.worker_id)
+                counts[i] = len(tokens)
+                if min(counts) >= 20:
+                    started.set()
+        return tokens, workers, last
+
+    runs = [asyncio.create_task(run(i)) for i in range(2)]
+    await asyncio.wait_for(started.wait(), 60)
+    await two.router.router.drain("w1", False)
+    moved = await two.router.router.drain("w0")
+    assert moved == 2
+    assert _counter(two, "kv_migrations") == 2  # done when the drain returned
+    for i, task in enumerate(runs):
+        tokens, workers, last = await task
+        assert (workers[0], workers[-1]) == ("w0", "w1")
+        assert last.finish_reason == "length" and tokens == references[i]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.unit
 ON = Rebalance(enabled=True, min_waiting=2, load_gap=0.25, max_moves_per_round=4)
 
 
-def w(name: str, running: int, waiting: int, streams: int = 0, **kw: bool) -> WorkerLoad:
+def w(name: str, running: int, waiting: int, streams: int = 0, **kw: Any) -> WorkerLoad:
     listed = [(f"{name}-r{i}", 100 * (i + 1)) for i in range(streams)]
     return WorkerLoad(name, running, waiting, 8, streams=listed, **kw)
 
@@ -50,38 +51,101 @@ def test_plan_moves(workers: list[WorkerLoad], want: list[tuple[str, str, str]])
     assert [(x.running, x.waiting, x.streams) for x in workers] == before  # inputs untouched
 
 
-@given(
-    st.lists(
-        st.builds(
-            WorkerLoad,
-            worker_id=st.text("abcdef", min_size=1, max_size=3),
-            running=st.integers(0, 8),
-            waiting=st.integers(0, 8),
-            max_num_seqs=st.just(8),
-            draining=st.booleans(),
-            streams=st.lists(st.tuples(st.uuids().map(str), st.integers(1, 5000)), max_size=6),
-        ),
-        max_size=6,
-        unique_by=lambda x: x.worker_id,
-    )
+_workers = st.lists(
+    st.builds(
+        WorkerLoad,
+        worker_id=st.text("abcdef", min_size=1, max_size=3),
+        running=st.integers(0, 8),
+        waiting=st.integers(0, 8),
+        max_num_seqs=st.just(8),
+        draining=st.booleans(),
+        streams=st.lists(st.tuples(st.uuids().map(str), st.integers(1, 5000)), max_size=6),
+        kv_usage=st.floats(0, 1),
+    ),
+    max_size=6,
+    unique_by=lambda x: x.worker_id,
 )
+
+
+@st.composite
+def _with_ratios(draw: st.DrawFn) -> list[WorkerLoad]:
+    """Workers whose streams have observed/target TPOT ratios for some of them."""
+    workers = draw(_workers)
+    for x in workers:
+        for request_id, _ in x.streams:
+            if draw(st.booleans()):
+                x.tpot_ratio[request_id] = draw(st.floats(0, 3))
+    return workers
+
+
+@given(_with_ratios())
 def test_moves_respect_the_rules(workers: list[WorkerLoad]) -> None:
     moves = plan_moves(workers, ON)
-    assert len(moves) <= ON.max_moves_per_round
+    assert plan_moves(workers, ON) == moves  # pure and deterministic
+    assert len([m for m in moves if m.reason != "drain"]) <= ON.max_moves_per_round
     assert len({m.request_id for m in moves}) == len(moves)  # each request moves at most once
+    by_id = {x.worker_id: x for x in workers}
+    live = [x for x in workers if not x.draining]
+    # A drain empties every draining worker whenever there is anywhere to go.
+    drained = {m.request_id for m in moves if m.reason == "drain"}
+    on_draining = {r for x in workers if x.draining for r, _ in x.streams}
+    assert drained == (on_draining if live else set())
     # Replay the moves on the counts: each was allowed when it was planned.
     state = {x.worker_id: [x.running, x.waiting] for x in workers}
-    by_id = {x.worker_id: x for x in workers}
     for move in moves:
         source, target = by_id[move.source], by_id[move.target]
         assert move.source != move.target and not target.draining
         assert move.request_id in {r for r, _ in source.streams}
         (s_run, s_wait), (t_run, t_wait) = state[move.source], state[move.target]
-        assert s_wait >= ON.min_waiting
-        assert t_run + t_wait < target.max_num_seqs  # a free slot
-        assert (t_run + t_wait) / 8 <= (s_run + s_wait) / 8 - ON.load_gap + 1e-9
-        state[move.source][1] -= 1
+        if move.reason == "drain":
+            assert source.draining
+        else:
+            assert not source.draining
+            assert t_run + t_wait < target.max_num_seqs  # a free slot
+        if move.reason == "balance":
+            assert s_wait >= ON.min_waiting
+        if move.reason in ("balance", "slo"):
+            assert (t_run + t_wait) / 8 <= (s_run + s_wait) / 8 - ON.load_gap + 1e-9
+        if move.reason == "slo":
+            assert source.tpot_ratio[move.request_id] >= ON.tpot_risk
+        if move.reason == "defrag":
+            assert s_wait >= 1 and source.kv_usage >= ON.kv_high_watermark
+            assert target.kv_usage <= source.kv_usage - ON.load_gap + 1e-9
+        if s_wait > 0:
+            state[move.source][1] -= 1
+        else:
+            state[move.source][0] -= 1
         state[move.target][0] += 1
+
+
+def test_a_drain_spreads_every_stream_over_the_workers_with_room() -> None:
+    workers = [w("a", 3, 0, streams=3, draining=True), w("b", 6, 0), w("c", 5, 0)]
+    moves = plan_moves(workers, ON)
+    assert [(m.request_id, m.target, m.reason) for m in moves] == [
+        ("a-r0", "c", "drain"),
+        ("a-r1", "b", "drain"),  # c is as loaded as b now: the id breaks the tie
+        ("a-r2", "c", "drain"),
+    ]
+    full = [w("a", 2, 0, streams=2, draining=True), w("b", 8, 0), w("c", 8, 1)]
+    assert [m.target for m in plan_moves(full, ON)] == ["b", "b"]  # no room: it still goes
+    assert plan_moves([w("a", 2, 0, streams=2, draining=True)], ON) == []  # nowhere to go
+
+
+def test_slo_rescue_moves_the_most_endangered_stream_first() -> None:
+    a = w("a", 8, 0, streams=3)
+    a.tpot_ratio = {"a-r0": 0.5, "a-r1": 1.4, "a-r2": 0.95}
+    moves = plan_moves([a, w("b", 1, 0)], ON)
+    assert [(m.request_id, m.reason) for m in moves] == [("a-r1", "slo"), ("a-r2", "slo")]
+    calm = w("a", 8, 0, streams=1)
+    calm.tpot_ratio = {"a-r0": 2.0}
+    assert plan_moves([calm, w("b", 7, 0)], ON) == []  # nowhere lighter by the gap
+
+
+def test_defragmentation_moves_the_longest_stream_to_the_emptiest_cache() -> None:
+    full = w("a", 4, 1, streams=3, kv_usage=0.95)
+    moves = plan_moves([full, w("b", 4, 0, kv_usage=0.2), w("c", 2, 0, kv_usage=0.5)], ON)
+    assert moves == [Move("a-r2", "a", "b", "defrag")]
+    assert plan_moves([w("a", 4, 0, streams=3, kv_usage=0.95), w("b", 0, 0)], ON) == []
 
 
 def _router(model_dir: Path) -> tuple[Router, FakeTransport]:

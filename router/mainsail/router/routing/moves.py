@@ -34,6 +34,9 @@ from mainsail.router.settings import RouterConfig
 
 log = logging.getLogger(__name__)
 _CANCEL_WAIT_S = 5.0  # for a given-up KV move's target to end the request
+DRAIN_WAIT_S = 8.0
+"""How long a drain waits for its moves with the KV (the operator's drain call allows 10 s
+before it removes the pod; a move still under way then falls back to recompute)."""
 
 
 class RequestMover:
@@ -97,22 +100,25 @@ class RequestMover:
             if route.kv_move is not None:  # ended while a KV move was under way
                 self._background(self._drop_kv_move(route))
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._moving.add(task)
         task.add_done_callback(self._moving.discard)
+        return task
 
     async def _after_first(
         self, route: RouteStream, stream: AsyncIterator[pb.TokenChunk], moved: bool
     ) -> AsyncIterator[pb.TokenChunk]:
         generated = route.generated
         generated.extend(route.first.token_ids)
+        route.observe_tokens(len(route.first.token_ids), self._clock())
         resumes = 0  # moves after failures, bounded by max_resumes
         while True:
             migrating = kv_moved = False
             try:
                 async for chunk in stream:
                     generated.extend(chunk.token_ids)
+                    route.observe_tokens(len(chunk.token_ids), self._clock())
                     if chunk.finish_reason == "migrated":
                         kv_moved = True  # the request runs on the KV move's target now
                         if chunk.token_ids:
@@ -216,7 +222,7 @@ class RequestMover:
         if route.migrate_to is not None or route.kv_move is not None:
             return True  # already on its way
         if (self.config.kv_migration if kv is None else kv) and self.transport.moves_kv:
-            self._background(self._move_kv(route, entry, target))
+            route.moving = self._background(self._move_kv(route, entry, target))
             return True
         await self._recompute(route, entry, target)
         return True
@@ -286,13 +292,18 @@ class RequestMover:
             self.dispatcher.release(move.entry)
 
     def plan_rebalance(self) -> list[Move]:
-        """This round's automatic migrations (`mainsail.router.routing.rebalance`), not yet
-        made."""
+        """This round's automatic migrations and drains (`mainsail.router.routing.rebalance`,
+        the one planner), not yet made."""
         streams: dict[str, list[tuple[str, int]]] = {}
+        ratios: dict[str, dict[str, float]] = {}
         for route in self.active.values():
-            if route.migrate_to is None and not route.closed:
+            if route.migrate_to is None and route.kv_move is None and not route.closed:
+                rid = route.prepared.request_id
                 context = len(route.prepared.token_ids) + len(route.generated)
-                streams.setdefault(route.worker_id, []).append((route.prepared.request_id, context))
+                streams.setdefault(route.worker_id, []).append((rid, context))
+                target = route.prepared.tpot_target_s
+                if target > 0 and route.tpot_s > 0:
+                    ratios.setdefault(route.worker_id, {})[rid] = route.tpot_s / target
         workers = [
             WorkerLoad(
                 e.worker_id,
@@ -301,6 +312,8 @@ class RequestMover:
                 e.load.max_num_seqs or e.info.max_num_seqs or 1,
                 e.draining,
                 streams.get(e.worker_id, []),
+                ratios.get(e.worker_id, {}),
+                e.load.kv_blocks_used / e.load.kv_blocks_total if e.load.kv_blocks_total else 0.0,
             )
             for e in self.registry.entries()
         ]
@@ -309,7 +322,7 @@ class RequestMover:
     async def rebalance(self) -> list[Move]:
         """Plans and makes one round of automatic migrations; the moves started."""
         made = [m for m in self.plan_rebalance() if await self.migrate(m.request_id, m.target)]
-        self.metrics.rebalance_moves.inc(len(made))
+        self.metrics.rebalance_moves.inc(len([m for m in made if m.reason != "drain"]))
         return made
 
     async def drain(self, worker_id: str, drain: bool = True) -> int:
@@ -336,9 +349,20 @@ class RequestMover:
 
     async def evacuate(self, worker_id: str) -> int:
         """Moves every request this router streams from ``worker_id`` elsewhere (a drain
-        asked here, or heard from the worker's heartbeat); returns how many moved."""
+        asked here, or heard from the worker's heartbeat), where the planner spreads them,
+        and waits (at most `DRAIN_WAIT_S`) for the moves with the KV to finish, so that a
+        worker drained before its removal is empty when the call returns; how many moved."""
+        planned = {
+            m.request_id: m.target
+            for m in self.plan_rebalance()
+            if m.source == worker_id and m.reason == "drain"
+        }
         streaming = [r for r in self.active.values() if r.worker_id == worker_id]
         moved = 0
         for route in streaming:
-            moved += await self.migrate(route.prepared.request_id)
+            rid = route.prepared.request_id
+            moved += await self.migrate(rid, planned.get(rid))
+        pending = [r.moving for r in streaming if r.moving is not None and not r.moving.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=DRAIN_WAIT_S)
         return moved

@@ -50,8 +50,21 @@ class RouteStream:
     migrate_to: str | None = None  # set by `Router.migrate`: "" = any worker, else its id
     kv_move: KVMove | None = None  # a move with the KV under way (`RequestMover.migrate`)
     kv_dropping: asyncio.Future[None] | None = None  # a KV move being given up
+    moving: asyncio.Future[None] | None = None  # the latest KV move's task
+    token_at: float | None = None  # when the latest tokens arrived (router clock)
+    tpot_s: float = 0.0  # time per output token seen here, smoothed (0: not measured yet)
     generated: list[int] = field(default_factory=list)  # tokens streamed so far
     _closed: bool = field(default=False)
+
+    def observe_tokens(self, count: int, now: float) -> None:
+        """``count`` tokens arrived at ``now``: update the smoothed time per output token
+        (what the SLO-rescue rule of the migration planner compares with the target)."""
+        if count <= 0:
+            return
+        if self.token_at is not None:
+            per_token = max(0.0, now - self.token_at) / count
+            self.tpot_s = per_token if self.tpot_s == 0 else 0.7 * self.tpot_s + 0.3 * per_token
+        self.token_at = now
 
     @property
     def closed(self) -> bool:
