@@ -1,7 +1,8 @@
 """End to end: `mainsail up` as a user runs it, driven by the real `openai` SDK and gRPC.
 
-One stack (embedded valkey, local Ray, two real engine workers on the tiny checkpoint, the
-router process) serves the whole module; the last tests kill workers (mid-stream: the request
+One stack (embedded valkey, local Ray, two real engine workers on the tiny checkpoint, two
+active-active router processes: `--routers 2`) serves the whole module; the tests talk to the
+first router unless they check the replicas; the last tests kill workers (mid-stream: the request
 moves; then the supervisor replaces them) and the module teardown checks that SIGTERM leaves no
 process behind.
 """
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with running_stack(
-        tmp_path_factory.mktemp("up"), ["--http-port", "0", "--grpc-port", "0"]
+        tmp_path_factory.mktemp("up"), ["--http-port", "0", "--grpc-port", "0", "--routers", "2"]
     ) as endpoints:
         yield endpoints
 
@@ -189,6 +190,43 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
     for worker in workers:
         scraped = httpx.get(f"http://{worker['metrics_address']}/metrics", timeout=10).text
         assert f'vllm:num_requests_running{{model_name="{stack["model"]}"}}' in scraped
+
+
+def _workers(router: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    data = httpx.get(router["http"] + "/workers", timeout=10).json()["data"]
+    return {w["id"]: w for w in data}
+
+
+def _until(check: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not seen in {timeout} s"
+        time.sleep(0.1)
+
+
+def test_every_router_replica_serves_and_hears_a_drain(stack: dict[str, Any]) -> None:
+    """`--routers 2`: both replicas list both workers and answer the same greedy tokens; a
+    drain asked through one replica is seen by the other (the worker holds it)."""
+    first, second = stack["routers"]
+    assert first["http"] == stack["http"] and first["pid"] != second["pid"]
+    assert set(_workers(first)) == set(_workers(second)) and len(_workers(second)) == 2
+    texts = {
+        openai.OpenAI(base_url=r["openai_base_url"], api_key="none", max_retries=0, timeout=60)
+        .completions.create(
+            model=stack["model"], prompt="Two harbours", max_tokens=8, temperature=0
+        )
+        .choices[0]
+        .text
+        for r in (first, second)
+    }
+    assert len(texts) == 1
+    worker = sorted(_workers(first))[0]
+    assert httpx.post(f"{second['http']}/workers/{worker}/drain", timeout=10).status_code == 200
+    try:
+        _until(lambda: _workers(first)[worker]["draining"], "the drain on the other replica")
+    finally:
+        httpx.delete(f"{first['http']}/workers/{worker}/drain", timeout=10)
+    _until(lambda: not _workers(second)[worker]["draining"], "the undrain on the other replica")
 
 
 def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> None:

@@ -11,7 +11,12 @@ import pytest
 import yaml
 
 from mainsail.cli.defaults import TINY_DEPLOYMENT
-from mainsail.cli.local.ports import PortInUseError, check_router_ports, router_ports
+from mainsail.cli.local.ports import (
+    PortInUseError,
+    check_router_ports,
+    replica_ports,
+    router_ports,
+)
 from mainsail.spec.deployment import ModelDeployment
 
 pytestmark = pytest.mark.unit
@@ -67,3 +72,36 @@ def test_a_taken_spec_port_is_refused_naming_the_setting(held_port: int) -> None
 def test_a_taken_flag_port_is_refused_naming_the_flag(held_port: int) -> None:
     with pytest.raises(PortInUseError, match=f"--grpc-port {held_port} on 127.0.0.1"):
         check_router_ports("127.0.0.1", router_ports(_deployment(), 0, held_port))
+
+
+def test_router_replicas_take_consecutive_ports_and_zero_stays_free() -> None:
+    replicas = replica_ports(router_ports(_deployment(8000, 50051), None, None), 3)
+    assert [(p.http, p.grpc) for p in replicas] == [(8000, 50051), (8001, 50052), (8002, 50053)]
+    assert replicas[2].http_source == "spec.router.httpPort + 2"
+    assert [(p.http, p.grpc) for p in replica_ports(router_ports(_deployment(), 0, 0), 2)] == [
+        (0, 0),
+        (0, 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("http", "grpc", "count", "message"),
+    [
+        (8000, 50051, 0, "--routers must be between 1 and 16, got 0"),
+        (8000, 50051, 17, "--routers must be between 1 and 16, got 17"),
+        (65535, 50051, 2, "--http-port 65535 \\+ 1 .* passes 65535"),
+        (8000, 8001, 2, "HTTP ports \\[8000, 8001\\] and gRPC ports \\[8001, 8002\\] overlap"),
+    ],
+)
+def test_bad_router_replica_counts_and_ports_are_refused(
+    http: int, grpc: int, count: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        replica_ports(router_ports(_deployment(), http, grpc), count)
+
+
+def test_a_taken_port_of_a_later_replica_is_refused_naming_it(held_port: int) -> None:
+    replicas = replica_ports(router_ports(_deployment(), 0, held_port - 1), 2)
+    with pytest.raises(PortInUseError, match=f"--grpc-port \\+ 1 {held_port} on 127.0.0.1"):
+        for ports in replicas:
+            check_router_ports("127.0.0.1", ports)

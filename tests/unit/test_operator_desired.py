@@ -53,7 +53,9 @@ def test_dense_split_children_names_labels_and_owner() -> None:
         ("ServingPool", "dense-pd-decode"),
         ("RayCluster", "dense-pd"),
         ("Service", "dense-pd-router"),
+        ("Service", "dense-pd-router-peers"),
         ("Deployment", "dense-pd-router"),
+        ("PodDisruptionBudget", "dense-pd-router"),  # router.replicas: 2 in the example
     ]
     for child in children:
         meta = child["metadata"]
@@ -270,3 +272,32 @@ def test_the_ray_head_is_probed_on_its_gcs_port_not_the_disabled_dashboard() -> 
     head = head_group["template"]["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe"):
         assert head[probe]["tcpSocket"] == {"port": 6379}
+
+
+def test_router_replicas_get_peers_service_spread_and_a_budget_only_when_several() -> None:
+    spec = _spec("dense-prefill-decode.yaml")
+    assert spec.router.replicas == 2
+    kinds = _by_kind(desired_children(OWNER, spec, SETTINGS))
+    peers = next(s for s in kinds["Service"] if s["metadata"]["name"] == "dense-pd-router-peers")
+    assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"]
+    assert peers["spec"]["ports"] == [
+        {"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"}
+    ]
+    router = kinds["Deployment"][0]
+    assert router["spec"]["replicas"] == 2
+    assert peers["spec"]["selector"] == router["spec"]["selector"]["matchLabels"]
+    spread = router["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == [
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    ]
+    assert {c["whenUnsatisfiable"] for c in spread} == {"ScheduleAnyway"}
+    (budget,) = kinds["PodDisruptionBudget"]
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": router["spec"]["selector"]["matchLabels"]},
+    }
+    config = json.loads(kinds["ConfigMap"][0]["data"]["config.json"])
+    assert config["routerPeers"] == f"dense-pd-router-peers.ns.svc:{spec.router.fleet_port}"
+    one = spec.model_copy(update={"router": spec.router.model_copy(update={"replicas": 1})})
+    assert "PodDisruptionBudget" not in _by_kind(desired_children(OWNER, one, SETTINGS))

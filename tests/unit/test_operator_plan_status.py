@@ -48,7 +48,7 @@ def test_missing_and_edited_children_are_put_back() -> None:
     config = next(o for o in observed if o["kind"] == "ConfigMap")
     config["data"]["config.json"] = "{}"
     plan = plan_changes(OWNER, desired, observed)
-    assert [o["metadata"]["name"] for o in plan.create] == ["m-cache", "m-router"]
+    assert [o["metadata"]["name"] for o in plan.create] == ["m-cache", "m-router", "m-router-peers"]
     assert [o["kind"] for o in plan.update] == ["ConfigMap"]
 
 

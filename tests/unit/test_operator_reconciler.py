@@ -56,6 +56,7 @@ def test_first_pass_creates_every_child_and_the_second_writes_nothing() -> None:
         "Secret/tiny-worker-credential",
         "Service/tiny-cache",
         "Service/tiny-router",
+        "Service/tiny-router-peers",
         "ServingPool/tiny-unified",
         "StatefulSet/tiny-cache",
     ]

@@ -118,6 +118,9 @@ def test_cluster_workers_are_built_from_the_config_document() -> None:
     spec = spec_factory(doc)("decode", 3)
     assert spec.role == "decode" and spec.worker_id == NODE_ID_PLACEHOLDER
     assert spec.router_address == "dense-pd-router.prod.svc:50052"
+    # Every router pod, through the headless Service's DNS records (active-active replicas).
+    assert spec.router_dns == "dense-pd-router-peers.prod.svc:50052"
+    assert type(spec.router_discovery()).__name__ == "DnsDiscovery"
     assert spec.redis_url == "redis://dense-pd-cache-0:6379/0"
     assert spec.generate is not None and spec.generate.seed == 7
     assert spec.engine == md.spec.engine and spec.host == "0.0.0.0"

@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--replicas", type=int, help="Override every worker pool's replica count.")
     up.add_argument(
+        "--routers",
+        type=int,
+        help="Router replicas, active-active (default: spec.router.replicas). Replica i binds "
+        "the HTTP and gRPC ports + i (0: each a free port); every worker registers with all.",
+    )
+    up.add_argument(
         "--model-cache",
         type=Path,
         help="Where generated checkpoints are cached (default: ~/.cache/mainsail/models).",

@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from mainsail.cli.defaults import TINY_DEPLOYMENT
+from mainsail.cli.local.ports import MAX_LOCAL_ROUTERS
 from mainsail.cli.local.stack import LocalStack, StackOptions
 from mainsail.spec.deployment import ModelDeployment
 
@@ -39,13 +40,20 @@ def usage_text(endpoints: dict[str, object]) -> str:
     """Ready-to-paste curl and openai SDK examples for the running stack."""
     base = endpoints["openai_base_url"]
     model = endpoints["model"]
+    routers = endpoints.get("routers")
+    replicas = ""
+    if isinstance(routers, list) and len(routers) > 1:
+        lines = "".join(f"\n    {r['openai_base_url']}  gRPC {r['grpc']}" for r in routers)
+        replicas = (
+            f"\n  routers      {len(routers)} replicas, active-active (any one serves):{lines}"
+        )
     return f"""
 Mainsail is serving `{model}`:
   OpenAI HTTP  {base}
   gRPC         {endpoints["grpc"]}  (reflection on; service mainsail.proto.v1.Inference)
   metrics      {endpoints["metrics"]}
   redis        {endpoints["redis"]}
-  workers      {endpoints["workers"]}
+  workers      {endpoints["workers"]}{replicas}
 
 Try it:
   curl -s {base}/completions -H 'Content-Type: application/json' \\
@@ -66,12 +74,19 @@ def run_up(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"mainsail up: {exc}", file=sys.stderr)
         return 2
+    if args.routers is not None and not 1 <= args.routers <= MAX_LOCAL_ROUTERS:
+        print(
+            f"mainsail up: --routers must be between 1 and {MAX_LOCAL_ROUTERS}, got {args.routers}",
+            file=sys.stderr,
+        )
+        return 2
     options = StackOptions(
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         redis_url=args.redis_url,
         replicas=args.replicas,
+        routers=args.routers,
         model_cache=args.model_cache,
         ready_file=args.ready_file,
     )

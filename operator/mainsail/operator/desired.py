@@ -14,7 +14,12 @@ from mainsail.operator.desired_cache import cache_service, cache_statefulset, ca
 from mainsail.operator.desired_config import config_hash, config_map, config_text, deployment_config
 from mainsail.operator.desired_network import network_policies
 from mainsail.operator.desired_pools import pool_replicas, ray_cluster, serving_pool
-from mainsail.operator.desired_router import router_deployment, router_service
+from mainsail.operator.desired_router import (
+    router_deployment,
+    router_disruption_budget,
+    router_peers_service,
+    router_service,
+)
 from mainsail.operator.desired_secrets import ANNOTATION_ISSUE, Issuer, credentials_secret, issue_of
 from mainsail.operator.desired_security import REDIS_USER, RUN_AS_USER, harden
 from mainsail.operator.naming import Owner
@@ -55,7 +60,9 @@ def desired_children(
     children.append(ray_cluster(owner, spec, settings, cfg_hash, replicas, urls, workers_to_delete))
     children += [
         router_service(owner, spec),
+        router_peers_service(owner, spec),
         router_deployment(owner, spec, settings.router_image, cfg_hash, settings.worker_image),
+        *router_disruption_budget(owner, spec),
     ]
     for child in children:  # pods reading the credentials roll when they are rotated
         for template in pod_templates(child):

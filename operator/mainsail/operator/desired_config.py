@@ -34,6 +34,17 @@ def router_fleet_address(owner: Owner, spec: ModelDeploymentSpec) -> str:
     return f"{child_name(owner, 'router')}.{owner.namespace}.svc:{spec.router.fleet_port}"
 
 
+def router_peers_name(owner: Owner) -> str:
+    """The headless Service listing every router pod (workers resolve it to find them)."""
+    return child_name(owner, "router-peers")
+
+
+def router_peers_address(owner: Owner, spec: ModelDeploymentSpec) -> str:
+    """The headless Service's name and fleet port: its DNS A records are the router pods,
+    each of which a worker registers with (`mainsail.workers.router_discovery`)."""
+    return f"{router_peers_name(owner)}.{owner.namespace}.svc:{spec.router.fleet_port}"
+
+
 def deployment_config(
     owner: Owner, spec: ModelDeploymentSpec, cache_urls: list[str]
 ) -> dict[str, Any]:
@@ -58,6 +69,7 @@ def deployment_config(
         "cache": {"urls": cache_urls, "ttlSeconds": spec.pools.cache.ttl_seconds},
         "spec": spec_for_document(spec),
         "routerAddress": router_fleet_address(owner, spec),
+        "routerPeers": router_peers_address(owner, spec),
     }
 
 

@@ -1,7 +1,15 @@
-"""The router's Deployment and Service.
+"""The router's Deployment, its Services and, with several replicas, its disruption budget.
 
 The router reads the shared `config.json` (see `desired_config`), so its pods carry the config
 hash as an annotation: editing routing, SLOs or KV settings in the spec rolls the router.
+
+`spec.router.replicas` router pods are active-active: clients reach any of them through the
+ClusterIP Service; workers register with every one of them, found through the headless
+`<name>-router-peers` Service (one DNS A record per router pod, not-ready ones included so a
+worker registers while a router starts: readiness only gates client traffic). Pods spread over
+nodes and zones (`ScheduleAnyway`: a one-node cluster still runs them all), and with more than
+one replica a PodDisruptionBudget keeps all but one serving through voluntary disruptions
+(node drains, upgrades). One replica gets no budget: it would block every drain of its node.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from mainsail.operator.desired_config import (
     common_env,
     config_mount,
     config_volume,
+    router_peers_name,
 )
 from mainsail.operator.desired_secrets import (
     client_auth_env,
@@ -111,6 +120,7 @@ def router_deployment(
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "topologySpreadConstraints": _spread(owner),
                     "containers": [
                         {
                             "name": COMPONENT,
@@ -165,3 +175,53 @@ def router_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
             ],
         },
     }
+
+
+SPREAD_KEYS = ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+"""Router replicas spread over nodes first, then zones."""
+
+
+def _spread(owner: Owner) -> list[dict[str, Any]]:
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(owner, COMPONENT)},
+        }
+        for key in SPREAD_KEYS
+    ]
+
+
+def router_peers_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """Headless Service over the router pods' fleet port: its DNS name resolves to every
+    router pod, which is how workers find all replicas (`mainsail.workers.router_discovery`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, router_peers_name(owner), COMPONENT),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(owner, COMPONENT),
+            "ports": [{"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"}],
+        },
+    }
+
+
+def router_disruption_budget(owner: Owner, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """With several router replicas: at most one taken down at a time by voluntary
+    disruptions. None for one replica (see the module doc)."""
+    if spec.router.replicas < 2:
+        return []
+    return [
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": child_metadata(owner, router_name(owner), COMPONENT),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector_labels(owner, COMPONENT)},
+            },
+        }
+    ]

@@ -63,6 +63,7 @@ CHILDREN: tuple[ManagedKind, ...] = (
     SERVING_POOL,
     ManagedKind("ray.io/v1", "RayCluster", "rayclusters", Use.CHILD),
     ManagedKind("apps/v1", "Deployment", "deployments", Use.CHILD),
+    ManagedKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", Use.CHILD),
 )
 """The kinds a deployment's children are, in the order a pass lists them."""
 

@@ -43,6 +43,13 @@ class DeploymentDocument(BaseModel):
         min_length=3,
         description="host:port of the router's gRPC (its Service), where workers register.",
     )
+    router_peers: str | None = Field(
+        None,
+        alias="routerPeers",
+        min_length=3,
+        description="host:port of the headless Service whose DNS records are every router "
+        "pod: workers register with each (active-active replicas). Unset: `routerAddress` only.",
+    )
     cache_urls: tuple[str, ...] = Field(
         (), description="The cache pool's Redis URLs (empty: no shared KV tier)."
     )

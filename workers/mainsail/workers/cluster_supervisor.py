@@ -7,7 +7,8 @@ if it ever exits. It reads the deployment's configuration document (`MAINSAIL_CO
 per `mainsail-<role>` unit the worker pods bring. Each worker generates (`spec.model.generate`,
 deterministic, the same files the router's init container generates) or reads
 (`spec.model.path`) the checkpoint on its own pod, binds all interfaces, advertises its pod IP,
-takes its pod's name as worker id and registers with the router Service.
+takes its pod's name as worker id and registers with every router pod (the DNS records of the
+headless `<deployment>-router-peers` Service, re-resolved as router pods come and go).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def spec_factory(document: DeploymentDocument) -> SpecFactory:
             generate=spec.model if spec.model.generate is not None else None,
             engine=spec.engine,
             router_address=document.router_address,
+            router_dns=document.router_peers,
             host="0.0.0.0",
             metrics_port=WORKER_METRICS_PORT,  # one worker per pod: a fixed, scrapable port
             adapters=tuple(spec.adapters),

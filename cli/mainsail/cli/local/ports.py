@@ -3,13 +3,17 @@
 Why checked up front: the router binds in a child process, and a port already in use would
 surface only as a traceback in its log after Redis and the model were prepared. Checking first
 names the setting the port came from (`spec.router.httpPort` or `--http-port`) and the way out.
+
+Several router replicas (`--routers N`, default `spec.router.replicas`) take consecutive ports:
+replica ``i`` binds ``httpPort + i`` and ``grpcPort + i`` (a port of 0 stays 0: each replica
+picks a free one). All of them are checked before anything starts.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mainsail.spec.deployment import ModelDeployment
 
@@ -39,6 +43,41 @@ def router_ports(
         http_source="spec.router.httpPort" if http_port is None else "--http-port",
         grpc_source="spec.router.grpcPort" if grpc_port is None else "--grpc-port",
     )
+
+
+MAX_LOCAL_ROUTERS = 16
+"""More router processes than this on one machine only compete for its cores."""
+
+
+def replica_ports(ports: RouterPorts, count: int) -> list[RouterPorts]:
+    """Each of ``count`` replicas' ports: consecutive from ``ports`` (0 stays 0); ValueError
+    naming the setting when ``count`` is out of range or a port would pass 65535."""
+    if not 1 <= count <= MAX_LOCAL_ROUTERS:
+        raise ValueError(f"--routers must be between 1 and {MAX_LOCAL_ROUTERS}, got {count}")
+    for port, source in ((ports.http, ports.http_source), (ports.grpc, ports.grpc_source)):
+        if port and port + count - 1 > 65535:
+            raise ValueError(
+                f"{source} {port} + {count - 1} (one port per router replica) passes 65535"
+            )
+    out = []
+    for i in range(count):
+        out.append(
+            replace(
+                ports,
+                http=ports.http + i if ports.http else 0,
+                grpc=ports.grpc + i if ports.grpc else 0,
+                http_source=ports.http_source if i == 0 else f"{ports.http_source} + {i}",
+                grpc_source=ports.grpc_source if i == 0 else f"{ports.grpc_source} + {i}",
+            )
+        )
+    http = [p.http for p in out if p.http]
+    grpc = [p.grpc for p in out if p.grpc]
+    if set(http) & set(grpc):
+        raise ValueError(
+            f"router replicas' HTTP ports {http} and gRPC ports {grpc} overlap; "
+            "move --http-port or --grpc-port apart"
+        )
+    return out
 
 
 def check_free(host: str, port: int, source: str, flag: str) -> None:

@@ -3,7 +3,9 @@
 The same spec the operator turns into a RayCluster, a router Deployment and a Redis
 StatefulSet becomes, locally: a Redis-compatible server (or `--redis-url`), a local Ray with
 one async actor per worker replica, kept alive by the same `WorkerSupervisor` a cluster's Ray
-head runs (a crashed worker is replaced and registers again), and a router process. Startup
+head runs (a crashed worker is replaced and registers again), and one router process per
+router replica (`--routers N`, default `spec.router.replicas`; consecutive ports, see
+`ports.py`), with every worker registered with every router (active-active). Startup
 is ordered so that each step can fail with a clear message; shutdown reverses it and leaves no
 process behind.
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mainsail.cli.local.ports import check_router_ports, router_ports
+from mainsail.cli.local.ports import RouterPorts, check_router_ports, replica_ports, router_ports
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
@@ -69,9 +71,22 @@ class StackOptions:
     grpc_port: int | None = None  # None: the spec's router.grpcPort; 0: any free port
     redis_url: str | None = None
     replicas: int | None = None
+    routers: int | None = None  # None: the spec's router.replicas
     model_cache: Path | None = None
     ready_file: Path | None = None
     startup_timeout: float = 300.0
+
+
+@dataclass
+class RouterProcess:
+    """One router replica: its process and the ports it bound."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    ready: Path
+    http_port: int = 0
+    grpc_port: int = 0
+    fleet_port: int = 0
 
 
 @dataclass
@@ -84,7 +99,8 @@ class LocalStack:
     model_dir: Path | None = None
     redis: RedisServer | None = None
     redis_url: str | None = None
-    router_proc: subprocess.Popen[bytes] | None = None
+    router_proc: subprocess.Popen[bytes] | None = None  # the first replica's
+    routers: list[RouterProcess] = field(default_factory=list)
     http_port: int = 0
     grpc_port: int = 0
     fleet_port: int = 0
@@ -99,8 +115,8 @@ class LocalStack:
     def start(self) -> None:
         """Bring every part up, in order; raises with a message naming the step that failed."""
         opts = self.options
-        ports = router_ports(self.deployment, opts.http_port, opts.grpc_port)
-        check_router_ports(opts.host, ports)  # before anything starts
+        for ports in self._replica_ports():
+            check_router_ports(opts.host, ports)  # before anything starts
         # The worker plane's credential: the router and every worker inherit it from this
         # process's environment (the router process and the local Ray), so the Registry and
         # the workers' API refuse anyone else on this machine. Kept if the user set one.
@@ -143,15 +159,47 @@ class LocalStack:
         self.redis = RedisServer(maxmemory=cache.max_memory).start()
         self.redis_url = self.redis.url
 
-    def _start_router(self) -> None:
-        self.progress("Starting router")
-        assert self.model_dir is not None
+    def _router_count(self) -> int:
+        routers = self.options.routers
+        return self.deployment.spec.router.replicas if routers is None else routers
+
+    def _replica_ports(self) -> list[RouterPorts]:
         opts = self.options
         ports = router_ports(self.deployment, opts.http_port, opts.grpc_port)
+        return replica_ports(ports, self._router_count())
+
+    def _start_router(self) -> None:
+        replicas = self._replica_ports()
+        self.progress(
+            "Starting router" if len(replicas) == 1 else f"Starting {len(replicas)} routers"
+        )
+        for index, ports in enumerate(replicas):  # all at once; then wait for each
+            self.routers.append(self._spawn_router(index, ports))
+        deadline = time.monotonic() + 60
+        for router in self.routers:
+            while not router.ready.exists():
+                if router.proc.poll() is not None:
+                    raise RuntimeError(f"router exited:\n{router.log.read_text()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("router did not start within 60 s")
+                time.sleep(0.05)
+            ports = json.loads(router.ready.read_text())
+            router.http_port, router.grpc_port = ports["http_port"], ports["grpc_port"]
+            router.fleet_port = ports["fleet_port"]
+        first = self.routers[0]
+        self.router_proc = first.proc
+        self.http_port, self.grpc_port, self.fleet_port = (
+            first.http_port,
+            first.grpc_port,
+            first.fleet_port,
+        )
+
+    def _spawn_router(self, index: int, ports: RouterPorts) -> RouterProcess:
+        assert self.model_dir is not None
         config = RouterConfig.from_deployment(
             self.deployment,
             self.model_dir,
-            host=opts.host,
+            host=self.options.host,
             http_port=ports.http,
             grpc_port=ports.grpc,
             # Workers register on loopback, whatever --host says for clients; a free port
@@ -160,11 +208,13 @@ class LocalStack:
             fleet_host="127.0.0.1",
             fleet_port=0,
         )
-        config_path = self._workdir / "router.json"
+        suffix = "" if index == 0 else f"-{index}"
+        config_path = self._workdir / f"router{suffix}.json"
         config_path.write_text(config.model_dump_json())
-        ready = self._workdir / "router.ready"
-        log = (self._workdir / "router.log").open("wb")
-        self.router_proc = subprocess.Popen(
+        ready = self._workdir / f"router{suffix}.ready"
+        log_path = self._workdir / f"router{suffix}.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -182,16 +232,7 @@ class LocalStack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if self.router_proc.poll() is not None:
-                raise RuntimeError(f"router exited:\n{(self._workdir / 'router.log').read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("router did not start within 60 s")
-            time.sleep(0.05)
-        ports = json.loads(ready.read_text())
-        self.http_port, self.grpc_port = ports["http_port"], ports["grpc_port"]
-        self.fleet_port = ports["fleet_port"]
+        return RouterProcess(proc, log_path, ready)
 
     def _start_ray(self) -> None:
         self.progress("Starting local Ray")
@@ -238,7 +279,7 @@ class LocalStack:
 
         assert self.model_dir is not None
         spec = self.deployment.spec
-        router_address = f"127.0.0.1:{self.fleet_port}"
+        fleet = [f"127.0.0.1:{r.fleet_port}" for r in self.routers]
         model_dir = self.model_dir
         # Adapters whose `path` is not on this machine are skipped (the rest are served);
         # `generateRank` adapters are generated for the local checkpoint by each worker.
@@ -254,7 +295,8 @@ class LocalStack:
                 model_name=spec.model.name,
                 model_dir=model_dir,
                 engine=spec.engine,
-                router_address=router_address,
+                router_address=fleet[0],
+                router_addresses=tuple(fleet[1:]),
                 host=self.options.host,
                 adapters=adapters,
                 redis_url=self.redis_url,
@@ -284,6 +326,18 @@ class LocalStack:
             "workers": self._total_replicas(),
             "model_dir": str(self.model_dir),
             "router_log": str(self._workdir / "router.log"),
+            "routers": [
+                {
+                    "http": f"http://{host}:{r.http_port}",
+                    "openai_base_url": f"http://{host}:{r.http_port}/v1",
+                    "grpc": f"{host}:{r.grpc_port}",
+                    "fleet": f"127.0.0.1:{r.fleet_port}",
+                    "metrics": f"http://{host}:{r.http_port}/metrics",
+                    "pid": r.proc.pid,
+                    "log": str(r.log),
+                }
+                for r in self.routers
+            ],
         }
 
     # ---------------------------------------------------------------- stop
@@ -302,11 +356,13 @@ class LocalStack:
                     self.supervisor.stop_all()
             ray.shutdown()
             self.ray_started = False
-        if self.router_proc is not None and self.router_proc.poll() is None:
-            self.router_proc.terminate()
+        running = [r.proc for r in self.routers if r.proc.poll() is None]
+        for proc in running:
+            proc.terminate()
+        for proc in running:
             try:
-                self.router_proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.router_proc.kill()
+                proc.kill()
         if self.redis is not None:
             self.redis.stop()
