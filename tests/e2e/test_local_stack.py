@@ -192,7 +192,7 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
         assert f'vllm:num_requests_running{{model_name="{stack["model"]}"}}' in scraped
 
 
-def _workers(router: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _listed(router: dict[str, Any]) -> dict[str, dict[str, Any]]:
     data = httpx.get(router["http"] + "/workers", timeout=10).json()["data"]
     return {w["id"]: w for w in data}
 
@@ -209,7 +209,7 @@ def test_every_router_replica_serves_and_hears_a_drain(stack: dict[str, Any]) ->
     drain asked through one replica is seen by the other (the worker holds it)."""
     first, second = stack["routers"]
     assert first["http"] == stack["http"] and first["pid"] != second["pid"]
-    assert set(_workers(first)) == set(_workers(second)) and len(_workers(second)) == 2
+    assert set(_listed(first)) == set(_listed(second)) and len(_listed(second)) == 2
     texts = {
         openai.OpenAI(base_url=r["openai_base_url"], api_key="none", max_retries=0, timeout=60)
         .completions.create(
@@ -220,13 +220,13 @@ def test_every_router_replica_serves_and_hears_a_drain(stack: dict[str, Any]) ->
         for r in (first, second)
     }
     assert len(texts) == 1
-    worker = sorted(_workers(first))[0]
+    worker = sorted(_listed(first))[0]
     assert httpx.post(f"{second['http']}/workers/{worker}/drain", timeout=10).status_code == 200
     try:
-        _until(lambda: _workers(first)[worker]["draining"], "the drain on the other replica")
+        _until(lambda: _listed(first)[worker]["draining"], "the drain on the other replica")
     finally:
         httpx.delete(f"{first['http']}/workers/{worker}/drain", timeout=10)
-    _until(lambda: not _workers(second)[worker]["draining"], "the undrain on the other replica")
+    _until(lambda: not _listed(second)[worker]["draining"], "the undrain on the other replica")
 
 
 def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> None:
