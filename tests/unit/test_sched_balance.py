@@ -22,6 +22,7 @@ from mainsail.router.scheduling import (
 )
 from mainsail.router.testing import idle_worker
 from mainsail.spec.deployment import RoutingProfile, ScorerWeight
+from mainsail.spec.kv_cost import FetchCostModel
 
 pytestmark = pytest.mark.unit
 
@@ -86,30 +87,41 @@ def test_affinity_holds_when_workers_are_idle() -> None:
 
 
 @pytest.mark.parametrize(
-    ("holder", "goes_to_holder"),
+    ("block", "holder", "goes_to_holder"),
     [
-        ({"outstanding": 0}, True),
-        ({"outstanding": 1}, True),  # a small lead is worth a 90 % prefix hit
-        ({"outstanding": 2}, False),  # 2x the least loaded plus slack: balance wins
-        ({"outstanding": 30}, False),
+        # A 90 % hit of a short prompt (160 tokens) saves ~29 ms of prefill: worth it on an
+        # idle holder, not against one more request in flight there (balance decides).
+        (16, {"outstanding": 0}, True),
+        (16, {"outstanding": 1}, False),
+        (16, {"outstanding": 30}, False),
         # fresh reports: a full batch and a queue at the holder, light load elsewhere
-        ({"running": 64, "waiting": 5, "outstanding": 69}, False),
-        ({"running": 4, "waiting": 0, "outstanding": 4}, True),
+        (16, {"running": 64, "waiting": 5, "outstanding": 69}, False),
+        (16, {"running": 4, "waiting": 0, "outstanding": 4}, True),
+        # A 90 % hit of a long prompt (2560 tokens) saves ~0.46 s: worth a small lead ...
+        (256, {"outstanding": 1}, True),
+        (256, {"running": 4, "waiting": 0, "outstanding": 4}, True),
+        # ... not prefill queued at the holder that costs more than the hit saves.
+        (256, {"outstanding": 30, "pending_prefill_tokens": 4096}, False),
+        (256, {"running": 64, "waiting": 5, "outstanding": 69, "pending_prefill_tokens": 8192},
+         False),
     ],
-)
+)  # fmt: skip
 def test_a_loaded_holder_loses_a_90_percent_hit(
-    holder: dict[str, Any], goes_to_holder: bool
+    block: int, holder: dict[str, Any], goes_to_holder: bool
 ) -> None:
     others: dict[str, Any] = (
         {"outstanding": 0} if "running" not in holder else {"running": 3, "outstanding": 3}
     )
+    cost = FetchCostModel(block_bytes=0, block_size=block)  # 0.2 ms per prefilled token
     ws = (
-        dataclasses.replace(BASE, worker_id="holder", **holder),
-        dataclasses.replace(BASE, worker_id="idle-1", **others),
-        dataclasses.replace(BASE, worker_id="idle-2", **others),
+        dataclasses.replace(BASE, worker_id="holder", kv_cost=cost, **holder),
+        dataclasses.replace(BASE, worker_id="idle-1", kv_cost=cost, **others),
+        dataclasses.replace(BASE, worker_id="idle-2", kv_cost=cost, **others),
     )
-    req = RequestInfo("r", tuple(range(10)), 160, 64)
+    req = RequestInfo("r", tuple(range(10)), 10 * block, 64)
     decision = build_profile(RoutingProfile(), random.Random(0)).schedule(
         SchedulingContext(req, ws, {"holder": 9})
     )
+    best_other = max(decision.scores["idle-1"], decision.scores["idle-2"])
+    assert abs(decision.scores["holder"] - best_other) > 0.05, decision.scores  # no tie
     assert (decision.worker_id == "holder") == goes_to_holder, decision.scores

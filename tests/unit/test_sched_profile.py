@@ -38,8 +38,7 @@ def test_default_profile_assembles_in_order() -> None:
     profile = build_profile(RoutingProfile(), random.Random(0))
     assert [f.name for f in profile.filters] == ["healthy", "role", "capacity"]
     assert [(s.scorer.name, s.weight) for s in profile.scorers] == [
-        ("kv-prefix", 2.0),
-        ("prefill-backlog", 1.0),
+        ("prefill-time", 2.0),
         ("queue-depth", 1.0),
         ("running-requests", 1.0),
         ("kv-utilization", 0.5),
@@ -72,10 +71,14 @@ def test_prefers_cached_prefix_when_loads_are_equal() -> None:
     ctx = SchedulingContext(REQUEST, (worker("a"), worker("b"), worker("c")), {"b": 4, "c": 1})
     decision = profile.schedule(ctx)
     assert decision.worker_id == "b"
-    assert decision.components["kv-prefix"] == 1.0
-    # kv-prefix 2 x 1, prefill-backlog 1 x 1, queue-depth 1, running 1, kv-utilization 0.5 x 0.9
-    assert decision.scores["b"] == pytest.approx(2.0 + 1.0 + 1.0 + 1.0 + 0.5 * 0.9)
-    assert decision.scores["c"] == pytest.approx(2.0 * 0.25 + 1.0 + 1.0 + 1.0 + 0.5 * 0.9)
+    assert decision.components["prefill-time"] == 1.0
+    # Prompt of 64 tokens, blocks of 16 (no cost model reported: 0.2 ms per token). b has all 4
+    # blocks (3 reusable: the last token is always computed) -> 16 tokens to prefill, c 48,
+    # a 64. Relative headroom with slack 512 tokens: c = 1 - 32/(16 + 512), a = 1 - 48/528.
+    # prefill-time 2, queue-depth 1, running-requests 1, kv-utilization 0.5 x 0.9
+    assert decision.scores["b"] == pytest.approx(2.0 + 1.0 + 1.0 + 0.5 * 0.9)
+    assert decision.scores["c"] == pytest.approx(2.0 * (1 - 32 / 528) + 1.0 + 1.0 + 0.5 * 0.9)
+    assert decision.scores["a"] == pytest.approx(2.0 * (1 - 48 / 528) + 1.0 + 1.0 + 0.5 * 0.9)
 
 
 def test_filters_run_before_scoring() -> None:
@@ -110,8 +113,7 @@ def test_every_plugin_is_timed_with_the_injected_clock() -> None:
         ("filter", "healthy"),
         ("filter", "role"),
         ("filter", "capacity"),
-        ("scorer", "kv-prefix"),
-        ("scorer", "prefill-backlog"),
+        ("scorer", "prefill-time"),
         ("scorer", "queue-depth"),
         ("scorer", "running-requests"),
         ("scorer", "kv-utilization"),

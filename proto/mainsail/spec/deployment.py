@@ -185,8 +185,7 @@ class RoutingProfile(SpecModel):
     filters: list[str] = Field(default_factory=lambda: ["healthy", "role", "capacity"])
     scorers: list[ScorerWeight] = Field(
         default_factory=lambda: [
-            ScorerWeight(name="kv-prefix", weight=2.0),
-            ScorerWeight(name="prefill-backlog", weight=1.0),
+            ScorerWeight(name="prefill-time", weight=2.0),
             ScorerWeight(name="queue-depth", weight=1.0),
             ScorerWeight(name="running-requests", weight=1.0),
             ScorerWeight(name="kv-utilization", weight=0.5),

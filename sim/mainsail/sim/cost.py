@@ -50,6 +50,9 @@ class GPUProfile(StepCost):
     description: str = ""
     sources: list[str] = Field(default_factory=list, description="Where the figures come from.")
     kv_capacity_tokens: int = Field(..., ge=1, description="KV cache size in tokens.")
+    kv_bytes_per_token: int = Field(
+        131072, ge=1, description="KV bytes per token (what a block costs to move to a tier)."
+    )
 
     def kv_capacity_blocks(self, block_size: int) -> int:
         """KV cache size in whole blocks of ``block_size`` tokens."""

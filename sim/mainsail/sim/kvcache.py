@@ -25,7 +25,9 @@ from typing import Protocol
 class KVEventSink(Protocol):
     """Receives a worker's KV events (``kind`` is ``"stored"`` or ``"removed"``)."""
 
-    def __call__(self, worker_id: str, kind: str, hashes: list[int]) -> None: ...
+    def __call__(
+        self, worker_id: str, kind: str, hashes: list[int], tier: str = "device"
+    ) -> None: ...
 
 
 class SimKVCache:
@@ -118,6 +120,25 @@ class SimKVCache:
         self._private -= private_blocks
         if self._private < 0:
             raise ValueError(f"{self.worker_id}: released more private blocks than reserved")
+
+    def insert_cached(self, hashes: Sequence[int]) -> int:
+        """Adds blocks fetched from the shared tier as reusable cached blocks (most recently
+        used), evicting older unpinned ones for room; returns how many were added. Stops when
+        no room can be made (every block pinned)."""
+        refs, cached = self._refs, self._free_cached
+        stored: list[int] = []
+        for h in hashes:
+            if h in refs or h in cached:
+                continue
+            if len(refs) + self._private + len(cached) >= self.capacity:
+                if not cached:
+                    break
+                self._evict(1)
+            cached[h] = None
+            stored.append(h)
+        if stored and self.sink is not None:
+            self.sink(self.worker_id, "stored", stored)
+        return len(stored)
 
     def _evict(self, n: int) -> None:
         cached = self._free_cached

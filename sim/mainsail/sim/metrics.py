@@ -7,7 +7,8 @@ Definitions (all times in seconds, from the request's arrival at the router):
   TPOT <= ``tpot_s``. The per-1k allowance exists because Mooncake prompts reach 126k tokens:
   prefilling 85k tokens alone takes ~7 s on an idle H100, which no router can fix.
 - Goodput: requests meeting the SLO per second of trace (first to last arrival).
-- Prefix hit rate: prompt tokens served from a worker's prefix cache / all prompt tokens.
+- Prefix hit rate: prompt tokens served from a worker's prefix cache / all prompt tokens
+  (including blocks fetched from the shared tier; ``tier_hit_rate`` is that part alone).
 - Load spread: the max and coefficient of variation of requests served per worker, relative to
   the mean (1.0 = perfectly even), and the busiest worker's utilisation.
 - Queueing: arrival to admission into a worker's batch (router hold + worker queue).
@@ -59,6 +60,7 @@ class Summary:
     max_utilisation: float
     wall_s: float
     decide_us: float  # mean host time per routing decision (ours only), microseconds
+    tier_hit_rate: float = 0.0  # prompt tokens fetched from the shared tier / all prompt tokens
 
 
 def _pcts(values: np.ndarray) -> tuple[float, float, float]:
@@ -105,6 +107,9 @@ def summarise(run: RunResult, slo: SLOTargets) -> Summary:
         served_cv=float(served.std() / mean_served) if mean_served else math.nan,
         max_utilisation=float(busy.max() / horizon) if busy.size else math.nan,
         wall_s=run.wall_s,
+        tier_hit_rate=(
+            sum(r.tier_tokens for r in started) / max(1, sum(r.input_tokens for r in started))
+        ),
         decide_us=(
             run.decide_wall_s / n * 1e6 if n and not math.isnan(run.decide_wall_s) else math.nan
         ),

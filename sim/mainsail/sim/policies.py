@@ -50,14 +50,19 @@ def make_policy(
     clock: Callable[[], float],
     routing: RoutingProfile | None = None,
     changed: set[int] | None = None,
+    *,
+    tier_aware: bool = True,
 ) -> Policy:
     """A fresh policy instance; ``ValueError`` names the known policies.
 
     ``changed`` is the set the workers add their index to when their state changes; the
-    router policy uses it to refresh only stale snapshots.
+    router policy uses it to refresh only stale snapshots. ``tier_aware`` False makes the router
+    ignore what the shared KV tier holds (device-only scoring, for comparison).
     """
     if name == "ours":
-        return RouterPolicy(workers, rng, clock, routing=routing, changed=changed)
+        return RouterPolicy(
+            workers, rng, clock, routing=routing, changed=changed, tier_aware=tier_aware
+        )
     if name == "ours-approx":
         return RouterPolicy(workers, rng, clock, routing=routing, approximate=True, changed=changed)
     if name == "prefix-hash":

@@ -28,6 +28,7 @@ class SimRequest:
         "prefill_done",
         "private_blocks",
         "started",
+        "tier_tokens",
         "worker",
     )
 
@@ -52,6 +53,7 @@ class SimRequest:
         self.first_token = math.nan
         self.finished = math.nan
         self.cached_tokens = 0  # prompt tokens served from the prefix cache
+        self.tier_tokens = 0  # of those, fetched from the shared tier for this request
         self.prefill_done = 0  # prompt tokens whose KV exists (cached or computed)
         self.committed = 0  # leading prompt blocks published as reusable
         self.private_blocks = 0  # reserved blocks without a reusable hash

@@ -7,6 +7,11 @@ This module builds exactly what the router builds from a `RoutingProfile`
 request it asks the index for prefix hits, assembles a `SchedulingContext` of the workers'
 `WorkerSnapshot`s and calls ``profile.schedule``. The simulator's clock is injected into both.
 
+With a shared KV tier (`mainsail.sim.kvtier`) the index also holds the tier's blocks (tier
+``redis``, per writer) and each decision gets ``tier_hits`` from `shared_tier_hits`, as the
+router's `WorkerChooser` computes them; ``tier_aware=False`` leaves them out (device-only
+scoring, the comparison of bench/sim_tier.py).
+
 ``ours-approx`` runs the same profile over the `ApproximateIndex` (learned from dispatches,
 expiring on the virtual clock), as the router does for workers that publish no events.
 """
@@ -19,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from mainsail.router.kvindex import ApproximateIndex, GlobalKVIndex
 from mainsail.router.scheduling.profile import build_profile
+from mainsail.router.scheduling.tier_hits import shared_tier_hits
 from mainsail.router.scheduling.types import RequestInfo, SchedulingContext
 from mainsail.sim.request import SimRequest
 from mainsail.sim.worker import SimWorker
@@ -38,6 +44,7 @@ class RouterPolicy:
         approximate: bool = False,
         index_max_blocks: int = 1_000_000,
         changed: set[int] | None = None,
+        tier_aware: bool = True,
     ) -> None:
         self.name = "ours-approx" if approximate else "ours"
         self._workers = workers
@@ -50,6 +57,8 @@ class RouterPolicy:
         else:
             self.index = GlobalKVIndex(max_blocks=index_max_blocks)
         self._approx = approximate
+        self._tier_aware = tier_aware and any(w.tier is not None for w in workers)
+        self._tier_of = {w.worker_id: w.snapshot().kv_tier_id for w in workers}
         self._snaps = [w.snapshot() for w in workers]
         self._changed = changed  # indexes of workers whose snapshot is stale (None: all)
         self.decide_wall_s = 0.0  # host CPU time spent in index lookups and scheduling
@@ -60,9 +69,11 @@ class RouterPolicy:
         """Only the exact index consumes worker events."""
         return not self._approx
 
-    def on_kv_event(self, worker_id: str, kind: str, hashes: list[int]) -> None:
+    def on_kv_event(
+        self, worker_id: str, kind: str, hashes: list[int], tier: str = "device"
+    ) -> None:
         """A simulated worker published a KV event."""
-        self.index.apply_event(worker_id, kind, hashes)
+        self.index.apply_event(worker_id, kind, hashes, tier)
 
     def route(self, req: SimRequest, now: float) -> int | None:
         start = time.perf_counter()
@@ -80,10 +91,16 @@ class RouterPolicy:
             for i in self._changed:
                 snaps[i] = workers[i].snapshot()
             self._changed.clear()
+        workers_now = tuple(snaps)
+        tier_hits: dict[str, int] = {}
+        if self._tier_aware and hashes:
+            writers = self.index.longest_prefix(hashes, tiers=("redis",))
+            tier_hits = shared_tier_hits(writers, self._tier_of, workers_now)
         ctx = SchedulingContext(
             request=info,
-            workers=tuple(snaps),
+            workers=workers_now,
             prefix_hits=self.index.longest_prefix(hashes),
+            tier_hits=tier_hits,
             now=self._clock(),
         )
         decision = self.profile.schedule(ctx)

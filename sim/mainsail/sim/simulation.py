@@ -6,7 +6,8 @@ work proportional to requests and prefill chunks, not to wall time or token coun
 
 Ordering at equal times is fixed and documented, so runs are deterministic for a seed: step
 ends first (a worker finishing frees room before the next request is routed), then arrivals in
-trace order, then load samples. Ties inside a kind keep insertion order. Requests a policy
+trace order, then load samples, then the ends of shared-tier fetches (`kvtier`). Ties inside a
+kind keep insertion order. Requests a policy
 cannot place (every worker filtered out, e.g. all at capacity) wait in a FIFO at the router and
 are retried whenever a request finishes, as the router's admission queue would hold them.
 """
@@ -21,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from mainsail.sim.cost import GPUProfile
+from mainsail.sim.kvtier import SimSharedTier, TierSettings, cost_model
 from mainsail.sim.policies import make_policy
 from mainsail.sim.prompts import PromptHasher
 from mainsail.sim.request import SimRequest
@@ -30,7 +32,7 @@ from mainsail.sim.worker import SimWorker
 from mainsail.spec.deployment import RoutingProfile
 from mainsail.spec.kvhash import KVHashConfig
 
-_STEP, _ARRIVAL, _SAMPLE = 0, 1, 2
+_STEP, _ARRIVAL, _SAMPLE, _LOAD = 0, 1, 2, 3
 
 
 class VirtualClock:
@@ -57,6 +59,8 @@ class SimSettings:
     drain_s: float = 3600.0  # keep simulating this long after the last arrival
     max_model_len: int = 131_072
     routing: RoutingProfile = field(default_factory=RoutingProfile)
+    tier: TierSettings = field(default_factory=TierSettings)  # shared KV tier (default: none)
+    tier_aware: bool = True  # the router prices tier-held prefixes (False: device only)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -80,6 +84,7 @@ class RunResult:
     decide_wall_s: float = math.nan
     index_entries: int = 0
     evictions: int = 0
+    tier_evictions: int = 0
 
 
 def run_policy(
@@ -120,6 +125,9 @@ class PolicyRun:
         self.pending: deque[SimRequest] = deque()  # waiting at the router, FIFO
         self.finished_any = False  # a request finished during the current step end
         changed: set[int] = set()  # workers whose snapshot is stale (see RouterPolicy)
+        tier = settings.tier
+        self.tier = SimSharedTier(tier.capacity_blocks) if tier.capacity_blocks else None
+        cost = cost_model(profile, settings.block_size, tier)
         self.workers = [
             SimWorker(
                 i,
@@ -131,12 +139,15 @@ class PolicyRun:
                 max_model_len=settings.max_model_len,
                 hash_fingerprint=fingerprint,
                 changed=changed,
+                tier=self.tier,
+                cost=cost,
+                schedule_load=self._schedule_load,
             )
             for i in range(settings.workers)
         ]
         rng = random.Random(settings.seed)
         self.policy = make_policy(policy_name, self.workers, rng, self.clock, settings.routing,
-                                  changed)  # fmt: skip
+                                  changed, tier_aware=settings.tier_aware)  # fmt: skip
         self.kv_consumer: RouterPolicy | None = None
         if isinstance(self.policy, RouterPolicy) and self.policy.wants_kv_events:
             self.kv_consumer = self.policy
@@ -154,13 +165,16 @@ class PolicyRun:
     def _schedule_step(self, at: float, worker: int, version: int) -> None:
         self._push(at, _STEP, worker, version)
 
+    def _schedule_load(self, at: float, worker: int, req: SimRequest) -> None:
+        self._push(at, _LOAD, worker, req.index)
+
     def _on_finish(self, req: SimRequest) -> None:
         req.block_hashes = []  # the KV cache keeps what it needs; free the rest
         self.finished_any = True
 
-    def _kv_event(self, worker_id: str, kind: str, hashes: list[int]) -> None:
+    def _kv_event(self, worker_id: str, kind: str, hashes: list[int], tier: str = "device") -> None:
         if self.kv_consumer is not None:
-            self.kv_consumer.on_kv_event(worker_id, kind, hashes)
+            self.kv_consumer.on_kv_event(worker_id, kind, hashes, tier)
 
     def _dispatch(self, req: SimRequest, now: float) -> bool:
         choice = self.policy.route(req, now)
@@ -203,6 +217,8 @@ class PolicyRun:
                 workers[a].step_end(at, b)
                 while self.finished_any and self.pending and self._dispatch(self.pending[0], at):
                     self.pending.popleft()
+            elif kind == _LOAD:
+                workers[a].load_done(self.requests[b], at)
             elif kind == _SAMPLE:
                 self.sample_times.append(at)
                 self.load_samples.append([w.load for w in workers])
@@ -225,4 +241,5 @@ class PolicyRun:
             decide_wall_s=getattr(policy, "decide_wall_s", math.nan),
             index_entries=index.stats().entries if index is not None else 0,
             evictions=sum(w.kv.evictions for w in self.workers),
+            tier_evictions=self.tier.evictions if self.tier is not None else 0,
         )

@@ -21,10 +21,15 @@ from collections.abc import Callable
 from mainsail.router.scheduling.types import WorkerSnapshot
 from mainsail.sim.cost import GPUProfile, attn_pairs
 from mainsail.sim.kvcache import KVEventSink, SimKVCache
+from mainsail.sim.kvtier import SimSharedTier
 from mainsail.sim.request import SimRequest
+from mainsail.spec.kv_cost import FetchCostModel, decide_fetch
 
 StepScheduler = Callable[[float, int, int], None]
 """``schedule(time, worker_index, version)``: ask the event loop to end a step at ``time``."""
+
+LoadScheduler = Callable[[float, int, SimRequest], None]
+"""``schedule_load(time, worker_index, request)``: a tier fetch for ``request`` ends then."""
 
 
 class SimWorker:
@@ -41,6 +46,9 @@ class SimWorker:
         max_model_len: int = 131_072,
         hash_fingerprint: str = "",
         changed: set[int] | None = None,
+        tier: SimSharedTier | None = None,
+        cost: FetchCostModel | None = None,
+        schedule_load: LoadScheduler | None = None,
     ) -> None:
         self.index = index
         self.worker_id = f"sim-{index:04d}"
@@ -65,6 +73,14 @@ class SimWorker:
         self._chunks: list[tuple[SimRequest, int]] = []
         self._snapshot: WorkerSnapshot | None = None
         self._changed = changed if changed is not None else set()
+        self.tier = tier
+        self.cost = cost or FetchCostModel(0, block_size)
+        self._schedule_load = schedule_load
+        self.loading = 0  # requests parked while their blocks are fetched from the tier
+        self._loading_tokens = 0
+        self._fetches: dict[int, tuple[int, int]] = {}  # request index -> hashes fetched
+        if tier is not None and schedule_load is None:
+            raise ValueError("a worker with a shared tier needs schedule_load")
 
     @property
     def load(self) -> int:
@@ -75,7 +91,7 @@ class SimWorker:
     def backlog_tokens(self) -> int:
         """Prompt tokens still to prefill here (waiting prompts counted whole)."""
         running = sum(r.input_tokens - r.prefill_done for r in self.running)
-        return running + sum(r.input_tokens for r in self.waiting)
+        return running + sum(r.input_tokens for r in self.waiting) + self._loading_tokens
 
     def _invalidate(self) -> None:
         """Drops the cached snapshot and tells the router view this worker changed."""
@@ -91,7 +107,7 @@ class SimWorker:
                 role="unified",
                 healthy=True,
                 running=len(self.running),
-                waiting=len(self.waiting),
+                waiting=len(self.waiting) + self.loading,
                 max_num_seqs=self.profile.max_num_seqs,
                 kv_blocks_used=self.kv.used_blocks,
                 kv_blocks_total=self.kv.capacity,
@@ -100,6 +116,9 @@ class SimWorker:
                 outstanding=self.load,
                 hash_fingerprint=self._fingerprint,
                 pending_prefill_tokens=self.backlog_tokens,
+                kv_cost=self.cost,
+                kv_tier_id=SimSharedTier.TIER_ID if self.tier is not None else "",
+                kv_fetch_policy="auto" if self.tier is not None else "",
             )
             self._snapshot = snap
         return snap
@@ -108,6 +127,41 @@ class SimWorker:
         """A request arrives from the router at ``now``."""
         req.worker = self.index
         req.dispatched = now
+        if self.tier is not None and self._start_load(req, now):
+            return
+        self._join(req, now)
+
+    def _start_load(self, req: SimRequest, now: float) -> bool:
+        """Parks ``req`` while the tier's blocks beyond its local hits are fetched, when the
+        cost model says fetching beats recomputing them (as `TierLink.start_load` does)."""
+        assert self.tier is not None and self._schedule_load is not None
+        hashes = req.block_hashes
+        local = self.kv.prefix_hits(hashes)
+        limit = min(len(hashes), (req.input_tokens - 1) // self.block_size)
+        if limit <= local:
+            return False
+        extra = self.tier.prefix(hashes[local:limit])
+        if not decide_fetch("auto", self.cost, extra):
+            return False
+        self.tier.fetch(hashes[local : local + extra])
+        self._fetches[req.index] = (local, local + extra)
+        req.tier_tokens = extra * self.block_size
+        self.loading += 1
+        self._loading_tokens += req.input_tokens
+        self._invalidate()
+        self._schedule_load(now + self.cost.fetch_seconds(extra), self.index, req)
+        return True
+
+    def load_done(self, req: SimRequest, now: float) -> None:
+        """The fetch started for ``req`` finished: its blocks enter the cache, it queues."""
+        self.loading -= 1
+        self._loading_tokens -= req.input_tokens
+        start, end = self._fetches.pop(req.index)
+        self.kv.insert_cached(req.block_hashes[start:end])
+        self._join(req, now)
+
+    def _join(self, req: SimRequest, now: float) -> None:
+        """``req`` enters the waiting queue at ``now``."""
         head_blocked = bool(self.waiting)
         self.waiting.append(req)
         self._invalidate()
@@ -135,6 +189,8 @@ class SimWorker:
             full = min(r.prefill_done // bs, len(r.block_hashes))
             if full > r.committed:
                 self.kv.commit(r.block_hashes[r.committed : full])
+                if self.tier is not None:
+                    self._write_through(r.block_hashes[r.committed : full])
                 r.private_blocks -= full - r.committed
                 r.committed = full
             if r.prefill_done >= r.input_tokens:
@@ -153,6 +209,14 @@ class SimWorker:
                 self._on_finish(r)
         self._invalidate()
         self._plan(now)
+
+    def _write_through(self, hashes: list[int]) -> None:
+        """Committed blocks go to the shared tier; the router hears of them as tier "redis"."""
+        assert self.tier is not None
+        self.tier.store(hashes)
+        sink = self.kv.sink
+        if sink is not None:
+            sink(self.worker_id, "stored", hashes, "redis")
 
     def _admit(self, now: float, budget: int) -> list[tuple[SimRequest, int]]:
         """Admits waiting requests FCFS while budget, sequence slots and KV allow."""

@@ -408,6 +408,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             timestamp=self._clock(),
             draining=self.draining,
             drain_epoch=self.drain_epoch,
+            kv_cost=_kv_cost(m),
         )
 
     async def Drain(
@@ -455,3 +456,18 @@ class WorkerService(pb_grpc.WorkerServicer):
             raise
         finally:
             self.hub.unsubscribe(queue)
+
+
+def _kv_cost(m: EngineMetrics) -> pb.KVCost:
+    """The engine's cost model as the router reads it (`LoadSnapshot.kv_cost`)."""
+    cost = m.kv_cost
+    if cost is None:
+        return pb.KVCost()
+    return pb.KVCost(
+        prefill_s_per_token=cost.prefill_s_per_token,
+        tier_id=m.kv_tier_id,
+        fetch_policy=m.kv_fetch_policy,
+        tier_rtt_s=cost.rtt_s,
+        tier_bandwidth_bps=cost.bandwidth_bps,
+        block_bytes=cost.block_bytes,
+    )

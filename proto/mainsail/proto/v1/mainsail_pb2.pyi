@@ -678,6 +678,7 @@ class LoadSnapshot(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     DRAIN_EPOCH_FIELD_NUMBER: _builtins.int
     ROUTER_ID_FIELD_NUMBER: _builtins.int
+    KV_COST_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     running: _builtins.int
     waiting: _builtins.int
@@ -713,6 +714,12 @@ class LoadSnapshot(_message.Message):
     """The router id `router_in_flight` is counted for ("" when not addressed to one router)."""
     @_builtins.property
     def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def kv_cost(self) -> Global___KVCost:
+        """The worker's KV cost model (mainsail.spec.kv_cost) as it measured it, so the router prices
+        a cached prefix with the worker's own figures (docs/scheduling.md, "prefill-time").
+        """
+
     def __init__(
         self,
         *,
@@ -735,14 +742,54 @@ class LoadSnapshot(_message.Message):
         draining: _builtins.bool = ...,
         drain_epoch: _builtins.int = ...,
         router_id: _builtins.str = ...,
+        kv_cost: Global___KVCost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kv_cost", b"kv_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "drain_epoch", b"drain_epoch", "draining", b"draining", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "max_num_seqs", b"max_num_seqs", "pending_prefill_tokens", b"pending_prefill_tokens", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "router_id", b"router_id", "router_in_flight", b"router_in_flight", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "drain_epoch", b"drain_epoch", "draining", b"draining", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "kv_cost", b"kv_cost", "max_num_seqs", b"max_num_seqs", "pending_prefill_tokens", b"pending_prefill_tokens", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "router_id", b"router_id", "router_in_flight", b"router_in_flight", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoadSnapshot: _TypeAlias = LoadSnapshot  # noqa: Y015
+
+@_typing.final
+class KVCost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFILL_S_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    TIER_ID_FIELD_NUMBER: _builtins.int
+    FETCH_POLICY_FIELD_NUMBER: _builtins.int
+    TIER_RTT_S_FIELD_NUMBER: _builtins.int
+    TIER_BANDWIDTH_BPS_FIELD_NUMBER: _builtins.int
+    BLOCK_BYTES_FIELD_NUMBER: _builtins.int
+    prefill_s_per_token: _builtins.float
+    """Seconds per prefilled token (moving average of real prefill steps); 0 = not measured yet."""
+    tier_id: _builtins.str
+    """The shared KV tier this worker reads and writes: an opaque id equal for workers sharing one
+    store and model namespace (no address or credential in it); empty = no shared tier.
+    """
+    fetch_policy: _builtins.str
+    """"auto" | "always" | "never": when the worker fetches from the tier instead of recomputing."""
+    tier_rtt_s: _builtins.float
+    tier_bandwidth_bps: _builtins.float
+    block_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        prefill_s_per_token: _builtins.float = ...,
+        tier_id: _builtins.str = ...,
+        fetch_policy: _builtins.str = ...,
+        tier_rtt_s: _builtins.float = ...,
+        tier_bandwidth_bps: _builtins.float = ...,
+        block_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_bytes", b"block_bytes", "fetch_policy", b"fetch_policy", "prefill_s_per_token", b"prefill_s_per_token", "tier_bandwidth_bps", b"tier_bandwidth_bps", "tier_id", b"tier_id", "tier_rtt_s", b"tier_rtt_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KVCost: _TypeAlias = KVCost  # noqa: Y015
 
 @_typing.final
 class KVEvent(_message.Message):

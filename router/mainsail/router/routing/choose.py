@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mainsail.router.errors import RouterError, overloaded, slo_unattainable, unavailable
 from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
@@ -29,7 +29,13 @@ from mainsail.router.kvindex import ApproximateIndex, KVIndex
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.routing.prepare import Prepared
 from mainsail.router.routing.worker_views import ScheduleRecorder, WorkerViews
-from mainsail.router.scheduling import SchedulingContext, SchedulingProfile
+from mainsail.router.scheduling import (
+    RequestInfo,
+    SchedulingContext,
+    SchedulingProfile,
+    WorkerSnapshot,
+    shared_tier_hits,
+)
 from mainsail.router.scheduling.admission import admit
 from mainsail.router.scheduling.flow import FlowLimits, FlowQueue, Ticket
 from mainsail.spec.deployment import Admission as AdmissionSettings
@@ -60,7 +66,7 @@ class WorkerChooser:
         self._clock = clock
         self._waiting = 0
         self._changed = asyncio.Event()
-        self._views = WorkerViews(registry)
+        self._views = WorkerViews(registry, block_size)
         self.recorder = ScheduleRecorder(metrics)
         self.flow = FlowQueue(limits or FlowLimits(4096, 4096, 1024))
         self._refusals: dict[Ticket, RouterError | None] = {}
@@ -198,19 +204,43 @@ class WorkerChooser:
             )
 
     def _context(self, prepared: Prepared, entries: list[WorkerEntry]) -> SchedulingContext:
-        hashes = prepared.info.block_hashes
+        return self.context(prepared.info, entries)
+
+    def context(
+        self, info: RequestInfo, entries: Sequence[WorkerEntry] | None = None
+    ) -> SchedulingContext:
+        """What the profile decides on for ``info`` over ``entries`` (default: every worker
+        not draining): load views, prefix hits per worker and what each can fetch from its
+        shared tier. Pure reads; `choose` and admission use it, and it explains a decision."""
+        if entries is None:
+            entries = [e for e in self.registry.entries() if not e.draining]
+        hashes = info.block_hashes
         hits = self.index.longest_prefix(hashes)
         if self.approx is not None:
             # Workers that publish no KV events are scored from the router's own history.
             for worker_id, depth in self.approx.longest_prefix(hashes).items():
                 if not self.publishes_events(worker_id):
                     hits[worker_id] = max(hits.get(worker_id, 0), depth)
+        workers = tuple([self._views.snapshot(e) for e in entries])
         return SchedulingContext(
-            request=prepared.info,
-            workers=tuple([self._views.snapshot(e) for e in entries]),
+            request=info,
+            workers=workers,
             prefix_hits=hits,
+            tier_hits=self._tier_hits(hashes, workers),
             now=self._clock(),
         )
+
+    def _tier_hits(
+        self, hashes: Sequence[int], workers: Sequence[WorkerSnapshot]
+    ) -> dict[str, int]:
+        """Leading blocks each worker can fetch from its shared tier (empty without tiers)."""
+        if not hashes or not any(w.kv_tier_id for w in workers):
+            return {}
+        writers = self.index.longest_prefix(hashes, tiers=("redis",))
+        if not writers:
+            return {}
+        tier_of = {e.worker_id: e.load.kv_cost.tier_id for e in self.registry.entries()}
+        return shared_tier_hits(writers, tier_of, workers)
 
     def _schedule(self, prepared: Prepared, tried: set[str]) -> tuple[WorkerEntry, int] | None:
         entries = [

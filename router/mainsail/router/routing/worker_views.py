@@ -14,20 +14,56 @@ from __future__ import annotations
 
 from typing import Any
 
+from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.fleet.load_merge import merged_in_flight
 from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.scheduling import PluginTiming, WorkerSnapshot
+from mainsail.spec.kv_cost import FetchCostModel
 
 _Static = tuple[WorkerEntry, str, frozenset[str], str, int, int]
 
 
 class WorkerViews:
-    """`WorkerSnapshot`s of registry entries, with each entry's fixed part cached."""
+    """`WorkerSnapshot`s of registry entries, with each entry's fixed part cached.
 
-    def __init__(self, registry: WorkerRegistry) -> None:
+    ``block_size``: the deployment's KV block, tokens (every registered worker hashes with it),
+    for the cost model a worker reports.
+    """
+
+    def __init__(self, registry: WorkerRegistry, block_size: int = 16) -> None:
         self.registry = registry
+        self.block_size = block_size
         self._static: dict[str, _Static] = {}
+        self._costs: dict[str, tuple[pb.LoadSnapshot, FetchCostModel]] = {}
+
+    def kv_cost(self, worker_id: str, load: pb.LoadSnapshot) -> FetchCostModel:
+        """The worker's reported cost model (defaults for what it has not measured yet),
+        rebuilt only when a new load report arrived."""
+        cached = self._costs.get(worker_id)
+        if cached is not None and cached[0] is load:
+            return cached[1]
+        report = load.kv_cost
+        default = FetchCostModel(block_bytes=max(0, report.block_bytes), block_size=self.block_size)
+        model = FetchCostModel(
+            block_bytes=default.block_bytes,
+            block_size=self.block_size,
+            rtt_s=report.tier_rtt_s if report.tier_rtt_s > 0 else default.rtt_s,
+            bandwidth_bps=(
+                report.tier_bandwidth_bps
+                if report.tier_bandwidth_bps > 0
+                else default.bandwidth_bps
+            ),
+            prefill_s_per_token=(
+                report.prefill_s_per_token
+                if report.prefill_s_per_token > 0
+                else default.prefill_s_per_token
+            ),
+        )
+        if len(self._costs) > 2 * len(self.registry) + 64:
+            self._costs.clear()  # workers that left; bounded under churn
+        self._costs[worker_id] = (load, model)
+        return model
 
     def snapshot(self, entry: WorkerEntry) -> WorkerSnapshot:
         """The worker as the profile sees it now (latest load report, router's own counts)."""
@@ -61,6 +97,9 @@ class WorkerViews:
             outstanding=merged_in_flight(entry.outstanding, entry.others),
             hash_fingerprint=fingerprint,
             pending_prefill_tokens=max(load.pending_prefill_tokens, entry.pending_prefill),
+            kv_cost=self.kv_cost(entry.worker_id, load),
+            kv_tier_id=load.kv_cost.tier_id,
+            kv_fetch_policy=load.kv_cost.fetch_policy if load.kv_cost.tier_id else "",
         )
 
 

@@ -2,11 +2,13 @@
 
 Public surface: the context records (`types`), `build_profile` / `SchedulingProfile`
 (`profile`) and the plugin registry. Policies are pure functions of a `SchedulingContext`;
-the KV index computes `prefix_hits` before scoring. See docs/scheduling.md.
+the KV index computes `prefix_hits` (and `tier_hits`, `shared_tier_hits`) before scoring.
+See docs/scheduling.md.
 """
 
 from mainsail.router.scheduling.profile import SchedulingProfile, WeightedScorer, build_profile
 from mainsail.router.scheduling.registry import PluginRegistry, default_registry
+from mainsail.router.scheduling.tier_hits import shared_tier_hits
 from mainsail.router.scheduling.types import (
     ROLES,
     Decision,
@@ -28,4 +30,5 @@ __all__ = [
     "WorkerSnapshot",
     "build_profile",
     "default_registry",
+    "shared_tier_hits",
 ]

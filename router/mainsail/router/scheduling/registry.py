@@ -22,6 +22,7 @@ from mainsail.router.scheduling.scorers.adapter_affinity import AdapterAffinityS
 from mainsail.router.scheduling.scorers.kv_prefix import KVPrefixScorer
 from mainsail.router.scheduling.scorers.kv_utilization import KVUtilizationScorer
 from mainsail.router.scheduling.scorers.prefill_backlog import PrefillBacklogScorer
+from mainsail.router.scheduling.scorers.prefill_time import PrefillTimeScorer
 from mainsail.router.scheduling.scorers.queue_depth import QueueDepthScorer
 from mainsail.router.scheduling.scorers.running_requests import RunningRequestsScorer
 
@@ -59,6 +60,7 @@ def default_registry() -> PluginRegistry:
         KVUtilizationScorer,
         AdapterAffinityScorer,
         PrefillBacklogScorer,
+        PrefillTimeScorer,
     ):
         registry.register_scorer(s.name, s)
     registry.register_picker(MaxScorePicker.name, MaxScorePicker)

@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mainsail.spec.kv_cost import FetchCostModel
+
 ROLES = frozenset({"unified", "prefill", "decode", "encode"})
 
 
@@ -35,6 +37,9 @@ class WorkerSnapshot:
     outstanding: int  # in flight there: this router's own (live) + other routers' (reported)
     hash_fingerprint: str  # `KVHashConfig.fingerprint()` the worker hashes with
     pending_prefill_tokens: int = 0  # prompt tokens ahead of a new request (see docs/protocol.md)
+    kv_cost: FetchCostModel | None = None  # the worker's measured KV cost model (None: unknown)
+    kv_tier_id: str = ""  # the shared KV tier it reads (`LoadSnapshot.kv_cost.tier_id`); "" = none
+    kv_fetch_policy: str = ""  # "auto" | "always" | "never"; "" = no tier
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -81,14 +86,17 @@ class RequestInfo:
 class SchedulingContext:
     """Everything one decision reads.
 
-    `prefix_hits` maps worker id to the number of leading blocks of the request cached there,
-    computed once by the KV index before scoring (workers absent from it have 0).
-    `now` is in seconds on the caller's clock.
+    `prefix_hits` maps worker id to the number of leading blocks of the request cached there
+    (device or host memory), computed once by the KV index before scoring (workers absent from
+    it have 0). `tier_hits` maps worker id to the leading blocks it can read from its shared
+    KV tier (Redis), whoever wrote them (`shared_tier_hits`). `now` is in seconds on the
+    caller's clock.
     """
 
     request: RequestInfo
     workers: tuple[WorkerSnapshot, ...]
     prefix_hits: Mapping[str, int] = field(default_factory=dict)
+    tier_hits: Mapping[str, int] = field(default_factory=dict)
     now: float = 0.0
 
 
@@ -120,4 +128,4 @@ class Decision:
 SNAPSHOT_FIELDS = frozenset(f.name for f in dataclasses.fields(WorkerSnapshot))
 """Names a plugin may list in `reads` (plus `CONTEXT_FIELDS`)."""
 
-CONTEXT_FIELDS = frozenset({"prefix_hits", "request"})
+CONTEXT_FIELDS = frozenset({"prefix_hits", "tier_hits", "request"})

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mainsail.spec.kv_cost import FetchCostModel
 from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.config import EngineConfig
 from mainsail.workers.engine.detokenizer import Detokenizer, DetokenizerState
@@ -109,6 +110,9 @@ class Engine:
         self._seqs: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []
         self._metrics = MetricsRecorder()
+        # The prefill rate for the one KV cost model (`mainsail.spec.kv_cost`), measured with
+        # or without a tier: the router prices cached prefixes with it.
+        self._prefill = FetchCostModel(block_bytes=0, block_size=self.config.block_size)
         self.last_step: StepShape | None = None
         self._codec: BlockCodec | None = None
         self._migrations = KVMigrations(
@@ -306,9 +310,12 @@ class Engine:
         for seq, n in batch.items:
             seq.num_computed += n
             committed += self._kv.commit(seq.table, seq.block_hashes, seq.num_computed)
+        prefilled = sum(n for _, n in batch.items if n > 1) >= self.config.block_size
+        if prefilled:
+            self._prefill = self._prefill.observe_prefill(batch.num_tokens, run_seconds)
         if self._tier is not None:
             self._tier.write_through(committed)
-            if sum(n for _, n in batch.items if n > 1) >= self.config.block_size:
+            if prefilled:
                 self._tier.observe_prefill(batch.num_tokens, run_seconds)
         now = self._clock()
         for seq, token, lp in zip(samplers, tokens, logprobs, strict=True):
@@ -342,10 +349,13 @@ class Engine:
         threads too (writes finish after the step that queued them), so a reader on another
         thread (`AsyncEngine.metrics`) refreshes them rather than keep the last step's."""
         if self._tier is None:
-            return snap
+            return dataclasses.replace(snap, kv_cost=self._prefill)
         tier = self._tier.tier.stats
         return dataclasses.replace(
             snap,
+            kv_cost=self._tier.loader.cost,
+            kv_tier_id=self._tier.tier_id,
+            kv_fetch_policy=self._tier.loader.policy,
             redis_hit_tokens=self._tier.redis_hit_tokens,
             kv_tier_stored_blocks=self._tier.writer.stats.written,
             kv_tier_write_drops=self._tier.writer.stats.dropped,

@@ -64,6 +64,7 @@ class TierLink:
         self._loads: dict[Sequence, Future[LoadResult]] = {}
         self._pins: list[int] = []
         self.redis_hit_tokens = 0
+        self.tier_id = writer.tier.identity()
 
     @classmethod
     def connect(

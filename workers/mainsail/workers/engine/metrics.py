@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from mainsail.spec.kv_cost import FetchCostModel
+
 TTFT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TPOT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 E2E_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -85,6 +87,9 @@ class EngineMetrics:
     e2e: Histogram = EMPTY_HISTOGRAM
     running_adapters: tuple[str, ...] = ()
     waiting_adapters: tuple[str, ...] = ()
+    kv_cost: FetchCostModel | None = None  # the engine's measured cost model (None: no step yet)
+    kv_tier_id: str = ""  # `RedisKVTier.identity()` of the shared tier; "" = none
+    kv_fetch_policy: str = ""  # the tier's fetch policy; "" = no tier
 
     @property
     def kv_utilization(self) -> float:

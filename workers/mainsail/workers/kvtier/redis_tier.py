@@ -17,6 +17,7 @@ Redis again, so the tier recovers by itself when Redis returns.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -96,6 +97,17 @@ class RedisKVTier:
 
     def key(self, block_hash: int) -> str:
         return f"{self.prefix}:{block_hash:016x}"
+
+    def identity(self) -> str:
+        """An opaque id equal for every worker sharing this store and key namespace.
+
+        The router groups workers by it: a block one of them wrote is fetchable by all. Made
+        of the server's location and the key prefix, hashed, so no address or credential leaks
+        into load reports.
+        """
+        kw = self.client.connection_pool.connection_kwargs
+        where = f"{kw.get('host', '')}:{kw.get('port', '')}/{kw.get('db', 0)}|{kw.get('path', '')}"
+        return hashlib.blake2b(f"{where}|{self.prefix}".encode(), digest_size=8).hexdigest()
 
     def available(self) -> bool:
         """False while the circuit is open after an error."""
