@@ -43,6 +43,13 @@ class EngineConfig:
       Writing committed blocks through to the tier happens in every mode.
     * ``kv_tier_write_queue_blocks``: blocks waiting to be written at most (each a copy of
       one block); beyond it blocks are dropped and counted, never waited for.
+    * ``tensor_parallel``: ranks the model is split over (attention by head, MLP by rows,
+      vocabulary by slice); more than 1 runs the model in Ray actors (`mainsail.workers.parallel`).
+    * ``expert_parallel``: ranks a mixture-of-experts model's experts are placed on; ``None``
+      spreads them over the tensor-parallel ranks. Any value (even 1) runs the model in Ray
+      actors, so that the degree can change while serving (`Engine.scale_experts`).
+    * ``rank_resources``: Ray resources of one rank's placement-group bundle; ``None`` = one
+      CPU (plus one GPU when ``device`` is CUDA).
     * ``adapters``: LoRA adapters loaded at start, name -> directory in PEFT layout; requests
       naming any other adapter are refused. All stay resident (no eviction).
     """
@@ -60,6 +67,9 @@ class EngineConfig:
     kv_tier_fetch: FetchPolicy = "auto"
     kv_tier_write_queue_blocks: int = 256
     adapters: Mapping[str, Path] = field(default_factory=dict)
+    tensor_parallel: int = 1
+    expert_parallel: int | None = None
+    rank_resources: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -77,10 +87,19 @@ class EngineConfig:
             "kv_tier_fetch": self.kv_tier_fetch in FETCH_POLICIES,
             "kv_tier_write_queue_blocks": self.kv_tier_write_queue_blocks >= 1,
             "adapters": all(isinstance(n, str) and n for n in self.adapters),
+            "tensor_parallel": 1 <= self.tensor_parallel <= 64,
+            "expert_parallel": self.expert_parallel is None or 1 <= self.expert_parallel <= 1024,
+            "rank_resources": self.rank_resources is None
+            or all(v >= 0 for v in self.rank_resources.values()),
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"EngineConfig.{name} is invalid: {getattr(self, name)!r}")
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model runs in rank actors rather than in this process."""
+        return self.tensor_parallel > 1 or self.expert_parallel is not None
 
     @property
     def total_kv_blocks(self) -> int:

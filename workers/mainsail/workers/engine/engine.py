@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,20 +26,23 @@ from mainsail.spec.kv_cost import FetchCostModel
 from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.config import EngineConfig
 from mainsail.workers.engine.detokenizer import Detokenizer, DetokenizerState
-from mainsail.workers.engine.errors import EngineInputError
+from mainsail.workers.engine.errors import EngineFatalError, EngineInputError
 from mainsail.workers.engine.kv_cache_manager import KVCacheManager
 from mainsail.workers.engine.kv_events import KVEvent
 from mainsail.workers.engine.kv_migration import ExportedKV, KVMigrations, MigratedState
 from mainsail.workers.engine.kv_tier_link import TierLink
 from mainsail.workers.engine.metrics import EngineMetrics, MetricsRecorder
-from mainsail.workers.engine.model_runner import ModelRunner, StepInput
+from mainsail.workers.engine.model_runner import ModelRunner, StepInput, StepRunner
 from mainsail.workers.engine.request import EngineRequest, FinishReason, RequestOutput
 from mainsail.workers.engine.sampler import SampleRequest, sample
 from mainsail.workers.engine.scheduler import Scheduler
 from mainsail.workers.engine.sequence import Sequence
 from mainsail.workers.engine.tokenizer import Tokenizer
 from mainsail.workers.kvtier import BlockCodec, kv_namespace
-from mainsail.workers.models import AdapterSet, load_model
+from mainsail.workers.models import AdapterSet, load_model, load_model_config
+
+if TYPE_CHECKING:
+    from mainsail.workers.parallel import ShardedRunner
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class Engine:
         self.model_dir = Path(model_dir)
         if self.config.num_threads is not None:
             torch.set_num_threads(self.config.num_threads)
-        model, self.model_config = load_model(self.model_dir, self.config.dtype, self.config.device)
+        self.model_config = load_model_config(self.model_dir)
         if self.config.max_model_len > self.model_config.max_position_embeddings:
             raise ValueError(
                 f"max_model_len {self.config.max_model_len} exceeds the model's "
@@ -92,13 +96,18 @@ class Engine:
             self._kv, self.config.max_num_seqs, self.config.max_batched_tokens
         )
         self._adapters: AdapterSet | None = None
-        if self.config.adapters:
-            self._adapters = AdapterSet(model)
-            for name, path in sorted(self.config.adapters.items()):
-                self._adapters.load(name, Path(path))
-        self._runner = ModelRunner(
-            model, self.model_config, blocks, self.config.block_size, self._adapters
-        )
+        self._runner: StepRunner
+        if self.config.sharded:
+            self._runner = self._sharded_runner(blocks)
+        else:
+            model, _ = load_model(self.model_dir, self.config.dtype, self.config.device)
+            if self.config.adapters:
+                self._adapters = AdapterSet(model)
+                for name, path in sorted(self.config.adapters.items()):
+                    self._adapters.load(name, Path(path))
+            self._runner = ModelRunner(
+                model, self.model_config, blocks, self.config.block_size, self._adapters
+            )
         self._tier: TierLink | None = None
         if self.config.kv_tier is not None:
             self._tier = TierLink.connect(
@@ -118,6 +127,41 @@ class Engine:
         self._migrations = KVMigrations(
             self._kv, self._scheduler, self._runner, self._seqs, self._new_sequence, self._clock
         )
+
+    def _sharded_runner(self, blocks: int) -> StepRunner:
+        if self.config.adapters:
+            raise ValueError(
+                "LoRA adapters are not supported with tensorParallel > 1 or expertParallel yet"
+            )
+        from mainsail.workers.parallel import ShardedRunner
+
+        return ShardedRunner(
+            self.model_dir,
+            self.model_config,
+            tp=self.config.tensor_parallel,
+            ep=self.config.expert_parallel,
+            num_blocks=blocks,
+            block_size=self.config.block_size,
+            dtype=self.config.dtype,
+            device=self.config.device,
+            num_threads=self.config.num_threads or 1,
+            resources=self.config.rank_resources,
+        )
+
+    @property
+    def sharded(self) -> ShardedRunner | None:
+        """The sharded runner when the model runs in rank actors, else None."""
+        from mainsail.workers.parallel import ShardedRunner
+
+        return self._runner if isinstance(self._runner, ShardedRunner) else None
+
+    def scale_experts(self, expert_parallel: int) -> None:
+        """Start moving a sharded MoE model to ``expert_parallel`` expert ranks while serving;
+        the switch happens between two later steps (see `ShardedRunner.start_resize`)."""
+        runner = self.sharded
+        if runner is None:
+            raise ValueError("scale_experts needs an engine started with expert_parallel set")
+        runner.start_resize(expert_parallel)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -199,7 +243,7 @@ class Engine:
             order=next(self._order),
             block_size=self.config.block_size,
             hash_seed=self.config.hash_seed,
-            generator=torch.Generator(device=self.config.device),
+            generator=torch.Generator(device=self._runner.device),
             seed=seed,
             detokenizer=(
                 Detokenizer(decode, req.prompt_token_ids, stop)
@@ -254,6 +298,9 @@ class Engine:
         """Run one scheduling step; outputs of requests that advanced or finished."""
         start = self._clock()
         self.last_step = None
+        sharded = self.sharded
+        if sharded is not None:
+            sharded.switch_if_ready()
         outputs, self._pending = self._pending, []
         if self._tier is not None:
             reserve = len(self._scheduler.running) + -(
@@ -302,6 +349,8 @@ class Engine:
                 for s in samplers
             ]
             tokens, logprobs = sample(logits, rows)
+        except EngineFatalError:
+            raise
         except Exception as exc:
             log.exception("engine step failed; finishing its %d requests", len(batch.items))
             message = f"{type(exc).__name__}: {exc}"
@@ -378,6 +427,9 @@ class Engine:
         """Stop the tier's background threads (queued writes get a short grace period)."""
         if self._tier is not None:
             self._tier.close()
+        sharded = self.sharded
+        if sharded is not None:
+            sharded.close()
 
     def kv_snapshot(self) -> list[int]:
         """Every block hash whose KV this engine holds (for a router resync)."""

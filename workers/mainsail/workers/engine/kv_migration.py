@@ -38,7 +38,7 @@ from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.detokenizer import DetokenizerState
 from mainsail.workers.engine.errors import EngineInputError
 from mainsail.workers.engine.kv_cache_manager import BlockTable, KVCacheManager
-from mainsail.workers.engine.model_runner import ModelRunner
+from mainsail.workers.engine.model_runner import StepRunner
 from mainsail.workers.engine.request import EngineRequest
 from mainsail.workers.engine.scheduler import Scheduler
 from mainsail.workers.engine.sequence import Sequence, Status
@@ -88,7 +88,7 @@ class KVMigrations:
         self,
         kv: KVCacheManager,
         scheduler: Scheduler,
-        runner: ModelRunner,
+        runner: StepRunner,
         seqs: dict[str, Sequence],
         new_sequence: Callable[[EngineRequest, int, DetokenizerState | None], Sequence],
         clock: Callable[[], float],

@@ -1,7 +1,7 @@
 """`TierLink`: the engine's side of the shared KV tier (Redis): write-through and prefix loads.
 
 Write-through: when full blocks get their hash committed, the engine thread copies them out
-of the paged cache (`ModelRunner.read_blocks`, one tensor) and hands that copy to a
+of the paged cache (`StepRunner.read_blocks`, one tensor) and hands that copy to a
 `BlockWriter` whole, not split per block; the step never waits on Redis. Blocks the writer
 stored come back as "stored" events of tier "redis".
 
@@ -30,7 +30,7 @@ from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.config import EngineConfig
 from mainsail.workers.engine.kv_cache_manager import KVCacheManager
 from mainsail.workers.engine.kv_events import KVEvent
-from mainsail.workers.engine.model_runner import ModelRunner
+from mainsail.workers.engine.model_runner import StepRunner
 from mainsail.workers.engine.sequence import Sequence
 from mainsail.workers.kvtier import (
     BlockCodec,
@@ -53,7 +53,7 @@ class TierLink:
         self,
         writer: BlockWriter,
         loader: BlockLoader,
-        runner: ModelRunner,
+        runner: StepRunner,
         kv: KVCacheManager,
     ) -> None:
         self.writer = writer
@@ -72,7 +72,7 @@ class TierLink:
         config: EngineConfig,
         model_dir: Path,
         model_config: ModelConfig,
-        runner: ModelRunner,
+        runner: StepRunner,
         kv: KVCacheManager,
     ) -> TierLink:
         """The link for ``config.kv_tier``, namespaced by the KV hash, checkpoint and dtype."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -30,6 +31,25 @@ class StepInput:
     block_ids: Sequence[int]
     wants_logits: bool
     adapter: int = 0
+
+
+class StepRunner(Protocol):
+    """What the engine needs of a runner: this module's `ModelRunner` (one process) or
+    `mainsail.workers.parallel.ShardedRunner` (the model split over rank actors)."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def kv_cache_bytes(self) -> int: ...
+
+    def copy_blocks(self, copies: Sequence[tuple[int, int]]) -> None: ...
+
+    def read_blocks(self, block_ids: Sequence[int]) -> torch.Tensor: ...
+
+    def write_blocks(self, block_ids: Sequence[int], blocks: torch.Tensor) -> None: ...
+
+    def execute(self, inputs: Sequence[StepInput]) -> torch.Tensor: ...
 
 
 class ModelRunner:

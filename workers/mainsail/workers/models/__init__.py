@@ -72,6 +72,7 @@ __all__ = [
     "AdapterConfig",
     "AdapterSet",
     "CheckpointError",
+    "DType",
     "KVCache",
     "LlamaForCausalLM",
     "ModelConfig",
@@ -79,5 +80,6 @@ __all__ = [
     "load_model_config",
     "model_class",
     "read_adapter_config",
+    "resolve_dtype",
     "supported_architectures",
 ]

@@ -1,0 +1,144 @@
+"""The Ray side of a sharded worker: rank actors, their placement groups, and collective
+calls that notice a dead rank at once.
+
+Placement: the tensor-parallel ranks of one worker form one placement group (one bundle per
+rank, packed), so they are scheduled together or not at all. Expert-only ranks (elastic
+expert parallelism adds and removes them) each get a one-bundle group of their own, so one
+can be released without touching the others. A bundle asks for ``resources`` (CPU, and GPU
+when the shard runs on CUDA).
+
+Calls go to several ranks at once and are awaited with `ray.wait`, one result at a time: if
+any rank fails (its process died, or a collective failed because a peer died) the whole
+group is torn down and `ShardLost` is raised, instead of waiting on ranks stuck in a
+collective with a dead peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mainsail.workers.engine.errors import EngineFatalError
+from mainsail.workers.parallel.rank import RankSetup, ShardRank, free_endpoint
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 300.0
+CALL_TIMEOUT_S = 600.0
+
+
+class ShardLost(EngineFatalError):
+    """A rank of the sharded worker failed; the worker cannot serve any more."""
+
+
+class RankActor:
+    """Ray actor body around `ShardRank` (threaded: `stage` runs beside `execute`)."""
+
+    def __init__(self, setup: RankSetup, rank: int) -> None:
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(message)s")
+        self.shard = ShardRank(setup, rank)
+
+    def endpoint(self) -> tuple[str, int]:
+        import ray
+
+        return free_endpoint(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.shard, method)(*args)
+
+
+@dataclass
+class RankHandle:
+    """One live rank: its number, actor and the placement group it occupies."""
+
+    rank: int
+    actor: Any
+    group: Any
+
+
+class RayRanks:
+    """Creates, calls and releases the rank actors of one sharded worker."""
+
+    def __init__(self, setup: RankSetup, resources: Mapping[str, float]) -> None:
+        self.setup = setup
+        self.resources = dict(resources)
+        self.lost: str | None = None
+        self._members: dict[int, set[int]] = {}
+
+    def spawn(self, ranks: Sequence[int]) -> list[RankHandle]:
+        """Start actors for ``ranks`` in one new placement group (waits until placed)."""
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = placement_group([dict(self.resources) for _ in ranks], strategy="PACK")
+        if not group.wait(READY_TIMEOUT_S):
+            ray.util.remove_placement_group(group)
+            raise ShardLost(
+                f"no room for {len(ranks)} ranks of {self.resources} within {READY_TIMEOUT_S} s"
+            )
+        options: dict[str, Any] = {"max_concurrency": 2}
+        cls = ray.remote(**options)(RankActor)
+        handles = []
+        for i, rank in enumerate(ranks):
+            actor = cls.options(
+                num_cpus=self.resources.get("CPU", 0.0),
+                num_gpus=self.resources.get("GPU", 0.0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=group, placement_group_bundle_index=i
+                ),
+            ).remote(self.setup, rank)
+            handles.append(RankHandle(rank, actor, group))
+        self._members[id(group)] = set(ranks)
+        return handles
+
+    def call(
+        self, handles: Sequence[RankHandle], method: str, *args: Any, each: Sequence[Any] = ()
+    ) -> list[Any]:
+        """``method`` on every rank at once (``each[i]`` appended to rank ``i``'s arguments);
+        results in order. Any failure tears the group down and raises `ShardLost`."""
+        import ray
+
+        if self.lost is not None:
+            raise ShardLost(self.lost)
+        extra = [(e,) for e in each] if each else [() for _ in handles]
+        refs = [h.actor.call.remote(method, *args, *x) for h, x in zip(handles, extra, strict=True)]
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=CALL_TIMEOUT_S)
+                if not ready:
+                    raise TimeoutError(f"{method} did not finish within {CALL_TIMEOUT_S} s")
+                ray.get(ready[0])
+            return list(ray.get(refs))
+        except Exception as exc:
+            self.lost = f"rank call {method} failed: {type(exc).__name__}: {exc}"[:2000]
+            log.error("sharded worker lost a rank: %s", self.lost)
+            raise ShardLost(self.lost) from exc
+
+    def release(self, handles: Sequence[RankHandle]) -> None:
+        """Kill these ranks' actors; remove each placement group once all its ranks are gone."""
+        import ray
+
+        groups = {}
+        for h in handles:
+            try:
+                ray.kill(h.actor, no_restart=True)
+            except Exception as exc:
+                log.warning("killing rank %d: %s", h.rank, exc)
+            members = self._members.get(id(h.group), set())
+            members.discard(h.rank)
+            if not members:
+                groups[id(h.group)] = h.group
+                self._members.pop(id(h.group), None)
+        for group in groups.values():
+            try:
+                ray.util.remove_placement_group(group)
+            except Exception as exc:
+                log.warning("removing a placement group: %s", exc)

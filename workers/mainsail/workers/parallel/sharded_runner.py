@@ -1,0 +1,230 @@
+"""`ShardedRunner`: the engine's model runner when the model is split over rank actors.
+
+The engine (scheduler, KV block bookkeeping, sampling) stays in the worker process; this
+runner has the interface of `ModelRunner` and forwards each step to every rank at once. The
+ranks meet in `torch.distributed` collectives inside the forward, and rank 0 sends back the
+logits. KV blocks read for the Redis tier or a migration are gathered from the ranks into
+the unsharded layout (all KV heads, in order), and written back split by head, so blocks of
+a sharded worker are interchangeable with those of an unsharded one.
+
+Elastic expert parallelism (`start_resize` / `switch_if_ready`): a new placement is computed
+from the expert load the ranks measured, joining ranks are started and load their experts,
+staying ranks load the experts they gain, all while steps continue; the engine then calls
+`switch_if_ready` between two steps, which moves every rank to the new process group in one
+call, and the leaving ranks are released after it. The attention ranks, and so the KV cache,
+never change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mainsail.workers.engine.model_runner import StepInput
+from mainsail.workers.models import DType, ModelConfig, resolve_dtype
+from mainsail.workers.parallel.collectives import World
+from mainsail.workers.parallel.plan import (
+    Placement,
+    ShardingError,
+    check_expert_parallel,
+    check_tensor_parallel,
+    kv_heads_of,
+    kv_owner_ranks,
+    place_experts,
+)
+from mainsail.workers.parallel.rank import Membership, RankSetup
+from mainsail.workers.parallel.ray_ranks import RankHandle, RayRanks
+from mainsail.workers.parallel.shard_model import model_shape
+
+log = logging.getLogger(__name__)
+
+
+def default_expert_parallel(cfg: ModelConfig, tp: int) -> int:
+    """Experts spread over the tensor-parallel ranks for MoE models; 1 for dense ones."""
+    return min(tp, cfg.num_experts) if cfg.num_experts else 1
+
+
+@dataclass
+class Resize:
+    """One elastic change of the expert-parallel degree, and when each phase ended."""
+
+    target: int
+    placement: Placement
+    requested: float
+    prepared: float | None = None
+    switched: float | None = None
+    joining: list[RankHandle] = field(default_factory=list)
+    error: str | None = None
+
+
+class ShardedRunner:
+    """Runs steps on ``tp`` attention ranks plus expert-only ranks (``ep > tp``)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        cfg: ModelConfig,
+        *,
+        tp: int,
+        ep: int | None,
+        num_blocks: int,
+        block_size: int,
+        dtype: DType = "auto",
+        device: str = "cpu",
+        num_threads: int = 1,
+        resources: Mapping[str, float] | None = None,
+    ) -> None:
+        shape = model_shape(cfg)
+        check_tensor_parallel(shape, tp)
+        ep = default_expert_parallel(cfg, tp) if ep is None else ep
+        check_expert_parallel(shape, ep)
+        self.cfg, self.tp, self.ep = cfg, tp, ep
+        self.block_size = block_size
+        shard_device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, cfg, shard_device)
+        self.device = torch.device("cpu")  # logits come back to the engine's process
+        self._backend = "nccl" if shard_device.type == "cuda" else "gloo"
+        if resources is None:
+            resources = {"CPU": 1.0, "GPU": 1.0} if shard_device.type == "cuda" else {"CPU": 1.0}
+        setup = RankSetup(str(model_dir), tp, num_blocks, block_size, dtype, device, num_threads)
+        self.ranks = RayRanks(setup, resources)
+        self._kv_owners = kv_owner_ranks(shape, tp)
+        self.placement = place_experts(cfg.num_experts, ep) if cfg.num_experts else ()
+        self.handles: list[RankHandle] = []
+        self._resize: Resize | None = None
+        self._lock = threading.Lock()
+        try:
+            self.handles = self.ranks.spawn(range(tp))
+            for rank in range(tp, max(tp, ep)):
+                self.handles += self.ranks.spawn([rank])
+            sizes = self.ranks.call(self.handles, "join", self._membership(self.placement))
+        except BaseException:
+            self.close()
+            raise
+        self.kv_cache_bytes = int(sum(sizes))
+
+    @property
+    def attention(self) -> list[RankHandle]:
+        return self.handles[: self.tp]
+
+    def _membership(self, placement: Placement, size: int | None = None) -> Membership:
+        import ray
+
+        address, port = ray.get(self.handles[0].actor.endpoint.remote())
+        world = World(address, port, size or len(self.handles), self.tp, self._backend)
+        return Membership(world, placement)
+
+    def execute(self, inputs: Sequence[StepInput]) -> torch.Tensor:
+        """Logits ``[rows wanting logits, vocab]`` (float32, on the CPU) from rank 0."""
+        results = self.ranks.call(self.handles, "execute", list(inputs))
+        logits: torch.Tensor = results[0]
+        return logits.to(self.device)
+
+    def copy_blocks(self, copies: Sequence[tuple[int, int]]) -> None:
+        if copies:
+            self.ranks.call(self.attention, "copy_blocks", list(copies))
+
+    def read_blocks(self, block_ids: Sequence[int]) -> torch.Tensor:
+        """Blocks with every KV head (layout of `ModelRunner.read_blocks`)."""
+        parts = self.ranks.call(self.attention, "read_blocks", list(block_ids))
+        heads = []
+        for head, rank in enumerate(self._kv_owners):
+            local = head - kv_heads_of(model_shape(self.cfg), self.tp, rank).start
+            heads.append(parts[rank][..., local : local + 1, :])
+        return torch.cat(heads, dim=-2)
+
+    def write_blocks(self, block_ids: Sequence[int], blocks: torch.Tensor) -> None:
+        shape = model_shape(self.cfg)
+        slices = []
+        for rank in range(self.tp):
+            held = kv_heads_of(shape, self.tp, rank)
+            slices.append(blocks[..., held.start : held.stop, :].contiguous())
+        self.ranks.call(self.attention, "write_blocks", list(block_ids), each=slices)
+
+    # Elastic expert parallelism -------------------------------------------------------
+
+    def expert_load(self) -> list[float]:
+        """Tokens routed to each expert so far, summed over the MoE layers (from rank 0)."""
+        per_layer = self.ranks.call(self.handles[:1], "expert_load")[0]
+        return [float(sum(col)) for col in zip(*per_layer, strict=True)] if per_layer else []
+
+    def start_resize(self, ep: int) -> Resize:
+        """Begin moving to ``ep`` expert ranks: placement from measured load, joining ranks
+        started and loaded on a background thread. `switch_if_ready` completes it."""
+        if not self.cfg.num_experts:
+            raise ShardingError("expert parallelism needs a mixture-of-experts model")
+        check_expert_parallel(model_shape(self.cfg), ep)
+        with self._lock:
+            if self._resize is not None and self._resize.switched is None:
+                raise ShardingError(
+                    f"a change to expertParallel {self._resize.target} is still in progress"
+                )
+            placement = place_experts(self.cfg.num_experts, ep, self.expert_load())
+            resize = Resize(ep, placement, time.monotonic())
+            self._resize = resize
+        threading.Thread(target=self._prepare, args=(resize,), daemon=True).start()
+        return resize
+
+    def _prepare(self, resize: Resize) -> None:
+        try:
+            size = max(self.tp, resize.target)
+            joining: list[RankHandle] = []
+            for rank in range(len(self.handles), size):
+                joining += self.ranks.spawn([rank])
+            staying = self.handles[:size]
+            if joining:
+                self.ranks.call(joining, "prepare_experts", resize.placement)
+            self.ranks.call(staying, "stage", resize.placement)
+            resize.joining = joining
+            resize.prepared = time.monotonic()
+        except Exception as exc:
+            resize.error = f"{type(exc).__name__}: {exc}"
+            log.exception("preparing expertParallel %d failed", resize.target)
+
+    def switch_if_ready(self) -> Resize | None:
+        """Between engine steps: if a prepared resize is waiting, switch every rank to the
+        new process group and placement, release leaving ranks; returns the resize done."""
+        resize = self._resize
+        if resize is None or resize.switched is not None:
+            return None
+        if resize.error is not None:
+            self._resize = None
+            self.ranks.release(resize.joining)
+            log.error("expertParallel %d abandoned: %s", resize.target, resize.error)
+            return None
+        if resize.prepared is None:
+            return None
+        size = max(self.tp, resize.target)
+        members = (self.handles + resize.joining)[:size]
+        leaving = self.handles[size:]
+        self.handles = members
+        self.ranks.call(members, "switch", self._membership(resize.placement, size))
+        if leaving:
+            self.ranks.call(leaving, "leave")
+            self.ranks.release(leaving)
+        self.ep, self.placement = resize.target, resize.placement
+        resize.switched = time.monotonic()
+        log.info(
+            "expertParallel now %d (placement %s), %.2f s after the request",
+            self.ep,
+            self.placement,
+            resize.switched - resize.requested,
+        )
+        return resize
+
+    @property
+    def resizing(self) -> Resize | None:
+        """The current or last resize."""
+        return self._resize
+
+    def close(self) -> None:
+        """Release every rank (and any rank started for an unfinished resize)."""
+        handles, self.handles = self.handles, []
+        joining = self._resize.joining if self._resize and self._resize.switched is None else []
+        self.ranks.release(handles + joining)
