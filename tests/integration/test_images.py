@@ -134,7 +134,8 @@ def test_router_image_runs_the_router_and_carries_no_engine(
     assert "usage" in router_image.ok(*entry, "router", "--help").lower()
     router_image.ok(
         "python3", "-c", "import mainsail.router.server, mainsail.cli.router_cmd, "
-        "mainsail.spec.tokenizer, mainsail.router.front.grpc_api",
+        "mainsail.spec.tokenizer, mainsail.router.front.grpc_api, mainsail.router.tracing_live, "
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
     )  # fmt: skip
     router_image.ok("python3", "-c", ABSENT, "torch", "ray", "kopf", "safetensors")
     # The entry point as the operator's Deployment runs it, on a generated checkpoint (what the
@@ -214,7 +215,9 @@ def test_worker_image_runs_torch_ray_and_the_engine(
     worker_image.ok("bash", "-lc", "command -v ray && command -v mainsail && command -v wget")
     worker_image.ok(
         "python3", "-c", "import torch, ray, mainsail.workers.ray_actor, mainsail.workers.host, "
-        "mainsail.spec.tokenizer; assert float(torch.ones(3).sum()) == 3.0",
+        "mainsail.spec.tokenizer, mainsail.workers.tracing, "
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter; "
+        "assert float(torch.ones(3).sum()) == 3.0",
     )  # fmt: skip
     # torch.compile's triton is left out (worker-overrides.txt); the engine does not need it.
     worker_image.ok("python3", "-c", ABSENT, "triton")

@@ -27,6 +27,7 @@ from mainsail.spec.deployment import (
     RouterSettings,
 )
 from mainsail.spec.network import Peer
+from mainsail.spec.tracing import Tracing
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,6 +126,7 @@ def test_roles_match_the_pools_model() -> None:
         (Peer, {}),
         (Peer, {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}),
         (RouterSettings, {"httpPort": 9000, "grpcPort": 9000}),
+        (Tracing, {"enabled": True}),
     ],
 )
 def test_cel_rules_have_pydantic_twins(model: type, document: dict[str, Any]) -> None:

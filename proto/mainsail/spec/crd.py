@@ -40,6 +40,7 @@ from mainsail.spec.deployment import (
     SpecModel,
 )
 from mainsail.spec.network import Peer
+from mainsail.spec.tracing import Tracing
 
 Schema = dict[str, Any]
 
@@ -182,6 +183,14 @@ CEL_RULES: dict[type[BaseModel], list[Schema]] = {
             "rule": "has(self.path) != has(self.generate)",
             "message": "set exactly one of path or generate",
             "reason": "FieldValueInvalid",
+        }
+    ],
+    Tracing: [
+        {
+            "rule": "!self.enabled || has(self.endpoint)",
+            "message": "endpoint is required when tracing is enabled",
+            "fieldPath": ".endpoint",
+            "reason": "FieldValueRequired",
         }
     ],
 }

@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 from mainsail.spec.kvhash import KVHashConfig
 from mainsail.spec.network import NetworkSettings
 from mainsail.spec.step_cost import StepCost
+from mainsail.spec.tracing import Tracing
 
 API_GROUP = "mainsail.dev"
 API_VERSION = "v1alpha1"
@@ -392,6 +393,7 @@ class ModelDeploymentSpec(SpecModel):
     slo: SLO = SLO()
     adapters: list[Adapter] = Field(default_factory=list)
     network: NetworkSettings = NetworkSettings()
+    tracing: Tracing = Tracing()
 
 
 class ObjectMeta(SpecModel):

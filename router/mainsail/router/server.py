@@ -1,12 +1,13 @@
 """The router process: both fronts, the registry's pruning loop and the KV event feed.
 
-`RouterServer` assembles the parts from a `RouterConfig` (seams — transport, clock, RNG —
-injectable for tests) and serves, from one asyncio loop, the clients' ports — HTTP
-(`front.http_server`, on a socket we bind with TCP_NODELAY) and gRPC (Inference, standard
-health, reflection) — and the workers' own "fleet port" (Registry only). Why a separate
-listener: registration decides who receives users' prompts, so it gets the worker plane's
-credential on a port clients never need (a NetworkPolicy admits only worker pods to it), with
-mutual TLS when the worker plane has TLS material; a client port never answers a Registry call.
+`RouterServer` assembles the parts from a `RouterConfig` (seams — transport, clock, RNG, tracer
+provider factory — injectable for tests) and serves, from one asyncio loop, the clients' ports
+— HTTP (`front.http_server`, on a socket we bind with TCP_NODELAY) and gRPC (Inference,
+standard health, reflection) — and the workers' own "fleet port" (Registry only). Why a
+separate listener: registration decides who receives users' prompts, so it gets the worker
+plane's credential on a port clients never need (a NetworkPolicy admits only worker pods to
+it), with mutual TLS when the worker plane has TLS material; a client port never answers a
+Registry call.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from mainsail.router.metrics import RouterMetrics
 from mainsail.router.routing.router import Router
 from mainsail.router.scheduling import build_profile
 from mainsail.router.settings import RouterConfig
+from mainsail.router.tracing import RouterTracing
 from mainsail.spec.keepalive import server_options
 from mainsail.spec.tokenizer import Tokenizer
+from mainsail.spec.tracing import ProviderFactory
 from mainsail.spec.worker_auth import WorkerCredential
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ class RouterServer:
         rng: random.Random | None = None,
         credentials: Credentials | None = None,
         worker_credential: WorkerCredential | None = None,
+        tracer_provider_factory: ProviderFactory | None = None,
     ) -> None:
         self.config = config
         creds = credentials if credentials is not None else Credentials.from_env()
@@ -88,6 +92,15 @@ class RouterServer:
         self.index = GlobalKVIndex(max_blocks=config.kv_index_max_blocks)
         self.approx = ApproximateIndex(max_blocks=max(1, config.kv_index_max_blocks // 10))
         self.feed = KVEventFeed(self.index, self.transport)
+        self.tracing = RouterTracing(
+            config.tracing,
+            tracer_provider_factory,
+            resource={
+                "service.instance.id": socket.gethostname(),
+                "mainsail.model": config.model_name,
+            },
+            block_size=config.kv_hash.block_size,
+        )
         self.router = Router(
             config,
             Tokenizer(config.model_dir),
@@ -99,6 +112,7 @@ class RouterServer:
             clock,
             approx=self.approx,
             publishes_events=self.feed.publishes,
+            tracing=self.tracing,
         )
         self.registry.subscribe(
             on_add=self._added, on_remove=self._removed, on_drain=self._drain_heard
@@ -246,5 +260,7 @@ class RouterServer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.tracing.enabled:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes queued spans
         await self.transport.close()
         self.router.preparing.close()

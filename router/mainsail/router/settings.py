@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mainsail.spec.deployment import SLO, Admission, ModelDeployment, Rebalance, RoutingProfile
 from mainsail.spec.kvhash import KVHashConfig
 from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
+from mainsail.spec.tracing import Tracing
 
 
 class RouterConfig(BaseModel):
@@ -144,6 +145,9 @@ class RouterConfig(BaseModel):
         gt=0,
         description="Seconds such a request waits for another worker before it ends with an error.",
     )
+    tracing: Tracing = Field(
+        Tracing(), description="OpenTelemetry export (the deployment's `tracing`); off by default."
+    )
 
     @model_validator(mode="after")
     def _pool_fits(self) -> RouterConfig:
@@ -179,6 +183,7 @@ class RouterConfig(BaseModel):
             "rebalance": spec.router.rebalance,
             "request_role": "unified" if spec.pools.unified is not None else "decode",
             "disaggregated": spec.pools.unified is None and spec.pools.prefill is not None,
+            "tracing": spec.tracing,
         }
         values.update(overrides)
         return cls.model_validate(values)

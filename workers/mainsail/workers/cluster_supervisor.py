@@ -64,6 +64,7 @@ def spec_factory(document: DeploymentDocument) -> SpecFactory:
             metrics_port=WORKER_METRICS_PORT,  # one worker per pod: a fixed, scrapable port
             adapters=tuple(spec.adapters),
             redis_url=redis,
+            tracing=spec.tracing,
         )
 
     return make

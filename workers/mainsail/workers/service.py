@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -37,6 +37,9 @@ from mainsail.workers.engine import (
     SamplingParams,
 )
 from mainsail.workers.kv_publisher import KVEventHub
+
+if TYPE_CHECKING:
+    from mainsail.workers.tracing import RequestSpans, WorkerTracing
 
 _PUBLISH_TIMEOUT_S = 5.0  # past it the decode worker recomputes what is missing
 _REUSE_WAIT_S = 2.0
@@ -212,11 +215,13 @@ class _Multiplexer:
         limits: RequestLimits | None = None,
         origin: str = "",
         migrator: Migrator | None = None,
+        tracing: WorkerTracing | None = None,
     ) -> None:
         self.origin = origin  # the id of the router that opened the stream ("" unknown)
         self.engine = engine
         self.limits = limits
         self.migrator = migrator
+        self.tracing = tracing
         self.ready: dict[str, list[RequestOutput]] = {}
         self.failed: dict[str, str] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -248,6 +253,7 @@ class _Multiplexer:
 
     async def _run(self, request: pb.WorkerRequest) -> None:
         rid = request.request_id
+        spans = self.tracing.begin(request) if self.tracing is not None else None
         try:
             if request.adopt:
                 if self.migrator is None:
@@ -256,6 +262,8 @@ class _Multiplexer:
             else:
                 outputs = self.engine.generate(engine_request_from_proto(request))
             async for out in outputs:
+                if spans is not None and (out.finished or out.first_token_phases is not None):
+                    spans.output(out)
                 if out.finished and request.kv_publish:
                     # Disaggregated prefill: the decode worker fetches these blocks next.
                     await self.engine.flush_kv_tier(_PUBLISH_TIMEOUT_S)
@@ -270,6 +278,8 @@ class _Multiplexer:
         except Exception as exc:  # the engine failed this request; others carry on
             self._fail(rid, f"INTERNAL: {type(exc).__name__}: {exc}")
         finally:
+            if spans is not None:
+                spans.end(error=self.failed.get(rid, ""))
             self.tasks.pop(rid, None)
             self.wake.set()
 
@@ -302,10 +312,12 @@ class WorkerService(pb_grpc.WorkerServicer):
         clock: Callable[[], float] = time.time,
         limits: RequestLimits | None = None,
         migrator: Migrator | None = None,
+        tracing: WorkerTracing | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.limits = limits
         self.migrator = migrator
+        self.tracing = tracing  # None: tracing off, no span work at all
         self.engine = engine
         self.hub = hub
         self.max_num_seqs = max_num_seqs
@@ -322,9 +334,12 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Submit(
         self, request: pb.WorkerRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TokenChunk]:
+        spans: RequestSpans | None = None
         try:
             if self.limits is not None:
                 self.limits.check(request)
+            if self.tracing is not None:
+                spans = self.tracing.begin(request, context.invocation_metadata() or ())
             if request.adopt:
                 if self.migrator is None:
                     raise EngineInputError("adopt: this worker cannot take moved requests")
@@ -334,11 +349,17 @@ class WorkerService(pb_grpc.WorkerServicer):
             batches = coalesced(outputs)
             async with contextlib.aclosing(batches):
                 async for batch in batches:
+                    if spans is not None:
+                        spans.output(batch[0])
+                        spans.output(batch[-1])
                     yield chunk_from_outputs(batch)
         except FieldError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.param}: {exc.message}")
         except EngineInputError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            if spans is not None:
+                spans.end()
 
     async def SubmitMany(
         self,
@@ -351,7 +372,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         for key, value in context.invocation_metadata() or ():
             if key == ROUTER_ID_METADATA:
                 origin = str(value)[:MAX_ROUTER_ID_CHARS]
-        mux = _Multiplexer(self.engine, self.limits, origin, self.migrator)
+        mux = _Multiplexer(self.engine, self.limits, origin, self.migrator, self.tracing)
         self._streams.add(mux)
         reader = asyncio.get_running_loop().create_task(mux.read(request_iterator))
         try:

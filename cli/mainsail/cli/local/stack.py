@@ -300,6 +300,7 @@ class LocalStack:
                 host=self.options.host,
                 adapters=adapters,
                 redis_url=self.redis_url,
+                tracing=spec.tracing,
             )
 
         self.supervisor = WorkerSupervisor(name, list(self._pools()), make_spec)

@@ -372,6 +372,26 @@ class WorkerRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
@@ -383,6 +403,7 @@ class WorkerRequest(_message.Message):
     CACHE_NAMESPACE_FIELD_NUMBER: _builtins.int
     TPOT_TARGET_FIELD_NUMBER: _builtins.int
     ADOPT_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     adapter: _builtins.str
     priority: _builtins.int
@@ -418,6 +439,14 @@ class WorkerRequest(_message.Message):
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def sampling(self) -> Global___SamplingParams: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The request's W3C trace context (`traceparent`, `tracestate`) when the router traces it:
+        per request, because one SubmitMany stream carries many requests and gRPC metadata is
+        per stream. The worker's spans for the request are children of the router's dispatch
+        span (`mainsail.spec.tracing`). Empty when tracing is off.
+        """
+
     def __init__(
         self,
         *,
@@ -432,10 +461,11 @@ class WorkerRequest(_message.Message):
         cache_namespace: _builtins.str = ...,
         tpot_target: _builtins.float = ...,
         adopt: _builtins.bool = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "adopt", b"adopt", "cache_namespace", b"cache_namespace", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "tpot_target", b"tpot_target", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "adopt", b"adopt", "cache_namespace", b"cache_namespace", "kv_publish", b"kv_publish", "priority", b"priority", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampled_before", b"sampled_before", "sampling", b"sampling", "tpot_target", b"tpot_target", "trace_context", b"trace_context", "ttft_deadline", b"ttft_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,8 +50,9 @@ class InferenceService(pb_grpc.InferenceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         tenant = await self._authorize(context)
+        trace = self.router.tracing.begin("grpc", context.invocation_metadata() or ())
         try:
-            route = await self.router.open(request, tenant=tenant)
+            route = await self.router.open(request, tenant=tenant, trace=trace)
         except RouterError as exc:
             self.router.metrics.requests.labels("grpc", f"http_{exc.status}").inc()
             # The field comes first, as the worker names it (`param: message`); a 429's

@@ -197,6 +197,7 @@ class HttpFront:
             raise bad_request(f"The request body is not valid JSON: {exc}") from None
 
     async def completions(self, request: Request) -> Response | StreamResponse:
+        trace = self.router.tracing.begin("http", request.headers, request.path)
         body = parse_body(CompletionRequest, self._json(request))
         req = _sampling_request(body)
         if isinstance(body.prompt, str):
@@ -207,7 +208,9 @@ class HttpFront:
             req.prompt_token_ids.extend(int(t) for t in body.prompt)
         if body.logprobs is not None:
             req.sampling.logprobs = max(body.logprobs, 1)
-        route = await self.router.open(self._labelled(req, request), tenant=self._tenant(request))
+        route = await self.router.open(
+            self._labelled(req, request), tenant=self._tenant(request), trace=trace
+        )
         shape = CompletionShape(
             body.model, self.router.tokenizer, body.logprobs is not None, route.prepared.request_id
         )
@@ -215,6 +218,7 @@ class HttpFront:
         return await self._respond(route, shape, body.stream, include_usage)
 
     async def chat(self, request: Request) -> Response | StreamResponse:
+        trace = self.router.tracing.begin("http", request.headers, request.path)
         body = parse_body(ChatCompletionRequest, self._json(request))
         req = _sampling_request(body)
         if body.max_completion_tokens is not None:
@@ -223,7 +227,9 @@ class HttpFront:
             req.messages.add(role=message.role, content=message.text())
         if body.logprobs:
             req.sampling.logprobs = max(body.top_logprobs or 0, 1)
-        route = await self.router.open(self._labelled(req, request), tenant=self._tenant(request))
+        route = await self.router.open(
+            self._labelled(req, request), tenant=self._tenant(request), trace=trace
+        )
         shape = ChatShape(
             body.model, self.router.tokenizer, body.logprobs, route.prepared.request_id
         )

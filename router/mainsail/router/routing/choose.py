@@ -106,7 +106,10 @@ class WorkerChooser:
         passes admission again nor joins the flow queue, and tries every worker it may on
         every wake — behind the queue's order it could wait for a head that cannot use the
         workers it can (a move must avoid its own worker)."""
-        ticket = self._enqueue(prepared, started) if queue else None
+        ticket: Ticket | None = None
+        if queue:
+            with prepared.trace.phase("mainsail.admission"):
+                ticket = self._enqueue(prepared, started)
         self._waiting += 1
         self.metrics.queued.inc()
         try:
@@ -254,6 +257,7 @@ class WorkerChooser:
         hits = ctx.prefix_hits
         decision = self.profile.schedule(ctx)
         elapsed = time.perf_counter() - t0
+        prepared.trace.decision(decision, elapsed, len(entries))
         if decision.worker_id is None:
             self.recorder.add(elapsed, decision.timings, "", 0)
             return None

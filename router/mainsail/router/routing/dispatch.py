@@ -125,6 +125,7 @@ class Dispatcher:
                 )
             tried.add(entry.worker_id)
             self.book(entry)
+            prepared.trace.attempt(entry.worker_id, entry.info.role, hit_blocks, work)
             # Prefill work this request adds until its first token: the router's own, current
             # view of the backlog (worker reports lag by up to a heartbeat).
             backlog = max(0, len(work.prompt_token_ids) - hit_blocks * self.block_size)
@@ -140,6 +141,7 @@ class Dispatcher:
                 raise exc.to_router_error() from None
             except (TransportError, StopAsyncIteration) as exc:
                 last_error = str(exc) or "stream ended before any token"
+                prepared.trace.failed_attempt(entry.worker_id, last_error)
                 self.release(entry)
                 self.registry.mark_failed(entry.worker_id)
                 if not generated:

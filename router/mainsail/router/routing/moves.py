@@ -77,7 +77,7 @@ class RequestMover:
 
     async def decode_half(self, route: RouteStream) -> AsyncIterator[pb.TokenChunk]:
         """Continues a prefilled request on a decode worker (which fetches the published KV)."""
-        stream = await self.move(route, list(route.first.token_ids))
+        stream = await self.move(route, list(route.first.token_ids), reason="handoff")
         if stream is None:
             why = "no decode worker took the request after its prefill"
             yield pb.TokenChunk(
@@ -145,6 +145,7 @@ class RequestMover:
                 route.migrate_to = None  # a move asked for meanwhile is this resume
             kv_move, route.kv_move = route.kv_move, None
             if kv_moved and kv_move is not None:
+                route.prepared.trace.kv_move_ended(True)
                 if route.entry is not None:
                     self.dispatcher.release(route.entry)
                 route.entry, route.worker_id = kv_move.entry, kv_move.entry.worker_id
@@ -158,7 +159,7 @@ class RequestMover:
             resumed = None
             if migrating:
                 target, route.migrate_to = route.migrate_to, None
-                resumed = await self.move(route, generated, target or None)
+                resumed = await self.move(route, generated, target or None, reason="migrate")
                 if resumed is not None:
                     self.metrics.migrations.inc()
                 why = "the request could not be moved to another worker"
@@ -174,23 +175,33 @@ class RequestMover:
             stream, moved = resumed, True
 
     async def move(
-        self, route: RouteStream, generated: Sequence[int], target: str | None = None
+        self,
+        route: RouteStream,
+        generated: Sequence[int],
+        target: str | None = None,
+        reason: str = "resume",
     ) -> AsyncIterator[pb.TokenChunk] | None:
         """Continues ``route`` on another worker (``target`` if given and registered); its
-        stream, or None if no worker took it."""
+        stream, or None if no worker took it. ``reason`` (resume, migrate, handoff) labels
+        the move's span."""
         if route.prepared.sampling.max_tokens - len(generated) <= 0:
             return None
         if route.entry is not None:  # the old worker no longer holds the request
             self.dispatcher.release(route.entry)
             route.entry = None
+        trace = route.prepared.trace
         try:
-            sent = await self.dispatcher.dispatch(
-                route.prepared,
-                timeout=self.config.resume_timeout,
-                avoid=(route.worker_id,),
-                target=target,
-                generated=generated,
-            )
+            with trace.phase("mainsail.migration") as span, trace.phase("mainsail.dispatch"):
+                span.set("mainsail.migration.reason", reason)
+                span.set("mainsail.migration.from_worker", route.worker_id)
+                span.set("mainsail.migration.generated_tokens", len(generated))
+                sent = await self.dispatcher.dispatch(
+                    route.prepared,
+                    timeout=self.config.resume_timeout,
+                    avoid=(route.worker_id,),
+                    target=target,
+                    generated=generated,
+                )
         except RouterError:
             return None
         route.entry, route.worker_id = sent.entry, sent.entry.worker_id
@@ -249,6 +260,7 @@ class RequestMover:
         self.dispatcher.book(picked)
         announce = worker_request(route.prepared, route.generated)
         announce.adopt = True
+        route.prepared.trace.kv_move_started(source.worker_id, picked.worker_id, announce)
         stream = self.transport.submit(picked.address, announce)
         move = KVMove(picked, stream, asyncio.ensure_future(anext(stream)))
         route.kv_move = move
@@ -269,6 +281,7 @@ class RequestMover:
         that worker again."""
         move, route.kv_move = route.kv_move, None
         if move is not None:
+            route.prepared.trace.kv_move_ended(False)
             route.kv_dropping = asyncio.ensure_future(self._cancel(route, move))
         if route.kv_dropping is not None:
             await asyncio.shield(route.kv_dropping)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import bad_request, model_not_found
 from mainsail.router.scheduling import RequestInfo
 from mainsail.router.settings import RouterConfig
+from mainsail.router.tracing import NO_TRACE, RequestTrace
 from mainsail.spec.kvhash import chain_hashes, hash_key
 from mainsail.spec.request_contract import (
     PRIORITY_MAX,
@@ -49,6 +50,7 @@ class Prepared:
     cache_namespace: str = ""  # the tenant's prefix-cache namespace ("" = shared)
     tpot_target_s: float = 0.0  # time-per-output-token target (0: none)
     flow: str = ""  # fair-queuing key: the tenant, else the client's fairness id
+    trace: RequestTrace = field(default=NO_TRACE, compare=False, repr=False)  # its spans
 
 
 def new_request_id() -> str:

@@ -14,6 +14,7 @@ with `finish_reason="error"` — never a hang.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -34,6 +35,7 @@ from mainsail.router.routing.route_stream import RouteStream, close_stream, noth
 from mainsail.router.scheduling import ROLES, SchedulingProfile
 from mainsail.router.scheduling.flow import FlowLimits
 from mainsail.router.settings import RouterConfig
+from mainsail.router.tracing import NO_TRACE, AttributeValue, RequestTrace, RouterTracing
 from mainsail.spec.tokenizer import Tokenizer
 
 
@@ -53,8 +55,10 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         approx: ApproximateIndex | None = None,
         publishes_events: Callable[[str], bool] = lambda worker_id: True,
+        tracing: RouterTracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing or RouterTracing(config.tracing)
         self.tokenizer = tokenizer
         self.registry = registry
         self.transport = transport
@@ -114,20 +118,38 @@ class Router:
         """Wake requests waiting for capacity (a worker joined, heartbeated or finished)."""
         self.chooser.notify()
 
-    async def open(self, request: pb.GenerateRequest, tenant: str = "") -> RouteStream:
+    async def open(
+        self, request: pb.GenerateRequest, tenant: str = "", trace: RequestTrace = NO_TRACE
+    ) -> RouteStream:
         """Prepare, admit and dispatch ``request``; returns once its first chunk arrived.
-        ``tenant`` is the caller's prefix-cache namespace (from its credentials)."""
-        prepared = await self.prepare_async(request, tenant)
+        ``tenant`` is the caller's prefix-cache namespace (from its credentials); ``trace``
+        the request's trace (`RouterTracing.begin` at the front), ended when the route ends."""
+        trace.start()
+        try:
+            return await self._open(request, tenant, trace)
+        except BaseException as exc:
+            trace.fail(exc)
+            raise
+
+    async def _open(
+        self, request: pb.GenerateRequest, tenant: str, trace: RequestTrace
+    ) -> RouteStream:
+        with trace.phase("mainsail.prepare"):
+            prepared = await self.prepare_async(request, tenant)
+        if trace.recording:
+            prepared = dataclasses.replace(prepared, trace=trace)
+            trace.set(self._trace_attributes(prepared))
         started = self._clock()
         prefill = self.moves.prefill_half(prepared)
-        sent = await self.dispatcher.dispatch(
-            prefill or prepared,
-            timeout=self.config.dispatch_timeout,
-            attempts=self.config.max_attempts,
-            started=started,
-            kv_publish=prefill is not None,
-            cold_start_timeout=self.config.cold_start_timeout,
-        )
+        with trace.phase("mainsail.dispatch"):
+            sent = await self.dispatcher.dispatch(
+                prefill or prepared,
+                timeout=self.config.dispatch_timeout,
+                attempts=self.config.max_attempts,
+                started=started,
+                kv_publish=prefill is not None,
+                cold_start_timeout=self.config.cold_start_timeout,
+            )
         first = sent.first
         route = RouteStream(prepared, sent.entry.worker_id, first, nothing(), started, sent.entry)
         if prefill is not None and first.finish_reason == "length" and first.token_ids:
@@ -217,6 +239,22 @@ class Router:
                 if route.entry is not None:
                     self.dispatcher.release(route.entry)
             self._latency(route).e2e.observe(self._clock() - route.started)
+            route.prepared.trace.finish(chunk, route.worker_id, finished)
+
+    def _trace_attributes(self, prepared: Prepared) -> dict[str, AttributeValue]:
+        """What a request's root span says about it: ids, sizes and classes, never text."""
+        adapter = prepared.adapter
+        return {
+            "gen_ai.request.model": self.config.model_name,
+            "gen_ai.request.max_tokens": prepared.sampling.max_tokens,
+            "mainsail.adapter": adapter if adapter in self.config.adapters else "",
+            "mainsail.request_id": prepared.request_id,
+            "mainsail.pool": prepared.info.role,
+            "mainsail.slo_class": prepared.info.slo_class or "",
+            "mainsail.priority": prepared.priority,
+            "mainsail.prompt_tokens": len(prepared.token_ids),
+            "mainsail.prompt_blocks": len(prepared.info.block_hashes),
+        }
 
     def _latency(self, route: RouteStream) -> RouteLatency:
         """The route's latency histograms: labels from configured names and role names only."""

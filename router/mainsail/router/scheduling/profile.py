@@ -74,7 +74,7 @@ class SchedulingProfile:
         for f in self.filters:
             start = clock()
             kept = f.filter(ctx, candidates)
-            timings.append(PluginTiming("filter", f.name, clock() - start))
+            timings.append(PluginTiming("filter", f.name, clock() - start, len(kept)))
             if not kept:
                 return Decision(
                     None,

@@ -107,6 +107,7 @@ class PluginTiming:
     kind: str  # "filter" | "scorer" | "picker"
     name: str
     seconds: float
+    kept: int | None = None  # a filter's result: candidates it let through
 
 
 @dataclass(frozen=True, slots=True)

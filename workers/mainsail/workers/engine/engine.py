@@ -318,6 +318,8 @@ class Engine:
                 shape_d.append(seq.num_computed)
             else:
                 shape_p.append((n, seq.num_computed))
+                if seq.scheduled_time is None:
+                    seq.scheduled_time = start
         self._metrics.preemptions += len(batch.preempted)
         self._metrics.prefix_hit_tokens += batch.prefix_hit_tokens
         self._metrics.prefix_query_tokens += batch.prefix_query_tokens
@@ -449,10 +451,13 @@ class Engine:
     ) -> RequestOutput:
         seq.append(token)
         params = seq.request.sampling
+        phases: tuple[float, float] | None = None
         if seq.first_token_time is None:
             seq.first_token_time = now
             self._metrics.ttft.observe(now - seq.arrival)
             self._metrics.prompt_tokens_total += seq.prompt_len
+            scheduled = seq.scheduled_time if seq.scheduled_time is not None else seq.arrival
+            phases = (scheduled - seq.arrival, now - scheduled)
         elif seq.last_token_time is not None:
             self._metrics.tpot.observe(now - seq.last_token_time)
         seq.last_token_time = now
@@ -479,6 +484,7 @@ class Engine:
             completion_tokens=len(seq.output_ids),
             cached_tokens=seq.cached_tokens or 0,
             logprobs=[logprobs] if logprobs is not None else None,
+            first_token_phases=phases,
         )
 
     def _release(self, seq: Sequence, reason: FinishReason) -> None:

@@ -56,7 +56,10 @@ class RequestOutput:
     begin a stop string is held back until it is known not to, and a matched stop string is
     never emitted. ``logprobs`` has one dict per new token: the top-n token ids of the raw
     distribution plus the chosen token, mapped to log-probabilities. ``cached_tokens`` counts
-    prompt tokens served from the prefix cache.
+    prompt tokens served from the prefix cache. ``first_token_phases``, on the output with the
+    first token only: seconds from arrival to the request's first step (queued, including a KV
+    fetch from the shared tier) and from then to its first token (prefill), on the engine's
+    clock (request traces read them; no per-token cost).
     """
 
     request_id: str
@@ -69,3 +72,4 @@ class RequestOutput:
     cached_tokens: int
     logprobs: list[dict[int, float]] | None = None
     error: str | None = None
+    first_token_phases: tuple[float, float] | None = None

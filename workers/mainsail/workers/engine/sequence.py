@@ -47,6 +47,7 @@ class Sequence:
     table: BlockTable = field(default_factory=BlockTable)
     status: Status = Status.WAITING
     cached_tokens: int | None = None
+    scheduled_time: float | None = None  # the step that first ran it (end of its queueing)
     first_token_time: float | None = None
     last_token_time: float | None = None
     finish_reason: FinishReason | None = None
