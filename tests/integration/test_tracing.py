@@ -155,10 +155,10 @@ async def test_one_request_traced_across_router_and_worker(tiny_model_dir: Path)
     assert parent_id(schedule) == span_id(dispatch)
     plugins = [s for s in mine if parent_id(s) == span_id(schedule)]
     names = {s.name for s in plugins}
-    assert {"mainsail.filter.healthy", "mainsail.filter.capacity", "mainsail.picker.max-score"} <= (
-        names
-    )
-    assert "mainsail.scorer.kv-prefix" in names
+    profile = fleet.router.config.profile  # every configured plugin, each its own span
+    expected = {f"mainsail.filter.{name}" for name in profile.filters}
+    expected |= {f"mainsail.scorer.{scorer.name}" for scorer in profile.scorers}
+    assert names == expected | {f"mainsail.picker.{profile.picker}"}
     for plugin in plugins:
         if plugin.name.startswith("mainsail.filter."):
             assert _attrs(plugin)["mainsail.scheduling.kept"] == 1
