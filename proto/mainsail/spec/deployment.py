@@ -286,7 +286,7 @@ class Admission(SpecModel):
         gt=0,
         le=100,
         description="A request is refused when its predicted TTFT exceeds headroom x its "
-        "target (above 1 tolerates a pessimistic model).",
+        "target (above 1 tolerates a pessimistic model, below 1 corrects an optimistic one).",
     )
 
 
