@@ -1,6 +1,7 @@
 """The router reads the operator's configuration document into the same RouterConfig that
 `mainsail up` builds from the same YAML: one source for roles (prefill/decode), SLO classes,
-adapters, the routing profile and the KV parameters. Checked for every shipped example."""
+flow control and admission, adapters, the routing profile and the KV parameters. Checked
+for every shipped example."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def test_cluster_router_config_equals_mainsail_up(example: Path) -> None:
         assert from_doc.disaggregated and from_doc.request_role == "decode"
     assert from_doc.adapters == tuple(a.name for a in spec.adapters)
     assert from_doc.slo == spec.slo and from_doc.profile == spec.router.profile
+    assert from_doc.admission == spec.router.admission  # flow control (docs/flow_control.md)
+    assert from_doc.max_per_band == spec.router.flow.max_per_band
+    assert from_doc.max_per_tenant == spec.router.flow.max_per_tenant
 
 
 def test_pool_sizes_stay_out_of_the_document() -> None:
