@@ -121,14 +121,26 @@ class SimKVCache:
         if self._private < 0:
             raise ValueError(f"{self.worker_id}: released more private blocks than reserved")
 
-    def insert_cached(self, hashes: Sequence[int]) -> int:
-        """Adds blocks fetched from the shared tier as reusable cached blocks (most recently
-        used), evicting older unpinned ones for room; returns how many were added. Stops when
-        no room can be made (every block pinned)."""
+    def insert_cached(self, hashes: Sequence[int], start: int = 0) -> int:
+        """Adds ``hashes[start:]`` (fetched from the shared tier) as reusable cached blocks,
+        most recently used, evicting older unpinned ones for room; returns how many were added.
+
+        The prompt's leading blocks before ``start`` are refreshed first so the room made for
+        the fetched ones never evicts them (the engine pins them, `TierLink._insert`); if one
+        of them is gone already, nothing after it is worth inserting. Stops when no room can
+        be made (every block pinned)."""
         refs, cached = self._refs, self._free_cached
+        for h in hashes[:start]:
+            if h in cached:
+                cached.move_to_end(h)
+            elif h not in refs:
+                return 0
         stored: list[int] = []
-        for h in hashes:
-            if h in refs or h in cached:
+        for h in hashes[start:]:
+            if h in refs:
+                continue
+            if h in cached:
+                cached.move_to_end(h)
                 continue
             if len(refs) + self._private + len(cached) >= self.capacity:
                 if not cached:

@@ -157,7 +157,7 @@ class SimWorker:
         self.loading -= 1
         self._loading_tokens -= req.input_tokens
         start, end = self._fetches.pop(req.index)
-        self.kv.insert_cached(req.block_hashes[start:end])
+        self.kv.insert_cached(req.block_hashes[:end], start)
         self._join(req, now)
 
     def _join(self, req: SimRequest, now: float) -> None:
