@@ -218,6 +218,41 @@ def test_operator_restart_loses_nothing(
     wait_for(converged, "state after restart")
 
 
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+def test_a_deployment_can_be_deleted_while_the_operator_is_down(
+    kube_testbed: Any, kube_namespace: str, operator: OperatorProcess
+) -> None:
+    """The operator pins no finalizer on a ModelDeployment (its periodic passes are one loop,
+    not kopf timers), and removes the one an older operator left; so with the operator gone
+    (`helm uninstall`, `replicaCount: 0`, a crash loop) `kubectl delete modeldeployment` still
+    completes, instead of hanging with every child it owns."""
+    bed, ns = kube_testbed, kube_namespace
+    apply_example(bed, ns, EXAMPLES / "tiny.yaml")
+    wait_for(
+        lambda: "last-handled-configuration" in json.dumps(get(bed, ns, "modeldeployment", "tiny")),
+        "kopf's diff-base annotation (the operator handled it)",
+    )
+    assert not get(bed, ns, "modeldeployment", "tiny")["metadata"].get("finalizers")
+    # What an operator with kopf timers left behind: removed at its next pass.
+    bed.kubectl(
+        "patch", "-n", ns, "modeldeployment", "tiny", "--type=merge",
+        "-p", json.dumps({"metadata": {"finalizers": [KOPF_FINALIZER]}}),
+    )  # fmt: skip
+    wait_for(
+        lambda: not get(bed, ns, "modeldeployment", "tiny")["metadata"].get("finalizers"),
+        "the old kopf finalizer removed",
+    )
+    operator.stop()
+    try:
+        bed.kubectl("delete", "-n", ns, "modeldeployment", "tiny", "--timeout=30s", timeout=60)
+        left = bed.kubectl("get", "-n", ns, "modeldeployments", "-o", "name").stdout.strip()
+        assert left == ""
+    finally:
+        operator.start()
+
+
 def _ready_pod(ns: str, role: str, index: int) -> dict[str, Any]:
     labels = {
         "app.kubernetes.io/managed-by": "mainsail-operator",

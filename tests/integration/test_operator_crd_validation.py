@@ -77,6 +77,22 @@ CASES = {
         ),
         ["spec.network.clientsFrom[0]", "a peer sets ipBlock, or podSelector"],
     ),
+    "cel-model-volume-path": (
+        _with("spec.model", {"name": "x", "path": "models/x", "volume": {"claimName": "m"}}),
+        ["spec.model.volume", "volume needs an absolute path"],
+    ),
+    "cel-model-volume-source": (
+        _with("spec.model", {"name": "x", "path": "/m", "volume": {"subPath": "x"}}),
+        ["spec.model.volume", "set exactly one of claimName or hostPath"],
+    ),
+    "cel-model-volume-dotdot": (
+        _with("spec.model", {"name": "x", "path": "/m", "volume": {"hostPath": "/srv/../etc"}}),
+        ["spec.model.volume.hostPath", "hostPath must not contain .."],
+    ),
+    "model-volume-claim-name": (
+        _with("spec.model", {"name": "x", "path": "/m", "volume": {"claimName": "Bad_Name"}}),
+        ["spec.model.volume.claimName", "should match"],
+    ),
     "name-length": (_with("metadata.name", "x" * 60), ["metadata.name must be at most 55"]),
     "unknown-field": (_with("spec.engine.bogus", 1), ['unknown field "spec.engine.bogus"']),
 }

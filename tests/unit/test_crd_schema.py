@@ -23,6 +23,7 @@ from mainsail.spec.deployment import (
     Autoscaling,
     ModelDeploymentSpec,
     ModelSource,
+    ModelVolume,
     Pools,
     RouterSettings,
 )
@@ -127,6 +128,12 @@ def test_roles_match_the_pools_model() -> None:
         (Peer, {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}),
         (RouterSettings, {"httpPort": 9000, "grpcPort": 9000}),
         (Tracing, {"enabled": True}),
+        (ModelSource, {"name": "m", "path": "rel", "volume": {"hostPath": "/d"}}),
+        (ModelSource, {"name": "m", "generate": "llama", "volume": {"hostPath": "/d"}}),
+        (ModelVolume, {}),
+        (ModelVolume, {"claimName": "c", "hostPath": "/d"}),
+        (ModelVolume, {"hostPath": "/d/../etc"}),
+        (ModelVolume, {"claimName": "c", "subPath": "a/.."}),
     ],
 )
 def test_cel_rules_have_pydantic_twins(model: type, document: dict[str, Any]) -> None:

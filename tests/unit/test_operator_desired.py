@@ -301,3 +301,37 @@ def test_router_replicas_get_peers_service_spread_and_a_budget_only_when_several
     assert config["routerPeers"] == f"dense-pd-router-peers.ns.svc:{spec.router.fleet_port}"
     one = spec.model_copy(update={"router": spec.router.model_copy(update={"replicas": 1})})
     assert "PodDisruptionBudget" not in _by_kind(desired_children(OWNER, one, SETTINGS))
+
+
+def test_model_volume_is_mounted_read_only_at_the_path_on_router_and_workers() -> None:
+    """`spec.model.volume` (a PVC here) is mounted at `spec.model.path` on the router pod and
+    on every worker pod; the Ray head (no engine) does not get it; a hostPath source must be
+    a directory."""
+    from mainsail.operator.desired_model import model_volumes
+
+    doc = {
+        "model": {
+            "name": "m", "path": "/models/m",
+            "volume": {"claimName": "weights", "subPath": "llama/m"},
+        },
+        "pools": {"prefill": {}, "decode": {}},
+    }  # fmt: skip
+    spec = ModelDeploymentSpec.model_validate(doc)
+    children = _by_kind(desired_children(OWNER, spec, SETTINGS))
+    router = children["Deployment"][0]["spec"]["template"]["spec"]
+    ray = children["RayCluster"][0]["spec"]
+    pods = [router] + [g["template"]["spec"] for g in ray["workerGroupSpecs"]]
+    for pod in pods:
+        assert {"name": "model-files", "persistentVolumeClaim": {"claimName": "weights",
+                "readOnly": True}} in pod["volumes"]  # fmt: skip
+        mounts = [m for c in pod["containers"] for m in c["volumeMounts"]]
+        assert {"name": "model-files", "mountPath": "/models/m", "readOnly": True,
+                "subPath": "llama/m"} in mounts  # fmt: skip
+    head = ray["headGroupSpec"]["template"]["spec"]
+    assert all(v["name"] != "model-files" for v in head["volumes"])
+    host = ModelDeploymentSpec.model_validate(
+        {"model": {"name": "m", "path": "/m", "volume": {"hostPath": "/srv/m"}}}
+    )
+    assert model_volumes(host) == [
+        {"name": "model-files", "hostPath": {"path": "/srv/m", "type": "Directory"}}
+    ]

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mainsail.operator.desired_config import common_env, config_mount, config_volume
+from mainsail.operator.desired_model import model_mounts, model_volumes
 from mainsail.operator.desired_secrets import (
     redis_password_env,
     tls_mount,
@@ -188,9 +189,11 @@ def worker_group(
     # The worker's /metrics (one worker per pod): named for a PodMonitor, annotated for
     # annotation-based scrape configs.
     container["ports"] = [{"name": WORKER_METRICS_PORT_NAME, "containerPort": WORKER_METRICS_PORT}]
+    container["volumeMounts"] += model_mounts(spec)  # the checkpoint at spec.model.path
     template = _pod_template(
         owner, spec, settings, cfg_hash, WORKER_COMPONENT, role, container, pool
     )
+    template["spec"]["volumes"] += model_volumes(spec)
     template["metadata"]["annotations"].update(
         {
             "prometheus.io/scrape": "true",

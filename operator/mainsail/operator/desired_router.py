@@ -23,6 +23,8 @@ from mainsail.operator.desired_config import (
     config_volume,
     router_peers_name,
 )
+from mainsail.operator.desired_model import model_mounts as spec_model_mounts
+from mainsail.operator.desired_model import model_volumes as spec_model_volumes
 from mainsail.operator.desired_secrets import (
     client_auth_env,
     tls_mount,
@@ -145,10 +147,20 @@ def router_deployment(
                                 "requests": {"cpu": "500m", "memory": "512Mi"},
                                 "limits": {"cpu": "2", "memory": "2Gi"},
                             },
-                            "volumeMounts": [config_mount(), *model_mounts, tls_mount()],
+                            "volumeMounts": [
+                                config_mount(),
+                                *model_mounts,
+                                *spec_model_mounts(spec),
+                                tls_mount(),
+                            ],
                         }
                     ],
-                    "volumes": [config_volume(owner), *model_volumes, tls_volume(owner)],
+                    "volumes": [
+                        config_volume(owner),
+                        *model_volumes,
+                        *spec_model_volumes(spec),
+                        tls_volume(owner),
+                    ],
                 },
             },
         },

@@ -1,10 +1,12 @@
 """Kopf wiring, deliberately thin: every trigger asks for a reconcile pass of one deployment.
 
-Triggers: a ModelDeployment's create/update/resume and a periodic timer (drift that raised no
-event, e.g. a change made while the operator was down); a ServingPool's `spec.replicas` change
-(`kubectl scale`, HPA) so the RayCluster follows; and watch events of every labelled child and
-worker pod (a deleted or edited child is put back at once, readiness reaches status). All of
-them go through one `Coalescer`, so a deployment is never reconciled twice at the same time.
+Triggers: a ModelDeployment's create/update/resume and a periodic resync (drift that raised no
+event, e.g. a change made while the operator was down; `periodic.Ticker`, one loop for all
+deployments, not kopf timers, which would pin a finalizer on every ModelDeployment); a
+ServingPool's `spec.replicas` change (`kubectl scale`, HPA) so the RayCluster follows; and
+watch events of every labelled child and worker pod (a deleted or edited child is put back at
+once, readiness reaches status). All of them go through one `Coalescer`, so a deployment is
+never reconciled twice at the same time.
 
 The operator keeps kopf's bookkeeping in annotations (`operator.mainsail.dev/*`), not in
 `status`, returns nothing from handlers, and disables kopf's cluster scanning: it needs no
@@ -14,6 +16,7 @@ permission on CRDs or namespaces, only on the kinds it manages (see the chart's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from mainsail.operator.coalescer import Coalescer
 from mainsail.operator.kinds import CHILDREN, MODEL_DEPLOYMENT, POD, SERVING_POOL
 from mainsail.operator.kube import KubeError
 from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+from mainsail.operator.periodic import Ticker
 from mainsail.operator.reconciler import Outcome, Reconciler
 from mainsail.operator.settings import OperatorSettings
 
@@ -49,6 +53,23 @@ class Runtime:
     def __post_init__(self) -> None:
         self.coalescer: Coalescer[tuple[str, str]] = Coalescer(self._pass)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.ticker = Ticker(
+            self.request, self.autoscale, self.settings.resync_seconds,
+            self.settings.autoscale_seconds,
+        )  # fmt: skip
+        self._ticking: asyncio.Task[None] | None = None
+
+    def start_ticking(self) -> None:
+        """Start the periodic passes (from the operator's startup, inside its event loop)."""
+        if self._ticking is None:
+            self._ticking = asyncio.create_task(self.ticker.run(), name="mainsail-ticker")
+
+    async def stop_ticking(self) -> None:
+        task, self._ticking = self._ticking, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -79,6 +100,7 @@ class Runtime:
         """A deployment was deleted: drop what the runtime kept for it."""
         if namespace and name:
             self._locks.pop((namespace, name), None)
+            self.ticker.forget(namespace, name)
             if self.autoscaler is not None:
                 self.autoscaler.forget_deployment(namespace, name)
 
@@ -151,26 +173,28 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
 
+    @kopf.on.startup(registry=registry)
+    async def start(**_: Any) -> None:
+        runtime.start_ticking()  # async handler: runs in the operator's own event loop
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        await runtime.stop_ticking()
+
     @kopf.on.resume(*md, registry=registry)
     @kopf.on.create(*md, registry=registry)
     @kopf.on.update(*md, registry=registry)
     async def deployment_changed(*, namespace: str | None, name: str, **_: Any) -> None:
         await runtime.request(namespace, name)
 
-    @kopf.timer(*md, interval=runtime.settings.resync_seconds, registry=registry)
-    async def deployment_resync(*, namespace: str | None, name: str, **_: Any) -> None:
-        await runtime.request(namespace, name)
-
-    @kopf.timer(*md, interval=runtime.settings.autoscale_seconds, registry=registry)
-    async def deployment_autoscale(*, body: kopf.Body, **_: Any) -> None:
-        await runtime.autoscale(body)
-
     @kopf.on.event(*md, registry=registry)
     async def deployment_event(
-        *, type: str | None, namespace: str | None, name: str, **_: Any
+        *, type: str | None, body: kopf.Body, namespace: str | None, name: str, **_: Any
     ) -> None:
         if type == "DELETED":
             runtime.forget(namespace, name)
+        elif not body.get("metadata", {}).get("deletionTimestamp"):
+            runtime.ticker.seen(dict(body))
 
     pool = (SERVING_POOL.group, SERVING_POOL.version, SERVING_POOL.plural)
 

@@ -34,6 +34,7 @@ from mainsail.spec.deployment import (
     Autoscaling,
     ModelDeploymentSpec,
     ModelSource,
+    ModelVolume,
     Pool,
     Pools,
     RouterSettings,
@@ -183,7 +184,32 @@ CEL_RULES: dict[type[BaseModel], list[Schema]] = {
             "rule": "has(self.path) != has(self.generate)",
             "message": "set exactly one of path or generate",
             "reason": "FieldValueInvalid",
-        }
+        },
+        {
+            "rule": "!has(self.volume) || (has(self.path) && self.path.startsWith('/'))",
+            "message": "volume needs an absolute path (where it is mounted)",
+            "fieldPath": ".volume",
+            "reason": "FieldValueInvalid",
+        },
+    ],
+    ModelVolume: [
+        {
+            "rule": "has(self.claimName) != has(self.hostPath)",
+            "message": "set exactly one of claimName or hostPath",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.hostPath) || !self.hostPath.matches('(^|/)[.][.](/|$)')",
+            "message": "hostPath must not contain ..",
+            "fieldPath": ".hostPath",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')",
+            "message": "subPath must not contain ..",
+            "fieldPath": ".subPath",
+            "reason": "FieldValueInvalid",
+        },
     ],
     Tracing: [
         {

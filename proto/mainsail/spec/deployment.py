@@ -8,6 +8,7 @@ snake_case. Unknown keys are errors everywhere.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,6 +32,49 @@ class SpecModel(BaseModel):
     )
 
 
+_DOTDOT = re.compile(r"(^|/)\.\.(/|$)")
+
+
+class ModelVolume(SpecModel):
+    """What a cluster mounts at `model.path` (read-only, on the router and every worker pod):
+    a PersistentVolumeClaim (the usual home of model weights on a cluster, as KServe's and
+    llm-d's `pvc://` sources) or a directory of the node (`hostPath`: single-node and test
+    clusters, or weights pre-staged on every node). `mainsail up` ignores it: locally the path
+    is read as it is, so one YAML serves on a laptop and on a cluster."""
+
+    claim_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of a PersistentVolumeClaim in the deployment's namespace (it must "
+        "allow several readers, e.g. ReadOnlyMany, to serve more than one pod on many nodes).",
+    )
+    host_path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/",
+        description="Absolute directory on the node (no `..`).",
+    )
+    sub_path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[^/]",
+        description="Directory inside the volume holding the checkpoint (relative, no `..`).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelVolume:
+        if (self.claim_name is None) == (self.host_path is None):
+            raise ValueError("model.volume: set exactly one of `claimName` or `hostPath`")
+        for name, value in (("hostPath", self.host_path), ("subPath", self.sub_path)):
+            if value is not None and _DOTDOT.search(value):
+                raise ValueError(f"model.volume.{name}: must not contain `..`")
+        return self
+
+
 class ModelSource(SpecModel):
     """Where the checkpoint comes from (Hugging Face layout: config, safetensors, tokenizer)."""
 
@@ -43,7 +87,15 @@ class ModelSource(SpecModel):
     )
     path: str | None = Field(
         None,
-        description="Directory holding the checkpoint (on a cluster, a path on a mounted volume).",
+        min_length=1,
+        max_length=4096,
+        description="Directory holding the checkpoint. On a cluster, `volume` is mounted here "
+        "(without one, the images must contain it).",
+    )
+    volume: ModelVolume | None = Field(
+        None,
+        description="On a cluster: the volume mounted read-only at `path` on the router and "
+        "worker pods. Needs an absolute `path`.",
     )
     generate: Literal["llama", "mixtral"] | None = Field(
         None,
@@ -62,6 +114,8 @@ class ModelSource(SpecModel):
     def _one_source(self) -> ModelSource:
         if (self.path is None) == (self.generate is None):
             raise ValueError("model: set exactly one of `path` or `generate`")
+        if self.volume is not None and not (self.path or "").startswith("/"):
+            raise ValueError("model.volume: needs an absolute `path` (where it is mounted)")
         return self
 
 
