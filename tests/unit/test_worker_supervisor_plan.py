@@ -121,7 +121,8 @@ def test_cluster_workers_are_built_from_the_config_document() -> None:
     # Every router pod, through the headless Service's DNS records (active-active replicas).
     assert spec.router_dns == "dense-pd-router-peers.prod.svc:50052"
     assert type(spec.router_discovery()).__name__ == "DnsDiscovery"
-    assert spec.redis_url == "redis://dense-pd-cache-0:6379/0"
+    # Every cache-pool replica: the worker's tier shards blocks over them (kvtier/sharded.py).
+    assert spec.redis_url == "redis://dense-pd-cache-0:6379/0,redis://x:1/0"
     assert spec.generate is not None and spec.generate.seed == 7
     assert spec.engine == md.spec.engine and spec.host == "0.0.0.0"
     assert placements(doc)["prefill"].num_gpus == 1

@@ -48,7 +48,8 @@ def spec_factory(document: DeploymentDocument) -> SpecFactory:
     """``(role, index) -> WorkerSpec`` for this deployment's cluster workers."""
     spec = document.spec
     directory = model_dir(document)
-    redis = document.cache_urls[0] if document.cache_urls else None
+    # Every cache-pool replica: the tier spreads blocks over them (kvtier/sharded.py).
+    redis = ",".join(document.cache_urls) if document.cache_urls else None
 
     def make(role: str, index: int) -> WorkerSpec:
         return WorkerSpec(

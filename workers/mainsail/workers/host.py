@@ -100,7 +100,9 @@ class WorkerSpec(BaseModel):
     redis_url: str | None = Field(
         None,
         pattern=r"^(rediss?|unix)://",
-        description="The cache pool's Redis: KV blocks are written to and fetched from it.",
+        description="The cache pool's Redis: KV blocks are written to and fetched from it. "
+        "Several URLs, comma-separated (the pool's replicas): blocks spread over all of them "
+        "by consistent hashing; a server that is down reads as a miss.",
     )
     tracing: Tracing = Field(
         Tracing(), description="OpenTelemetry export (the deployment's `tracing`); off by default."

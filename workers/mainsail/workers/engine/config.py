@@ -13,9 +13,9 @@ from typing import Literal
 
 from mainsail.spec.deployment import EngineSettings
 from mainsail.spec.kvhash import HASH_ALGORITHM, KVHashConfig
-from mainsail.workers.kvtier import FETCH_POLICIES, FetchPolicy, RedisKVTier
+from mainsail.workers.kvtier import FETCH_POLICIES, FetchPolicy, KVTier, RedisKVTier, ShardedKVTier
 
-KVTierSource = RedisKVTier | Callable[[str], RedisKVTier]
+KVTierSource = KVTier | Callable[[str], KVTier]
 """A tier, or a factory called with the model's KV namespace (`kv_namespace`)."""
 
 
@@ -83,7 +83,7 @@ class EngineConfig:
             "num_threads": self.num_threads is None or self.num_threads >= 1,
             "kv_tier": self.kv_tier is None
             or callable(self.kv_tier)
-            or isinstance(self.kv_tier, RedisKVTier),
+            or isinstance(self.kv_tier, RedisKVTier | ShardedKVTier),
             "kv_tier_fetch": self.kv_tier_fetch in FETCH_POLICIES,
             "kv_tier_write_queue_blocks": self.kv_tier_write_queue_blocks >= 1,
             "adapters": all(isinstance(n, str) and n for n in self.adapters),

@@ -36,8 +36,10 @@ from mainsail.workers.kvtier import (
     BlockCodec,
     BlockLoader,
     BlockWriter,
+    KVTier,
     LoadResult,
     RedisKVTier,
+    ShardedKVTier,
     kv_namespace,
 )
 from mainsail.workers.models import ModelConfig
@@ -80,7 +82,7 @@ class TierLink:
         if source is None:
             raise ValueError("EngineConfig.kv_tier is not set")
         namespace = kv_namespace(config.kv_hash(), model_dir, runner.dtype)
-        tier = source if isinstance(source, RedisKVTier) else source(namespace)
+        tier = source if isinstance(source, RedisKVTier | ShardedKVTier) else source(namespace)
         codec = BlockCodec(
             layers=model_config.num_layers,
             block_size=config.block_size,
@@ -93,7 +95,7 @@ class TierLink:
         return cls(writer, BlockLoader(tier, codec, config.kv_tier_fetch), runner, kv)
 
     @property
-    def tier(self) -> RedisKVTier:
+    def tier(self) -> KVTier:
         return self.writer.tier
 
     # ------------------------------------------------------------------ write-through

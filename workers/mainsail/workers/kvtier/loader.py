@@ -34,7 +34,7 @@ import torch
 
 from mainsail.workers.kvtier.codec import BlockCodec
 from mainsail.workers.kvtier.cost import FetchCostModel, FetchPolicy, decide_fetch
-from mainsail.workers.kvtier.redis_tier import RedisKVTier
+from mainsail.workers.kvtier.sharded import KVTier
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class BlockLoader:
 
     def __init__(
         self,
-        tier: RedisKVTier,
+        tier: KVTier,
         codec: BlockCodec,
         policy: FetchPolicy = "auto",
         cost: FetchCostModel | None = None,

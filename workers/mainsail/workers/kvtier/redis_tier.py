@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -39,6 +40,9 @@ from mainsail.workers.kvtier.pipeline import ReplyPipe, exchange, run_pipeline
 from mainsail.workers.kvtier.resp import RespBatch, SetCommands, Value, read_exists
 from mainsail.workers.kvtier.write_session import WriteSession, _size, _slicer
 
+if TYPE_CHECKING:
+    from mainsail.workers.kvtier.sharded import KVTier
+
 __all__ = ["RedisKVTier", "RedisTierFactory", "TierStats"]
 
 
@@ -54,6 +58,7 @@ class RedisKVTier:
         key_prefix: str = "mainsail:kv",
         backoff_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        stats: TierStats | None = None,
     ) -> None:
         if ttl_s < 0 or backoff_s < 0:
             raise ValueError("ttl_s and backoff_s must be >= 0")
@@ -64,7 +69,7 @@ class RedisKVTier:
         self.sets = SetCommands(self.prefix.encode(), ttl_s)
         self._exists = RespBatch(b"EXISTS", len(self.sets.prefix) + 17)
         # The writer and the loader threads share one tier: both objects lock themselves.
-        self.stats = TierStats()
+        self.stats = stats if stats is not None else TierStats()
         self.breaker = CircuitBreaker(backoff_s, clock, self.stats)
 
     @classmethod
@@ -76,6 +81,7 @@ class RedisKVTier:
         timeout_s: float = 0.5,
         ttl_s: int = 0,
         backoff_s: float = 2.0,
+        stats: TierStats | None = None,
     ) -> RedisKVTier:
         """A tier on a new client for ``url``, short socket timeouts: a slow Redis is a miss.
 
@@ -93,7 +99,7 @@ class RedisKVTier:
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             socket_read_size=1 << 20,
         )
-        return cls(client, fingerprint, ttl_s=ttl_s, backoff_s=backoff_s)
+        return cls(client, fingerprint, ttl_s=ttl_s, backoff_s=backoff_s, stats=stats)
 
     def key(self, block_hash: int) -> str:
         return f"{self.prefix}:{block_hash:016x}"
@@ -197,6 +203,17 @@ class RedisKVTier:
 
         return exchange(pool, [payload.reshape(-1).data], lambda conn: read_exists(conn, n))
 
+    def present(self, block_hashes: Sequence[int]) -> list[bool]:
+        """Which of ``block_hashes`` Redis holds (one round trip); all absent while the
+        circuit is open or when Redis fails (which opens it). Not counted as a lookup."""
+        if not block_hashes or not self.available():
+            return [False] * len(block_hashes)
+        try:
+            return self._exists_flags(block_hashes)
+        except redis.RedisError as exc:
+            self.breaker.trip(exc)
+            return [False] * len(block_hashes)
+
     def leading_hits(self, block_hashes: Sequence[int]) -> int:
         """How many of ``block_hashes``, from the first, Redis holds (one round trip)."""
         if not block_hashes or not self.available():
@@ -266,9 +283,11 @@ _OK = b"+OK\r\n"
 
 @dataclass(frozen=True)
 class RedisTierFactory:
-    """Builds a `RedisKVTier` for a namespace once the engine knows it (picklable for Ray).
+    """Builds the tier for a namespace once the engine knows it (picklable for Ray).
 
-    ``url``: ``redis://`` or ``rediss://``; ``ttl_s``: 0 leaves eviction to Redis's LRU;
+    ``url``: ``redis://``, ``rediss://`` or ``unix://``; several, comma-separated (the cache
+    pool's replicas, `MAINSAIL_CACHE_URLS`), give a `ShardedKVTier` spreading blocks over
+    all of them by consistent hashing; ``ttl_s``: 0 leaves eviction to Redis's LRU;
     ``timeout_s``: socket timeout, so a slow Redis is a miss; ``backoff_s``: how long the
     tier stays closed after an error before probing Redis again.
     """
@@ -278,17 +297,35 @@ class RedisTierFactory:
     timeout_s: float = 0.5
     backoff_s: float = 2.0
 
+    @property
+    def urls(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
     def __post_init__(self) -> None:
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"KV tier URL must be redis://, rediss:// or unix://: {self.url!r}")
+        urls = self.urls
+        if not urls:
+            raise ValueError("KV tier URL: none given")
+        for url in urls:
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(f"KV tier URL must be redis://, rediss:// or unix://: {url!r}")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"KV tier URLs: duplicates in {self.url!r}")
         if self.ttl_s < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
             raise ValueError("RedisTierFactory: ttl_s, timeout_s and backoff_s must be >= 0")
 
-    def __call__(self, namespace: str) -> RedisKVTier:
-        return RedisKVTier.from_url(
-            self.url,
-            namespace,
-            timeout_s=self.timeout_s,
-            ttl_s=self.ttl_s,
-            backoff_s=self.backoff_s,
-        )
+    def __call__(self, namespace: str) -> KVTier:
+        from mainsail.workers.kvtier.sharded import ShardedKVTier
+
+        stats = TierStats()
+        tiers = [
+            RedisKVTier.from_url(
+                url,
+                namespace,
+                timeout_s=self.timeout_s,
+                ttl_s=self.ttl_s,
+                backoff_s=self.backoff_s,
+                stats=stats,
+            )
+            for url in self.urls
+        ]
+        return tiers[0] if len(tiers) == 1 else ShardedKVTier(tiers, self.urls)

@@ -26,8 +26,8 @@ import torch
 
 from mainsail.workers.kvtier.checksum import CHECKSUM_BYTES, checksum_rows
 from mainsail.workers.kvtier.codec import BlockCodec
-from mainsail.workers.kvtier.redis_tier import RedisKVTier
 from mainsail.workers.kvtier.resp import SMALL_BLOCK_BYTES, Value
+from mainsail.workers.kvtier.sharded import KVTier
 from mainsail.workers.kvtier.write_session import WriteSession
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class BlockWriter:
 
     def __init__(
         self,
-        tier: RedisKVTier,
+        tier: KVTier,
         codec: BlockCodec,
         *,
         max_queue_blocks: int = 256,
