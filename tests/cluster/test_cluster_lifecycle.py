@@ -6,8 +6,9 @@ runs with the password the operator issued), and a decode worker fetches them an
 the rest. The `openai` SDK must get exactly the greedy tokens a *unified* `mainsail up` of the
 same model gives, and the workers' own /metrics (port 9400) must show the handover: blocks
 stored by the prefill worker, fetched by the decode worker. Then `helm upgrade` (a changed
-value: the operator's pod is replaced) keeps serving without duplicating any child, and
-deleting the ModelDeployment + `helm uninstall` leaves nothing of ours in the namespace or the
+value: the operator's pod is replaced) keeps serving without duplicating any child; `helm
+uninstall` first leaves the deployment serving (the operator pins no finalizer on it), and the
+deletion that follows, with no operator running, leaves nothing of ours in the namespace or the
 cluster except the CRDs (Helm never deletes what it installed from a chart's `crds/`).
 
 Edits to the example, to fit the test bed's two-core node with no GPU: no GPUs, small CPU and

@@ -2,7 +2,8 @@
 
 The operator runs as its chart's ServiceAccount (fixture `operator`, conftest.py) with
 `MAINSAIL_OPERATOR_ROUTER_METRICS_URL` pointing at loopback; a worker registered by the real
-`Registrar` heartbeats whatever load the test sets.
+`Registrar` heartbeats whatever load the test sets. Fixture `autoscaled` starts that router and
+applies a ModelDeployment with one autoscaled unified pool pointing at it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,127 +29,135 @@ from mainsail.workers.host import WorkerSpec
 pytestmark = pytest.mark.integration
 
 
-def test_autoscaler_follows_the_router_load(
+@dataclass
+class Autoscaled:
+    """A ModelDeployment `name` with one autoscaled unified pool, and its loopback router."""
+
+    bed: Any
+    ns: str
+    name: str
+    router: LoopbackRouter
+
+    def replicas(self) -> tuple[int, int]:
+        """(ServingPool spec.replicas, the RayCluster worker group's replicas)."""
+        pool = get(self.bed, self.ns, "servingpool", f"{self.name}-unified")["spec"]["replicas"]
+        groups = get(self.bed, self.ns, "raycluster", self.name)["spec"]["workerGroupSpecs"]
+        return int(pool), int(groups[0]["replicas"])
+
+    def autoscaling(self) -> dict[str, Any]:
+        """The pool's `status.autoscaling.unified`."""
+        status = get(self.bed, self.ns, "modeldeployment", self.name).get("status") or {}
+        return dict((status.get("autoscaling") or {}).get("unified") or {})
+
+    def events(self) -> set[str]:
+        listed = self.bed.kubectl(
+            "get", "events", "-n", self.ns, "--field-selector",
+            f"involvedObject.name={self.name}", "-o", "json",
+        ).stdout  # fmt: skip
+        return {e["reason"] for e in json.loads(listed)["items"]}
+
+
+@pytest.fixture
+def autoscaled(
     kube_testbed: Any,
     kube_namespace: str,
     operator: OperatorProcess,
     tiny_model_dir: Path,
     tmp_path: Path,
-) -> None:
-    """Load heartbeated to a real router moves the ServingPool and the RayCluster; a dead
-    router changes nothing and status says why."""
-    bed, ns = kube_testbed, kube_namespace
-    router = LoopbackRouter(tiny_model_dir, tmp_path)
-    try:
+) -> Iterator[Callable[..., Autoscaled]]:
+    """`deploy(name, model, replicas, autoscaling, workers=..., cache=True)`: a loopback
+    router (with `workers` registered) and the deployment applied; routers stopped at the end."""
+    routers: list[LoopbackRouter] = []
+
+    def deploy(
+        name: str,
+        model: str,
+        replicas: int,
+        autoscaling: dict[str, Any],
+        *,
+        workers: tuple[tuple[str, str], ...] = (("w-0", "unified"),),
+        cache: bool = True,
+    ) -> Autoscaled:
+        router = LoopbackRouter(tiny_model_dir, tmp_path, model_name=model, workers=workers)
+        routers.append(router)
+        pools: dict[str, Any] = {
+            "unified": {"replicas": replicas, "autoscaling": {"enabled": True, **autoscaling}}
+        }
+        if not cache:
+            pools["cache"] = {"enabled": False}
         md = {
             "apiVersion": "mainsail.dev/v1alpha1",
             "kind": "ModelDeployment",
-            "metadata": {"name": "auto"},
+            "metadata": {"name": name},
             "spec": {
-                "model": {"name": "tiny-auto", "generate": "llama"},
+                "model": {"name": model, "generate": "llama"},
                 "router": {"httpPort": router.http_port},
-                "pools": {
-                    "unified": {
-                        "replicas": 1,
-                        "autoscaling": {
-                            "enabled": True, "minReplicas": 1, "maxReplicas": 4,
-                            "targetQueueDepth": 2, "targetKvUtilization": 0.8,
-                            "scaleDownDelaySeconds": 3,
-                        },
-                    }
-                },
+                "pools": pools,
             },
-        }  # fmt: skip
-        bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
+        }
+        kube_testbed.kubectl("apply", "-n", kube_namespace, "-f", "-", input=json.dumps(md))
+        return Autoscaled(kube_testbed, kube_namespace, name, router)
 
-        def replicas() -> tuple[int, int]:
-            pool = get(bed, ns, "servingpool", "auto-unified")["spec"]["replicas"]
-            groups = get(bed, ns, "raycluster", "auto")["spec"]["workerGroupSpecs"]
-            return int(pool), int(groups[0]["replicas"])
-
-        def autoscaling() -> dict[str, Any]:
-            status = get(bed, ns, "modeldeployment", "auto").get("status") or {}
-            return dict((status.get("autoscaling") or {}).get("unified") or {})
-
-        wait_for(lambda: replicas() == (1, 1), "pool at its declared 1")
-        wait_for(lambda: "idle" in autoscaling().get("reason", ""), "an idle pass in status")
-
-        router.load.update(running=4, waiting=6, kv_blocks_used=300)  # ceil(6 / 2) = 3
-        wait_for(lambda: replicas() == (3, 3), "scale-up to 3 in pool and RayCluster")
-        status = autoscaling()
-        assert status["desiredReplicas"] == 3 and "6 waiting" in status["reason"]
-        assert status["lastScaleTime"]
-
-        router.load.update(running=0, waiting=0, kv_blocks_used=900)  # 90 % > 80 %: 2 replicas
-        wait_for(lambda: replicas() == (2, 2), "scale-down to 2 after the delay")
-        assert "KV cache 90% used" in autoscaling()["reason"]
-
-        router.stop()
-        wait_for(
-            lambda: "signals unavailable" in autoscaling().get("reason", ""),
-            "a dead router reported",
-        )
-        time.sleep(2)  # two more passes: nothing moves without signals
-        assert replicas() == (2, 2)
-        events = json.loads(
-            bed.kubectl(
-                "get", "events", "-n", ns, "--field-selector", "involvedObject.name=auto",
-                "-o", "json",
-            ).stdout
-        )["items"]  # fmt: skip
-        assert {"ScaledUp", "ScaledDown"} <= {e["reason"] for e in events}
+    try:
+        yield deploy
     finally:
-        router.stop()
+        for router in routers:
+            router.stop()
+
+
+def test_autoscaler_follows_the_router_load(autoscaled: Callable[..., Autoscaled]) -> None:
+    """Load heartbeated to a real router moves the ServingPool and the RayCluster; a dead
+    router changes nothing and status says why."""
+    auto = autoscaled(
+        "auto", "tiny-auto", 1,
+        {"minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 2, "targetKvUtilization": 0.8,
+         "scaleDownDelaySeconds": 3},
+    )  # fmt: skip
+    wait_for(lambda: auto.replicas() == (1, 1), "pool at its declared 1")
+    wait_for(lambda: "idle" in auto.autoscaling().get("reason", ""), "an idle pass in status")
+
+    auto.router.load.update(running=4, waiting=6, kv_blocks_used=300)  # ceil(6 / 2) = 3
+    wait_for(lambda: auto.replicas() == (3, 3), "scale-up to 3 in pool and RayCluster")
+    status = auto.autoscaling()
+    assert status["desiredReplicas"] == 3 and "6 waiting" in status["reason"]
+    assert status["lastScaleTime"]
+
+    auto.router.load.update(running=0, waiting=0, kv_blocks_used=900)  # 90 % > 80 %: 2 replicas
+    wait_for(lambda: auto.replicas() == (2, 2), "scale-down to 2 after the delay")
+    assert "KV cache 90% used" in auto.autoscaling()["reason"]
+
+    auto.router.stop()
+    wait_for(
+        lambda: "signals unavailable" in auto.autoscaling().get("reason", ""),
+        "a dead router reported",
+    )
+    time.sleep(2)  # two more passes: nothing moves without signals
+    assert auto.replicas() == (2, 2)
+    assert {"ScaledUp", "ScaledDown"} <= auto.events()
 
 
 def test_a_request_wakes_a_pool_scaled_to_zero(
-    kube_testbed: Any,
-    kube_namespace: str,
-    operator: OperatorProcess,
-    tiny_model_dir: Path,
-    tmp_path: Path,
+    autoscaled: Callable[..., Autoscaled], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """Scale-to-zero, woken by demand: a real router with no worker stays Ready and holds a
     request; the operator's autoscaler reads it as queued demand and scales the ServingPool
     (and the RayCluster) from 0 to 1; a real worker on the tiny checkpoint (standing in for the
     one the Ray head's supervisor starts on the new pod, which this API-server-only tier has
-    none of) registers and the held request is answered."""
-    bed, ns = kube_testbed, kube_namespace
-    router = LoopbackRouter(tiny_model_dir, tmp_path, model_name="tiny-zero", workers=())
+    none of) registers and the held request is answered. On a real node:
+    tests/cluster/test_cluster_serving.py."""
+    auto = autoscaled(
+        "zero", "tiny-zero", 0,
+        {"minReplicas": 0, "maxReplicas": 2, "targetQueueDepth": 1, "scaleDownDelaySeconds": 600},
+        workers=(), cache=False,
+    )  # fmt: skip
+    router = auto.router
     worker: subprocess.Popen[bytes] | None = None
     try:
         assert httpx.get(f"http://127.0.0.1:{router.http_port}/health").status_code == 200
-        md = {
-            "apiVersion": "mainsail.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "zero"},
-            "spec": {
-                "model": {"name": "tiny-zero", "generate": "llama"},
-                "router": {"httpPort": router.http_port},
-                "pools": {
-                    "unified": {
-                        "replicas": 0,
-                        "autoscaling": {
-                            "enabled": True, "minReplicas": 0, "maxReplicas": 2,
-                            "targetQueueDepth": 1, "scaleDownDelaySeconds": 600,
-                        },
-                    },
-                    "cache": {"enabled": False},
-                },
-            },
-        }  # fmt: skip
-        bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
-
-        def replicas() -> tuple[int, int]:
-            pool = get(bed, ns, "servingpool", "zero-unified")["spec"]["replicas"]
-            groups = get(bed, ns, "raycluster", "zero")["spec"]["workerGroupSpecs"]
-            return int(pool), int(groups[0]["replicas"])
-
-        def reason() -> str:
-            status = get(bed, ns, "modeldeployment", "zero").get("status") or {}
-            return str(((status.get("autoscaling") or {}).get("unified") or {}).get("reason", ""))
-
-        wait_for(lambda: replicas() == (0, 0) and "idle" in reason(), "an idle pool at zero")
+        wait_for(
+            lambda: auto.replicas() == (0, 0) and "idle" in auto.autoscaling().get("reason", ""),
+            "an idle pool at zero",
+        )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             held = pool.submit(
                 httpx.post,
@@ -155,8 +166,11 @@ def test_a_request_wakes_a_pool_scaled_to_zero(
                       "temperature": 0, "ignore_eos": True},
                 timeout=150,
             )  # fmt: skip
-            wait_for(lambda: replicas() == (1, 1), "scale-up from 0 on held demand", timeout=60)
-            assert "idle" not in reason() and not held.done()  # the held request is the load
+            wait_for(
+                lambda: auto.replicas() == (1, 1), "scale-up from 0 on held demand", timeout=60
+            )
+            # the held request is the load
+            assert "idle" not in auto.autoscaling().get("reason", "") and not held.done()
             spec = WorkerSpec(
                 worker_id="zero-unified-0", model_name="tiny-zero", model_dir=tiny_model_dir,
                 router_address=router.fleet,
@@ -175,4 +189,3 @@ def test_a_request_wakes_a_pool_scaled_to_zero(
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
-        router.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,10 +60,14 @@ class Runtime:
         )  # fmt: skip
         self._ticking: asyncio.Task[None] | None = None
 
-    def start_ticking(self) -> None:
-        """Start the periodic passes (from the operator's startup, inside its event loop)."""
+    def ensure_ticking(self) -> None:
+        """Start the periodic passes, from inside a kopf resource handler: the task keeps a
+        copy of that handler's context, where `kopf.event` finds the operator's event queue
+        (kopf sets it per resource task; the startup handlers' context lacks it)."""
         if self._ticking is None:
-            self._ticking = asyncio.create_task(self.ticker.run(), name="mainsail-ticker")
+            self._ticking = asyncio.create_task(
+                self.ticker.run(), name="mainsail-ticker", context=contextvars.copy_context()
+            )
 
     async def stop_ticking(self) -> None:
         task, self._ticking = self._ticking, None
@@ -173,10 +178,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
 
-    @kopf.on.startup(registry=registry)
-    async def start(**_: Any) -> None:
-        runtime.start_ticking()  # async handler: runs in the operator's own event loop
-
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
         await runtime.stop_ticking()
@@ -195,6 +196,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             runtime.forget(namespace, name)
         elif not body.get("metadata", {}).get("deletionTimestamp"):
             runtime.ticker.seen(dict(body))
+            runtime.ensure_ticking()
 
     pool = (SERVING_POOL.group, SERVING_POOL.version, SERVING_POOL.plural)
 
