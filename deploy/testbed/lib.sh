@@ -1,5 +1,6 @@
 # Shared by ensure.sh and ensure-node.sh (sourced, not run): the wrapper module that builds
-# Kubernetes' commands from the Go module proxy, and the version ldflags. See docs/testbed.md.
+# Kubernetes' commands from the Go module proxy, the version ldflags, and the locked,
+# rename-into-place cache build both use. See docs/testbed.md.
 
 K8S_VERSION=v1.35.4
 
@@ -44,4 +45,30 @@ k8s_wrapper_module() {
 go_build() {
     local dir=$1 out=$2 pkg=$3 ldflags=${4:--s -w}
     (cd "$dir" && nice -n 10 go build -trimpath -ldflags="$ldflags" -o "$out" "$pkg")
+}
+
+# Build the cache entry $1/$2 once: under the lock $1/.$2.lock (a second caller waits, then
+# finds it ready), into a fresh $1/.$2.XXXXXX renamed into place only when complete (its `src`
+# removed), leftovers of builds killed outright removed first (we hold the lock: none is live).
+# $3: a function telling whether a directory is ready; $4: a function building into the fresh
+# directory (it gets `bin/` made for it); $5: a note for the cache-miss log line.
+locked_build() {
+    local root=$1 key=$2 is_ready=$3 build=$4 note=${5:-} dir="$1/$2" start=$SECONDS tmp
+    mkdir -p "$root"
+    exec 9>"$root/.$key.lock"
+    flock 9
+    "$is_ready" "$dir" && return
+    rm -rf "$root/.$key".??????
+    tmp=$(mktemp -d "$root/.$key.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    trap 'exit 130' INT TERM HUP
+    mkdir -p "$tmp/bin"
+    log "cache miss: building into $dir${note:+ ($note)}"
+    "$build" "$tmp"
+    rm -rf "$tmp/src"
+    chmod 755 "$tmp"
+    rm -rf "${dir:?}"
+    mv -T "$tmp" "$dir"
+    trap - EXIT
+    log "done in $((SECONDS - start)) s: $dir"
 }

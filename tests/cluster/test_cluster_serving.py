@@ -335,12 +335,13 @@ def _model_on_a_claim(node: Node, ns: str, host_dir: Path) -> str:
 
 
 def _children_uids(node: Node, ns: str) -> dict[str, str]:
-    """kind/name -> uid of every object the operator made for ZERO."""
+    """kind/name -> uid of every object the operator made for ZERO (its owner)."""
     listed = node.kubectl("get", KINDS, "-n", ns, "-l", f"mainsail.dev/deployment={ZERO}",
                           "-o", "json").stdout  # fmt: skip
-    return {
+    return {  # owned by the ModelDeployment (not, e.g., KubeRay's head Service)
         f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["uid"]
         for i in json.loads(listed)["items"]
+        if any(o["kind"] == "ModelDeployment" for o in i["metadata"].get("ownerReferences", []))
     }
 
 

@@ -18,16 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support.node import (
-    NETNS_DIR,
-    NODE_NAME,
-    SHIM_SOCKET_DIR,
-    Node,
-    cleanup_stale,
-    mounts_under,
-    owned_pod_netns,
-    running_node,
-)
+from support.node import Node, running_node
+from support.node_config import NETNS_DIR, NODE_NAME, SHIM_SOCKET_DIR
+from support.node_lifecycle import cleanup_stale, mounts_under, owned_pod_netns
 
 pytestmark = pytest.mark.cluster
 

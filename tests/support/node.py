@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import ctypes
-import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -48,28 +45,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from support.node_config import (
+    CLUSTER_DOMAIN,
+    NETNS_DIR,
+    NODE_IP,
+    NODE_NAME,
+    POD_CIDR,
+    READY_TIMEOUT_S,
+    SERVICE_CIDR,
+    TESTBED,
+    cni_network,
+    default_base_dir,
+    make_pki,
+    netns_resolv_conf,
+    write_configs,
+)
 from support.node_images import busybox_image, debian_python_image, pause_image
+from support.node_lifecycle import (
+    cleanup_stale,
+    die_with_parent,
+    enter_netns,
+    node_env,
+    run,
+    start_time,
+    teardown_instance,
+)
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
-TESTBED = ROOT / "deploy" / "testbed"
-NETNS_DIR = Path("/run/netns")
-SHIM_SOCKET_DIR = Path("/run/containerd/s")  # fixed in containerd 1.6, shared by instances
-NODE_NAME = "mainsail-node"
-NODE_IP = "10.255.0.2"
-POD_CIDR = "10.244.0.0/16"
-POD_SUBNET = "10.244.0.0/24"
-SERVICE_CIDR = "10.96.0.0/16"
-KUBERNETES_SERVICE_IP = "10.96.0.1"
-CLUSTER_DOMAIN = "cluster.local"
-DNS_IP = NODE_IP  # CoreDNS runs as a process in the node's namespace, on the node IP
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 10.0
-_CLONE_NEWNET = 0x40000000
-
-
-def default_base_dir() -> Path:
-    return Path(os.environ.get("MAINSAIL_NODE_DIR", "/var/tmp/mainsail-node"))
 
 
 class NodeError(RuntimeError):
@@ -102,127 +104,6 @@ def support_problem() -> str | None:
     if probe.returncode != 0:
         return f"no network namespace support (unshare --net: {probe.stderr.strip()})"
     return None
-
-
-# --- processes, by recorded pid + start time ---------------------------------------------
-
-
-def _start_time(pid: int) -> int | None:
-    """Kernel start time of pid (clock ticks since boot), None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def _same_process(pid: int, start: int) -> bool:
-    return _start_time(pid) == start
-
-
-def _die_with_parent() -> None:
-    """Child-side: SIGKILL when the process that started it dies (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _signal_and_wait(pid: int, start: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the process group led by pid, then SIGKILL; only if pid is still that process."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _same_process(pid, start):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _same_process(pid, start):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-
-
-def _run(
-    argv: Sequence[str], check: bool = True, timeout: float = 60.0, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
-    if check and proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, list(argv), proc.stdout, proc.stderr)
-    return proc
-
-
-_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy"}
-
-
-def _node_env(**extra: str) -> dict[str, str]:
-    """os.environ without proxy settings (nothing in the namespace can reach a proxy; a Go
-    client would otherwise send the API server's traffic to one), plus extra."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
-    return {**env, **extra}
-
-
-def _enter_netns(path: str) -> None:
-    """Thread initializer: move this thread (only) into the network namespace at path."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-# --- certificates (openssl CLI, EC P-256: fast) ----------------------------------------------
-
-
-def _openssl(*args: str) -> None:
-    _run(["openssl", *args])
-
-
-def _make_pki(pki: Path) -> None:
-    """A CA; the API server's serving cert (node IP, Service IP, the usual names); the API
-    server's client cert for the kubelet (system:masters); the ServiceAccount signing key."""
-    pki.mkdir(parents=True, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"),
-             "-days", "7", "-subj", "/CN=mainsail-testbed-ca")  # fmt: skip
-    sans = ",".join(
-        [f"IP:{ip}" for ip in ("127.0.0.1", NODE_IP, KUBERNETES_SERVICE_IP)]
-        + [
-            f"DNS:{name}"
-            for name in (
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
-            )
-        ]
-    )
-    for name, subject, ext in (
-        ("apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth"),
-        ("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client",
-         "extendedKeyUsage=clientAuth"),
-    ):  # fmt: skip
-        (pki / f"{name}.ext").write_text(
-            f"{ext}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
-        )
-        _openssl("req", *ec, "-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.csr"),
-                 "-subj", subject)  # fmt: skip
-        _openssl("x509", "-req", "-in", str(pki / f"{name}.csr"), "-CA", str(pki / "ca.crt"),
-                 "-CAkey", str(pki / "ca.key"), "-set_serial", f"0x{secrets.token_hex(8)}",
-                 "-days", "7", "-extfile", str(pki / f"{name}.ext"),
-                 "-out", str(pki / f"{name}.crt"))  # fmt: skip
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-out", str(pki / "sa.key"))  # fmt: skip
-    _openssl("pkey", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
-    for key in pki.glob("*.key"):
-        key.chmod(0o600)
 
 
 # --- binaries ---------------------------------------------------------------------------------
@@ -318,7 +199,7 @@ class Node:
         cmd = self.netns_argv(argv)
         proc = subprocess.run(
             cmd, input=input, capture_output=True, text=True, timeout=timeout,
-            env=_node_env(KUBECONFIG=str(self.kubeconfig), **(env or {})),
+            env=node_env(KUBECONFIG=str(self.kubeconfig), **(env or {})),
         )  # fmt: skip
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
@@ -351,7 +232,7 @@ class Node:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=16,
                 thread_name_prefix=f"netns-{self.id}",
-                initializer=_enter_netns,
+                initializer=enter_netns,
                 initargs=(str(self.netns_path),),
             )
         return self._executor.submit(fn, *args).result(timeout=timeout)
@@ -380,7 +261,7 @@ class Node:
 
     def import_image(self, tar: Path | str) -> None:
         """Import an OCI/Docker image tar into this node's containerd (namespace k8s.io)."""
-        _run(
+        run(
             ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", "images", "import",
              str(tar)],
             timeout=900,
@@ -395,7 +276,7 @@ class Node:
             self._imported.add(key)
 
     def images(self) -> list[str]:
-        out = _run(
+        out = run(
             ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", "images", "ls", "-q"]
         ).stdout
         return out.split()
@@ -431,12 +312,12 @@ class Node:
             proc = subprocess.Popen(
                 ["nsenter", f"--net={self.netns_path}", "--", *argv],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-                env=_node_env(PATH=path, **(env or {})),
+                start_new_session=True, preexec_fn=die_with_parent,
+                env=node_env(PATH=path, **(env or {})),
             )  # fmt: skip
         start = None
         for _ in range(100):
-            start = _start_time(proc.pid)
+            start = start_time(proc.pid)
             if start is not None:
                 break
             time.sleep(0.01)
@@ -468,7 +349,7 @@ class Node:
     def start(self, images: Sequence[Path] = ()) -> None:
         t0 = time.monotonic()
         self._make_netns()
-        _make_pki(self.dir / "pki")
+        make_pki(self.dir / "pki")
         self._write_configs()
         bins, node_bin = self.binaries.server_bin, self.binaries.node_bin
         pki = self.dir / "pki"
@@ -571,9 +452,7 @@ class Node:
         proc = self._procs[name]
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
-            ok = _run(
-                ["ctr", "--address", str(path), "version"], check=False, timeout=10
-            ).returncode
+            ok = run(["ctr", "--address", str(path), "version"], check=False, timeout=10).returncode
             if ok == 0:
                 return
             time.sleep(0.2)
@@ -581,7 +460,7 @@ class Node:
 
     def _make_netns(self) -> None:
         ns = self.netns
-        _run(["ip", "netns", "add", ns])
+        run(["ip", "netns", "add", ns])
         for argv in (
             ["ip", "link", "set", "lo", "up"],
             # The node IP lives on lo (no dummy driver here). Pods reach it through the bridge.
@@ -593,150 +472,17 @@ class Node:
             ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
             ["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
         ):
-            _run(["ip", "netns", "exec", ns, *argv])
+            run(["ip", "netns", "exec", ns, *argv])
         etc = Path("/etc/netns") / ns
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text(
-            f"nameserver {DNS_IP}\nsearch default.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} "
-            f"{CLUSTER_DOMAIN}\noptions ndots:5 timeout:2 attempts:2\n"
-        )
+        (etc / "resolv.conf").write_text(netns_resolv_conf())
 
     def _write_configs(self) -> None:
-        d = self.dir
-        pki = d / "pki"
-        token = secrets.token_hex(16)
-        (d / "tokens.csv").write_text(f'{token},admin,admin-uid,"system:masters"\n')
-        (d / "tokens.csv").chmod(0o600)
-        self.kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters:\n- name: testbed\n  cluster:\n    server: https://127.0.0.1:6443\n"
-            f"    certificate-authority: {pki / 'ca.crt'}\n"
-            f"users:\n- name: admin\n  user:\n    token: {token}\n"
-            "contexts:\n- name: testbed\n  context:\n    cluster: testbed\n    user: admin\n"
-            "current-context: testbed\n"
-        )
-        self.kubeconfig.chmod(0o600)
-        ctd = d / "containerd"
-        for sub in ("root", "state", "runc", "opt"):
-            (ctd / sub).mkdir(parents=True, exist_ok=True)
-        (d / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
-        (d / "containerd.toml").write_text(textwrap.dedent(f"""\
-            version = 2
-            root = "{ctd / 'root'}"
-            state = "{ctd / 'state'}"
-            disabled_plugins = ["io.containerd.snapshotter.v1.aufs",
-              "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-              "io.containerd.snapshotter.v1.devmapper",
-              "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-            [grpc]
-              address = "{self.containerd_socket}"
-            [ttrpc]
-              address = "{self.containerd_socket}.ttrpc"
-            [plugins."io.containerd.internal.v1.opt"]
-              path = "{ctd / 'opt'}"
-            [plugins."io.containerd.grpc.v1.cri"]
-              sandbox_image = "docker.io/mainsail/pause:testbed"
-              restrict_oom_score_adj = true
-              disable_tcp_service = true
-              stream_server_address = "127.0.0.1"
-              stream_server_port = "0"
-              enable_selinux = false
-              [plugins."io.containerd.grpc.v1.cri".containerd]
-                snapshotter = "overlayfs"
-                default_runtime_name = "runc"
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-                  runtime_type = "io.containerd.runc.v2"
-                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-                    BinaryName = "runc"
-                    Root = "{ctd / 'runc'}"
-                    SystemdCgroup = false
-              [plugins."io.containerd.grpc.v1.cri".cni]
-                bin_dir = "/usr/lib/cni"
-                conf_dir = "{d / 'cni' / 'net.d'}"
-                max_conf_num = 1
-            """))  # fmt: skip
-        (d / "cni" / "net.d" / "10-mainsail.conflist").write_text(
-            json.dumps(
-                {
-                    "cniVersion": "1.0.0",
-                    "name": self.cni_network,
-                    "plugins": [
-                        {
-                            "type": "bridge",
-                            "bridge": "cni0",
-                            "isGateway": True,
-                            "ipMasq": False,
-                            "hairpinMode": True,
-                            "ipam": {
-                                "type": "host-local",
-                                "ranges": [[{"subnet": POD_SUBNET}]],
-                                "routes": [{"dst": "0.0.0.0/0"}],
-                                "dataDir": str(d / "cni" / "ipam"),
-                            },
-                        },
-                        {"type": "portmap", "capabilities": {"portMappings": True}},
-                    ],
-                },
-                indent=2,
-            )
-        )
-        (d / "kubelet-resolv.conf").write_text(f"nameserver {DNS_IP}\n")
-        (d / "kubelet").mkdir(exist_ok=True)
-        (d / "kubelet.yaml").write_text(textwrap.dedent(f"""\
-            apiVersion: kubelet.config.k8s.io/v1beta1
-            kind: KubeletConfiguration
-            failCgroupV1: false
-            cgroupDriver: cgroupfs
-            cgroupsPerQOS: false
-            enforceNodeAllocatable: []
-            failSwapOn: false
-            containerRuntimeEndpoint: unix://{self.containerd_socket}
-            resolvConf: {d / 'kubelet-resolv.conf'}
-            clusterDomain: {CLUSTER_DOMAIN}
-            clusterDNS: [{DNS_IP}]
-            podLogsDir: {d / 'pod-logs'}
-            readOnlyPort: 0
-            healthzBindAddress: 127.0.0.1
-            imageGCHighThresholdPercent: 100
-            imageGCLowThresholdPercent: 99
-            # The node shares the host's disk with everything else on it: the default 10-15 %
-            # free-space thresholds put it under disk pressure (taint, evictions, imported
-            # images deleted - seen at 15 % free) on a busy machine while gigabytes are free.
-            evictionHard:
-              memory.available: "100Mi"
-              nodefs.available: "2%"
-              imagefs.available: "2%"
-              nodefs.inodesFree: "2%"
-            serializeImagePulls: false
-            authentication:
-              anonymous: {{enabled: false}}
-              webhook: {{enabled: true}}
-              x509: {{clientCAFile: {pki / 'ca.crt'}}}
-            authorization:
-              mode: Webhook
-            """))  # fmt: skip
-        (d / "Corefile").write_text(textwrap.dedent(f"""\
-            {CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
-                bind {DNS_IP}
-                errors
-                ready 127.0.0.1:8181
-                kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-                    kubeconfig {self.kubeconfig} testbed
-                    pods insecure
-                    ttl 5
-                }}
-            }}
-            .:53 {{
-                bind {DNS_IP}
-                template ANY ANY {{
-                    rcode NXDOMAIN
-                }}
-            }}
-            """))  # fmt: skip
+        write_configs(self.dir)
 
     @property
     def cni_network(self) -> str:
-        return f"mainsail-{self.id}"
+        return cni_network(self.dir)
 
     # -- stop
     def stop(self) -> None:
@@ -744,204 +490,10 @@ class Node:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-        teardown_instance(self.dir, self.binaries)
+        teardown_instance(self.dir, self.binaries.node_bin)
         for proc in self._procs.values():  # reap
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-
-
-# --- teardown, also of a crashed instance ------------------------------------------------------
-
-
-def _recorded_pid(instance: Path, name: str) -> tuple[int, int] | None:
-    try:
-        pid, start = (instance / "pids" / name).read_text().split()
-        return int(pid), int(start)
-    except (OSError, ValueError):
-        return None
-
-
-def _stop_recorded(instance: Path, name: str) -> None:
-    rec = _recorded_pid(instance, name)
-    if rec is not None:
-        _signal_and_wait(*rec)
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _shim_pids(socket: Path) -> list[int]:
-    """containerd shims started for this instance: their argv names our containerd socket."""
-    pids = []
-    needle = str(socket).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-address" in argv and needle in argv and b"containerd-shim" in argv[0]:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill_tree(roots: list[int]) -> None:
-    """SIGKILL the shims and every descendant (container processes), leaves first."""
-    children = _children_map()
-    order: list[tuple[int, int]] = []
-    stack = list(roots)
-    while stack:
-        pid = stack.pop()
-        start = _start_time(pid)
-        if start is not None:
-            order.append((pid, start))
-        stack.extend(children.get(pid, []))
-    for pid, start in reversed(order):
-        if _same_process(pid, start):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_same_process(p, s) for p, s in order):
-        time.sleep(0.05)
-
-
-def _ctr(socket: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return _run(["ctr", "--address", str(socket), "-n", "k8s.io", *args], check=False,
-                timeout=timeout)  # fmt: skip
-
-
-def _stop_containers(socket: Path) -> None:
-    """Kill and delete every task and container of this containerd (namespace k8s.io)."""
-    for task in _ctr(socket, "tasks", "ls", "-q").stdout.split():
-        _ctr(socket, "tasks", "kill", "-a", "-s", "SIGKILL", task)
-    for task in _ctr(socket, "tasks", "ls", "-q").stdout.split():
-        _ctr(socket, "tasks", "delete", "-f", task)
-    for container in _ctr(socket, "containers", "ls", "-q").stdout.split():
-        _ctr(socket, "containers", "delete", container)
-
-
-def owned_pod_netns(netns: str) -> list[str]:
-    """The `cni-*` namespaces whose veth peer lives in our node namespace `netns`."""
-    owned = []
-    for path in sorted(NETNS_DIR.glob("cni-*")):
-        ids = _run(["ip", "-n", path.name, "-j", "netns", "list-id"], check=False, timeout=10)
-        if ids.returncode != 0 or not ids.stdout.strip():
-            continue
-        with contextlib.suppress(json.JSONDecodeError):
-            if any(entry.get("name") == netns for entry in json.loads(ids.stdout)):
-                owned.append(path.name)
-    return owned
-
-
-def mounts_under(prefix: Path) -> list[str]:
-    """Mount points at or under prefix, deepest first (from /proc/self/mountinfo)."""
-    base = str(prefix).rstrip("/")
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == base or point.startswith(base + "/"):
-            points.append(point)
-    return sorted(points, key=lambda p: (p.count("/"), p), reverse=True)
-
-
-def teardown_instance(instance: Path, binaries: Binaries | None = None) -> None:
-    """Remove everything an instance made, using only what it recorded in its directory."""
-    try:
-        owner = json.loads((instance / "owner.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        owner = {}
-    netns = owner.get("netns", instance.name)
-    socket = instance / "containerd" / "containerd.sock"
-    _stop_recorded(instance, "kubelet")
-    container_ids = {
-        p.name
-        for p in (instance / "containerd/state/io.containerd.runtime.v2.task/k8s.io").glob("*")
-    }
-    rec = _recorded_pid(instance, "containerd")
-    if rec is not None and _same_process(*rec) and socket.exists():
-        container_ids |= set(_ctr(socket, "containers", "ls", "-q").stdout.split())
-        _stop_containers(socket)
-    _stop_recorded(instance, "containerd")
-    _kill_tree(_shim_pids(socket))
-    for cid in container_ids:  # the shims' sockets: containerd names them by address/ns/id
-        digest = hashlib.sha256(os.path.join(str(socket), "k8s.io", cid).encode()).hexdigest()
-        with contextlib.suppress(OSError):
-            (SHIM_SOCKET_DIR / digest).unlink()
-    pod_netns: list[str] = []
-    if (NETNS_DIR / netns).exists():
-        pod_netns = owned_pod_netns(netns)
-        with contextlib.suppress(OSError):  # for a teardown cut short and retried
-            (instance / "pod-netns").write_text("\n".join(pod_netns))
-        if binaries is not None and (NETNS_DIR / netns).exists():
-            _run(["nsenter", f"--net={NETNS_DIR / netns}", "--",
-                  str(binaries.node_bin / "kube-proxy"), "--cleanup"],
-                 check=False, timeout=30)  # fmt: skip
-    else:
-        with contextlib.suppress(OSError):
-            pod_netns = (instance / "pod-netns").read_text().split()
-    for name in pod_netns:
-        _run(["ip", "netns", "delete", name], check=False)
-    for name in ("kuberay-operator", "coredns", "kube-proxy", "kube-scheduler",
-                 "kube-controller-manager", "kube-apiserver", "etcd"):  # fmt: skip
-        _stop_recorded(instance, name)
-    for point in mounts_under(instance):
-        if _run(["umount", point], check=False).returncode != 0:
-            _run(["umount", "-l", point], check=False)
-    for cid in container_ids:  # empty cgroups runc left when its task was killed outright
-        for cgroup in Path("/sys/fs/cgroup").glob(f"*/k8s.io/{cid}"):
-            with contextlib.suppress(OSError):
-                cgroup.rmdir()
-    if (NETNS_DIR / netns).exists():
-        _run(["ip", "netns", "delete", netns], check=False)
-    shutil.rmtree(Path("/etc/netns") / netns, ignore_errors=True)
-    pod_logs = str(instance / "pod-logs")
-    for link in Path("/var/log/containers").glob("*.log"):
-        with contextlib.suppress(OSError):
-            if os.readlink(link).startswith(pod_logs):
-                link.unlink()
-    results = Path("/var/lib/cni/results")  # libcni's cache: one file per attachment
-    for result in results.glob(f"mainsail-{instance.name}-*"):
-        result.unlink(missing_ok=True)
-    for cid in container_ids:
-        (results / f"cni-loopback-{cid}-lo").unlink(missing_ok=True)
-    shutil.rmtree(instance, ignore_errors=True)
-
-
-def cleanup_stale(base: Path | None = None) -> list[str]:
-    """Tear down instances under base whose owner process is gone; returns their ids."""
-    base = base or default_base_dir()
-    if not base.is_dir():
-        return []
-    cleaned = []
-    with (base / ".cleanup.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two starts never tear down the same leftover at once
-        for instance in sorted(base.glob("msn-*")):
-            try:
-                owner = json.loads((instance / "owner.json").read_text())
-                alive = _same_process(int(owner["pid"]), int(owner["start"]))
-            except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                # owner.json is written right after mkdir (and removed last by its own
-                # teardown): leave a dir that is new or already going away.
-                try:
-                    alive = time.time() - instance.stat().st_mtime < 30
-                except OSError:
-                    continue
-            if not alive:
-                teardown_instance(instance)
-                cleaned.append(instance.name)
-    return cleaned
 
 
 def start_node(
@@ -962,7 +514,7 @@ def start_node(
     instance.mkdir(parents=True)
     instance.chmod(0o700)
     (instance / "owner.json").write_text(
-        json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid()), "netns": node_id})
+        json.dumps({"pid": os.getpid(), "start": start_time(os.getpid()), "netns": node_id})
     )
     log_dir = log_dir or instance / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,8 @@ def _load_path(name: str, path: Path) -> ModuleType:
 
 
 dockerfile = _load("dockerfile")
-build = _load("build")
+image_cache = _load("image_cache")
+image_steps = _load("image_steps")
 
 
 def test_continuations_env_expansion_workdir_and_copy_destinations() -> None:
@@ -110,21 +111,21 @@ def test_anything_outside_the_subset_is_refused_with_its_line(text: str, says: s
         dockerfile.parse(text)
 
 
-@pytest.mark.parametrize("name", build.NAMES)
+@pytest.mark.parametrize("name", image_cache.NAMES)
 def test_every_image_file_parses_and_copies_existing_context_paths(name: str) -> None:
-    spec = dockerfile.parse(build.dockerfile_path(name).read_text())
-    assert spec.base in build.BASES
+    spec = dockerfile.parse(image_cache.dockerfile_path(name).read_text())
+    assert spec.base in image_cache.BASES
     assert spec.user and spec.user.split(":")[0] != "0", "images run as a non-root user"
-    patterns = build.ignore_patterns(ROOT)
+    patterns = image_cache.ignore_patterns(ROOT)
     for step in spec.steps:
         if isinstance(step, dockerfile.Copy):
             for source in step.sources:
-                assert list(build.context_files(ROOT, source, patterns)), source
-    assert build.image_config(spec)["Env"][0].startswith("PATH=")
+                assert list(image_cache.context_files(ROOT, source, patterns)), source
+    assert image_cache.image_config(spec)["Env"][0].startswith("PATH=")
 
 
 def _installed_extra(name: str) -> str:
-    text = build.dockerfile_path(name).read_text()
+    text = image_cache.dockerfile_path(name).read_text()
     runs = [s for s in dockerfile.parse(text).steps if isinstance(s, dockerfile.Run)]
     extras = [w for s in runs for w in s.command.split() if w.startswith("'.[")]
     assert len(extras) == 1, f"Dockerfile.{name} should install exactly one '.[extra]'"
@@ -152,13 +153,13 @@ def test_each_python_image_installs_its_component_extra(
 
 def test_dockerignore_matching() -> None:
     patterns = [".venv", "**/__pycache__", "**/*.pyc", "build"]
-    assert build.ignored(".venv", patterns)
-    assert build.ignored(".venv/bin/python", patterns)
-    assert build.ignored("router/mainsail/__pycache__/x.cpython-311.pyc", patterns)
-    assert build.ignored("a/b/c.pyc", patterns)
-    assert build.ignored("build/x", patterns)
-    assert not build.ignored("router/mainsail/build.py", patterns)
-    assert not build.ignored("router/mainsail/router/server.py", patterns)
+    assert image_cache.ignored(".venv", patterns)
+    assert image_cache.ignored(".venv/bin/python", patterns)
+    assert image_cache.ignored("router/mainsail/__pycache__/x.cpython-311.pyc", patterns)
+    assert image_cache.ignored("a/b/c.pyc", patterns)
+    assert image_cache.ignored("build/x", patterns)
+    assert not image_cache.ignored("router/mainsail/build.py", patterns)
+    assert not image_cache.ignored("router/mainsail/router/server.py", patterns)
 
 
 def test_image_key_follows_copied_content_not_ignored_files(tmp_path: Path) -> None:
@@ -168,24 +169,24 @@ def test_image_key_follows_copied_content_not_ignored_files(tmp_path: Path) -> N
     (tmp_path / "other.txt").write_text("not copied\n")
     text = "FROM debian:bookworm-slim\nCOPY pkg /src/pkg\n"
     spec = dockerfile.parse(text)
-    key = build.image_key(text, spec, tmp_path)
+    key = image_cache.image_key(text, spec, tmp_path)
     (tmp_path / "pkg" / "__pycache__").mkdir()
     (tmp_path / "pkg" / "__pycache__" / "a.pyc").write_bytes(b"\0")
     (tmp_path / "other.txt").write_text("changed\n")
-    assert build.image_key(text, spec, tmp_path) == key
+    assert image_cache.image_key(text, spec, tmp_path) == key
     (tmp_path / "pkg" / "a.py").write_text("A = 2\n")
-    changed = build.image_key(text, spec, tmp_path)
+    changed = image_cache.image_key(text, spec, tmp_path)
     assert changed != key
     (tmp_path / "pkg" / "a.py").chmod(0o755)
-    assert build.image_key(text, spec, tmp_path) != changed
-    assert build.image_key(text + "ENV X=1\n", dockerfile.parse(text + "ENV X=1\n"), tmp_path) != (
-        build.image_key(text, spec, tmp_path)
+    assert image_cache.image_key(text, spec, tmp_path) != changed
+    assert image_cache.image_key(text + "ENV X=1\n", dockerfile.parse(text + "ENV X=1\n"), tmp_path) != (
+        image_cache.image_key(text, spec, tmp_path)
     )
 
 
 def test_runtime_config_is_what_the_oci_writer_takes() -> None:
-    spec = dockerfile.parse(build.dockerfile_path("router").read_text())
-    config = build.image_config(spec)
+    spec = dockerfile.parse(image_cache.dockerfile_path("router").read_text())
+    config = image_cache.image_config(spec)
     assert set(config) <= {"Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels"}
     assert config["Entrypoint"] == ["mainsail"]
     assert config["Cmd"] == ["router", "--config", "/etc/mainsail/config.json"]
@@ -210,10 +211,10 @@ def test_overlay_whiteouts_survive_the_layer_tar_and_unpacking(tmp_path: Path) -
     os.setxattr(upper / "opq", "trusted.overlay.opaque", b"y")
     (upper / "opq" / "new").write_text("n")
     (upper / "added").write_text("a")
-    build.convert_whiteouts(upper)
+    image_steps.convert_whiteouts(upper)
     assert (upper / "etc" / ".wh.gone").is_file() and (upper / "opq" / ".wh..wh..opq").is_file()
-    build.layer_tar(lower, tmp_path / "lower.tar")
-    build.layer_tar(upper, tmp_path / "upper.tar")
+    image_steps.layer_tar(lower, tmp_path / "lower.tar")
+    image_steps.layer_tar(upper, tmp_path / "upper.tar")
     layers = [tmp_path / "lower.tar", tmp_path / "upper.tar"]
     oci.write_image("mainsail/t:1", layers, {"User": "65532:65532"}, tmp_path / "image.tar")
     rootfs = tmp_path / "rootfs"
