@@ -48,7 +48,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dockerfile import parse
-
 from image_cache import (  # re-exported: tests and tools use them as build.<name>
     APT_SLIM,
     NAMES,

@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dockerfile import CacheMount, Copy, Run, Workdir, parse
-
 from image_cache import (
     DEFAULT_PATH,
     BuildError,

@@ -83,6 +83,8 @@ def test_blocks_spread_over_every_server_and_any_worker_finds_them(
     assert min(counts) >= BLOCKS // 6, counts  # 160 ring points each: no server left idle
 
     reader_tier = _tier(list(reversed(urls)))
+    assert reader_tier.identity() == writer_tier.identity()  # the router groups them as one
+    assert reader_tier.identity() != _tier(urls[:2]).identity()
     assert reader_tier.leading_hits(hashes) == BLOCKS
     out = torch.empty((BLOCKS, *codec.shape))
     assert reader_tier.fetch_into(hashes, codec.header, out) == BLOCKS

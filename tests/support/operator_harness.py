@@ -151,7 +151,10 @@ def get(bed: Any, ns: str, kind: str, name: str) -> dict[str, Any]:
 
 
 def names(bed: Any, ns: str) -> set[tuple[str, str]]:
-    kinds = "networkpolicies,configmaps,services,deployments,statefulsets,rayclusters,servingpools"
+    kinds = (
+        "networkpolicies,configmaps,services,deployments,statefulsets,rayclusters,servingpools,"
+        "poddisruptionbudgets"
+    )
     items = json.loads(
         bed.kubectl("get", "-n", ns, kinds, "-l", "mainsail.dev/deployment", "-o", "json").stdout
     )["items"]

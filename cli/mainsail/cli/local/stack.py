@@ -239,6 +239,10 @@ class LocalStack:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        # Ray waits 60 s for its dashboard process (started even without the UI, read when
+        # `ray` is imported); on a loaded machine that start alone took longer and ray.init
+        # failed outright ("Failed to start the dashboard").
+        os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
         import ray
 
         total = self._total_replicas()

@@ -93,6 +93,12 @@ class ShardedKVTier:
             groups.setdefault(int(shard), []).append(position)
         return groups
 
+    def identity(self) -> str:
+        """Equal for every worker sharing these servers and key namespace (whatever order
+        it got the URLs in): the servers' own identities, sorted and hashed."""
+        joined = "|".join(sorted(s.identity() for s in self.shards))
+        return hashlib.blake2b(joined.encode(), digest_size=8).hexdigest()
+
     def available(self) -> bool:
         """True while any server's circuit is closed (the others' blocks are misses)."""
         return any(s.available() for s in self.shards)
