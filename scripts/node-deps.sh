@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the test bed's node needs (tests/cluster, docs/testbed.md): containerd, runc,
-# the CNI plugins, iptables, iproute2, util-linux (nsenter), mmdebstrap, busybox-static, gcc and
-# libc6-dev (the pause image), openssl. Installs only what is missing; needs root and apt.
+# the CNI plugins, iptables, ipset (the NetworkPolicy enforcer), iproute2, util-linux (nsenter),
+# mmdebstrap, busybox-static, gcc and libc6-dev (the pause image), openssl. Installs only what
+# is missing; needs root and apt.
 # Without root it says so and exits 0: the cluster tier then skips.
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iptables iproute2 util-linux mmdebstrap
-          busybox-static gcc libc6-dev openssl conntrack)
+          busybox-static gcc libc6-dev openssl conntrack ipset)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

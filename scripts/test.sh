@@ -29,6 +29,8 @@ step "node test bed: Debian packages (containerd, runc, CNI plugins, iptables, m
 scripts/node-deps.sh
 step "node test bed: kubelet, kube-scheduler, kube-proxy, CoreDNS, KubeRay (Go modules)"
 deploy/testbed/ensure-node.sh >/dev/null
+step "node test bed: NetworkPolicy enforcer (kube-router's firewall controller, Go module)"
+deploy/testbed/ensure-netpol.sh >/dev/null
 step "node test bed: pause, busybox and debian-python images"
 python scripts/testbed_node.py prepare >/dev/null
 
