@@ -11,9 +11,10 @@ deleting the ModelDeployment + `helm uninstall` leaves nothing of ours in the na
 cluster except the CRDs (Helm never deletes what it installed from a chart's `crds/`).
 
 Edits to the example, to fit the test bed's two-core node with no GPU: no GPUs, small CPU and
-memory requests, one replica per pool, autoscaling off, and `router.replicas: 1` because
-workers register through the router's ClusterIP Service with one router pod only — several
-router pods (multi-router registration) are not implemented yet.
+memory requests, one replica per pool, autoscaling off, and `router.replicas: 1`: several
+router pods work (workers register with each through the headless `<name>-router-peers`
+Service), but a second router pod's CPU request (500m) does not fit beside the rest of this
+deployment on the two-core node (2.1 CPUs requested), so it would stay Pending.
 
 The tests run in file order and share one deployment (module fixture).
 """
@@ -68,7 +69,7 @@ def _cluster_document() -> dict[str, Any]:
         pool["resources"] = {"cpu": "250m", "memory": "3Gi"}
         pool["autoscaling"] = {"enabled": False}
     md["spec"]["pools"]["cache"] = {"replicas": 1, "maxMemory": "256Mi"}
-    # Multi-router registration is not implemented: workers reach one router pod only.
+    # A second router pod does not fit the two-core node's CPU (see the module docstring).
     md["spec"]["router"]["replicas"] = 1
     return md
 
