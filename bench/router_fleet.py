@@ -223,10 +223,8 @@ def main() -> int:
                 added[n].append(this[n]["ttft_p50_ms"] - base)
     cores = os.cpu_count()
     print(f"{args.workers} fake-engine workers, {cores} cores, medians of {args.repeats}")
-    print(
-        "| replicas | req/s | TTFT p50 (ms) | vs 1 replica (ms) | e2e p50 (ms) | router CPU/req |"
-    )
-    print("|---|---|---|---|---|---|")
+    print("| replicas | req/s | TTFT p50 | vs 1 replica | e2e p50 | router CPU/req | errors |")
+    print("|---|---|---|---|---|---|---|")
     for n in counts:
         med = {k: statistics.median(r[k] for r in runs[n]) for k in runs[n][0]}
         print(
