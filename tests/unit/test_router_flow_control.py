@@ -26,7 +26,7 @@ from mainsail.router.testing import (
     held_at_router,
     settle,
 )
-from mainsail.spec.deployment import SLO, SLOClass
+from mainsail.spec.deployment import SLO, RequestTargetBounds, SLOClass
 
 pytestmark = pytest.mark.unit
 CAPACITY = 16  # the capacity filter's 2.0 x max_num_seqs 8 of a fake worker
@@ -191,11 +191,15 @@ def test_out_of_bounds_targets_are_refused_naming_the_field(
 
 def test_priority_comes_from_the_class_and_may_be_raised(tiny_model_dir: Path) -> None:
     router: Router
-    router, _ = fake_router(
-        tiny_model_dir, slo=SLO(classes=[SLOClass(name="batch", priority=-3, ttft_ms=9000)])
-    )
+    classes = [SLOClass(name="batch", priority=-3, ttft_ms=9000)]
+    router, _ = fake_router(tiny_model_dir, slo=SLO(classes=classes))
     sheddable = router.prepare(_req("x", slo_class="batch"))
     assert sheddable.priority == -3 and sheddable.ttft_target_s == 9.0
+    # By default a request cannot pick its own band; the deployment may allow it, bounded.
+    assert router.prepare(_req("x", priority=50)).priority == 0
+    bounds = RequestTargetBounds(max_priority=5)
+    router, _ = fake_router(tiny_model_dir, slo=SLO(classes=classes, request_bounds=bounds))
     assert router.prepare(_req("x", slo_class="batch", priority=2)).priority == 2
+    assert router.prepare(_req("x", priority=50)).priority == 5
     assert router.prepare(_req("x", fairness_id="f")).flow == "f:f"
     assert router.prepare(_req("x", fairness_id="f"), tenant="k:1").flow == "k:1"

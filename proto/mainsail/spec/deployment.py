@@ -407,6 +407,14 @@ class RequestTargetBounds(SpecModel):
     max_ttft_ms: float = Field(600_000, gt=0, description="Loosest TTFT target a request may ask.")
     min_tpot_ms: float = Field(5, gt=0, description="Tightest TPOT target a request may ask.")
     max_tpot_ms: float = Field(60_000, gt=0, description="Loosest TPOT target a request may ask.")
+    max_priority: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Highest band a request's own `priority` field may raise it to (higher "
+        "values are lowered to this). 0: only SLO classes set bands, so no client can jump "
+        "the queue by asking.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> RequestTargetBounds:

@@ -114,8 +114,9 @@ class RequestPreparer:
                 f"Unknown SLO class `{request.slo_class}` (known: {known}).", param="slo_class"
             )
         slo = self._slo.get(request.slo_class)
-        # A class sets the band (negative: sheddable); a request's own priority may raise it.
-        priority = request.priority
+        # A class sets the band (negative: sheddable); a request's own priority may raise it,
+        # up to what the deployment allows (`slo.requestBounds.maxPriority`).
+        priority = min(request.priority, self.config.slo.request_bounds.max_priority)
         if slo is not None:
             priority = max(priority, slo.priority) if priority else slo.priority
         ttft_ms = (
