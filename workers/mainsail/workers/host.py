@@ -192,6 +192,7 @@ class WorkerHost:
         if spec.fake_engine:
             fake = FakeEngine()
             engine, snapshot = fake, fake.kv_snapshot
+            tier_snapshot = None
         else:
             import torch
 
@@ -206,6 +207,7 @@ class WorkerHost:
                 config = dataclasses.replace(config, kv_tier_fetch="always")
             real = AsyncEngine(await asyncio.to_thread(Engine, spec.model_dir, config))
             engine, snapshot = real, real.kv_snapshot
+            tier_snapshot = real.kv_tier_snapshot
             migrator = self.migrator = KVMigrator(real, self.credential)
             limits = RequestLimits(
                 vocab_size=real.engine.model_config.vocab_size,
@@ -217,7 +219,9 @@ class WorkerHost:
             self.metrics_server = serve_worker_metrics(
                 spec.model_name, engine.metrics, cache, spec.host, spec.metrics_port
             )
-        self.hub = KVEventHub(spec.worker_id, engine.drain_kv_events, snapshot)
+        self.hub = KVEventHub(
+            spec.worker_id, engine.drain_kv_events, snapshot, tier_snapshot=tier_snapshot
+        )
         self.hub.start()
         if spec.tracing.enabled:
             from mainsail.workers.tracing import WorkerTracing

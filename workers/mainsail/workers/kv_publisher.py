@@ -2,8 +2,10 @@
 
 The engine has one event queue (drained here every `interval` seconds); each router that
 calls KVEvents gets its own bounded asyncio queue, starting with a snapshot of every block
-the engine holds. A subscriber that falls behind is sent a fresh snapshot instead of an
-unbounded backlog, so a slow router can never grow the worker's memory.
+the engine holds (and, with a shared tier, of the blocks it knows are there: a router that
+starts or reconnects late, or a second router replica, learns the tier too). A subscriber
+that falls behind is sent a fresh snapshot instead of an unbounded backlog, so a slow router
+can never grow the worker's memory.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ class KVEventHub:
         drain: Callable[[], list[KVEvent]],
         snapshot: Callable[[], list[int]],
         *,
+        tier_snapshot: Callable[[], list[int] | None] | None = None,
         interval: float = 0.05,
         max_backlog: int = 256,
     ) -> None:
         self.worker_id = worker_id
         self._drain = drain
         self._snapshot = snapshot
+        self._tier_snapshot = tier_snapshot
         self.interval = interval
         self.max_backlog = max_backlog
         self._subscribers: set[asyncio.Queue[pb.KVEventBatch]] = set()
@@ -55,10 +59,17 @@ class KVEventHub:
         return pb.KVEventBatch(worker_id=self.worker_id, sequence=self._sequence, events=events)
 
     def _snapshot_batch(self) -> pb.KVEventBatch:
-        event = pb.KVEvent(
-            kind=pb.KVEvent.KIND_SNAPSHOT, tier=pb.KV_TIER_DEVICE, block_hashes=self._snapshot()
-        )
-        return self._next([event])
+        events = [
+            pb.KVEvent(
+                kind=pb.KVEvent.KIND_SNAPSHOT, tier=pb.KV_TIER_DEVICE, block_hashes=self._snapshot()
+            )
+        ]
+        tier = self._tier_snapshot() if self._tier_snapshot is not None else None
+        if tier is not None:
+            events.append(
+                pb.KVEvent(kind=pb.KVEvent.KIND_SNAPSHOT, tier=pb.KV_TIER_REDIS, block_hashes=tier)
+            )
+        return self._next(events)
 
     def subscribe(self, snapshot: bool = True) -> asyncio.Queue[pb.KVEventBatch]:
         """A new subscriber queue, primed with a snapshot when asked."""

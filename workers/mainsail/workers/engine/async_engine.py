@@ -207,6 +207,12 @@ class AsyncEngine:
             events, self._events = self._events, []
         return events
 
+    def kv_tier_snapshot(self) -> list[int] | None:
+        """Blocks this worker knows are in its shared tier (None without a tier); the writer
+        locks itself, so any thread may ask."""
+        link = self.engine.kv_tier
+        return None if link is None else link.writer.known()
+
     def kv_snapshot(self) -> list[int]:
         """Cached block hashes as of the latest step."""
         with self._lock:

@@ -138,6 +138,13 @@ class BlockWriter:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def known(self) -> list[int]:
+        """Hashes this worker knows to be in the tier (it stored or fetched them), oldest
+        first, at most ``remember_blocks``: the tier part of a KV event snapshot."""
+        with self._cond:
+            self._forget_after_errors()
+            return list(self._known)
+
     def _forget_after_errors(self) -> None:
         errors = self.tier.stats.errors
         if errors != self._errors_seen:
