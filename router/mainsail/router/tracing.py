@@ -16,8 +16,9 @@ Span tree of one request (names as exported; docs/observability.md lists the att
     ├── mainsail.dispatch            choose + book + submit + first chunk (all fail-overs)
     │   ├── mainsail.admission       admission and the flow queue (429); new requests only
     │   ├── mainsail.wait            held for capacity (only when the first pass found none)
-    │   ├── mainsail.schedule        one scheduling pass: chosen worker, total per candidate
-    │   │   └── mainsail.filter.<name> / mainsail.scorer.<name> / mainsail.picker.<name>
+    │   ├── mainsail.schedule        the scheduling pass that chose: chosen worker, total per
+    │   │                            candidate, each plugin's seconds, filters' kept counts and
+    │   │                            scorers' scores of the chosen worker (attributes)
     │   └── mainsail.worker.request  (on the worker: queue, prefill, decode)
     └── mainsail.migration           a move to another worker (resume, migrate, handoff)
         ├── mainsail.dispatch        ... as above (a move by recompute)

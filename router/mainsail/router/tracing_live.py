@@ -4,8 +4,9 @@ Imported only when tracing is enabled (it imports OpenTelemetry). Spans are pare
 explicitly — each trace keeps its current span and a phase nests under it — rather than
 through OpenTelemetry's context variables, because a request's phases run in more than one
 task (the front's, then the stream consumer's) and generators would leak attached contexts.
-Scheduling plugins run in microseconds inside one synchronous pass, so their spans are made
-after the pass from the timings the profile already measures, laid end to end.
+Scheduling plugins run in microseconds inside one synchronous pass: the pass is one span made
+afterwards from the timings the profile already measures, each plugin's time and result its
+attributes (a span per plugin cost more than the pass itself).
 """
 
 from __future__ import annotations
@@ -172,30 +173,25 @@ class LiveTrace(RequestTrace):
             self._idle_since = 0
         span = self.child("mainsail.schedule", start_time=begin)
         best = sorted(decision.scores.items(), key=lambda kv: kv[1], reverse=True)[:_MAX_LISTED]
-        span.set_attributes(
-            {
-                "mainsail.scheduling.candidates": candidates,
-                "mainsail.scheduling.chosen_worker": decision.worker_id,
-                "mainsail.scheduling.passes": self._passes,
-                "mainsail.scheduling.workers": [w for w, _ in best],
-                "mainsail.scheduling.totals": [float(t) for _, t in best],
-            }
-        )
-        # The plugins ran back to back at the end of the pass (after the index lookup).
-        cursor = end - sum(int(t.seconds * 1e9) for t in decision.timings)
-        parent = set_span_in_context(span)
+        attributes: dict[str, AttributeValue] = {
+            "mainsail.scheduling.candidates": candidates,
+            "mainsail.scheduling.chosen_worker": decision.worker_id,
+            "mainsail.scheduling.passes": self._passes,
+            "mainsail.scheduling.workers": [w for w, _ in best],
+            "mainsail.scheduling.totals": [float(t) for _, t in best],
+        }
+        # Each plugin's time and result as attributes of the pass (plugins take microseconds;
+        # a span each would cost more than the pass itself).
         for timing in decision.timings:
-            plugin = self.owner.tracer.start_span(
-                f"mainsail.{timing.kind}.{timing.name}", context=parent, start_time=cursor
-            )
+            prefix = f"mainsail.{timing.kind}.{timing.name}"
+            attributes[f"{prefix}.seconds"] = timing.seconds
+            if timing.kept is not None:
+                attributes[f"{prefix}.kept"] = timing.kept
             if timing.kind == "scorer":
                 score = decision.components.get(timing.name)
                 if score is not None:
-                    plugin.set_attribute("mainsail.scheduling.score", float(score))
-            if timing.kept is not None:
-                plugin.set_attribute("mainsail.scheduling.kept", timing.kept)
-            cursor += int(timing.seconds * 1e9)
-            plugin.end(end_time=cursor)
+                    attributes[f"{prefix}.score"] = float(score)
+        span.set_attributes(attributes)
         span.end(end_time=end)
 
     def attempt(self, worker_id: str, role: str, hit_blocks: int, work: pb.WorkerRequest) -> None:
