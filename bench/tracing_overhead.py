@@ -9,8 +9,10 @@ Repeats alternate between the two stacks, so both see the same machine load.
 
 For each stack: TTFT and end-to-end p50 over sequential streamed requests through the HTTP
 (SSE) and gRPC fronts, and requests/s with `--clients` concurrent HTTP streams; every figure
-is the median over `--repeats`. Usage:
-`python bench/tracing_overhead.py [--requests 300] [--repeats 5] [--clients 32]`.
+is the median over `--repeats`. Also, in this process: what the tracing-off path costs one
+request (the calls the request path makes on `NO_TRACE`; best of 5 x 200k), and that it never
+loads the recording side (the module that imports OpenTelemetry). Usage:
+`python bench/tracing_overhead.py [--requests 300] [--repeats 5] [--clients 32] [--noop-only]`.
 """
 
 from __future__ import annotations
@@ -75,6 +77,40 @@ def sink(port: int, out: Path) -> int:
     signal.signal(signal.SIGTERM, stop)
     server.wait_for_termination()
     return 0
+
+
+def noop_cost() -> float:
+    """Microseconds the tracing-off path adds to one request: the calls the request path makes
+    on the disabled trace (front, open, phases, a scheduling pass, a dispatch, the end)."""
+    from mainsail.proto.v1 import mainsail_pb2 as pb
+    from mainsail.router.scheduling.types import Decision
+    from mainsail.router.tracing import RouterTracing
+
+    tracing = RouterTracing(Tracing())
+    decision, chunk = Decision("w0"), pb.TokenChunk(finish_reason="stop")
+    work, headers = pb.WorkerRequest(request_id="r"), [(b"host", b"x")]
+
+    def one() -> None:
+        trace = tracing.begin("http", headers, "/v1/completions")
+        trace.start()
+        with trace.phase("mainsail.prepare"):
+            pass
+        with trace.phase("mainsail.dispatch"):
+            with trace.phase("mainsail.admission"):
+                pass
+            trace.decision(decision, 1e-5, 1)
+            trace.attempt("w0", "unified", 0, work)
+        trace.finish(chunk, "w0", True)
+
+    n, best = 200_000, float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            one()
+        best = min(best, (time.perf_counter() - t0) / n)
+    if "mainsail.router.tracing_live" in sys.modules:  # the module that imports OpenTelemetry
+        raise RuntimeError("tracing off loaded the recording side")
+    return best * 1e6
 
 
 def _wait_file(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -158,11 +194,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--noop-only", action="store_true", help="only the tracing-off cost")
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # internal: run the sink
     parser.add_argument("--sink-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
         return sink(args.sink, args.sink_out)
+    off_us = noop_cost()
+    print(f"tracing off: {off_us:.2f} us per request (no-op calls; recording side not loaded)")
+    if args.noop_only:
+        return 0
 
     model_dir = ensure_checkpoint("llama")
     tmp = Path(tempfile.mkdtemp(prefix="mainsail-bench-tracing-"))

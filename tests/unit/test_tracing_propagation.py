@@ -3,13 +3,21 @@ tracing settings. The full span tree of a real request is in tests/integration/t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from pydantic import ValidationError
 from support.tracing import ON, MemoryTracing, parent_id, span_id, trace_id
 
+from mainsail.cli.defaults import TINY_DEPLOYMENT
+from mainsail.cli.router_cmd import router_config_from_document
+from mainsail.operator.desired_config import deployment_config
+from mainsail.operator.naming import Owner
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.settings import RouterConfig
 from mainsail.router.tracing import NO_TRACE, RouterTracing
+from mainsail.spec.config_document import DeploymentDocument
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.spec.tracing import (
     MAX_TRACESTATE,
@@ -17,6 +25,7 @@ from mainsail.spec.tracing import (
     bounded_carrier,
     carrier_from_pairs,
 )
+from mainsail.workers.cluster_supervisor import spec_factory
 from mainsail.workers.engine import RequestOutput
 from mainsail.workers.tracing import WorkerTracing
 
@@ -62,7 +71,7 @@ def test_settings_need_an_endpoint_when_enabled() -> None:
     assert Tracing().enabled is False
 
 
-def test_deployment_tracing_reaches_the_router_config(tmp_path: object) -> None:
+def test_deployment_tracing_reaches_the_router_config() -> None:
     deployment = ModelDeployment.model_validate(
         {
             "metadata": {"name": "tiny"},
@@ -76,7 +85,7 @@ def test_deployment_tracing_reaches_the_router_config(tmp_path: object) -> None:
             },
         }
     )
-    config = RouterConfig.from_deployment(deployment, model_dir=__import__("pathlib").Path("/m"))
+    config = RouterConfig.from_deployment(deployment, model_dir=Path("/m"))
     assert config.tracing == deployment.spec.tracing
     assert config.tracing.sample_ratio == 0.25
 
@@ -209,3 +218,13 @@ def test_worker_records_nothing_for_an_unsampled_trace() -> None:
     request.trace_context["traceparent"] = UNSAMPLED
     assert _worker(memory).begin(request) is None
     assert memory.spans() == []
+
+
+def test_the_operators_document_carries_tracing_to_router_and_cluster_workers() -> None:
+    raw = yaml.safe_load(TINY_DEPLOYMENT)
+    raw["spec"]["tracing"] = {"enabled": True, "endpoint": "http://otel:4317", "sampleRatio": 0.5}
+    deployment = ModelDeployment.model_validate(raw)
+    doc = deployment_config(Owner(name="tiny", namespace="d", uid="u"), deployment.spec, [])
+    assert router_config_from_document(doc).tracing == deployment.spec.tracing
+    make = spec_factory(DeploymentDocument.model_validate(doc))
+    assert make("unified", 0).tracing == deployment.spec.tracing
