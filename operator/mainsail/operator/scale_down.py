@@ -1,8 +1,9 @@
 """Which worker pods a shrinking pool removes: a pure function of the pods and the counts.
 
 Why the operator chooses (and not KubeRay at random): a worker must be drained before its pod
-goes, so that its requests move to the workers that stay (the router continues each one,
-token-identical) instead of failing. The reconciler drains each newly chosen pod's worker
+goes, so that its requests move to the workers that stay (the router's migration planner
+spreads them and each moves with its KV, token-identical; the drain call returns once they
+moved) instead of failing. The reconciler drains each newly chosen pod's worker
 through the router's admin API (`POST /workers/<pod>/drain`; on a cluster a worker's id is its
 pod's name) and only then hands the names to KubeRay in the worker group's
 `scaleStrategy.workersToDelete` together with the lower `replicas`. Names stay in that list

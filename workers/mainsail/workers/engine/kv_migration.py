@@ -123,6 +123,10 @@ class KVMigrations:
                 f"request {request_id!r} was preempted since its blocks were copied"
             )
         bs = self._kv.block_size
+        scheduled = seq in self._scheduler.running or seq in self._scheduler.waiting
+        if final and not scheduled:  # e.g. still loading its prefix from the shared tier
+            self._outgoing.pop(request_id, None)
+            raise MigrationError(f"request {request_id!r} is not scheduled here yet")
         if final:
             out.paused = True
             out.was_running = seq in self._scheduler.running
