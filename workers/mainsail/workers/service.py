@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from mainsail.workers.tracing import RequestSpans, WorkerTracing
 
 _PUBLISH_TIMEOUT_S = 5.0  # past it the decode worker recomputes what is missing
-_REUSE_WAIT_S = 2.0
+_REUSE_WAIT_S = 10.0
 
 
 class ServingEngine(Protocol):

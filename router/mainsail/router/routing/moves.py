@@ -33,7 +33,7 @@ from mainsail.router.routing.route_stream import (
 from mainsail.router.settings import RouterConfig
 
 log = logging.getLogger(__name__)
-_CANCEL_WAIT_S = 5.0  # for a given-up KV move's target to end the request
+_CANCEL_WAIT_S = 10.0  # for a given-up KV move's target to end the request
 DRAIN_WAIT_S = 8.0
 """How long a drain waits for its moves with the KV (the operator's drain call allows 10 s
 before it removes the pod; a move still under way then falls back to recompute)."""

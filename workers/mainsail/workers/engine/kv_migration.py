@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mainsail.spec.kvhash import chain_hashes
 from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.detokenizer import DetokenizerState
 from mainsail.workers.engine.errors import EngineInputError
@@ -231,8 +230,8 @@ class KVMigrations:
             self._incoming[rid] = blocks
             self.drop_import(rid)
             raise
-        seq.token_ids.extend(state.output_ids)
-        seq.block_hashes = chain_hashes(seq.token_ids, seq.block_size, seq.hash_seed, req.kv_key)
+        for token in state.output_ids:  # the prompt's blocks are hashed already
+            seq.append(token)
         seq.table = BlockTable(blocks, 0)
         seq.num_computed = state.num_computed
         seq.cached_tokens = state.cached_tokens
