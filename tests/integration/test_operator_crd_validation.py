@@ -93,6 +93,14 @@ CASES = {
         _with("spec.model", {"name": "x", "path": "/m", "volume": {"claimName": "Bad_Name"}}),
         ["spec.model.volume.claimName", "should match"],
     ),
+    "cel-expert-parallel-range": (
+        _with("spec.engine.expertParallel", {"min": 4, "max": 2}),
+        ["spec.engine.expertParallel.min", "min must be <= max"],
+    ),
+    "cel-expert-parallel-divisible": (
+        _with("spec.engine", {"tensorParallel": 2, "expertParallel": {"min": 2, "max": 3}}),
+        ["spec.engine.expertParallel", "multiples of tensorParallel"],
+    ),
     "name-length": (_with("metadata.name", "x" * 60), ["metadata.name must be at most 55"]),
     "unknown-field": (_with("spec.engine.bogus", 1), ['unknown field "spec.engine.bogus"']),
 }

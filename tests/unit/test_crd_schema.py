@@ -21,6 +21,8 @@ from mainsail.spec.crd import (
 )
 from mainsail.spec.deployment import (
     Autoscaling,
+    EngineSettings,
+    ExpertParallelRange,
     ModelDeploymentSpec,
     ModelSource,
     ModelVolume,
@@ -134,6 +136,9 @@ def test_roles_match_the_pools_model() -> None:
         (ModelVolume, {"claimName": "c", "hostPath": "/d"}),
         (ModelVolume, {"hostPath": "/d/../etc"}),
         (ModelVolume, {"claimName": "c", "subPath": "a/.."}),
+        (ExpertParallelRange, {"min": 4, "max": 2}),
+        (EngineSettings, {"tensorParallel": 2, "expertParallel": {"min": 2, "max": 3}}),
+        (EngineSettings, {"tensorParallel": 2, "expertParallel": {"min": 1, "max": 4}}),
     ],
 )
 def test_cel_rules_have_pydantic_twins(model: type, document: dict[str, Any]) -> None:

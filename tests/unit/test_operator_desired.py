@@ -84,6 +84,17 @@ def test_ray_cluster_has_one_gpu_worker_group_per_pool() -> None:
     assert json.loads(json.loads(decode["rayStartParams"]["resources"])) == {"mainsail-decode": 1}
 
 
+def test_a_sharded_pool_offers_one_ray_cpu_per_rank() -> None:
+    spec = _spec("mixtral-moe.yaml")
+    assert spec.engine.ranks == 4  # tensorParallel 2, expertParallel up to 4
+    kinds = _by_kind(desired_children(OWNER, spec, SETTINGS))
+    (group,) = kinds["RayCluster"][0]["spec"]["workerGroupSpecs"]
+    assert group["rayStartParams"]["num-cpus"] == "4"
+    plain = _by_kind(desired_children(OWNER, _spec("tiny.yaml"), SETTINGS))
+    (tiny,) = plain["RayCluster"][0]["spec"]["workerGroupSpecs"]
+    assert "num-cpus" not in tiny["rayStartParams"]
+
+
 def test_one_kv_config_is_handed_to_router_and_workers() -> None:
     spec = _spec("dense-prefill-decode.yaml")
     kinds = _by_kind(desired_children(OWNER, spec, SETTINGS))

@@ -155,6 +155,16 @@ def _container(
     }
 
 
+def _ray_start_params(spec: ModelDeploymentSpec, role: str) -> dict[str, str]:
+    """A custom Ray resource per role lets actors be placed on their pool's nodes only. A
+    sharded worker's rank actors each take a one-CPU bundle of its placement group (and one
+    of the pod's GPUs on a GPU pool), so the pod offers one logical CPU per rank."""
+    params = {"resources": json.dumps(json.dumps({f"mainsail-{role}": 1}))}
+    if spec.engine.sharded:
+        params["num-cpus"] = str(spec.engine.ranks)
+    return params
+
+
 def worker_group(
     owner: Owner,
     spec: ModelDeploymentSpec,
@@ -206,8 +216,7 @@ def worker_group(
         "replicas": replicas,
         "minReplicas": 0,
         "maxReplicas": max(replicas, pool.autoscaling.max_replicas),
-        # A custom Ray resource per role lets actors be placed on their pool's nodes only.
-        "rayStartParams": {"resources": json.dumps(json.dumps({f"mainsail-{role}": 1}))},
+        "rayStartParams": _ray_start_params(spec, role),
         "scaleStrategy": {"workersToDelete": list(workers_to_delete)},
         "template": template,
     }

@@ -32,6 +32,8 @@ from mainsail.spec.deployment import (
     API_VERSION,
     KIND,
     Autoscaling,
+    EngineSettings,
+    ExpertParallelRange,
     ModelDeploymentSpec,
     ModelSource,
     ModelVolume,
@@ -148,6 +150,23 @@ CEL_RULES: dict[type[BaseModel], list[Schema]] = {
             "rule": "self.minReplicas <= self.maxReplicas",
             "message": "minReplicas must be <= maxReplicas",
             "fieldPath": ".minReplicas",
+            "reason": "FieldValueInvalid",
+        }
+    ],
+    ExpertParallelRange: [
+        {
+            "rule": "self.min <= self.max",
+            "message": "min must be <= max",
+            "fieldPath": ".min",
+            "reason": "FieldValueInvalid",
+        }
+    ],
+    EngineSettings: [
+        {
+            "rule": "!has(self.expertParallel) || (self.expertParallel.min % self.tensorParallel"
+            " == 0 && self.expertParallel.max % self.tensorParallel == 0)",
+            "message": "expertParallel.min and .max must be multiples of tensorParallel",
+            "fieldPath": ".expertParallel",
             "reason": "FieldValueInvalid",
         }
     ],

@@ -119,6 +119,20 @@ class ModelSource(SpecModel):
         return self
 
 
+class ExpertParallelRange(SpecModel):
+    """How many ranks a mixture-of-experts model's experts may be placed on; the worker
+    starts at ``min`` and elastic expert parallelism moves within the range while serving."""
+
+    min: int = Field(1, ge=1, le=1024, description="Expert-parallel ranks at start.")
+    max: int = Field(1, ge=1, le=1024, description="Most expert-parallel ranks.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExpertParallelRange:
+        if self.min > self.max:
+            raise ValueError("expertParallel: min must be <= max")
+        return self
+
+
 class EngineSettings(SpecModel):
     """Engine knobs shared by every worker of the deployment."""
 
@@ -137,7 +151,42 @@ class EngineSettings(SpecModel):
     num_kv_blocks: int | None = Field(
         None, ge=1, description="KV blocks per worker; default fits max_num_seqs full contexts."
     )
-    tensor_parallel: int = Field(1, ge=1, le=64, description="Shards per replica (GPUs).")
+    tensor_parallel: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Ranks each replica's model is split over (attention by head, MLP by rows); "
+        "must divide the model's attention heads (checked when the worker starts).",
+    )
+    expert_parallel: ExpertParallelRange | None = Field(
+        None,
+        description="Mixture-of-experts models: ranks the experts are placed on (a range: "
+        "elastic). Both bounds must be multiples of tensorParallel. Unset: experts are spread "
+        "over the tensorParallel ranks.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the engine runs; `auto` = cuda when a GPU is visible, else cpu."
+    )
+
+    @model_validator(mode="after")
+    def _parallel(self) -> EngineSettings:
+        ep = self.expert_parallel
+        if ep is not None and (ep.min % self.tensor_parallel or ep.max % self.tensor_parallel):
+            raise ValueError(
+                "engine: expertParallel.min and .max must be multiples of tensorParallel"
+            )
+        return self
+
+    @property
+    def ranks(self) -> int:
+        """Most rank actors one replica runs (1 = the model runs in the worker itself)."""
+        top = self.expert_parallel.max if self.expert_parallel is not None else 1
+        return max(self.tensor_parallel, top) if self.sharded else 1
+
+    @property
+    def sharded(self) -> bool:
+        """Whether replicas run the model in rank actors."""
+        return self.tensor_parallel > 1 or self.expert_parallel is not None
 
     def kv_hash(self) -> KVHashConfig:
         """The hashing parameters every party must share."""

@@ -75,8 +75,11 @@ def placements(document: DeploymentDocument) -> dict[str, Placement]:
     """Ray options per role: no CPU reservation (the pod's resources are the budget; the
     `mainsail-<role>` unit places the actor), the pool's GPUs."""
     pools = document.spec.pools.worker_pools()
+    # A sharded worker's GPUs belong to its rank actors (one each), not to the worker.
+    sharded = document.spec.engine.sharded
     return {
-        role: Placement(num_cpus=0, num_gpus=pool.resources.gpus) for role, pool in pools.items()
+        role: Placement(num_cpus=0, num_gpus=0 if sharded else pool.resources.gpus)
+        for role, pool in pools.items()
     }
 
 

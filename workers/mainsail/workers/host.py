@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,8 +155,12 @@ class WorkerHost:
         credential: WorkerCredential | None = None,
         discovery: RouterDiscovery | None = None,
         tracer_provider_factory: ProviderFactory | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.spec = spec
+        # Called (on the engine thread) when the engine cannot continue, e.g. a rank of a
+        # sharded model died; the Ray actor ends its process so the worker counts as dead.
+        self.on_fatal = on_fatal
         self.discovery = discovery
         self._tracer_provider_factory = tracer_provider_factory  # None: OTLP export
         # The worker plane's credential comes from the environment (a Secret on a cluster,
@@ -199,13 +204,20 @@ class WorkerHost:
             torch.set_num_threads(spec.torch_threads)
             tier = RedisTierFactory(spec.redis_url) if spec.redis_url else None
             adapters = await asyncio.to_thread(spec.adapter_dirs)
-            config = EngineConfig.from_engine_settings(spec.engine, kv_tier=tier, adapters=adapters)
+            config = EngineConfig.from_engine_settings(
+                spec.engine,
+                device=EngineConfig.resolve_device(spec.engine.device),
+                kv_tier=tier,
+                adapters=adapters,
+            )
             if spec.role == "decode" and tier is not None:
                 # A decode worker's prompts were just prefilled elsewhere and published to the
                 # tier: fetching them is the point of disaggregation, whatever the cost model
                 # learned from local prefills.
                 config = dataclasses.replace(config, kv_tier_fetch="always")
-            real = AsyncEngine(await asyncio.to_thread(Engine, spec.model_dir, config))
+            real = AsyncEngine(
+                await asyncio.to_thread(Engine, spec.model_dir, config), self.on_fatal
+            )
             engine, snapshot = real, real.kv_snapshot
             tier_snapshot = real.kv_tier_snapshot
             migrator = self.migrator = KVMigrator(real, self.credential)

@@ -58,6 +58,14 @@ def for_node(
     return spec.model_copy(update=update) if update else spec
 
 
+def _die(exc: BaseException) -> None:
+    """A worker whose engine cannot continue ends its process: the router sees a dead worker
+    and moves its requests, and the supervisor starts a replacement."""
+    log.critical("worker ending: %s", exc)
+    logging.shutdown()
+    os._exit(70)
+
+
 def pool_resource(role: str) -> str:
     """The Ray custom resource that marks nodes of one role's pool."""
     return f"mainsail-{role}"
@@ -68,7 +76,7 @@ class WorkerActor:
 
     def __init__(self, spec_json: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
-        self.host = WorkerHost(for_node(WorkerSpec.model_validate_json(spec_json)))
+        self.host = WorkerHost(for_node(WorkerSpec.model_validate_json(spec_json)), on_fatal=_die)
         self._stopped: asyncio.Event | None = None
 
     async def start(self) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 from mainsail.cli.local.ports import RouterPorts, check_router_ports, replica_ports, router_ports
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import ModelDeployment
+from mainsail.spec.deployment import EngineSettings, ModelDeployment
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import pool_resource
@@ -60,6 +60,19 @@ def init_ray_retrying(
                 raise
             progress(f"Local Ray was slow to start ({exc}); starting it again")
             shutdown()
+
+
+def check_sharding(model_dir: Path, engine: EngineSettings) -> None:
+    """Refuse, before any worker starts, a tensor/expert-parallel degree the checkpoint
+    cannot be split by (`ShardingError` names the numbers)."""
+    from mainsail.workers.models import load_model_config
+    from mainsail.workers.parallel.plan import check_expert_parallel, check_tensor_parallel
+    from mainsail.workers.parallel.shard_model import model_shape
+
+    shape = model_shape(load_model_config(model_dir))
+    check_tensor_parallel(shape, engine.tensor_parallel)
+    if engine.expert_parallel is not None:
+        check_expert_parallel(shape, engine.expert_parallel.max)
 
 
 @dataclass
@@ -255,9 +268,11 @@ class LocalStack:
             pool_resource(role): float(self._replicas(pool.replicas))
             for role, pool in self._pools().items()
         }
+        # A sharded worker's rank actors each take one CPU bundle of its placement group.
+        ranks = self.deployment.spec.engine.ranks if self.deployment.spec.engine.sharded else 0
         init_ray_retrying(
             lambda: ray.init(
-                num_cpus=max(1, total),
+                num_cpus=max(1, total) + total * ranks,
                 resources=roles,
                 include_dashboard=False,
                 log_to_driver=False,
@@ -290,6 +305,8 @@ class LocalStack:
         adapters = tuple(a for a in spec.adapters if a.path is None or Path(a.path).is_dir())
         for skipped in sorted({a.name for a in spec.adapters} - {a.name for a in adapters}):
             self.progress(f"Adapter {skipped}: path not found on this machine; not served")
+        if spec.engine.sharded:
+            check_sharding(model_dir, spec.engine)
         name = self.deployment.metadata.name
 
         def make_spec(role: str, index: int) -> WorkerSpec:

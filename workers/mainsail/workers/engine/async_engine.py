@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mainsail.workers.engine.engine import Engine
-from mainsail.workers.engine.errors import EngineInputError
+from mainsail.workers.engine.errors import EngineFatalError, EngineInputError
 from mainsail.workers.engine.kv_events import KVEvent
 from mainsail.workers.engine.kv_migration import MigratedState, MigrationError
 from mainsail.workers.engine.metrics import EngineMetrics
@@ -65,8 +65,11 @@ class _Stream:
 class AsyncEngine:
     """Runs ``engine`` on its own thread until `shutdown`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, on_fatal: Callable[[BaseException], None] | None = None
+    ) -> None:
         self.engine = engine
+        self.on_fatal = on_fatal
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._awaiting: set[str] = set()  # `adopted` streams whose request has not arrived
@@ -241,6 +244,13 @@ class AsyncEngine:
                 continue
             try:
                 outputs = engine.step()
+            except EngineFatalError as exc:
+                # The engine cannot go on (a rank of a sharded model died): the host ends the
+                # worker so the router moves its requests, as for any dead worker.
+                log.error("engine cannot continue: %s", exc)
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+                outputs = engine.fail_all(f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 log.exception("engine step crashed; failing all requests")
                 outputs = engine.fail_all(f"{type(exc).__name__}: {exc}")

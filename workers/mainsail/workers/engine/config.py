@@ -114,6 +114,15 @@ class EngineConfig:
             block_size=self.block_size, hash_seed=self.hash_seed, algorithm=HASH_ALGORITHM
         )
 
+    @staticmethod
+    def resolve_device(setting: str) -> str:
+        """The deployment's ``engine.device``: ``auto`` is ``cuda`` when torch sees a GPU."""
+        if setting != "auto":
+            return setting
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     @classmethod
     def from_engine_settings(
         cls,
@@ -134,4 +143,8 @@ class EngineConfig:
             device=device,
             kv_tier=kv_tier,
             adapters=dict(adapters or {}),
+            tensor_parallel=settings.tensor_parallel,
+            expert_parallel=(
+                settings.expert_parallel.min if settings.expert_parallel is not None else None
+            ),
         )
