@@ -6,15 +6,15 @@ runs with the password the operator issued), and a decode worker fetches them an
 the rest. The `openai` SDK must get exactly the greedy tokens a *unified* `mainsail up` of the
 same model gives, and the workers' own /metrics (port 9400) must show the handover: blocks
 stored by the prefill worker, fetched by the decode worker. Then `helm upgrade` (a changed
-value: the operator's pod is replaced) keeps serving without duplicating any child, and
-deleting the ModelDeployment + `helm uninstall` leaves nothing of ours in the namespace or the
+value: the operator's pod is replaced) keeps serving without duplicating any child; `helm
+uninstall` first leaves the deployment serving (the operator pins no finalizer on it), and the
+deletion that follows, with no operator running, leaves nothing of ours in the namespace or the
 cluster except the CRDs (Helm never deletes what it installed from a chart's `crds/`).
 
 Edits to the example, to fit the test bed's two-core node with no GPU: no GPUs, small CPU and
-memory requests, one replica per pool, autoscaling off, and `router.replicas: 1`: several
-router pods work (workers register with each through the headless `<name>-router-peers`
-Service), but a second router pod's CPU request (500m) does not fit beside the rest of this
-deployment on the two-core node (2.1 CPUs requested), so it would stay Pending.
+memory requests, one replica per pool, autoscaling off, and `router.replicas: 1` because
+workers register through the router's ClusterIP Service with one router pod only — several
+router pods (multi-router registration) are not implemented yet.
 
 The tests run in file order and share one deployment (module fixture).
 """
@@ -69,7 +69,7 @@ def _cluster_document() -> dict[str, Any]:
         pool["resources"] = {"cpu": "250m", "memory": "3Gi"}
         pool["autoscaling"] = {"enabled": False}
     md["spec"]["pools"]["cache"] = {"replicas": 1, "maxMemory": "256Mi"}
-    # A second router pod does not fit the two-core node's CPU (see the module docstring).
+    # Multi-router registration is not implemented: workers reach one router pod only.
     md["spec"]["router"]["replicas"] = 1
     return md
 
@@ -311,18 +311,26 @@ def _release_cluster_rbac(node: Node) -> list[str]:
     return [f"{i['kind']}/{i['metadata']['name']}" for i in items]
 
 
-def test_helm_uninstall_and_delete_leave_nothing_behind(deployed: tuple[Node, str]) -> None:
-    """`kubectl delete modeldeployment` then `helm uninstall`: no pods, no RayCluster, no
-    ServingPools, no object of ours in the namespace, no cluster-scoped RBAC of the release.
-    The CRDs stay: Helm installs a chart's `crds/` but never upgrades or deletes them."""
+def test_helm_uninstall_then_delete_leave_nothing_behind(
+    deployed: tuple[Node, str], reference: tuple[str, str, int]
+) -> None:
+    """`helm uninstall` first (the order that used to leave the ModelDeployment stuck on a
+    kopf finalizer only a running operator removes): the deployment keeps serving, unmanaged,
+    as a RayCluster outlives KubeRay's operator; then `kubectl delete modeldeployment`
+    completes without any operator, and Kubernetes' garbage collector takes every child. No
+    object of ours stays in the namespace, no cluster-scoped RBAC of the release. The CRDs
+    stay: Helm installs a chart's `crds/` but never upgrades or deletes them."""
     node, ns = deployed
     rbac = _release_cluster_rbac(node)
     assert rbac, "the chart's cluster-scoped RBAC was not found by its release label"
-    # This order: the operator must still run to let go of the ModelDeployment (kopf keeps a
-    # finalizer on it for its timers). Uninstalling first left the ModelDeployment, and so
-    # every child it owns, stuck in deletion (seen on this node): docs/operator.md says so.
-    node.kubectl("delete", "-n", ns, "modeldeployment", NAME, "--timeout=120s", timeout=150)
+    md = json.loads(node.kubectl("get", "-n", ns, "modeldeployment", NAME, "-o", "json").stdout)
+    assert not md["metadata"].get("finalizers"), md["metadata"]["finalizers"]
     node.helm("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "3m", timeout=240)
+    assert not _operator_pods(node, ns)
+    key = _secret(node, ns)["apiKeys"].split(",")[0].strip()
+    ip = node.service_ip(ns, f"{NAME}-router")
+    assert node.in_netns(_ask, f"http://{ip}:8000/v1", key, timeout=300) == reference
+    node.kubectl("delete", "-n", ns, "modeldeployment", NAME, "--timeout=60s", timeout=90)
 
     left: list[str] = []
 
