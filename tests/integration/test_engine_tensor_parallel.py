@@ -6,7 +6,9 @@ generated position (within ``ATOL``: the sharded attention and MLP sum partial p
 different order, which moves float32 results by about 1e-6) for prompts run in one batch and
 alone. Covered: GQA (4 query / 2 KV heads) at tp=2, MQA with tied embeddings at tp=2 (the one
 KV head replicated on both ranks), and tp=3 on a 6-head / 3-KV-head variant (uneven MLP and
-padded vocabulary slices). Heads not divisible by tp are refused before any actor starts.
+padded vocabulary slices). Heads not divisible by tp are refused before any actor starts. A
+sharded engine reuses cached prefix blocks (same tokens, ``cached_tokens`` counted) and
+reports them as KV events and in its snapshot, as an unsharded one does.
 """
 
 from __future__ import annotations
@@ -111,3 +113,26 @@ def test_tp3_uneven_mlp_and_vocabulary(ray_local: None, llama: Path, tmp_path: P
 def test_heads_not_divisible_are_refused(llama: Path) -> None:
     with pytest.raises(ShardingError, match=r"tensorParallel 3 does not divide num_attention"):
         Engine(llama, _config(tensor_parallel=3))
+
+
+def test_sharded_worker_reuses_prefixes_and_reports_kv_events(ray_local: None, llama: Path) -> None:
+    prompt = _prompt(40, 4)
+    engine = Engine(llama, _config(tensor_parallel=2))
+    try:
+        first = _run(engine, {"first": prompt})["first"][0]
+        events = engine.drain_kv_events()
+        stored = [h for e in events if e.kind == "stored" for h in e.block_hashes]
+        assert len(stored) >= 2
+        params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
+        engine.add_request(EngineRequest("again", prompt, params))
+        tokens: list[int] = []
+        cached = 0
+        while engine.has_unfinished():
+            for out in engine.step():
+                tokens += out.new_token_ids
+                cached = out.cached_tokens
+        assert tokens == first
+        assert cached >= 32  # the prompt's two full blocks came from the (sharded) cache
+        assert set(stored) <= set(engine.kv_snapshot())
+    finally:
+        engine.close()
