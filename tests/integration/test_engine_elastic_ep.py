@@ -19,19 +19,23 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 from support.ray_local import local_ray
+from support.sharded import (
+    Result,
+    assert_matches,
+    engine_config,
+    greedy_params,
+    random_prompt,
+    run_to_end,
+)
 
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+from mainsail.workers.engine import Engine, EngineRequest
 from mainsail.workers.parallel import ShardLost
 
-ATOL = 1e-4
 PACE_S = 0.1
-Result = dict[str, tuple[list[int], list[dict[int, float]]]]
 
 
 @pytest.fixture(scope="module")
@@ -45,48 +49,11 @@ def mixtral() -> Path:
     return ensure_checkpoint("mixtral")
 
 
-def _config(**kw: Any) -> EngineConfig:
-    return EngineConfig(max_model_len=128, max_num_seqs=8, num_threads=1, **kw)
-
-
-def _prompt(n: int, salt: int) -> list[int]:
-    g = torch.Generator().manual_seed(100 * salt + n)
-    return torch.randint(3, 500, (n,), generator=g).tolist()
-
-
-def _params(tokens: int) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=tokens, logprobs=5, ignore_eos=True)
-
-
-def _run(engine: Engine, prompts: dict[str, list[int]], tokens: int) -> Result:
-    for rid, p in prompts.items():
-        engine.add_request(EngineRequest(rid, p, _params(tokens)))
-    got: Result = {rid: ([], []) for rid in prompts}
-    for _ in range(20_000):
-        if not engine.has_unfinished():
-            return got
-        for out in engine.step():
-            assert out.error is None, out.error
-            got[out.request_id][0].extend(out.new_token_ids)
-            got[out.request_id][1].extend(out.logprobs or [])
-    raise AssertionError("engine did not finish")
-
-
-def _compare(reference: Result, sharded: Result) -> None:
-    for rid, (tokens, logprobs) in reference.items():
-        got_tokens, got_logprobs = sharded[rid]
-        assert got_tokens == tokens, rid
-        for want, got in zip(logprobs, got_logprobs, strict=True):
-            assert set(got) == set(want), rid
-            for token, value in want.items():
-                assert abs(got[token] - value) <= ATOL, (rid, token, got[token], value)
-
-
 @pytest.mark.timeout(600)
 def test_elastic_expert_parallel_under_load(ray_local: None, mixtral: Path) -> None:
     cap, max_tokens, deadline = 150, 16, time.monotonic() + 420
-    prompts = {f"r{i}": _prompt(4 + (7 * i) % 30, 50 + i) for i in range(cap)}
-    engine = Engine(mixtral, _config(expert_parallel=1))
+    prompts = {f"r{i}": random_prompt(4 + (7 * i) % 30, 50 + i) for i in range(cap)}
+    engine = Engine(mixtral, engine_config(expert_parallel=1))
     runner = engine.sharded
     assert runner is not None
     got: Result = {}
@@ -105,7 +72,7 @@ def test_elastic_expert_parallel_under_load(ray_local: None, mixtral: Path) -> N
             in_flight = metrics.running + metrics.waiting
             if scaling and next_id < cap and in_flight < 3:
                 rid = f"r{next_id}"
-                engine.add_request(EngineRequest(rid, prompts[rid], _params(max_tokens)))
+                engine.add_request(EngineRequest(rid, prompts[rid], greedy_params(max_tokens)))
                 got[rid] = ([], [])
                 next_id += 1
                 in_flight += 1
@@ -126,18 +93,19 @@ def test_elastic_expert_parallel_under_load(ray_local: None, mixtral: Path) -> N
         assert all(len(tokens) == max_tokens for tokens, _ in got.values())
     finally:
         engine.close()
-    reference = _run(Engine(mixtral, _config()), {r: prompts[r] for r in got}, max_tokens)
-    _compare(reference, got)
+    served = {r: prompts[r] for r in got}
+    reference = run_to_end(Engine(mixtral, engine_config()), served, max_tokens)
+    assert_matches(reference, got)
 
 
 def test_a_killed_rank_is_fatal(ray_local: None, mixtral: Path) -> None:
     import ray
 
-    engine = Engine(mixtral, _config(expert_parallel=2, tensor_parallel=1))
+    engine = Engine(mixtral, engine_config(expert_parallel=2, tensor_parallel=1))
     runner = engine.sharded
     assert runner is not None
     try:
-        engine.add_request(EngineRequest("a", _prompt(9, 9), _params(50)))
+        engine.add_request(EngineRequest("a", random_prompt(9, 9), greedy_params(50)))
         engine.step()
         victim = ray.get(runner.handles[1].actor.pid.remote())
         os.kill(victim, signal.SIGKILL)

@@ -15,22 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 from support.ray_local import local_ray
+from support.sharded import assert_matches, engine_config, random_prompt, run_to_end
 from support.variants import llama_variant
 
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+from mainsail.workers.engine import Engine, EngineRequest, SamplingParams
 from mainsail.workers.parallel import ShardingError
 
-ATOL = 1e-4
 NEW_TOKENS = 6
 PROMPT_LENGTHS = (3, 21, 40)
-
-Result = dict[str, tuple[list[int], list[dict[int, float]]]]
 
 
 @pytest.fixture(scope="module")
@@ -40,51 +36,17 @@ def ray_local() -> Iterator[None]:
         yield
 
 
-def _config(**kw: Any) -> EngineConfig:
-    return EngineConfig(max_model_len=128, max_num_seqs=8, num_threads=1, **kw)
-
-
-def _prompt(n: int, salt: int) -> list[int]:
-    g = torch.Generator().manual_seed(100 * salt + n)
-    return torch.randint(3, 500, (n,), generator=g).tolist()
-
-
-def _run(engine: Engine, prompts: dict[str, list[int]]) -> Result:
-    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, logprobs=5, ignore_eos=True)
-    for rid, p in prompts.items():
-        engine.add_request(EngineRequest(rid, p, params))
-    got: Result = {rid: ([], []) for rid in prompts}
-    for _ in range(1000):
-        if not engine.has_unfinished():
-            return got
-        for out in engine.step():
-            assert out.error is None, out.error
-            got[out.request_id][0].extend(out.new_token_ids)
-            got[out.request_id][1].extend(out.logprobs or [])
-    raise AssertionError("engine did not finish")
-
-
-def _compare(reference: Result, sharded: Result) -> None:
-    for rid, (tokens, logprobs) in reference.items():
-        got_tokens, got_logprobs = sharded[rid]
-        assert got_tokens == tokens, rid
-        assert len(got_logprobs) == len(logprobs) == NEW_TOKENS
-        for want, got in zip(logprobs, got_logprobs, strict=True):
-            assert set(got) == set(want), rid
-            for token, value in want.items():
-                assert abs(got[token] - value) <= ATOL, (rid, token, got[token], value)
-
-
 def _check(model_dir: Path, tp: int, salt: int) -> None:
-    prompts = {f"p{n}": _prompt(n, salt) for n in PROMPT_LENGTHS}
-    reference = Engine(model_dir, _config())
-    batch_ref = _run(reference, prompts)
-    alone_ref = _run(reference, {"alone": prompts["p21"]})
-    sharded = Engine(model_dir, _config(tensor_parallel=tp))
+    prompts = {f"p{n}": random_prompt(n, salt) for n in PROMPT_LENGTHS}
+    reference = Engine(model_dir, engine_config())
+    batch_ref = run_to_end(reference, prompts, NEW_TOKENS)
+    alone_ref = run_to_end(reference, {"alone": prompts["p21"]}, NEW_TOKENS)
+    sharded = Engine(model_dir, engine_config(tensor_parallel=tp))
     try:
         assert sharded.sharded is not None and sharded.kv_cache_bytes > 0
-        _compare(batch_ref, _run(sharded, prompts))
-        _compare(alone_ref, _run(sharded, {"alone": prompts["p21"]}))
+        assert_matches(batch_ref, run_to_end(sharded, prompts, NEW_TOKENS), NEW_TOKENS)
+        alone = run_to_end(sharded, {"alone": prompts["p21"]}, NEW_TOKENS)
+        assert_matches(alone_ref, alone, NEW_TOKENS)
     finally:
         sharded.close()
 
@@ -112,14 +74,14 @@ def test_tp3_uneven_mlp_and_vocabulary(ray_local: None, llama: Path, tmp_path: P
 
 def test_heads_not_divisible_are_refused(llama: Path) -> None:
     with pytest.raises(ShardingError, match=r"tensorParallel 3 does not divide num_attention"):
-        Engine(llama, _config(tensor_parallel=3))
+        Engine(llama, engine_config(tensor_parallel=3))
 
 
 def test_sharded_worker_reuses_prefixes_and_reports_kv_events(ray_local: None, llama: Path) -> None:
-    prompt = _prompt(40, 4)
-    engine = Engine(llama, _config(tensor_parallel=2))
+    prompt = random_prompt(40, 4)
+    engine = Engine(llama, engine_config(tensor_parallel=2))
     try:
-        first = _run(engine, {"first": prompt})["first"][0]
+        first = run_to_end(engine, {"first": prompt}, NEW_TOKENS)["first"][0]
         events = engine.drain_kv_events()
         stored = [h for e in events if e.kind == "stored" for h in e.block_hashes]
         assert len(stored) >= 2

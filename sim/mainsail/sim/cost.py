@@ -1,21 +1,9 @@
 """Cost model of one engine step, per GPU type (the formula lives in `mainsail.spec.step_cost`,
 shared with the router's admission; this module adds the per-GPU profiles).
 
-Why linear: a continuous-batching engine runs one forward pass per step over a mix of prefill
-chunks and decode tokens. Its time is well described (Vidur, Splitwise-sim, DistServe use the
-same shape) by a fixed part plus terms linear in the work:
-
-    step_s = step_overhead_s                              weights read once, launch, sampling
-           + token_s      * (prefill tokens + decode seqs)  GEMMs, per token in the batch
-           + attn_pair_s  * Σ_chunks n * (c + n / 2)        prefill attention: n new tokens over
-                                                             c cached + the chunk's own causal half
-           + kv_read_s    * Σ_decode context tokens          decode attention reads the KV cache
-
-How decode attention reads the cache is the engine's: paged-attention kernels read each
-sequence's own context (``decode_attention: sum``), while an engine that pads the batch's block
-tables to the longest sequence — Mainsail's CPU engine does — reads ``B * max context``
-(``decode_attention: padded``). Calibration batches have equal contexts, so both fit the same
-``kv_read_s``; a replay's mixed lengths tell them apart.
+Why linear, and how decode attention reads the cache (``sum`` vs ``padded``): see the formula
+in `mainsail.spec.step_cost`. Calibration batches have equal contexts, so both attention modes
+fit the same ``kv_read_s``; a replay's mixed lengths tell them apart.
 
 A step that starts after the worker sat idle costs ``idle_wake_s`` more (thread wake-up, cold
 CPU caches, clock ramp-up). On a GPU it is small; on the CPU engine it was about 2 ms per
