@@ -32,6 +32,8 @@ build() {
         "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
 }
 
+ready() { has_all "$1/bin" kube-router; }
+
 main() {
     local dir="$cache_root/$key" mode=${1:-build}
     case "$mode" in
@@ -39,27 +41,9 @@ main() {
         --check | build) [[ $# -le 1 ]] || die "usage: $0 [--print-dir | --check]" ;;
         *) die "usage: $0 [--print-dir | --check]" ;;
     esac
-    if has_all "$dir/bin" kube-router; then printf '%s\n' "$dir"; return; fi
+    if ready "$dir"; then printf '%s\n' "$dir"; return; fi
     [[ $mode != --check ]] || exit 1
-    mkdir -p "$cache_root"
-    exec 9>"$cache_root/.$key.lock"
-    flock 9
-    if ! has_all "$dir/bin" kube-router; then
-        local start=$SECONDS tmp
-        rm -rf "$cache_root/.$key".??????
-        tmp=$(mktemp -d "$cache_root/.$key.XXXXXX")
-        trap 'rm -rf "$tmp"' EXIT
-        trap 'exit 130' INT TERM HUP
-        mkdir -p "$tmp/bin"
-        log "cache miss: building into $dir (warm Go cache: ~1 min; cold: ~20 min on 2 busy cores)"
-        build "$tmp"
-        rm -rf "$tmp/src"
-        chmod 755 "$tmp"
-        rm -rf "${dir:?}"
-        mv -T "$tmp" "$dir"
-        trap - EXIT
-        log "done in $((SECONDS - start)) s: $dir"
-    fi
+    locked_build "$cache_root" "$key" ready build "warm Go cache: ~1 min; cold: ~20 min on 2 busy cores"
     printf '%s\n' "$dir"
 }
 
