@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.node import ROOT, Node
+from support.node import Node
+from support.node_config import ROOT
 
 from mainsail.operator.desired_network import network_policies
 from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, Owner
