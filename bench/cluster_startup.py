@@ -138,9 +138,17 @@ def run(node: Node, warm_runs: int) -> list[tuple[str, dict[str, float]]]:
               *values, "--wait", "--timeout", "10m", timeout=900)  # fmt: skip
     cold = {k: v for k, v in images.items() if k != "operator"}
     runs = [("cold", _one(node, "bench-cold", cold))]
+    _report(*runs[-1])
     for i in range(warm_runs):
         runs.append((f"warm {i + 1}", _one(node, f"bench-warm-{i + 1}", None)))
+        _report(*runs[-1])
     return runs
+
+
+def _report(label: str, figures: dict[str, float]) -> None:
+    """One run's figures as soon as it ends (a long run interrupted still leaves them)."""
+    cells = ", ".join(f"{name} {value:.1f}" for name, value in figures.items())
+    print(f"{label}: {cells}", flush=True)
 
 
 def main() -> int:

@@ -6,7 +6,8 @@ images `deploy/images/build.py` builds (imported into the node's containerd, pul
 KubeRay makes the RayCluster's pods, the Ray head's supervisor starts one worker per worker pod
 (each generates the tiny checkpoint on its pod), the workers register with the router Service,
 and status turns Ready only once they have. The only edit to `deploy/examples/tiny.yaml` is the
-pool's CPU request, so that its pods fit the test bed's two-core node.
+pool's CPU request (100m), so that its pods — and, in the router-replicas test, a second router
+pod's fixed 500m — fit the test bed's two-core node.
 
 Images: the cached tars of the current sources (`scripts/test.sh` builds them before pytest);
 without them the module skips, unless `MAINSAIL_IMAGES_REQUIRED=1`.
@@ -99,7 +100,9 @@ def deployed(node_cluster: Node) -> Iterator[tuple[Node, str]]:
         *_helm_values(images), "--wait", "--timeout", "10m", timeout=900,
     )  # fmt: skip
     md = yaml.safe_load(EXAMPLE.read_text())
-    md["spec"]["pools"]["unified"]["resources"] = {"cpu": "250m", "memory": "3Gi"}
+    # 100m: with the operator (100m), Redis and the Ray head (250m each) and two routers (500m
+    # each, not settable in the spec) two or three workers still fit the 2-core node.
+    md["spec"]["pools"]["unified"]["resources"] = {"cpu": "100m", "memory": "3Gi"}
     node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
     started = time.monotonic()
     try:
@@ -252,6 +255,73 @@ def test_kubectl_scale_adds_a_serving_worker_and_scaling_down_drains_it(
         "get", "events", "-n", ns, "--field-selector", "involvedObject.name=tiny", "-o", "json"
     ).stdout
     assert any(e["reason"] == "Drained" for e in json.loads(events)["items"])
+
+
+ROUTER = "app.kubernetes.io/component=router"
+
+
+def _ready_router_ips(node: Node, ns: str) -> dict[str, str]:
+    """Pod name -> IP of tiny's router pods that are Ready and not terminating."""
+    items = json.loads(node.kubectl("get", "pods", "-n", ns, "-l", ROUTER, "-o", "json").stdout)
+    return {
+        p["metadata"]["name"]: p["status"]["podIP"]
+        for p in items["items"]
+        if not p["metadata"].get("deletionTimestamp")
+        and p["status"].get("podIP")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p["status"].get("conditions", [])
+        )
+    }
+
+
+def _registered_or_none(node: Node, ip: str, admin: str) -> set[str] | None:
+    """`_registered`, or None while that router does not answer yet."""
+    try:
+        return _registered(node, ip, admin)
+    except (OSError, NodeError):
+        return None
+
+
+def test_two_router_replicas_each_have_every_worker_and_serve_the_same_tokens(
+    deployed: tuple[Node, str], reference: tuple[str, str, int]
+) -> None:
+    """`spec.router.replicas: 2` on the running deployment: a second router pod starts, the
+    workers find it through the headless `tiny-router-peers` Service and register with it too,
+    so EACH router pod (reached by its pod IP, not the Service) lists every worker pod and
+    answers the greedy request with exactly `mainsail up`'s tokens."""
+    node, ns = deployed
+    key, admin = _credentials(node, ns)
+    patch = json.dumps({"spec": {"router": {"replicas": 2}}})
+    node.kubectl("patch", "-n", ns, "modeldeployment", "tiny", "--type=merge", "-p", patch)
+    try:
+        routers: dict[str, str] = {}
+
+        def both_have_every_worker() -> bool:
+            routers.clear()
+            routers.update(_ready_router_ips(node, ns))
+            pods = _worker_pods(node, ns)
+            return (
+                len(routers) == 2
+                and len(pods) == 2
+                and all(_registered_or_none(node, ip, admin) == pods for ip in routers.values())
+            )
+
+        try:
+            node.wait_for(both_have_every_worker, timeout=600,
+                          what="two Ready router pods, each with every worker")  # fmt: skip
+        except NodeError:
+            print(_diagnostics(node, ns))
+            raise
+        pdb = node.kubectl("get", "poddisruptionbudgets", "-n", ns, "-o", "name").stdout
+        assert "tiny-router" in pdb
+        for pod, ip in sorted(routers.items()):
+            answer = node.in_netns(_ask, f"http://{ip}:8000/v1", key, timeout=300)
+            assert answer == reference, f"router pod {pod} ({ip})"
+    finally:  # back to one router: the next test's deployment needs the CPU
+        patch = json.dumps({"spec": {"router": {"replicas": 1}}})
+        node.kubectl("patch", "-n", ns, "modeldeployment", "tiny", "--type=merge", "-p", patch,
+                     check=False)  # fmt: skip
 
 
 # --- A second deployment: operator restarted mid-reconcile, model on a PVC, pool at zero ---
