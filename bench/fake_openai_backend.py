@@ -36,7 +36,7 @@ import uvicorn
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.server import bind_socket
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
 from mainsail.workers.engine import EngineRequest, SamplingParams
 from mainsail.workers.fake_engine import FakeEngine

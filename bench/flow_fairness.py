@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.fleet import CLIENT_KEYS, MODEL, fleet
 
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.workers.checkpoint import ensure_checkpoint
 
 HEAVY_KEY, LIGHT_KEY = CLIENT_KEYS

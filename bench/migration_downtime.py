@@ -34,7 +34,7 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.host import WorkerHost, WorkerSpec
 

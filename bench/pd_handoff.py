@@ -30,7 +30,7 @@ from mainsail.cli.local.redis_server import RedisServer
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.workers.checkpoint.generator import ensure_checkpoint
 from mainsail.workers.host import WorkerHost, WorkerSpec
 

@@ -38,7 +38,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.host import WorkerSpec

@@ -42,8 +42,8 @@ from mainsail.router.scheduling import (
     WorkerSnapshot,
     build_profile,
 )
-from mainsail.spec.deployment import RoutingProfile
 from mainsail.spec.kvhash import chain_hashes
+from mainsail.spec.routing_profile import RoutingProfile
 
 TARGETS_MS = {(128, 32768): 1.0, (1024, 131072): 5.0}
 BRANCH_MAX_BLOCKS = 256

@@ -36,7 +36,7 @@ from mainsail.sim.metrics import SLOTargets, summarise
 from mainsail.sim.prompts import PromptHasher
 from mainsail.sim.simulation import RunResult, SimSettings, run_policy
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
-from mainsail.spec.deployment import RoutingProfile, ScorerWeight
+from mainsail.spec.routing_profile import RoutingProfile, ScorerWeight
 
 TARGET = 0.90
 POLICIES = {

@@ -26,7 +26,7 @@ from mainsail.sim.metrics import SLOTargets, Summary, summarise
 from mainsail.sim.prompts import PromptHasher
 from mainsail.sim.simulation import SimSettings, run_policy
 from mainsail.sim.traces import TraceRequest, load_trace, scale_trace
-from mainsail.spec.deployment import RoutingProfile, ScorerWeight
+from mainsail.spec.routing_profile import RoutingProfile, ScorerWeight
 
 VARIANTS = {
     "ours (default: prefill-time 2)": RoutingProfile(),

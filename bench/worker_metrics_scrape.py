@@ -20,7 +20,7 @@ import time
 
 import httpx
 
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.engine import AsyncEngine, EngineRequest, SamplingParams
 from mainsail.workers.host import WorkerHost, WorkerSpec

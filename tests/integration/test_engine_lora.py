@@ -22,7 +22,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from mainsail.spec.deployment import Adapter
+from mainsail.spec.adapters import Adapter
 from mainsail.workers.checkpoint import generate_adapter, generate_checkpoint
 from mainsail.workers.engine import (
     AsyncEngine,

@@ -23,7 +23,8 @@ from support.fleet import CLIENT_KEYS, WORKER, fleet
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.spec.deployment import SLO, EngineSettings, SLOClass
+from mainsail.spec.engine_settings import EngineSettings
+from mainsail.spec.slo import SLO, SLOClass
 
 pytestmark = pytest.mark.integration
 HEAVY, LIGHT = CLIENT_KEYS

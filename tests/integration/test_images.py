@@ -31,7 +31,7 @@ from support.reference import greedy_tokens
 from mainsail.operator.desired_cache import cache_statefulset
 from mainsail.operator.naming import Owner
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import CachePool
+from mainsail.spec.pools import CachePool
 from mainsail.spec.worker_auth import REDIS_PASSWORD_ENV
 
 pytestmark = [

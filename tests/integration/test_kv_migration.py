@@ -18,7 +18,7 @@ from support.fleet import Fleet, fleet
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.workers.host import WorkerHost
 
 pytestmark = pytest.mark.integration

@@ -28,7 +28,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.front.auth import Credentials
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.tracing import Tracing
 from mainsail.spec.worker_auth import WorkerCredential
 from mainsail.workers.host import WorkerHost, WorkerSpec

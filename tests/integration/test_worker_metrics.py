@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.dashboards import WORKER_NAME, names
 from support.fleet import ADMIN_TOKEN, MODEL, fleet
 
-from mainsail.spec.deployment import SLO, EngineSettings, SLOClass
+from mainsail.spec.engine_settings import EngineSettings
+from mainsail.spec.slo import SLO, SLOClass
 from mainsail.workers.engine import AsyncEngine
 from mainsail.workers.host import WorkerHost, WorkerSpec
 

@@ -21,7 +21,7 @@ from support.fleet import MODEL, WORKER, Fleet, fleet
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.fleet.registry import MAX_REFUSALS_KEPT, REFUSAL_REASONS
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.kvhash import KVHashConfig
 
 pytestmark = pytest.mark.security

@@ -15,7 +15,7 @@ from typing import Any
 from mainsail.router.front.auth import Credentials
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WorkerCredential
 from mainsail.workers.host import WorkerHost, WorkerSpec
 

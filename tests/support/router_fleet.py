@@ -16,7 +16,7 @@ import httpx
 from mainsail.router.front.auth import Credentials
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WorkerCredential
 from mainsail.workers.host import WorkerHost, WorkerSpec
 from mainsail.workers.router_discovery import FakeDiscovery

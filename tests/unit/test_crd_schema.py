@@ -19,17 +19,12 @@ from mainsail.spec.crd import (
     structural_schema,
     to_yaml,
 )
-from mainsail.spec.deployment import (
-    Autoscaling,
-    EngineSettings,
-    ExpertParallelRange,
-    ModelDeploymentSpec,
-    ModelSource,
-    ModelVolume,
-    Pools,
-    RouterSettings,
-)
+from mainsail.spec.deployment import ModelDeploymentSpec
+from mainsail.spec.engine_settings import EngineSettings, ExpertParallelRange
+from mainsail.spec.model_source import ModelSource, ModelVolume
 from mainsail.spec.network import Peer
+from mainsail.spec.pools import Autoscaling, Pools
+from mainsail.spec.router_settings import RouterSettings
 from mainsail.spec.tracing import Tracing
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mainsail.spec.deployment import Adapter
+from mainsail.spec.adapters import Adapter
 from mainsail.workers.checkpoint import ensure_adapter, generate_adapter, generate_checkpoint
 from mainsail.workers.host import WorkerSpec
 from mainsail.workers.models import AdapterSet, CheckpointError, load_model, read_adapter_config

@@ -19,7 +19,7 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.fleet.pool_load import PoolLoadCollector
 from mainsail.router.fleet.registry import WorkerEntry
 from mainsail.router.metrics import RouterMetrics
-from mainsail.spec.deployment import Autoscaling
+from mainsail.spec.pools import Autoscaling
 
 pytestmark = pytest.mark.unit
 

@@ -14,12 +14,9 @@ from mainsail.operator.desired_pools import pool_replicas
 from mainsail.operator.naming import ANNOTATION_DECLARED_REPLICAS, LABEL_DEPLOYMENT, Owner
 from mainsail.operator.quantity import parse_quantity
 from mainsail.operator.settings import OperatorSettings
-from mainsail.spec.deployment import (
-    ModelDeploymentSpec,
-    Pool,
-    RouterAuth,
-    load_model_deployment,
-)
+from mainsail.spec.deployment import ModelDeploymentSpec, load_model_deployment
+from mainsail.spec.pools import Pool
+from mainsail.spec.router_settings import RouterAuth
 
 pytestmark = pytest.mark.unit
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"

@@ -17,7 +17,7 @@ from mainsail.router.scheduling import RequestInfo, SchedulingContext
 from mainsail.router.scheduling.admission import admit, predict_ttft
 from mainsail.router.testing import add_fake_worker, fake_router, idle_worker
 from mainsail.sim.cost import load_profile
-from mainsail.spec.deployment import Admission
+from mainsail.spec.admission import Admission
 
 pytestmark = pytest.mark.unit
 COST = load_profile("cpu-tiny").step_cost()

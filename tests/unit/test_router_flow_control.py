@@ -26,7 +26,7 @@ from mainsail.router.testing import (
     held_at_router,
     settle,
 )
-from mainsail.spec.deployment import SLO, RequestTargetBounds, SLOClass
+from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
 
 pytestmark = pytest.mark.unit
 CAPACITY = 16  # the capacity filter's 2.0 x max_num_seqs 8 of a fake worker

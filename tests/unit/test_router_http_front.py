@@ -28,8 +28,8 @@ from mainsail.router.testing import (
     held_at_router,
     settle,
 )
-from mainsail.spec.deployment import SLO, SLOClass
 from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.slo import SLO, SLOClass
 from mainsail.spec.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.errors import RouterError
 from mainsail.router.routing.router import Router
 from mainsail.router.testing import add_fake_worker, fake_router
-from mainsail.spec.deployment import SLO, SLOClass
+from mainsail.spec.slo import SLO, SLOClass
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.routing.rebalance import Move, WorkerLoad, plan_moves
 from mainsail.router.routing.router import Router
 from mainsail.router.testing import FakeTransport, add_fake_worker, fake_router
-from mainsail.spec.deployment import Rebalance
+from mainsail.spec.rebalance import Rebalance
 
 pytestmark = pytest.mark.unit
 ON = Rebalance(enabled=True, min_waiting=2, load_gap=0.25, max_moves_per_round=4)

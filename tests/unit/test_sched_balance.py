@@ -21,8 +21,8 @@ from mainsail.router.scheduling import (
     build_profile,
 )
 from mainsail.router.testing import idle_worker
-from mainsail.spec.deployment import RoutingProfile, ScorerWeight
 from mainsail.spec.kv_cost import FetchCostModel
+from mainsail.spec.routing_profile import RoutingProfile, ScorerWeight
 
 pytestmark = pytest.mark.unit
 

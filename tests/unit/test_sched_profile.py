@@ -17,7 +17,7 @@ from mainsail.router.scheduling import (
     default_registry,
 )
 from mainsail.router.testing import idle_worker
-from mainsail.spec.deployment import RoutingProfile, ScorerWeight
+from mainsail.spec.routing_profile import RoutingProfile, ScorerWeight
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from mainsail.sim.kvtier import SimSharedTier, TierSettings, cost_model
 from mainsail.sim.metrics import SLOTargets, summarise
 from mainsail.sim.simulation import PolicyRun, SimSettings
 from mainsail.sim.traces import TraceRequest
-from mainsail.spec.deployment import RoutingProfile, ScorerWeight
+from mainsail.spec.routing_profile import RoutingProfile, ScorerWeight
 
 pytestmark = pytest.mark.unit
 

@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mainsail.spec.deployment import Autoscaling
+from mainsail.spec.pools import Autoscaling
 
 
 @dataclass(frozen=True)

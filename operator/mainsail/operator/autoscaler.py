@@ -40,7 +40,8 @@ from mainsail.operator.router_signals import SignalSource, SignalsUnavailable
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.crd import SERVING_POOL_KIND, AutoscalerStatus
 from mainsail.spec.crd import Recommendation as RecommendationPoint
-from mainsail.spec.deployment import KIND, Autoscaling, ModelDeploymentSpec
+from mainsail.spec.deployment import KIND, ModelDeploymentSpec
+from mainsail.spec.pools import Autoscaling
 
 log = logging.getLogger(__name__)
 

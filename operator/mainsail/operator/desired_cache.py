@@ -13,7 +13,7 @@ from typing import Any
 from mainsail.operator.desired_secrets import redis_password_env
 from mainsail.operator.naming import Owner, child_metadata, child_name, labels, selector_labels
 from mainsail.operator.quantity import ceil_bytes
-from mainsail.spec.deployment import CachePool
+from mainsail.spec.pools import CachePool
 from mainsail.spec.worker_auth import REDIS_PASSWORD_ENV
 
 COMPONENT = "cache"

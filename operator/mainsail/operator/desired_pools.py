@@ -33,7 +33,8 @@ from mainsail.operator.naming import (
 )
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.crd import SERVING_POOL_KIND
-from mainsail.spec.deployment import API_GROUP, API_VERSION, ModelDeploymentSpec, Pool
+from mainsail.spec.deployment import API_GROUP, API_VERSION, ModelDeploymentSpec
+from mainsail.spec.pools import Pool
 from mainsail.spec.worker_metrics import WORKER_METRICS_PORT, WORKER_METRICS_PORT_NAME
 
 POOL_COMPONENT = "pool"

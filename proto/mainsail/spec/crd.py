@@ -27,22 +27,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
-from mainsail.spec.deployment import (
-    API_GROUP,
-    API_VERSION,
-    KIND,
-    Autoscaling,
-    EngineSettings,
-    ExpertParallelRange,
-    ModelDeploymentSpec,
-    ModelSource,
-    ModelVolume,
-    Pool,
-    Pools,
-    RouterSettings,
-    SpecModel,
-)
+from mainsail.spec.deployment import API_GROUP, API_VERSION, KIND, ModelDeploymentSpec
+from mainsail.spec.engine_settings import EngineSettings, ExpertParallelRange
+from mainsail.spec.model_source import ModelSource, ModelVolume
 from mainsail.spec.network import Peer
+from mainsail.spec.pools import Autoscaling, Pool, Pools
+from mainsail.spec.router_settings import RouterSettings
+from mainsail.spec.spec_model import SpecModel
 from mainsail.spec.tracing import Tracing
 
 Schema = dict[str, Any]

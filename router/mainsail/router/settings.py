@@ -11,9 +11,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mainsail.spec.deployment import SLO, Admission, ModelDeployment, Rebalance, RoutingProfile
+from mainsail.spec.admission import Admission
+from mainsail.spec.deployment import ModelDeployment
 from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.rebalance import Rebalance
 from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
+from mainsail.spec.routing_profile import RoutingProfile
+from mainsail.spec.slo import SLO
 from mainsail.spec.tracing import Tracing
 
 

@@ -27,7 +27,7 @@ from mainsail.sim.prompts import PromptHasher
 from mainsail.sim.report import write_report
 from mainsail.sim.simulation import RunResult, SimSettings, run_policy
 from mainsail.sim.traces import TRACE_FILES, default_jitter_s, load_trace, scale_trace
-from mainsail.spec.deployment import RoutingProfile
+from mainsail.spec.routing_profile import RoutingProfile
 
 DEFAULT_POLICIES = "ours,prefix-hash,least-loaded,round-robin,random"
 

@@ -21,7 +21,7 @@ from mainsail.sim.baselines import (
 from mainsail.sim.request import SimRequest
 from mainsail.sim.router_policy import RouterPolicy
 from mainsail.sim.worker import SimWorker
-from mainsail.spec.deployment import RoutingProfile
+from mainsail.spec.routing_profile import RoutingProfile
 
 
 class Policy(Protocol):

@@ -28,7 +28,7 @@ from mainsail.router.scheduling.tier_hits import shared_tier_hits
 from mainsail.router.scheduling.types import RequestInfo, SchedulingContext
 from mainsail.sim.request import SimRequest
 from mainsail.sim.worker import SimWorker
-from mainsail.spec.deployment import RoutingProfile
+from mainsail.spec.routing_profile import RoutingProfile
 
 
 class RouterPolicy:

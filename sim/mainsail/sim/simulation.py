@@ -29,8 +29,8 @@ from mainsail.sim.request import SimRequest
 from mainsail.sim.router_policy import RouterPolicy
 from mainsail.sim.traces import TraceRequest
 from mainsail.sim.worker import SimWorker
-from mainsail.spec.deployment import RoutingProfile
 from mainsail.spec.kvhash import KVHashConfig
+from mainsail.spec.routing_profile import RoutingProfile
 
 _STEP, _ARRIVAL, _SAMPLE, _LOAD = 0, 1, 2, 3
 

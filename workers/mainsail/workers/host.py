@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.spec.deployment import Adapter, EngineSettings, ModelSource
+from mainsail.spec.adapters import Adapter
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.keepalive import server_options
+from mainsail.spec.model_source import ModelSource
 from mainsail.spec.tracing import ProviderFactory, Tracing
 from mainsail.spec.worker_auth import WorkerCredential, token_guard
 from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig

@@ -5,7 +5,8 @@ in a RayCluster: Submit streams token chunks, Abort stops a request, Load return
 snapshot the scheduler reads, KVEvents streams block stored/removed events for the global
 index (to every router that subscribes: each router replica keeps its own index). Drain sets
 the draining state the worker itself holds and reports to every router in its heartbeats, so a
-worker drained through one router replica is drained for all.
+worker drained through one router replica is drained for all. Migrate and ReceiveKV (KV
+migration) are delegated to the composed `migration_rpc.MigrationRPC`.
 
 Bad input is refused with INVALID_ARGUMENT naming the field: first by the request contract
 the router also enforces (`mainsail.spec.request_contract`), then by the engine; the
@@ -37,6 +38,7 @@ from mainsail.workers.engine import (
     SamplingParams,
 )
 from mainsail.workers.kv_publisher import KVEventHub
+from mainsail.workers.migration_rpc import MigrationRPC, Migrator
 
 if TYPE_CHECKING:
     from mainsail.workers.tracing import RequestSpans, WorkerTracing
@@ -196,31 +198,21 @@ class RequestLimits:
         check_worker_request(request, vocab_size=self.vocab_size, max_model_len=self.max_model_len)
 
 
-class Migrator(Protocol):
-    """A worker's side of KV migrations (`mainsail.workers.migration.KVMigrator`)."""
-
-    async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply: ...
-
-    def receive(self, stages: AsyncIterator[pb.KVStage]) -> AsyncIterator[pb.KVStageAck]: ...
-
-    def adopted(self, request_id: str) -> AsyncIterator[RequestOutput]: ...
-
-
 class _Multiplexer:
     """The requests of one SubmitMany stream: a task per request, outputs gathered per id."""
 
     def __init__(
         self,
         engine: ServingEngine,
+        migration: MigrationRPC,
         limits: RequestLimits | None = None,
         origin: str = "",
-        migrator: Migrator | None = None,
         tracing: WorkerTracing | None = None,
     ) -> None:
         self.origin = origin  # the id of the router that opened the stream ("" unknown)
         self.engine = engine
+        self.migration = migration
         self.limits = limits
-        self.migrator = migrator
         self.tracing = tracing
         self.ready: dict[str, list[RequestOutput]] = {}
         self.failed: dict[str, str] = {}
@@ -256,9 +248,7 @@ class _Multiplexer:
         spans = self.tracing.begin(request) if self.tracing is not None else None
         try:
             if request.adopt:
-                if self.migrator is None:
-                    raise EngineInputError("adopt: this worker cannot take moved requests")
-                outputs = self.migrator.adopted(rid)
+                outputs = self.migration.adopted(rid)
             else:
                 outputs = self.engine.generate(engine_request_from_proto(request))
             async for out in outputs:
@@ -316,7 +306,7 @@ class WorkerService(pb_grpc.WorkerServicer):
     ) -> None:
         self.worker_id = worker_id
         self.limits = limits
-        self.migrator = migrator
+        self.migration = MigrationRPC(migrator)
         self.tracing = tracing  # None: tracing off, no span work at all
         self.engine = engine
         self.hub = hub
@@ -341,9 +331,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             if self.tracing is not None:
                 spans = self.tracing.begin(request, context.invocation_metadata() or ())
             if request.adopt:
-                if self.migrator is None:
-                    raise EngineInputError("adopt: this worker cannot take moved requests")
-                outputs = self.migrator.adopted(request.request_id)
+                outputs = self.migration.adopted(request.request_id)
             else:
                 outputs = self.engine.generate(engine_request_from_proto(request))
             batches = coalesced(outputs)
@@ -372,7 +360,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         for key, value in context.invocation_metadata() or ():
             if key == ROUTER_ID_METADATA:
                 origin = str(value)[:MAX_ROUTER_ID_CHARS]
-        mux = _Multiplexer(self.engine, self.limits, origin, self.migrator, self.tracing)
+        mux = _Multiplexer(self.engine, self.migration, self.limits, origin, self.tracing)
         self._streams.add(mux)
         reader = asyncio.get_running_loop().create_task(mux.read(request_iterator))
         try:
@@ -445,25 +433,15 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def Migrate(
         self, request: pb.MigrateRequest, context: grpc.aio.ServicerContext
     ) -> pb.MigrateReply:
-        """Move a running request with its KV to another worker (`migration.py`)."""
-        if self.migrator is None:
-            return pb.MigrateReply(detail="this worker holds no KV to move (fake engine)")
-        return await self.migrator.migrate(request)
+        """Move a running request with its KV to another worker (`migration_rpc.py`)."""
+        return await self.migration.migrate(request, context)
 
     async def ReceiveKV(
         self, request_iterator: AsyncIterator[pb.KVStage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.KVStageAck]:
-        """The target side of `Migrate`: blocks and state of an announced request."""
-        if self.migrator is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this worker holds no KV")
-            return
-        try:
-            async for ack in self.migrator.receive(request_iterator):
-                yield ack
-        except EngineInputError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except (ValueError, RuntimeError) as exc:  # KVRefused, MigrationError
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        """The target side of `Migrate` (`migration_rpc.py`)."""
+        async for ack in self.migration.receive_kv(request_iterator, context):
+            yield ack
 
     async def KVEvents(
         self, request: pb.KVEventsRequest, context: grpc.aio.ServicerContext

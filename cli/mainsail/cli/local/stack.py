@@ -29,7 +29,8 @@ from typing import Any
 from mainsail.cli.local.ports import RouterPorts, check_router_ports, replica_ports, router_ports
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
-from mainsail.spec.deployment import EngineSettings, ModelDeployment
+from mainsail.spec.deployment import ModelDeployment
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import pool_resource

@@ -38,7 +38,7 @@ from mainsail.router.scheduling import (
 )
 from mainsail.router.scheduling.admission import admit
 from mainsail.router.scheduling.flow import FlowLimits, FlowQueue, Ticket
-from mainsail.spec.deployment import Admission as AdmissionSettings
+from mainsail.spec.admission import Admission as AdmissionSettings
 
 
 class WorkerChooser:

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mainsail.spec.deployment import Rebalance
+from mainsail.spec.rebalance import Rebalance
 
 Reason = Literal["drain", "slo", "balance", "defrag"]
 

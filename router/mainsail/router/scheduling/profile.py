@@ -25,7 +25,7 @@ from mainsail.router.scheduling.types import (
     SchedulingContext,
     WorkerSnapshot,
 )
-from mainsail.spec.deployment import RoutingProfile
+from mainsail.spec.routing_profile import RoutingProfile
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mainsail.spec.deployment import EngineSettings
+from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.kvhash import HASH_ALGORITHM, KVHashConfig
 from mainsail.workers.kvtier import FETCH_POLICIES, FetchPolicy, KVTier, RedisKVTier, ShardedKVTier
 
