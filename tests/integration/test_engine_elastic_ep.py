@@ -1,15 +1,19 @@
 """Elastic expert parallelism on the tiny Mixtral: ranks join and leave while serving.
 
-* 1 -> 2 -> 1 expert ranks while a bounded, paced stream of requests keeps arriving (at most
-  150 requests, at most 3 in flight, one step per ``PACE_S`` while scaling, 420 s): each
-  switch must happen with requests in flight, every response must be complete and equal
-  (greedy tokens; top-5 log-probs within ``ATOL``) to what one process generates for the
-  same prompts, and the worker must end on one rank. 1->2->1 rather than 2->4->2: the test
-  machine has two cores shared with other suites, and four rank processes plus Ray do not
-  start there within a test's time; the code path is the same
-  (`ShardedRunner.start_resize` / `switch_if_ready`).
+* 2 -> 4 -> 2 expert ranks (tp=1: rank 0 holds attention, the others are expert-only) while
+  a bounded, paced stream of requests keeps arriving (at most ``CAP`` requests, at most 3 in
+  flight, one step per ``PACE_S`` while scaling, ``DEADLINE_S``): each switch must happen
+  with requests in flight, every response must be complete and equal (greedy tokens; top-5
+  log-probs within ``ATOL``) to what one process generates for the same prompts, and the
+  worker must end on two ranks with every expert placed once.
 * A killed rank makes the next step raise `ShardLost` (an `EngineFatalError`: the worker
   then dies and the router moves its requests, as for any dead worker).
+
+Sized for two shared cores: Ray gets two logical CPUs and each rank bundle half of one
+(``RANK_CPU``), and each rank runs torch on one thread. The paced client keeps a few
+requests for the switch itself (when the new placement is ready and nothing is in flight,
+one is submitted), so a slow start of the joining ranks cannot let the load run out before
+the switch.
 """
 
 from __future__ import annotations
@@ -36,11 +40,15 @@ from mainsail.workers.engine import Engine, EngineRequest
 from mainsail.workers.parallel import ShardLost
 
 PACE_S = 0.1
+CAP = 150
+RESERVE = 10
+DEADLINE_S = 420
+RANK_CPU = {"CPU": 0.5}
 
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    with local_ray(num_cpus=4):
+    with local_ray(num_cpus=2):
         yield
 
 
@@ -50,31 +58,40 @@ def mixtral() -> Path:
 
 
 @pytest.mark.timeout(600)
-def test_elastic_expert_parallel_under_load(ray_local: None, mixtral: Path) -> None:
-    cap, max_tokens, deadline = 150, 16, time.monotonic() + 420
-    prompts = {f"r{i}": random_prompt(4 + (7 * i) % 30, 50 + i) for i in range(cap)}
-    engine = Engine(mixtral, engine_config(expert_parallel=1))
+def test_elastic_expert_parallel_2_4_2_under_load(ray_local: None, mixtral: Path) -> None:
+    max_tokens, deadline = 16, time.monotonic() + DEADLINE_S
+    prompts = {f"r{i}": random_prompt(4 + (7 * i) % 30, 50 + i) for i in range(CAP)}
+    engine = Engine(mixtral, engine_config(expert_parallel=2, rank_resources=RANK_CPU))
     runner = engine.sharded
-    assert runner is not None
+    assert runner is not None and len(runner.handles) == 2
     got: Result = {}
     in_flight_at_switch: list[int] = []
-    plan = [2, 1]
-    next_id = 0
+    plan = [4, 2]
+    next_id, peak = 0, 0
+
+    def submit() -> None:
+        nonlocal next_id
+        rid = f"r{next_id}"
+        engine.add_request(EngineRequest(rid, prompts[rid], greedy_params(max_tokens)))
+        got[rid] = ([], [])
+        next_id += 1
+
     try:
         while time.monotonic() < deadline:
             resize = runner.resizing
             busy = resize is not None and resize.switched is None
             if plan and not busy and next_id >= 2:
                 engine.scale_experts(plan.pop(0))
-                busy = True
+                resize, busy = runner.resizing, True
             scaling = bool(plan) or busy
             metrics = engine.metrics()
             in_flight = metrics.running + metrics.waiting
-            if scaling and next_id < cap and in_flight < 3:
-                rid = f"r{next_id}"
-                engine.add_request(EngineRequest(rid, prompts[rid], greedy_params(max_tokens)))
-                got[rid] = ([], [])
-                next_id += 1
+            if scaling and next_id < CAP - RESERVE and in_flight < 3:
+                submit()
+                in_flight += 1
+            ready = busy and resize is not None and resize.prepared is not None
+            if ready and in_flight == 0 and next_id < CAP:
+                submit()  # the switch is the point: it must find requests in flight
                 in_flight += 1
             if not scaling and not engine.has_unfinished():
                 break
@@ -84,10 +101,15 @@ def test_elastic_expert_parallel_under_load(ray_local: None, mixtral: Path) -> N
                 assert out.error is None, out.error
                 got[out.request_id][0].extend(out.new_token_ids)
                 got[out.request_id][1].extend(out.logprobs or [])
+            peak = max(peak, len(runner.handles))
             after = runner.resizing
-            if after is not None and after.switched is not None and busy:
-                in_flight_at_switch.append(in_flight)
-        assert not plan and runner.ep == 1 and len(runner.handles) == 1
+            if busy and after is not None:
+                assert after.error is None, after.error
+                if after.switched is not None:
+                    in_flight_at_switch.append(in_flight)
+        assert not plan, f"scaling did not finish within {DEADLINE_S} s: {runner.resizing}"
+        assert peak == 4 and runner.ep == 2 and len(runner.handles) == 2
+        assert sorted(e for held in runner.placement for e in held) == [0, 1, 2, 3]
         assert len(in_flight_at_switch) == 2, in_flight_at_switch
         assert min(in_flight_at_switch) > 0, (in_flight_at_switch, next_id)
         assert all(len(tokens) == max_tokens for tokens, _ in got.values())
@@ -95,13 +117,15 @@ def test_elastic_expert_parallel_under_load(ray_local: None, mixtral: Path) -> N
         engine.close()
     served = {r: prompts[r] for r in got}
     reference = run_to_end(Engine(mixtral, engine_config()), served, max_tokens)
-    assert_matches(reference, got)
+    assert_matches(reference, got, max_tokens)
 
 
 def test_a_killed_rank_is_fatal(ray_local: None, mixtral: Path) -> None:
     import ray
 
-    engine = Engine(mixtral, engine_config(expert_parallel=2, tensor_parallel=1))
+    engine = Engine(
+        mixtral, engine_config(expert_parallel=2, tensor_parallel=1, rank_resources=RANK_CPU)
+    )
     runner = engine.sharded
     assert runner is not None
     try:
