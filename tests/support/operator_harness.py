@@ -132,6 +132,15 @@ class OperatorProcess:
 
         wait_for(healthy, "operator liveness")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a force-deleted pod ends it: no cleanup handlers run."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=15)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -143,6 +152,23 @@ class OperatorProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
         self.proc = None
+
+
+def without_deployment_writes(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chart's operator rules with writes of apps/v1 Deployments taken away (reads kept:
+    the operator still lists and watches them), so its every pass stops at the router
+    Deployment, late in the apply order (`mainsail.operator.desired`)."""
+    out = []
+    for rule in rules:
+        if rule["apiGroups"] == ["apps"] and "deployments" in rule["resources"]:
+            rest = [r for r in rule["resources"] if r != "deployments"]
+            out.append({**rule, "resources": rest})
+            out.append({"apiGroups": ["apps"], "resources": ["deployments"],
+                        "verbs": ["get", "list", "watch"]})  # fmt: skip
+        else:
+            out.append(rule)
+    assert out != rules, "the chart's rules no longer grant writes of Deployments"
+    return out
 
 
 def get(bed: Any, ns: str, kind: str, name: str) -> dict[str, Any]:

@@ -186,3 +186,41 @@ def test_status_asks_the_router_which_workers_registered() -> None:
     probe.error = "GET http://tiny-router...: connection refused"
     reconciler.reconcile(NS, "tiny")
     assert ready() == ("False", "RouterUnreachable", "0/1")
+
+
+class _NoDeployments(InMemoryKubeApi):
+    """The API server as an operator whose RBAC lacks writes of apps/v1 Deployments sees it."""
+
+    refuse = True
+
+    def apply(self, obj: Any) -> Any:
+        if self.refuse and obj["kind"] == "Deployment":
+            name = obj["metadata"]["name"]
+            raise KubeError(403, f'deployments.apps "{name}" is forbidden: cannot patch')
+        return super().apply(obj)
+
+
+def test_a_refused_write_stops_the_pass_names_the_child_and_the_next_pass_finishes() -> None:
+    """A pass cut short (RBAC without one kind here; an operator killed mid-pass is the same
+    state) leaves the children before it; status says why; a later pass, by a new reconciler
+    as after a restart, adds only what is missing: the same objects, no second copy."""
+    api = _NoDeployments()
+    _deployment(api)
+    outcome = _reconciler(api).reconcile(NS, "tiny")
+    assert outcome is not None
+    assert outcome.failed is not None and outcome.failed.startswith("Deployment/tiny-router: ")
+    assert "HTTP 403" in outcome.failed
+    assert "Deployment/tiny-router" not in _kinds(api) and "RayCluster/tiny" in _kinds(api)
+    status = api.get(MD, "ModelDeployment", NS, "tiny")["status"]  # type: ignore[index]
+    ready = status["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "ApplyFailed")
+    assert "Deployment/tiny-router" in ready["message"] and "forbidden" in ready["message"]
+    before = {k: o["metadata"]["uid"] for k, o in api.objects.items()}
+
+    api.refuse = False
+    again = _reconciler(api).reconcile(NS, "tiny")
+    assert again is not None and again.failed is None
+    assert again.created == ["Deployment/tiny-router"] and again.updated == []
+    assert {k: api.objects[k]["metadata"]["uid"] for k in before} == before
+    ready = api.get(MD, "ModelDeployment", NS, "tiny")["status"]["conditions"][0]  # type: ignore[index]
+    assert ready["reason"] != "ApplyFailed"

@@ -145,6 +145,9 @@ def post_events(outcome: Outcome) -> None:
     if outcome.drain_failures:
         message = "removed without a drain: " + "; ".join(outcome.drain_failures)
         kopf.event(body, type="Warning", reason="DrainFailed", message=message[:1000])
+    if outcome.failed is not None:
+        message = "could not apply " + outcome.failed
+        kopf.event(body, type="Warning", reason="ApplyFailed", message=message[:1000])
     if outcome.conflicts:
         message = "exists and is not ours: " + ", ".join(outcome.conflicts)
         kopf.event(body, type="Warning", reason="NameConflict", message=message)

@@ -5,12 +5,17 @@ test, or by a benchmark, against any `KubeApi`. Every pass lists the deployment'
 label, applies only what differs from the desired state (server-side apply, field manager
 `mainsail-operator`), deletes children the spec no longer asks for, then writes the
 ServingPools' and the deployment's status if they changed. Running it twice changes nothing.
+A write the API server refuses (say, RBAC without one kind) ends the writes of that pass;
+status (`Ready` False, reason `ApplyFailed`) and an event name the child, and the next pass
+starts over from what exists, so a pass cut short (or an operator killed mid-pass) never
+leaves a second copy of anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +28,7 @@ from mainsail.operator.desired_pools import WORKER_COMPONENT, pool_replicas, ray
 from mainsail.operator.desired_router import router_metrics_url, router_name
 from mainsail.operator.desired_secrets import admin_token, rotation
 from mainsail.operator.kinds import CHILDREN
-from mainsail.operator.kube import KubeApi, Obj
+from mainsail.operator.kube import KubeApi, KubeError, Obj
 from mainsail.operator.naming import (
     LABEL_COMPONENT,
     LABEL_DEPLOYMENT,
@@ -31,7 +36,7 @@ from mainsail.operator.naming import (
     MD_API_VERSION,
     Owner,
 )
-from mainsail.operator.plan import child_key, contains, controlled_by, plan_changes
+from mainsail.operator.plan import Plan, child_key, contains, controlled_by, plan_changes
 from mainsail.operator.router_probe import HttpRouterProbe, RouterProbe, RouterUnreachable
 from mainsail.operator.scale_down import choose_removals
 from mainsail.operator.settings import OperatorSettings
@@ -57,6 +62,8 @@ class Outcome:
     invalid: str | None = None
     drained: list[str] = field(default_factory=list)
     drain_failures: list[str] = field(default_factory=list)
+    failed: str | None = None
+    """The child the pass could not write and why; the writes after it were not tried."""
     ready_before: str | None = None
     ready_after: str | None = None
 
@@ -67,6 +74,23 @@ class Outcome:
 
 def _describe(obj: Obj) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+class _Refused(Exception):
+    """The API server refused a write of `child` (kind/name)."""
+
+    def __init__(self, child: str, error: KubeError) -> None:
+        super().__init__(f"{child}: {error}")
+        self.child, self.error = child, error
+
+
+@contextlib.contextmanager
+def _refusal(obj: Obj) -> Iterator[None]:
+    """Turn a `KubeError` of a write of `obj` into `_Refused` naming it."""
+    try:
+        yield
+    except KubeError as exc:
+        raise _Refused(_describe(obj), exc) from exc
 
 
 def _ready_status(status: Any) -> str | None:
@@ -140,27 +164,44 @@ class Reconciler:
         desired = desired_children(owner, spec, self._settings, pools, removals, secret, rotate)
         plan = plan_changes(owner, desired, ours)
         current = {child_key(obj): obj for obj in ours}
-        for obj in plan.create:
-            meta = obj["metadata"]
-            existing = api.get(obj["apiVersion"], obj["kind"], ns, meta["name"])
-            if existing is not None and not controlled_by(existing, owner):
-                outcome.conflicts.append(_describe(obj))
-                continue
-            current[child_key(obj)] = api.apply(obj)
-            outcome.created.append(_describe(obj))
-        for obj in plan.update:
-            current[child_key(obj)] = api.apply(obj)
-            outcome.updated.append(_describe(obj))
-        for obj in plan.delete:
-            meta = obj["metadata"]
-            api.delete(obj["apiVersion"], obj["kind"], ns, meta["name"], meta["uid"])
-            current.pop(child_key(obj), None)
-            outcome.deleted.append(_describe(obj))
-        self._write_status(owner, spec, body, current, pods)
+        try:
+            self._write_children(owner, plan, current, outcome)
+        except _Refused as refused:
+            if refused.error.status == 403 and "NamespaceTerminating" in str(refused.error):
+                raise refused.error from None
+            # E.g. RBAC without one kind: the pass stops here, status and an event name it,
+            # and the next pass (resync, or any child's event) tries again from the start.
+            outcome.failed = f"{refused.child}: {refused.error}"
+        self._write_status(owner, spec, body, current, pods, outcome.failed)
         outcome.ready_after = _ready_status(outcome.body.get("status"))
         if outcome.ready_after is None:
             outcome.ready_after = outcome.ready_before
         return outcome
+
+    def _write_children(
+        self, owner: Owner, plan: Plan, current: dict[Any, Obj], outcome: Outcome
+    ) -> None:
+        """Create, update, delete in apply order; a refused write raises `_Refused`."""
+        api, ns = self._api, owner.namespace
+        for obj in plan.create:
+            meta = obj["metadata"]
+            with _refusal(obj):
+                existing = api.get(obj["apiVersion"], obj["kind"], ns, meta["name"])
+                if existing is not None and not controlled_by(existing, owner):
+                    outcome.conflicts.append(_describe(obj))
+                    continue
+                current[child_key(obj)] = api.apply(obj)
+            outcome.created.append(_describe(obj))
+        for obj in plan.update:
+            with _refusal(obj):
+                current[child_key(obj)] = api.apply(obj)
+            outcome.updated.append(_describe(obj))
+        for obj in plan.delete:
+            meta = obj["metadata"]
+            with _refusal(obj):
+                api.delete(obj["apiVersion"], obj["kind"], ns, meta["name"], meta["uid"])
+            current.pop(child_key(obj), None)
+            outcome.deleted.append(_describe(obj))
 
     def _worker_pods(self, owner: Owner) -> dict[str, list[Obj]]:
         """The deployment's worker pods by role."""
@@ -213,6 +254,7 @@ class Reconciler:
         body: Obj,
         current: dict[Any, Obj],
         pods: dict[str, list[Obj]],
+        apply_error: str | None = None,
     ) -> None:
         api, ns = self._api, owner.namespace
         pools: dict[str, Obj] = {}
@@ -235,6 +277,7 @@ class Reconciler:
         obs = Observation(
             registered=registered,
             router_error=router_error,
+            apply_error=apply_error,
             serving_pools=pools,
             pool_pods=pods,
             router=router,

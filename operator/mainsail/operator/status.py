@@ -7,7 +7,8 @@ the conjunction of `RouterReady` (the router Deployment is ready and the router 
 `PoolsReady` (each pool has as many workers *registered with the router* as its ServingPool
 asks for; Ready pods alone are not enough: a worker serves only once it has loaded the model
 and registered), `CacheReady` and `KVConfigConsistent`; its reason is the first one that is
-not true.
+not true, or `ApplyFailed` (naming the child and the API server's answer) when the pass could
+not write every child.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Observation:
     """Role -> workers registered with the router; None when the router was not read."""
     router_error: str | None = None
     """Why the router could not be read (when `registered` is None)."""
+    apply_error: str | None = None
+    """The child this pass could not write and the API server's answer (e.g. a 403 when the
+    operator's RBAC lacks a kind), when the pass stopped part-way."""
 
 
 def pod_ready(pod: Obj) -> bool:
@@ -183,6 +187,10 @@ def _conditions(owner: Owner, spec: ModelDeploymentSpec, obs: Observation) -> li
         "serving" if first_bad is None else first_bad.message,
         gen,
     )
+    if obs.apply_error is not None:  # the children are not what the spec asks for
+        ready = _condition(
+            "Ready", False, "ApplyFailed", f"could not apply {obs.apply_error}"[:2000], gen
+        )
     return [ready, *parts]
 
 
