@@ -189,3 +189,129 @@ def test_a_request_wakes_a_pool_scaled_to_zero(
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
+
+
+def _peers_slice(name: str, index: int, router: LoopbackRouter) -> dict[str, Any]:
+    """One EndpointSlice of `<name>-router-peers` listing router pod `index`, as the cluster's
+    EndpointSlice controller writes it (there is none on this API-server-only bed). The pod IP
+    is never dialed (see the operator harness); the http port tells the loopback routers apart,
+    which in a cluster share one port on different IPs."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-router-peers-{index}",
+            "labels": {"kubernetes.io/service-name": f"{name}-router-peers"},
+        },
+        "addressType": "IPv4",
+        "ports": [
+            {"name": "fleet", "port": int(router.fleet.rpartition(":")[2]), "protocol": "TCP"},
+            {"name": "http", "port": router.http_port, "protocol": "TCP"},
+        ],
+        "endpoints": [
+            {
+                "addresses": [f"10.244.0.{index + 10}"],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "targetRef": {"kind": "Pod", "name": f"{name}-router-{index}"},
+            }
+        ],
+    }
+
+
+def test_the_autoscaler_and_status_read_every_router_replica(
+    kube_testbed: Any,
+    kube_namespace: str,
+    operator: OperatorProcess,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """`spec.router.replicas: 2` with two real routers listed by the router-peers
+    EndpointSlices: a worker heartbeating to both is counted once (waiting 2 -> 2 replicas, not
+    4), a worker registered with one replica only is not ready yet, and requests each router
+    holds add up (1 + 2 held -> 3 replicas; either router alone would say 1 or 2)."""
+    name, model = "fleet", "tiny-fleet"
+    routers = []
+    try:
+        for i in range(2):
+            (tmp_path / f"r{i}").mkdir()
+            routers.append(
+                LoopbackRouter(tiny_model_dir, tmp_path / f"r{i}", model_name=model, workers=())
+            )
+        a, b = routers
+        for router in routers:
+            router.load.update(running=2, waiting=2, kv_blocks_used=10)
+            router.add_worker("w-0")  # one worker, heartbeating to both replicas
+        md = {
+            "apiVersion": "mainsail.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name},
+            "spec": {
+                "model": {"name": model, "generate": "llama"},
+                "router": {"replicas": 2, "httpPort": a.http_port},
+                "pools": {
+                    "cache": {"enabled": False},
+                    "unified": {
+                        "replicas": 1,
+                        "autoscaling": {
+                            "enabled": True, "minReplicas": 0, "maxReplicas": 8,
+                            "targetQueueDepth": 1, "scaleDownDelaySeconds": 600,
+                        },
+                    },
+                },
+            },
+        }  # fmt: skip
+        bed, ns = kube_testbed, kube_namespace
+        bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
+        for i, router in enumerate(routers):
+            bed.kubectl(
+                "apply", "-n", ns, "-f", "-", input=json.dumps(_peers_slice(name, i, router))
+            )
+
+        def auto() -> dict[str, Any]:
+            status = get(bed, ns, "modeldeployment", name).get("status") or {}
+            return dict((status.get("autoscaling") or {}).get("unified") or {})
+
+        def pool() -> int:
+            return int(get(bed, ns, "servingpool", f"{name}-unified")["spec"]["replicas"])
+
+        def pools_ready() -> tuple[str, str]:
+            md = get(bed, ns, "modeldeployment", name)
+            found = [
+                c for c in md.get("status", {}).get("conditions", []) if c["type"] == "PoolsReady"
+            ]
+            return (found[0]["status"], found[0]["message"]) if found else ("", "")
+
+        wait_for(lambda: pool() == 2 and "2 waiting" in auto().get("reason", ""), "2 replicas")
+        time.sleep(3)  # more passes: still 2 (a sum of the replicas would say 4)
+        assert pool() == 2 and "2 waiting" in auto()["reason"]
+        wait_for(lambda: "1/2 registered" in pools_ready()[1], "1 of 2 workers registered")
+
+        for router in routers:  # nothing waiting now: the pool holds at 2 (scale-down delay)
+            router.load.update(waiting=0)
+        a.add_worker("w-1")  # registered with replica a only: a alone would say 2/2
+        time.sleep(4)  # a resync (3 s) or more
+        assert pools_ready() == (
+            "False",
+            "waiting for workers: unified 1/2 registered (0 pods ready)",
+        )
+        b.add_worker("w-1")
+        wait_for(lambda: pools_ready()[0] == "True", "both workers registered with both")
+
+        for router in routers:
+            router.load.update(running=0, waiting=0, kv_blocks_used=0)
+            for worker in ("w-0", "w-1"):
+                router.remove_worker(worker)
+        with concurrent.futures.ThreadPoolExecutor(3) as held:
+            body = {"model": model, "prompt": "Hold", "max_tokens": 1}
+            for router in (a, b, b):  # no worker: each router holds what it was sent
+                held.submit(
+                    httpx.post, f"http://127.0.0.1:{router.http_port}/v1/completions",
+                    json=body, timeout=60,
+                )  # fmt: skip
+            wait_for(lambda: pool() == 3, "3 replicas for 1 + 2 held requests", timeout=40)
+            assert "3 waiting" in auto()["reason"]
+            for router in routers:  # ends the held requests
+                router.stop()
+    finally:
+        for router in routers:
+            router.stop()

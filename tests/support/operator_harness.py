@@ -112,6 +112,10 @@ class OperatorProcess:
             # router.httpPort (there are no Services to resolve here).
             "MAINSAIL_OPERATOR_AUTOSCALE_SECONDS": "1",
             "MAINSAIL_OPERATOR_ROUTER_METRICS_URL": "http://127.0.0.1:{port}/metrics",
+            # Each router replica from the router-peers EndpointSlices a test writes (no
+            # controller manager here): its address is a pod IP nobody dials, its http port
+            # says which loopback router it is.
+            "MAINSAIL_OPERATOR_ROUTER_POD_METRICS_URL": "http://127.0.0.1:{port}/metrics",
             "MAINSAIL_OPERATOR_ROUTER_ADMIN_URL": "http://127.0.0.1:{port}",
         }
         with self.log.open("ab") as out:

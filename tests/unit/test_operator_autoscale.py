@@ -170,10 +170,15 @@ class MemoryApi:
     """An in-memory stand-in for the API server (the fast tier; the integration test uses a
     real one): ServingPools by name and one ModelDeployment's status."""
 
-    def __init__(self, pools: dict[str, int]) -> None:
+    def __init__(self, pools: dict[str, int], slices: list[dict[str, Any]] | None = None) -> None:
         self.pools = pools
+        self.slices = slices or []  # the router-peers EndpointSlices
         self.status: dict[str, Any] = {}
         self.patches: list[tuple[str, int]] = []
+
+    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> Any:
+        assert (kind, selector) == ("EndpointSlice", "kubernetes.io/service-name=chat-router-peers")
+        return self.slices
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
         if name not in self.pools:
@@ -197,13 +202,15 @@ class MemoryApi:
 class ScriptedSignals:
     def __init__(self) -> None:
         self.now: dict[str, PoolSignals] | None = None
+        self.per_url: dict[str, dict[str, PoolSignals] | None] = {}  # overrides `now`
         self.urls: list[str] = []
 
     async def pool_signals(self, url: str) -> Mapping[str, PoolSignals]:
         self.urls.append(url)
-        if self.now is None:
+        now = self.per_url.get(url, self.now)
+        if now is None:
             raise SignalsUnavailable("connection refused")
-        return self.now
+        return now
 
 
 def _body(delay: int = 30) -> dict[str, Any]:
@@ -314,3 +321,54 @@ async def test_the_scale_down_delay_survives_an_operator_restart() -> None:
 
     api.pools["chat-unified"] = 3  # without the kept history a new process must hold
     assert (await operator().run_pass(body)).changes == []
+
+
+def _slice(*endpoints: tuple[str, bool], port: int = 8000) -> dict[str, Any]:
+    """An EndpointSlice of the router-peers Service: (pod IP, serving) per router pod."""
+    return {
+        "addressType": "IPv4",
+        "ports": [{"name": "fleet", "port": 50052}, {"name": "http", "port": port}],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": True, "serving": serving}}
+            for ip, serving in endpoints
+        ],
+    }
+
+
+async def test_every_router_replica_is_read_and_merged_and_a_missing_one_holds_scale_down() -> None:
+    """Two serving replicas (a third starting is skipped): their held requests add up, the
+    workers every replica hears are counted once; with one replica unreadable the pass may
+    scale up on the other but not down."""
+    api = MemoryApi(
+        {"chat-unified": 1}, [_slice(("10.0.0.1", True), ("10.0.0.2", True), ("10.0.0.3", False))]
+    )
+    source = ScriptedSignals()
+    clock = [0.0]
+    scaler = Autoscaler(api, source, OperatorSettings(), clock=lambda: clock[0])  # type: ignore[arg-type]
+    body = _body(delay=0)
+    a, b = "http://10.0.0.1:8000/metrics", "http://10.0.0.2:8000/metrics"
+    workers = {"workers": 2, "running": 4, "waiting": 2, "used": 100, "total": 2000}
+    source.per_url = {
+        a: {"unified": sig(**workers, queued=3)},
+        b: {"unified": sig(**workers, queued=1)},
+    }
+    await scaler.run_pass(body)
+    assert sorted(source.urls) == [a, b]
+    assert api.pools["chat-unified"] == 3  # ceil((2 waiting + 3 + 1 held) / 2); a sum: 4
+    assert "6 waiting" in api.status["autoscaling"]["unified"]["reason"]
+
+    source.per_url = {a: {"unified": sig(workers=3, total=3000)}, b: None}
+    for t in (10.0, 20.0):  # at 20 the delay is over: only the missing replica holds
+        clock[0] = t
+        result = await scaler.run_pass(body)
+        assert result.changes == [] and api.pools["chat-unified"] == 3
+    assert "1/2 router replicas read" in api.status["autoscaling"]["unified"]["reason"]
+
+    source.per_url[b] = {"unified": sig(workers=3, total=3000, queued=8)}  # back: up on its queue
+    clock[0] = 30.0
+    await scaler.run_pass(body)
+    assert api.pools["chat-unified"] == 4
+
+    source.per_url = {a: None, b: None}
+    result = await scaler.run_pass(body)
+    assert result.unavailable and a in result.unavailable and b in result.unavailable

@@ -289,7 +289,8 @@ def test_router_replicas_get_peers_service_spread_and_a_budget_only_when_several
     peers = next(s for s in kinds["Service"] if s["metadata"]["name"] == "dense-pd-router-peers")
     assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"]
     assert peers["spec"]["ports"] == [
-        {"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"}
+        {"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"},
+        {"name": "http", "port": spec.router.http_port, "targetPort": "http"},
     ]
     router = kinds["Deployment"][0]
     assert router["spec"]["replicas"] == 2

@@ -6,12 +6,17 @@ the reconciler already makes the RayCluster follow a ServingPool, so scaling by 
 HPA or by this loop all take the same road. Its last decision per role goes to the
 ModelDeployment's ``status.autoscaling`` and every change to a Kubernetes Event.
 
-Failure: when the router cannot be read the pass changes nothing and says so in status
-(``reason``); a stale or missing signal never scales anything down. The scale-down history
-(where the raw recommendation changed, over the last ``scaleDownDelaySeconds``) is kept in
-memory and in ``status.autoscaling.<role>.recommendations``: an operator that restarts picks it
-up from status, so the delay neither restarts nor is skipped. Without it (a new pool) the pool
-holds its size for one whole delay before it may shrink.
+With several router replicas (`spec.router.replicas`) each pass reads every serving replica
+(`router_replicas`, from the router-peers EndpointSlices) and merges their signals without
+counting a worker twice (`signal_merge`).
+
+Failure: when no router replica can be read the pass changes nothing and says so in status
+(``reason``); when only some can, it may scale up on what it read but never down (the unread
+replicas' held requests are missing). A stale or missing signal never scales anything down.
+The scale-down history (where the raw recommendation changed, over the last
+``scaleDownDelaySeconds``) is kept in memory and in ``status.autoscaling.<role>.recommendations``:
+an operator that restarts picks it up from status, so the delay neither restarts nor is skipped.
+Without it (a new pool) the pool holds its size for one whole delay before it may shrink.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from mainsail.operator.desired_pools import serving_pool_name
 from mainsail.operator.desired_router import router_metrics_url
 from mainsail.operator.kube import KubeApi, Obj
 from mainsail.operator.naming import MD_API_VERSION, Owner
+from mainsail.operator.router_replicas import router_urls
 from mainsail.operator.router_signals import SignalSource, SignalsUnavailable
 from mainsail.operator.settings import OperatorSettings
+from mainsail.operator.signal_merge import merge_signals
 from mainsail.spec.crd import SERVING_POOL_KIND, AutoscalerStatus
 from mainsail.spec.crd import Recommendation as RecommendationPoint
 from mainsail.spec.deployment import KIND, ModelDeploymentSpec
@@ -69,6 +76,7 @@ class Reading:
     wall: str
     loads: Mapping[str, PoolSignals] = field(default_factory=dict)
     unavailable: str | None = None
+    partial: str | None = None  # some replicas read, not all: scale-down holds
 
 
 @dataclass
@@ -124,8 +132,40 @@ class Autoscaler:
         self._history: dict[tuple[str, str, str], list[tuple[float, int]]] = {}
 
     def metrics_url(self, owner: Owner, spec: ModelDeploymentSpec) -> str:
-        """The router's metrics URL for this deployment (settings' template filled in)."""
+        """The router Service's metrics URL for this deployment (settings' template filled in)."""
         return router_metrics_url(self._settings.router_metrics_url, owner, spec)
+
+    async def _read_replicas(
+        self, owner: Owner, spec: ModelDeploymentSpec, reading: Reading
+    ) -> None:
+        """Every replica's signals, merged into ``reading`` (or why they are missing)."""
+        settings = self._settings
+        urls = await asyncio.to_thread(
+            router_urls,
+            self._api,
+            settings.router_pod_metrics_url,
+            settings.router_metrics_url,
+            owner,
+            spec,
+        )
+        results = await asyncio.gather(
+            *(self._signals.pool_signals(url) for url in urls), return_exceptions=True
+        )
+        read = [r for r in results if not isinstance(r, BaseException)]
+        failed = [
+            f"{url}: {r}"
+            for url, r in zip(urls, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
+        for error in results:
+            if isinstance(error, BaseException) and not isinstance(error, SignalsUnavailable):
+                raise error
+        if not read:
+            reading.unavailable = "; ".join(failed)
+            return
+        reading.loads = merge_signals(read)
+        if failed:
+            reading.partial = f"{len(read)}/{len(urls)} router replicas read ({'; '.join(failed)})"
 
     async def run_pass(self, body: Mapping[str, Any]) -> PassResult:
         """`read` then `apply` (tests; the operator holds the deployment's lock for `apply`)."""
@@ -146,10 +186,7 @@ class Autoscaler:
             return None
         previous = ((body.get("status") or {}).get("autoscaling")) or {}
         reading = Reading(owner, pools, previous, self._clock(), _rfc3339(self._wall()))
-        try:
-            reading.loads = await self._signals.pool_signals(self.metrics_url(owner, spec))
-        except SignalsUnavailable as exc:
-            reading.unavailable = str(exc)
+        await self._read_replicas(owner, spec, reading)
         return reading
 
     def apply(self, reading: Reading) -> PassResult:
@@ -175,6 +212,9 @@ class Autoscaler:
             if history is None:  # first pass since start: the history status kept
                 history = self._history[key] = history_from_status(before)
             target = stabilize(auto, current, rec.replicas, history, now)
+            partial_hold = reading.partial is not None and target < current
+            if partial_hold:
+                target = current
             if not history or history[-1][1] != rec.replicas:
                 history.append((now, rec.replicas))
             self._prune(history, now, auto.scale_down_delay_seconds)
@@ -191,6 +231,8 @@ class Autoscaler:
                 last_scale = wall
                 result.changes.append(ScaleChange(role, current, target, reason))
                 log.info("%s %s: %d -> %d (%s)", owner_key(owner), role, current, target, reason)
+            elif partial_hold:
+                reason += f"; holding {current}: only {reading.partial}"
             elif target != rec.replicas:
                 reason += (
                     f"; holding {target} (bounds {auto.min_replicas}-{auto.max_replicas}, "

@@ -206,8 +206,10 @@ def _spread(owner: Owner) -> list[dict[str, Any]]:
 
 
 def router_peers_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """Headless Service over the router pods' fleet port: its DNS name resolves to every
-    router pod, which is how workers find all replicas (`mainsail.workers.router_discovery`)."""
+    """Headless Service over the router pods: its DNS name resolves to every router pod,
+    which is how workers find all replicas (`mainsail.workers.router_discovery`, fleet port);
+    its EndpointSlices are how the operator reads every replica's `/metrics` (http port,
+    `mainsail.operator.router_replicas`)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -216,7 +218,10 @@ def router_peers_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, A
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": selector_labels(owner, COMPONENT),
-            "ports": [{"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"}],
+            "ports": [
+                {"name": "fleet", "port": spec.router.fleet_port, "targetPort": "fleet"},
+                {"name": "http", "port": spec.router.http_port, "targetPort": "http"},
+            ],
         },
     }
 

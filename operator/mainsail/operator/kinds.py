@@ -21,7 +21,7 @@ class Use(Enum):
 
     OWNER = "owner"  # the ModelDeployment: read, watch, patch its status
     CHILD = "child"  # created, updated and deleted per deployment; watched
-    READ = "read"  # read and watched only (worker pods, for readiness)
+    READ = "read"  # read only (worker pods for readiness, router EndpointSlices)
     ISSUED = "issued"  # written and read back by name, never listed or watched (Secrets)
 
 
@@ -49,6 +49,9 @@ _MAINSAIL = f"{API_GROUP}/{API_VERSION}"
 MODEL_DEPLOYMENT = ManagedKind(_MAINSAIL, KIND, "modeldeployments", Use.OWNER, status=True)
 SERVING_POOL = ManagedKind(_MAINSAIL, SERVING_POOL_KIND, "servingpools", Use.CHILD, status=True)
 POD = ManagedKind("v1", "Pod", "pods", Use.READ)
+ENDPOINT_SLICE = ManagedKind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", Use.READ)
+"""The router-peers Service's slices: every router replica's address, so status and the
+autoscaler read each replica (`router_replicas`)."""
 
 SECRET = ManagedKind("v1", "Secret", "secrets", Use.ISSUED)
 """The credentials Secret the operator issues per deployment (`desired_secrets`): fetched by
@@ -67,7 +70,7 @@ CHILDREN: tuple[ManagedKind, ...] = (
 )
 """The kinds a deployment's children are, in the order a pass lists them."""
 
-ALL: tuple[ManagedKind, ...] = (MODEL_DEPLOYMENT, SECRET, *CHILDREN, POD)
+ALL: tuple[ManagedKind, ...] = (MODEL_DEPLOYMENT, SECRET, *CHILDREN, POD, ENDPOINT_SLICE)
 
 PLURALS: dict[tuple[str, str], str] = {(k.api_version, k.kind): k.plural for k in ALL}
 """(apiVersion, kind) -> REST plural, for every kind the operator reads or writes."""

@@ -38,8 +38,10 @@ from mainsail.operator.naming import (
 )
 from mainsail.operator.plan import Plan, child_key, contains, controlled_by, plan_changes
 from mainsail.operator.router_probe import HttpRouterProbe, RouterProbe, RouterUnreachable
+from mainsail.operator.router_replicas import router_urls
 from mainsail.operator.scale_down import choose_removals
 from mainsail.operator.settings import OperatorSettings
+from mainsail.operator.signal_merge import merge_registered
 from mainsail.operator.status import Observation, deployment_status, serving_pool_status
 from mainsail.spec.crd import SERVING_POOL_KIND
 from mainsail.spec.deployment import KIND, ModelDeploymentSpec
@@ -247,6 +249,25 @@ class Reconciler:
             out[role] = list(decision.workers_to_delete)
         return out
 
+    def _registered(
+        self, owner: Owner, spec: ModelDeploymentSpec
+    ) -> tuple[dict[str, int] | None, str | None]:
+        """Role -> workers registered with every router replica read (`signal_merge`), or
+        None and why no replica could be read."""
+        settings = self._settings
+        urls = router_urls(
+            self._api, settings.router_pod_metrics_url, settings.router_metrics_url, owner, spec
+        )
+        readings, errors = [], []
+        for url in urls:
+            try:
+                readings.append(self._probe.registered(url))
+            except RouterUnreachable as exc:
+                errors.append(str(exc))
+        if not readings:
+            return None, "; ".join(errors)
+        return merge_registered(readings), None
+
     def _write_status(
         self,
         owner: Owner,
@@ -269,11 +290,7 @@ class Reconciler:
         router = current.get(("apps/v1", "Deployment", router_name(owner)))
         registered, router_error = None, None
         if router is not None:
-            url = router_metrics_url(self._settings.router_metrics_url, owner, spec)
-            try:
-                registered = dict(self._probe.registered(url))
-            except RouterUnreachable as exc:
-                router_error = str(exc)
+            registered, router_error = self._registered(owner, spec)
         obs = Observation(
             registered=registered,
             router_error=router_error,

@@ -76,6 +76,14 @@ class OperatorSettings(BaseModel):
         description="Where the autoscaler reads a deployment's load. Placeholders: {router} "
         "(the router Service's name), {namespace}, {port} (spec.router.httpPort).",
     )
+    router_pod_metrics_url: str = Field(
+        "http://{address}:{port}/metrics",
+        min_length=1,
+        description="Where status and the autoscaler read EACH router replica (one URL per "
+        "serving pod of the `<name>-router-peers` EndpointSlices; the signals are merged, see "
+        "mainsail.operator.signal_merge). Placeholders: {address} (the pod IP), {port} (the "
+        "router's http port), {namespace}. Without slices router_metrics_url is read.",
+    )
 
     router_admin_url: str = Field(
         "http://{router}.{namespace}.svc:{port}",
@@ -128,6 +136,20 @@ class OperatorSettings(BaseModel):
             ) from exc
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"{info.field_name} must be an http(s) URL")
+        return url
+
+    @field_validator("router_pod_metrics_url")
+    @classmethod
+    def _pod_placeholders(cls, url: str) -> str:
+        try:
+            url.format(address="a", namespace="n", port=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                "router_pod_metrics_url: only {address}, {namespace} and {port} may be used "
+                f"({exc!r})"
+            ) from exc
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("router_pod_metrics_url must be an http(s) URL")
         return url
 
     @classmethod

@@ -41,7 +41,8 @@ class Observation:
     config_map: Obj | None = None
     ray_cluster: Obj | None = None
     registered: Mapping[str, int] | None = None
-    """Role -> workers registered with the router; None when the router was not read."""
+    """Role -> workers registered with every router replica read (the fewest any replica
+    has); None when no replica was read."""
     router_error: str | None = None
     """Why the router could not be read (when `registered` is None)."""
     apply_error: str | None = None
@@ -145,7 +146,7 @@ def _conditions(owner: Owner, spec: ModelDeploymentSpec, obs: Observation) -> li
         "PoolsNotReady" if lagging else "AllPoolsReady",
         "waiting for workers: " + ", ".join(lagging)
         if lagging
-        else "every pool has its workers registered with the router",
+        else "every pool has its workers registered with every router replica",
         gen,
     )
     router_ok, router_msg = _workload_ready(obs.router)
