@@ -13,6 +13,8 @@ import logging
 import kopf
 
 from mainsail.operator.autoscaler import Autoscaler
+from mainsail.operator.expert_scaler import ExpertScaler
+from mainsail.operator.expert_signals import HttpExpertRouter
 from mainsail.operator.handlers import Runtime, build_registry
 from mainsail.operator.kube import RestKubeApi, api_client_from_environment
 from mainsail.operator.reconciler import Reconciler
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     client = api_client_from_environment()
     api = RestKubeApi(client, settings.field_manager, settings.request_timeout_seconds)
     autoscaler = Autoscaler(api, RouterScrape(settings.request_timeout_seconds), settings)
-    runtime = Runtime(Reconciler(api, settings), settings, autoscaler)
+    experts = ExpertScaler(api, HttpExpertRouter(settings.request_timeout_seconds), settings)
+    runtime = Runtime(Reconciler(api, settings), settings, autoscaler, experts)
     kopf.run(
         registry=build_registry(runtime),
         standalone=True,

@@ -27,6 +27,7 @@ import kopf
 
 from mainsail.operator.autoscaler import Autoscaler
 from mainsail.operator.coalescer import Coalescer
+from mainsail.operator.expert_scaler import ExpertScaler
 from mainsail.operator.kinds import CHILDREN, MODEL_DEPLOYMENT, POD, SERVING_POOL
 from mainsail.operator.kube import KubeError
 from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
@@ -50,6 +51,7 @@ class Runtime:
     reconciler: Reconciler
     settings: OperatorSettings
     autoscaler: Autoscaler | None = None
+    experts: ExpertScaler | None = None
 
     def __post_init__(self) -> None:
         self.coalescer: Coalescer[tuple[str, str]] = Coalescer(self._pass)
@@ -87,7 +89,12 @@ class Runtime:
             await self.coalescer.request((namespace, name))
 
     async def autoscale(self, body: Mapping[str, Any]) -> None:
-        """One autoscaler pass: scrape outside the lock, decide and write inside it."""
+        """One autoscaler pass, then one expert-parallel pass."""
+        await self._replicas(body)
+        await self._experts(body)
+
+    async def _replicas(self, body: Mapping[str, Any]) -> None:
+        """Replica autoscaling: scrape outside the lock, decide and write inside it."""
         if self.autoscaler is None:
             return
         reading = await self.autoscaler.read(body)
@@ -101,6 +108,24 @@ class Runtime:
             message = f"{change.role}: {change.before} -> {change.after} ({change.reason})"
             kopf.event(kbody, type="Normal", reason=verb, message=message[:1000])
 
+    async def _experts(self, body: Mapping[str, Any]) -> None:
+        """Expert-parallel degree (its own status key: no lock against the reconciler)."""
+        if self.experts is None:
+            return
+        result = await self.experts.run_pass(body)
+        if result is None:
+            return
+        kbody = kopf.Body(cast(kopf.RawBody, dict(body)))
+        for change in result.changes:
+            message = f"{change.role}: expertParallel {change.before} -> {change.after} "
+            message += f"({change.reason})"
+            if change.ok:
+                kopf.event(kbody, type="Normal", reason="ExpertsScaled", message=message[:1000])
+            else:
+                kopf.event(
+                    kbody, type="Warning", reason="ExpertScaleFailed", message=message[:1000]
+                )
+
     def forget(self, namespace: str | None, name: str | None) -> None:
         """A deployment was deleted: drop what the runtime kept for it."""
         if namespace and name:
@@ -108,6 +133,8 @@ class Runtime:
             self.ticker.forget(namespace, name)
             if self.autoscaler is not None:
                 self.autoscaler.forget_deployment(namespace, name)
+            if self.experts is not None:
+                self.experts.forget_deployment(namespace, name)
 
     async def _pass(self, key: tuple[str, str]) -> None:
         try:

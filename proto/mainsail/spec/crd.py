@@ -99,6 +99,26 @@ class AutoscalerStatus(SpecModel):
     )
 
 
+class ExpertParallelStatus(SpecModel):
+    """The expert-parallel autoscaler's last pass over one pool (docs/operator.md)."""
+
+    current: int = Field(..., ge=0, description="Degree the pool's workers run (the lowest).")
+    target: int = Field(..., ge=0, description="Degree it asked the workers for (or kept).")
+    recommended: int = Field(
+        ..., ge=0, description="What the load alone asked for, before cooldown and delay."
+    )
+    reason: str = Field("", max_length=1024, description="The signals that decided, in words.")
+    imbalance: float = Field(
+        1.0, ge=0, description="Busiest expert rank's load over the mean rank's (1 = even)."
+    )
+    last_change: str | None = Field(None, description="RFC 3339 time it last changed it.")
+    lower_since: str | None = Field(
+        None,
+        description="RFC 3339 time since which the load has asked for fewer ranks (the "
+        "scale-down delay's start; kept so it survives an operator restart).",
+    )
+
+
 class ModelDeploymentStatus(SpecModel):
     """What the operator observed about a ModelDeployment's children."""
 
@@ -112,6 +132,11 @@ class ModelDeploymentStatus(SpecModel):
     pools: dict[str, PoolStatus] = Field(default_factory=dict)
     autoscaling: dict[str, AutoscalerStatus] = Field(
         default_factory=dict, description="Per autoscaled role, written by the autoscaler."
+    )
+    expert_parallel: dict[str, ExpertParallelStatus] = Field(
+        default_factory=dict,
+        description="Per role of a sharded mixture-of-experts deployment, written by the "
+        "expert-parallel autoscaler.",
     )
     conditions: list[Condition] = Field(default_factory=list)
 

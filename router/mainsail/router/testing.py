@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.errors import WorkerRefused
 from mainsail.router.fleet.registry import WorkerRegistry
 from mainsail.router.fleet.transport import TransportError
 from mainsail.router.kvindex import GlobalKVIndex
@@ -121,6 +122,11 @@ class FakeTransport:
             worker.draining = drain
             worker.drain_epoch += 1
         return pb.DrainReply(draining=worker.draining, drain_epoch=worker.drain_epoch)
+
+    async def scale_experts(self, address: str, expert_parallel: int) -> pb.ScaleExpertsReply:
+        if address not in self.workers:
+            raise TransportError(f"UNAVAILABLE: no worker at {address}")
+        raise WorkerRefused("FAILED_PRECONDITION: fake workers run no experts")
 
     async def drop(self, address: str) -> None:
         return None

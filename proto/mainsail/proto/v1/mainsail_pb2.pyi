@@ -684,6 +684,51 @@ class DrainReply(_message.Message):
 Global___DrainReply: _TypeAlias = DrainReply  # noqa: Y015
 
 @_typing.final
+class ScaleExpertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERT_PARALLEL_FIELD_NUMBER: _builtins.int
+    expert_parallel: _builtins.int
+    """The expert-parallel degree to move to: it must divide the model's experts and be a
+    multiple of the worker's tensor-parallel degree.
+    """
+    def __init__(
+        self,
+        *,
+        expert_parallel: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expert_parallel", b"expert_parallel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleExpertsRequest: _TypeAlias = ScaleExpertsRequest  # noqa: Y015
+
+@_typing.final
+class ScaleExpertsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERT_PARALLEL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    expert_parallel: _builtins.int
+    """The degree the worker runs now and the one it is moving to (equal when nothing changes)."""
+    target: _builtins.int
+    def __init__(
+        self,
+        *,
+        expert_parallel: _builtins.int = ...,
+        target: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expert_parallel", b"expert_parallel", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleExpertsReply: _TypeAlias = ScaleExpertsReply  # noqa: Y015
+
+@_typing.final
 class LoadSnapshot(_message.Message):
     """What the router reads from a worker to schedule (see docs/protocol.md)."""
 
@@ -709,6 +754,9 @@ class LoadSnapshot(_message.Message):
     DRAIN_EPOCH_FIELD_NUMBER: _builtins.int
     ROUTER_ID_FIELD_NUMBER: _builtins.int
     KV_COST_FIELD_NUMBER: _builtins.int
+    EXPERT_PARALLEL_FIELD_NUMBER: _builtins.int
+    EXPERT_PARALLEL_TARGET_FIELD_NUMBER: _builtins.int
+    EXPERT_LOAD_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     running: _builtins.int
     waiting: _builtins.int
@@ -742,6 +790,14 @@ class LoadSnapshot(_message.Message):
     """
     router_id: _builtins.str
     """The router id `router_in_flight` is counted for ("" when not addressed to one router)."""
+    expert_parallel: _builtins.int
+    """A sharded mixture-of-experts worker (docs/parallelism.md): the expert-parallel degree it
+    runs (0 = not a sharded MoE worker), the degree it is moving to (equal to expert_parallel
+    when no change is under way; see Worker.ScaleExperts), and the tokens its gate routed to
+    each expert since it started, summed over the MoE layers (one figure per expert; refreshed
+    every few seconds). The operator's expert-parallel autoscaler reads them via the router.
+    """
+    expert_parallel_target: _builtins.int
     @_builtins.property
     def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -750,6 +806,8 @@ class LoadSnapshot(_message.Message):
         a cached prefix with the worker's own figures (docs/scheduling.md, "prefill-time").
         """
 
+    @_builtins.property
+    def expert_load(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
@@ -773,10 +831,13 @@ class LoadSnapshot(_message.Message):
         drain_epoch: _builtins.int = ...,
         router_id: _builtins.str = ...,
         kv_cost: Global___KVCost | None = ...,
+        expert_parallel: _builtins.int = ...,
+        expert_parallel_target: _builtins.int = ...,
+        expert_load: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kv_cost", b"kv_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "drain_epoch", b"drain_epoch", "draining", b"draining", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "kv_cost", b"kv_cost", "max_num_seqs", b"max_num_seqs", "pending_prefill_tokens", b"pending_prefill_tokens", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "router_id", b"router_id", "router_in_flight", b"router_in_flight", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "drain_epoch", b"drain_epoch", "draining", b"draining", "expert_load", b"expert_load", "expert_parallel", b"expert_parallel", "expert_parallel_target", b"expert_parallel_target", "generation_tokens_total", b"generation_tokens_total", "kv_blocks_total", b"kv_blocks_total", "kv_blocks_used", b"kv_blocks_used", "kv_cost", b"kv_cost", "max_num_seqs", b"max_num_seqs", "pending_prefill_tokens", b"pending_prefill_tokens", "preemptions", b"preemptions", "prefix_hit_tokens", b"prefix_hit_tokens", "prompt_tokens_total", b"prompt_tokens_total", "requests_finished", b"requests_finished", "router_id", b"router_id", "router_in_flight", b"router_in_flight", "running", b"running", "step_time_ms", b"step_time_ms", "timestamp", b"timestamp", "waiting", b"waiting", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

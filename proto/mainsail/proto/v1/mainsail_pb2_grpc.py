@@ -194,6 +194,11 @@ class WorkerStub:
                 request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStage.SerializeToString,
                 response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStageAck.FromString,
                 _registered_method=True)
+        self.ScaleExperts = channel.unary_unary(
+                '/mainsail.proto.v1.Worker/ScaleExperts',
+                request_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.ScaleExpertsRequest.SerializeToString,
+                response_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.ScaleExpertsReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -265,6 +270,18 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScaleExperts(self, request, context):
+        """Starts moving a sharded mixture-of-experts worker to another expert-parallel degree while
+        it serves (elastic EP: ranks join or leave between two engine steps, requests in flight
+        keep their KV). Returns at once; the worker's LoadSnapshot reports the switch. Refused
+        with INVALID_ARGUMENT for a degree the model cannot take, FAILED_PRECONDITION when the
+        worker is not a sharded MoE worker or a change is still under way. Asked by the router's
+        admin API (`POST /workers/<id>/experts`), so it needs the worker-plane credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +329,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ReceiveKV,
                     request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStage.FromString,
                     response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStageAck.SerializeToString,
+            ),
+            'ScaleExperts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleExperts,
+                    request_deserializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.ScaleExpertsRequest.FromString,
+                    response_serializer=mainsail_dot_proto_dot_v1_dot_mainsail__pb2.ScaleExpertsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -557,6 +579,33 @@ class Worker:
             '/mainsail.proto.v1.Worker/ReceiveKV',
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStage.SerializeToString,
             mainsail_dot_proto_dot_v1_dot_mainsail__pb2.KVStageAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleExperts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mainsail.proto.v1.Worker/ScaleExperts',
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.ScaleExpertsRequest.SerializeToString,
+            mainsail_dot_proto_dot_v1_dot_mainsail__pb2.ScaleExpertsReply.FromString,
             options,
             channel_credentials,
             insecure,

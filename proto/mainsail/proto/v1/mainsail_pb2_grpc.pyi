@@ -92,6 +92,14 @@ class WorkerStub:
     """The target side of Migrate: another worker of the deployment streams a request's KV
     blocks and state; each message is acknowledged. Needs the worker-plane credential.
     """
+    ScaleExperts: _grpc.UnaryUnaryMultiCallable[_mainsail_pb2.ScaleExpertsRequest, _mainsail_pb2.ScaleExpertsReply]
+    """Starts moving a sharded mixture-of-experts worker to another expert-parallel degree while
+    it serves (elastic EP: ranks join or leave between two engine steps, requests in flight
+    keep their KV). Returns at once; the worker's LoadSnapshot reports the switch. Refused
+    with INVALID_ARGUMENT for a degree the model cannot take, FAILED_PRECONDITION when the
+    worker is not a sharded MoE worker or a change is still under way. Asked by the router's
+    admin API (`POST /workers/<id>/experts`), so it needs the worker-plane credential.
+    """
 
 @_typing.type_check_only
 class WorkerAsyncStub(WorkerStub):
@@ -119,6 +127,14 @@ class WorkerAsyncStub(WorkerStub):
     ReceiveKV: _aio.StreamStreamMultiCallable[_mainsail_pb2.KVStage, _mainsail_pb2.KVStageAck]  # type: ignore[assignment]
     """The target side of Migrate: another worker of the deployment streams a request's KV
     blocks and state; each message is acknowledged. Needs the worker-plane credential.
+    """
+    ScaleExperts: _aio.UnaryUnaryMultiCallable[_mainsail_pb2.ScaleExpertsRequest, _mainsail_pb2.ScaleExpertsReply]  # type: ignore[assignment]
+    """Starts moving a sharded mixture-of-experts worker to another expert-parallel degree while
+    it serves (elastic EP: ranks join or leave between two engine steps, requests in flight
+    keep their KV). Returns at once; the worker's LoadSnapshot reports the switch. Refused
+    with INVALID_ARGUMENT for a degree the model cannot take, FAILED_PRECONDITION when the
+    worker is not a sharded MoE worker or a change is still under way. Asked by the router's
+    admin API (`POST /workers/<id>/experts`), so it needs the worker-plane credential.
     """
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -198,6 +214,20 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_mainsail_pb2.KVStageAck], _abc.AsyncIterator[_mainsail_pb2.KVStageAck]]:
         """The target side of Migrate: another worker of the deployment streams a request's KV
         blocks and state; each message is acknowledged. Needs the worker-plane credential.
+        """
+
+    @_abc_1.abstractmethod
+    def ScaleExperts(
+        self,
+        request: _mainsail_pb2.ScaleExpertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mainsail_pb2.ScaleExpertsReply, _abc.Awaitable[_mainsail_pb2.ScaleExpertsReply]]:
+        """Starts moving a sharded mixture-of-experts worker to another expert-parallel degree while
+        it serves (elastic EP: ranks join or leave between two engine steps, requests in flight
+        keep their KV). Returns at once; the worker's LoadSnapshot reports the switch. Refused
+        with INVALID_ARGUMENT for a degree the model cannot take, FAILED_PRECONDITION when the
+        worker is not a sharded MoE worker or a change is still under way. Asked by the router's
+        admin API (`POST /workers/<id>/experts`), so it needs the worker-plane credential.
         """
 
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,7 +17,7 @@ import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.router.errors import TransportError
+from mainsail.router.errors import TransportError, WorkerRefused
 from mainsail.router.fleet.worker_stream import WorkerStream
 from mainsail.spec.keepalive import client_options
 from mainsail.spec.router_identity import ROUTER_ID_METADATA
@@ -57,6 +57,11 @@ class WorkerTransport(Protocol):
     async def drain(self, address: str, drain: bool) -> pb.DrainReply:
         """Set the worker's own draining state (it tells every router); raises
         TransportError when the worker cannot be reached."""
+        ...
+
+    async def scale_experts(self, address: str, expert_parallel: int) -> pb.ScaleExpertsReply:
+        """Ask the worker to move to ``expert_parallel`` expert ranks (elastic EP); raises
+        `WorkerRefused` ("CODE: detail") when it refuses, TransportError when unreachable."""
         ...
 
     async def drop(self, address: str) -> None:
@@ -155,6 +160,24 @@ class GrpcTransport:
             )
         except grpc.aio.AioRpcError as exc:
             raise TransportError(f"{exc.code().name}: {exc.details()}") from exc
+        return reply
+
+    async def scale_experts(self, address: str, expert_parallel: int) -> pb.ScaleExpertsReply:
+        try:
+            reply: pb.ScaleExpertsReply = await self._stub(address).ScaleExperts(
+                pb.ScaleExpertsRequest(expert_parallel=expert_parallel),
+                timeout=10.0,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            message = f"{exc.code().name}: {exc.details()}"
+            if exc.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.UNIMPLEMENTED,
+            ):
+                raise WorkerRefused(message) from exc
+            raise TransportError(message) from exc
         return reply
 
     async def drop(self, address: str) -> None:

@@ -136,7 +136,9 @@ class HttpFront:
         return Response(200, self.router.metrics.render(), b"text/plain; version=0.0.4")
 
     def _admin(self, request: Request) -> dict[str, Endpoint] | None:
-        """`/workers/<id>/drain` (POST drains, DELETE undrains) and
+        """`/workers/<id>/drain` (POST drains, DELETE undrains),
+        `/workers/<id>/experts` (POST, JSON body `{"expertParallel": <n>}`: elastic expert
+        parallelism, `Router.scale_experts`) and
         `/requests/<id>/migrate` (POST, optional JSON body `{"worker": "<id>"}`)."""
         parts = request.path.strip("/").split("/")
         if len(parts) != 3:
@@ -150,6 +152,20 @@ class HttpFront:
                 return json_response({"worker": ident, "draining": on, "migrated": moved})
 
             return {"POST": drain, "DELETE": drain}
+        if kind == "workers" and action == "experts":
+
+            async def experts(request: Request) -> Response:
+                body = self._json(request) if request.body else {}
+                degree = body.get("expertParallel") if isinstance(body, dict) else None
+                if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+                    raise bad_request(
+                        "`expertParallel` must be an integer >= 1.", param="expertParallel"
+                    )
+                reply = await self.router.scale_experts(ident, degree)
+                current, target = reply.expert_parallel, reply.target
+                return json_response({"worker": ident, "expertParallel": current, "target": target})
+
+            return {"POST": experts}
         if kind == "requests" and action == "migrate":
 
             async def migrate(request: Request) -> Response:
@@ -182,6 +198,8 @@ class HttpFront:
                 "kv_blocks_used": e.load.kv_blocks_used,
                 "kv_blocks_total": e.load.kv_blocks_total,
                 "draining": e.draining,
+                "expert_parallel": e.load.expert_parallel,
+                "expert_parallel_target": e.load.expert_parallel_target,
             }
             for e in self.router.registry.entries()
         ]

@@ -20,7 +20,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.errors import RouterError
+from mainsail.router.errors import (
+    RouterError,
+    TransportError,
+    WorkerRefused,
+    bad_request,
+    not_found,
+)
 from mainsail.router.fleet.registry import WorkerRegistry
 from mainsail.router.fleet.transport import WorkerTransport
 from mainsail.router.kvindex import ApproximateIndex, KVIndex
@@ -174,6 +180,25 @@ class Router:
     async def drain(self, worker_id: str, drain: bool = True) -> int:
         """See `RequestMover.drain`."""
         return await self.moves.drain(worker_id, drain)
+
+    async def scale_experts(self, worker_id: str, expert_parallel: int) -> pb.ScaleExpertsReply:
+        """Asks a registered worker to move to ``expert_parallel`` expert ranks (elastic EP,
+        `Worker.ScaleExperts`): 404 for an unknown worker, 400 for a degree the worker's model
+        cannot take, 409 when it cannot change now (not a sharded MoE worker, or a change is
+        under way), 502 when it cannot be reached."""
+        entry = self.registry.get(worker_id)
+        if entry is None:
+            raise not_found(f"No worker {worker_id!r} is registered.")
+        try:
+            return await self.transport.scale_experts(entry.address, expert_parallel)
+        except WorkerRefused as exc:
+            if exc.invalid_argument:
+                raise bad_request(str(exc), param="expertParallel") from exc
+            raise RouterError(409, str(exc), code="conflict") from exc
+        except TransportError as exc:
+            raise RouterError(
+                502, f"Worker {worker_id!r} could not be reached: {exc}", type="server_error"
+            ) from exc
 
     def plan_rebalance(self) -> list[Move]:
         """See `RequestMover.plan_rebalance`."""

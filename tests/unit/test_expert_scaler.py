@@ -1,0 +1,221 @@
+"""The expert-parallel autoscaler's fast tier: the router -> operator signal contract (a real
+router registry rendered and parsed), the router's admin endpoint over its real HTTP front
+(fake workers), and passes over an in-memory API with a scripted router. The whole loop with a
+real API server, operator, router and sharded worker: tests/integration/
+test_operator_expert_parallel.py."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support.http import serving
+
+from mainsail.operator.expert_parallel_policy import ExpertSignals
+from mainsail.operator.expert_scaler import ExpertScaler
+from mainsail.operator.expert_signals import ScaleFailed, WorkerDegree, parse_expert_signals
+from mainsail.operator.fake_kube import InMemoryKubeApi
+from mainsail.operator.router_signals import SignalsUnavailable
+from mainsail.operator.settings import OperatorSettings
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.fleet.pool_load import PoolLoadCollector
+from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
+from mainsail.router.front.auth import Credentials
+from mainsail.router.kvindex import GlobalKVIndex
+from mainsail.router.metrics import RouterMetrics
+from mainsail.router.routing.router import Router
+from mainsail.router.scheduling import build_profile
+from mainsail.router.settings import RouterConfig
+from mainsail.router.testing import FakeTransport, add_fake_worker
+from mainsail.spec.tokenizer import Tokenizer
+from mainsail.spec.worker_auth import secret_name
+
+pytestmark = pytest.mark.unit
+
+
+def _entry(worker: str, role: str, ep: int, target: int, load: list[float]) -> WorkerEntry:
+    info = pb.WorkerInfo(worker_id=worker, address=f"{worker}:1", role=role, model="m")
+    snap = pb.LoadSnapshot(
+        running=3, waiting=1, expert_parallel=ep, expert_parallel_target=target, expert_load=load
+    )
+    return WorkerEntry(info=info, last_seen=0.0, load=snap)
+
+
+def test_router_exposition_carries_expert_figures() -> None:
+    entries = [
+        _entry("a", "unified", 2, 2, [10.0, 20.0, 30.0, 40.0]),
+        _entry("b", "unified", 1, 2, [1.0, 1.0, 1.0, 1.0]),  # switching 1 -> 2
+        _entry("c", "decode", 0, 0, []),  # not a sharded MoE worker: no expert figures
+    ]
+    metrics = RouterMetrics()
+    metrics.registry.register(PoolLoadCollector(lambda: entries))
+    metrics.queued.set(2)
+    metrics.workers.labels("unified").set(2)
+    signals = parse_expert_signals(metrics.render().decode())
+    assert set(signals) == {"unified"}
+    assert signals["unified"] == ExpertSignals(
+        current=1, workers=2, running=6, waiting=2 + 2, expert_load=(11.0, 21.0, 31.0, 41.0),
+        switching=True,
+    )  # fmt: skip
+
+
+def test_non_router_text_is_unavailable() -> None:
+    with pytest.raises(SignalsUnavailable):
+        parse_expert_signals("# TYPE x gauge\nx 1\n")
+
+
+# ---------------------------------------------------------------- the router's admin endpoint
+
+
+def _router(model_dir: Path) -> tuple[Router, FakeTransport]:
+    config = RouterConfig(model_name="tiny", model_dir=model_dir, max_model_len=256)
+    transport = FakeTransport()
+    router = Router(
+        config, Tokenizer(model_dir), WorkerRegistry("tiny", config.kv_hash), transport,
+        build_profile(config.profile), GlobalKVIndex(max_blocks=1000),
+    )  # fmt: skip
+    return router, transport
+
+
+async def test_admin_endpoint_refusals(tiny_model_dir: Path) -> None:
+    router, transport = _router(tiny_model_dir)
+    add_fake_worker(router, transport, "w0")
+    auth = {"Authorization": "Bearer admin-secret"}
+    async with serving(router, Credentials(admin_token="admin-secret")) as http:
+        url = "/workers/w0/experts"
+        assert (await http.post(url, json={"expertParallel": 2})).status_code == 401
+        bad = await http.post(url, json={"expertParallel": "2"}, headers=auth)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "expertParallel"
+        assert (await http.post(url, json={"expertParallel": 0}, headers=auth)).status_code == 400
+        unknown = await http.post("/workers/nope/experts", json={"expertParallel": 2}, headers=auth)
+        assert unknown.status_code == 404
+        # a fake worker runs no experts: the worker's refusal is a conflict, with its words
+        refused = await http.post(url, json={"expertParallel": 2}, headers=auth)
+        assert refused.status_code == 409
+        assert "FAILED_PRECONDITION" in refused.json()["error"]["message"]
+        listed = (await http.get("/workers", headers=auth)).json()["data"][0]
+        assert listed["expert_parallel"] == 0
+
+
+# ---------------------------------------------------------------- passes
+
+
+class ScriptedRouter:
+    """An `ExpertRouter` answering what the test sets; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.signals: dict[str, ExpertSignals] | None = None
+        self.degrees: dict[str, int] = {"w0": 1, "w1": 1}
+        self.asked: list[tuple[str, str, int]] = []
+        self.fail: str | None = None
+
+    async def expert_signals(self, metrics_url: str) -> Mapping[str, ExpertSignals]:
+        if self.signals is None:
+            raise SignalsUnavailable("connection refused")
+        return self.signals
+
+    async def workers(self, admin_url: str, token: str) -> Sequence[WorkerDegree]:
+        return [WorkerDegree(w, "unified", d, d) for w, d in self.degrees.items()]
+
+    async def scale(self, admin_url: str, token: str, worker_id: str, degree: int) -> None:
+        if self.fail is not None:
+            raise ScaleFailed(self.fail)
+        self.asked.append((token, worker_id, degree))
+        self.degrees[worker_id] = degree
+
+
+def _deployment(api: InMemoryKubeApi, *, token: bool = True) -> dict[str, Any]:
+    body = {
+        "apiVersion": "mainsail.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "moe", "namespace": "ns"},
+        "spec": {
+            "model": {"name": "moe", "generate": "mixtral"},
+            "engine": {"expertParallel": {"min": 1, "max": 4}},
+            "pools": {"unified": {"replicas": 2}},
+        },
+    }
+    uid = api.put(body)["metadata"]["uid"]  # the API server's, not ours
+    if token:
+        api.put({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": secret_name("moe"), "namespace": "ns",
+                "ownerReferences": [{"uid": uid, "controller": True, "kind": "ModelDeployment",
+                                     "name": "moe", "apiVersion": "mainsail.dev/v1alpha1"}],
+            },
+            "data": {"adminToken": base64.b64encode(b"tok").decode()},
+        })  # fmt: skip
+    got = api.get("mainsail.dev/v1alpha1", "ModelDeployment", "ns", "moe")
+    assert got is not None
+    return got
+
+
+def _load(current: int, running: int, switching: bool = False) -> dict[str, ExpertSignals]:
+    return {"unified": ExpertSignals(current, 2, running, 0, (5.0,) * 4, switching)}
+
+
+async def test_passes_scale_up_hold_and_report() -> None:
+    api, router, now = InMemoryKubeApi(), ScriptedRouter(), [1000.0]
+    scaler = ExpertScaler(api, router, OperatorSettings(), clock=lambda: now[0])
+
+    async def run() -> Any:
+        body = api.get("mainsail.dev/v1alpha1", "ModelDeployment", "ns", "moe")
+        assert body is not None
+        return await scaler.run_pass(body), (body.get("status") or {}).get("expertParallel")
+
+    _deployment(api)
+    router.signals = _load(1, 2)  # 1 request per worker: ep 1 is enough
+    result, _ = await run()
+    assert result.changes == [] and router.asked == []
+    router.signals = _load(1, 16)  # 8 per worker / 4 per rank = 2 ranks
+    result, _ = await run()
+    assert [(c.before, c.after, c.ok) for c in result.changes] == [(1, 2, True)]
+    assert router.asked == [("tok", "w0", 2), ("tok", "w1", 2)]
+    _, status = await run()  # the next pass shows what was done
+    unified = status["unified"]
+    assert unified["target"] == 2 and unified["lastChange"] == "1970-01-01T00:16:40Z"
+    assert "8.0 requests per worker" in unified["reason"]
+    now[0] += 5
+    router.signals = _load(2, 40)  # more load within the cooldown: holds
+    result, _ = await run()
+    assert result.changes == [] and len(router.asked) == 2
+    router.signals = None  # the router is gone: nothing changes, status says why
+    result, _ = await run()
+    _, status = await run()
+    assert result.unavailable and "signals unavailable" in status["unified"]["reason"]
+
+
+async def test_no_admin_credential_no_rescale() -> None:
+    api, router = InMemoryKubeApi(), ScriptedRouter()
+    scaler = ExpertScaler(api, router, OperatorSettings(), clock=lambda: 1000.0)
+    body = _deployment(api, token=False)
+    router.signals = _load(1, 16)
+    result = await scaler.run_pass(body)
+    assert result is not None and router.asked == []
+    assert [c.ok for c in result.changes] == [False]
+    assert "no router admin credential" in result.changes[0].reason
+
+
+async def test_a_refused_change_is_reported_and_backs_off() -> None:
+    api, router, now = InMemoryKubeApi(), ScriptedRouter(), [1000.0]
+    scaler = ExpertScaler(api, router, OperatorSettings(), clock=lambda: now[0])
+    body = _deployment(api)
+    router.signals, router.fail = _load(1, 16), "HTTP 409: a change is still under way"
+    first = await scaler.run_pass(body)
+    assert first is not None and [c.ok for c in first.changes] == [False]
+    now[0] += 1
+    second = await scaler.run_pass(body)
+    assert second is not None and second.changes == []  # cooldown after a failure too
+
+
+async def test_deployments_without_an_expert_range_are_left_alone() -> None:
+    api, router = InMemoryKubeApi(), ScriptedRouter()
+    scaler = ExpertScaler(api, router, OperatorSettings())
+    body = _deployment(api)
+    del body["spec"]["engine"]
+    assert await scaler.run_pass(body) is None
