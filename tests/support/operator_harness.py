@@ -229,10 +229,11 @@ def condition(md: dict[str, Any], kind: str) -> tuple[str, str]:
 
 
 class LoopbackRouter:
-    """A real `python -m mainsail.router` on loopback and workers registered with it by the
-    real `Registrar`, heartbeating whatever load the test sets (nothing is served). Workers
-    come and go with `add_worker` / `remove_worker` (which deregisters, as a stopping worker
-    does)."""
+    """A real `python -m mainsail.router` on loopback (``env``: extra environment, e.g. its
+    admin token) and workers registered with it by the real `Registrar`, heartbeating whatever
+    load the test sets (nothing is served). Workers come and go with `add_worker` /
+    `remove_worker` (which deregisters, as a stopping worker does); ``workers=()`` leaves the
+    fleet to real workers."""
 
     def __init__(
         self,
@@ -241,6 +242,7 @@ class LoopbackRouter:
         *,
         model_name: str = "tiny-auto",
         workers: tuple[tuple[str, str], ...] = (("w-0", "unified"),),
+        env: dict[str, str] | None = None,
     ) -> None:
         from mainsail.router.settings import RouterConfig
 
@@ -260,6 +262,7 @@ class LoopbackRouter:
                 [sys.executable, "-m", "mainsail.router", "--config", str(tmp / "router.json"),
                  "--ready-file", str(ready)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **(env or {})},
             )  # fmt: skip
         ports = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), "router")
         self.kv = config.kv_hash

@@ -4,6 +4,8 @@ fewer ranks, and over any load sequence no two changes closer than the cooldown)
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +25,7 @@ from mainsail.operator.expert_parallel_policy import (
 pytestmark = pytest.mark.unit
 
 EVEN8 = (10.0,) * 8
+WIDE = ExpertBounds(1, 8)
 TARGETS = ExpertTargets(requests_per_rank=4, cooldown_seconds=30, scale_down_delay_seconds=60)
 
 
@@ -32,7 +35,7 @@ def run(
     waiting: int = 0,
     *,
     load: tuple[float, ...] = EVEN8,
-    bounds: ExpertBounds = ExpertBounds(1, 8),
+    bounds: ExpertBounds = WIDE,
     workers: int = 1,
     now: float = 1000.0,
     last_change: float | None = None,
@@ -156,9 +159,7 @@ def test_invariants(
     st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=120),
     st.sampled_from([4, 8]),
 )
-def test_no_flapping_over_a_load_sequence(
-    loads: list[tuple[int, int]], experts: int
-) -> None:
+def test_no_flapping_over_a_load_sequence(loads: list[tuple[int, int]], experts: int) -> None:
     """A pass every 5 s over any load sequence: changes are at least a cooldown apart, a
     scale-down follows a whole delay of wanting it, and the degree always stays valid."""
     bounds = ExpertBounds(1, 8)
@@ -176,5 +177,5 @@ def test_no_flapping_over_a_load_sequence(
             current, last = d.target, now
         lower = d.lower_since
         assert current in degrees
-    for (t1, _, _), (t2, _, _) in zip(changes, changes[1:], strict=False):
+    for (t1, _, _), (t2, _, _) in itertools.pairwise(changes):
         assert t2 - t1 >= TARGETS.cooldown_seconds

@@ -91,14 +91,15 @@ def _seconds(value: object) -> float | None:
 
 
 def targets_of(spec: ModelDeploymentSpec) -> ExpertTargets:
-    """The policy's knobs for a deployment (the spec's, where it sets them)."""
+    """The policy's knobs for a deployment (``engine.expertParallel``'s)."""
     ep = spec.engine.expert_parallel
-    knobs = {
-        "requests_per_rank": getattr(ep, "target_requests_per_rank", None),
-        "cooldown_seconds": getattr(ep, "cooldown_seconds", None),
-        "scale_down_delay_seconds": getattr(ep, "scale_down_delay_seconds", None),
-    }
-    return ExpertTargets(**{k: float(v) for k, v in knobs.items() if v is not None})
+    if ep is None:
+        return ExpertTargets()
+    return ExpertTargets(
+        requests_per_rank=ep.target_requests_per_rank,
+        cooldown_seconds=float(ep.cooldown_seconds),
+        scale_down_delay_seconds=float(ep.scale_down_delay_seconds),
+    )
 
 
 class ExpertScaler:

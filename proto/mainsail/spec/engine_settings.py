@@ -17,10 +17,29 @@ from mainsail.spec.spec_model import SpecModel
 
 class ExpertParallelRange(SpecModel):
     """How many ranks a mixture-of-experts model's experts may be placed on; the worker
-    starts at ``min`` and elastic expert parallelism moves within the range while serving."""
+    starts at ``min`` and elastic expert parallelism moves within the range while serving.
+    The operator's expert-parallel autoscaler picks the degree from the pool's load and
+    expert load (docs/operator.md, "Expert-parallel autoscaling")."""
 
     min: int = Field(1, ge=1, le=1024, description="Expert-parallel ranks at start.")
     max: int = Field(1, ge=1, le=1024, description="Most expert-parallel ranks.")
+    target_requests_per_rank: float = Field(
+        4.0,
+        gt=0,
+        le=100_000,
+        description="Requests (running + waiting, per worker) one expert rank should carry: "
+        "the autoscaler picks the smallest degree whose ranks, as loaded by the measured "
+        "expert load, carry them.",
+    )
+    cooldown_seconds: int = Field(
+        30, ge=0, le=86_400, description="No change of degree within this long of the last."
+    )
+    scale_down_delay_seconds: int = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="Fewer ranks only once the load has asked for fewer this long.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ExpertParallelRange:

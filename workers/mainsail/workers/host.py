@@ -29,6 +29,7 @@ from mainsail.spec.model_source import ModelSource
 from mainsail.spec.tracing import ProviderFactory, Tracing
 from mainsail.spec.worker_auth import WorkerCredential, token_guard
 from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig
+from mainsail.workers.expert_scaling import ExpertScaling
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.fleet_registration import FleetRegistrar
 from mainsail.workers.kv_publisher import KVEventHub
@@ -177,6 +178,8 @@ class WorkerHost:
         self.metrics_server: MetricsServer | None = None
         self.tracing: WorkerTracing | None = None
         self._registration: asyncio.Task[None] | None = None
+        self.experts: ExpertScaling | None = None  # sharded MoE: degree, expert load
+        self._experts_task: asyncio.Task[None] | None = None
         self.address = ""
 
     async def start(self) -> str:
@@ -223,6 +226,9 @@ class WorkerHost:
             engine, snapshot = real, real.kv_snapshot
             tier_snapshot = real.kv_tier_snapshot
             migrator = self.migrator = KVMigrator(real, self.credential)
+            if ExpertScaling.applies(real.engine):
+                self.experts = ExpertScaling(real)
+                self._experts_task = asyncio.get_running_loop().create_task(self.experts.run())
             limits = RequestLimits(
                 vocab_size=real.engine.model_config.vocab_size,
                 max_model_len=config.max_model_len,
@@ -257,6 +263,7 @@ class WorkerHost:
             limits=limits,
             migrator=migrator,
             tracing=self.tracing,
+            experts=self.experts,
         )
         self.service = service
         server = grpc.aio.server(
@@ -328,6 +335,12 @@ class WorkerHost:
 
     async def stop(self) -> None:
         """Deregister, stop serving and stop the engine."""
+        if self._experts_task is not None:
+            self._experts_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._experts_task
+        if self.experts is not None:
+            await self.experts.close()
         if self._registration is not None:
             self._registration.cancel()
             with contextlib.suppress(BaseException):

@@ -37,6 +37,7 @@ from mainsail.workers.engine import (
     RequestOutput,
     SamplingParams,
 )
+from mainsail.workers.expert_scaling import ExpertScaling, ScaleRefused
 from mainsail.workers.kv_publisher import KVEventHub
 from mainsail.workers.migration_rpc import MigrationRPC, Migrator
 
@@ -303,8 +304,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         limits: RequestLimits | None = None,
         migrator: Migrator | None = None,
         tracing: WorkerTracing | None = None,
+        experts: ExpertScaling | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.experts = experts  # a sharded mixture-of-experts engine's degree and load
         self.limits = limits
         self.migration = MigrationRPC(migrator)
         self.tracing = tracing  # None: tracing off, no span work at all
@@ -399,7 +402,7 @@ class WorkerService(pb_grpc.WorkerServicer):
     def load_snapshot(self) -> pb.LoadSnapshot:
         """The metrics the router schedules on (docs/protocol.md)."""
         m = self.engine.metrics()
-        return pb.LoadSnapshot(
+        snapshot = pb.LoadSnapshot(
             worker_id=self.worker_id,
             running=m.running,
             waiting=m.waiting,
@@ -419,6 +422,27 @@ class WorkerService(pb_grpc.WorkerServicer):
             drain_epoch=self.drain_epoch,
             kv_cost=_kv_cost(m),
         )
+        if self.experts is not None:
+            self.experts.fill(snapshot)
+        return snapshot
+
+    async def ScaleExperts(
+        self, request: pb.ScaleExpertsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScaleExpertsReply:
+        """Starts a change of the expert-parallel degree (`expert_scaling.py`); returns at
+        once, the heartbeats report the switch."""
+        if self.experts is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this worker does not run a mixture-of-experts model in expert-parallel ranks",
+            )
+            raise AssertionError("unreachable")  # context.abort raises
+        try:
+            current, target = await self.experts.scale(request.expert_parallel)
+        except ScaleRefused as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+            raise AssertionError("unreachable") from exc
+        return pb.ScaleExpertsReply(expert_parallel=current, target=target)
 
     async def Drain(
         self, request: pb.DrainRequest, context: grpc.aio.ServicerContext
