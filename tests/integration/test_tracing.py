@@ -301,3 +301,55 @@ async def test_tracing_off_records_nothing(tiny_model_dir: Path) -> None:
         assert fleet.workers[0].tracing is None
     assert router_memory.calls == worker_memory.calls == 0
     assert router_memory.spans() == worker_memory.spans() == []
+
+
+async def test_a_request_refused_while_parsed_leaves_a_failed_front_span(
+    tiny_model_dir: Path,
+) -> None:
+    """Bad JSON, a bad field, a bad header: each 400 is one trace (continuing the client's
+    traceparent) whose front span failed with the status, the error type and the field, and
+    which holds nothing of the body or the key."""
+    router_memory, worker_memory = MemoryTracing(), MemoryTracing()
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01",
+        "Content-Type": "application/json",
+    }
+    good = {"model": "tiny", "messages": [{"role": "user", "content": MARKER}]}
+    async with (
+        traced_fleet(tiny_model_dir, 0, router_memory, worker_memory) as fleet,
+        httpx.AsyncClient(base_url=fleet.http, timeout=60) as client,
+    ):
+        cases = [
+            ("/v1/chat/completions", f'{{"messages": "{MARKER}', {}, None),  # not JSON
+            ("/v1/chat/completions", json.dumps({**good, "max_tokens": MARKER}), {}, "max_tokens"),
+            ("/v1/completions", json.dumps({"model": "tiny", "prompt": MARKER, "n": 0}), {}, "n"),
+            (
+                "/v1/chat/completions",
+                json.dumps(good),
+                {"x-mainsail-ttft-ms": "-5"},
+                "x-mainsail-ttft-ms",
+            ),
+        ]
+        for path, body, extra, field in cases:
+            resp = await client.post(path, content=body, headers={**headers, **extra})
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == field, resp.text
+
+    spans = router_memory.spans()
+    roots = router_memory.named("mainsail.request")
+    fronts = router_memory.named("mainsail.front")
+    assert len(roots) == len(fronts) == len(cases) == len(spans) // 2  # and nothing else
+    for (path, _, _, field), root in zip(cases, roots, strict=True):
+        front = next(f for f in fronts if parent_id(f) == span_id(root))
+        assert trace_id(root) == int(TRACE, 16) and parent_id(root) == int(CLIENT_SPAN, 16)
+        assert _attrs(root)["url.path"] == path
+        assert _attrs(root)["http.response.status_code"] == 400
+        assert _attrs(front)["error.type"] == "invalid_request_error"
+        assert _attrs(front).get("mainsail.error.param") == field
+        assert not front.status.is_ok and front.status.description is not None
+        assert front.status.description.startswith("400 invalid_request_error")
+        assert front.start_time is not None and root.start_time == front.start_time
+    recorded = _everything_recorded(spans)
+    assert "quokka" not in recorded and KEY not in recorded
+    assert worker_memory.spans() == []

@@ -11,7 +11,8 @@ export in production, an in-memory exporter in tests) and `tracing_live` records
 Span tree of one request (names as exported; docs/observability.md lists the attributes):
 
     mainsail.request                 (SERVER; child of the client's `traceparent`, if any)
-    ├── mainsail.front               arrival to the router's own work (parse, validate)
+    ├── mainsail.front               arrival to the router's own work (parse, validate);
+    │                                failed, naming the field, when the body is refused
     ├── mainsail.prepare             chat template, tokenize, block hashes
     ├── mainsail.dispatch            choose + book + submit + first chunk (all fail-overs)
     │   ├── mainsail.admission       admission and the flow queue (429); new requests only
@@ -36,6 +37,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.errors import RouterError
 from mainsail.router.scheduling.types import Decision
 from mainsail.spec.tracing import ROUTER_SERVICE, ProviderFactory, Tracing, otlp_provider
 
@@ -109,6 +111,11 @@ class RequestTrace:
     def fail(self, exc: BaseException) -> None:
         """The request ended before streaming (4xx/5xx, cancelled): the trace ends here."""
 
+    def refused(self, exc: RouterError) -> None:
+        """The front refused the request while parsing it (bad JSON, a bad field, a bad
+        header): the root and a failed `mainsail.front` span with the status, error type and
+        field (`exc.param`), never the message (it may quote the body). Ends the trace."""
+
     def finish(self, last: pb.TokenChunk | None, worker_id: str, finished: bool) -> None:
         """The stream ended; ``last`` is its last chunk (usage, finish reason) and
         ``finished`` False when the client went away first."""
@@ -146,8 +153,8 @@ class RouterTracing:
     ) -> RequestTrace:
         """A trace for a request that just arrived on ``front`` ("http" or "grpc"), child of
         the trace context in ``headers`` (HTTP headers or gRPC metadata) if there is one.
-        Nothing is recorded until `RequestTrace.start` (a request refused while its body is
-        parsed leaves no trace)."""
+        Nothing is recorded until `RequestTrace.start`, or `RequestTrace.refused` for a
+        request refused while its body is parsed."""
         if self._live is None:
             return NO_TRACE
         return self._live.begin(front, headers, path, time.time_ns())

@@ -125,6 +125,13 @@ class LiveTrace(RequestTrace):
         return self.root.is_recording()
 
     def start(self) -> None:
+        front = self._open_front()
+        if front is not None:
+            front.end()
+
+    def _open_front(self) -> Span | None:
+        """The root span from the request's arrival and its (open) front span; None when the
+        trace is not sampled."""
         parent = _PROPAGATOR.extract(self._carrier) if self._carrier else None
         attributes: dict[str, AttributeValue] = {"mainsail.front": self._front}
         if self._path:
@@ -137,9 +144,30 @@ class LiveTrace(RequestTrace):
             start_time=self._arrived_ns,
         )
         self.current = self.root
-        if self.root.is_recording():
-            front = self.child("mainsail.front", start_time=self._arrived_ns)
+        if not self.root.is_recording():
+            return None
+        return self.child("mainsail.front", start_time=self._arrived_ns)
+
+    def refused(self, exc: RouterError) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        front = self._open_front()
+        if front is not None:
+            error = exc.code or exc.type
+            attributes: dict[str, AttributeValue] = {
+                "http.response.status_code": exc.status,
+                "error.type": error,
+            }
+            if exc.param:
+                attributes["mainsail.error.param"] = exc.param
+            front.set_attributes(attributes)
+            # The message is not recorded: a validation message may quote the body.
+            where = f" ({exc.param})" if exc.param else ""
+            front.set_status(Status(StatusCode.ERROR, f"{exc.status} {error}{where}"))
             front.end()
+            self.root.set_attributes(attributes)
+        self.root.end()
 
     def child(self, name: str, start_time: int | None = None) -> Span:
         """A span under the current one."""

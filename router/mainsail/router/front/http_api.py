@@ -216,6 +216,34 @@ class HttpFront:
 
     async def completions(self, request: Request) -> Response | StreamResponse:
         trace = self.router.tracing.begin("http", request.headers, request.path)
+        try:
+            body, req = self._completion_request(request)
+        except RouterError as exc:
+            trace.refused(exc)  # the front span says which field, never the body
+            raise
+        route = await self.router.open(req, tenant=self._tenant(request), trace=trace)
+        shape = CompletionShape(
+            body.model, self.router.tokenizer, body.logprobs is not None, route.prepared.request_id
+        )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await self._respond(route, shape, body.stream, include_usage)
+
+    async def chat(self, request: Request) -> Response | StreamResponse:
+        trace = self.router.tracing.begin("http", request.headers, request.path)
+        try:
+            body, req = self._chat_request(request)
+        except RouterError as exc:
+            trace.refused(exc)
+            raise
+        route = await self.router.open(req, tenant=self._tenant(request), trace=trace)
+        shape = ChatShape(
+            body.model, self.router.tokenizer, body.logprobs, route.prepared.request_id
+        )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await self._respond(route, shape, body.stream, include_usage)
+
+    def _completion_request(self, request: Request) -> tuple[CompletionRequest, pb.GenerateRequest]:
+        """The parsed body and the request it asks for; `RouterError` (400) naming the field."""
         body = parse_body(CompletionRequest, self._json(request))
         req = _sampling_request(body)
         if isinstance(body.prompt, str):
@@ -226,17 +254,10 @@ class HttpFront:
             req.prompt_token_ids.extend(int(t) for t in body.prompt)
         if body.logprobs is not None:
             req.sampling.logprobs = max(body.logprobs, 1)
-        route = await self.router.open(
-            self._labelled(req, request), tenant=self._tenant(request), trace=trace
-        )
-        shape = CompletionShape(
-            body.model, self.router.tokenizer, body.logprobs is not None, route.prepared.request_id
-        )
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await self._respond(route, shape, body.stream, include_usage)
+        return body, self._labelled(req, request)
 
-    async def chat(self, request: Request) -> Response | StreamResponse:
-        trace = self.router.tracing.begin("http", request.headers, request.path)
+    def _chat_request(self, request: Request) -> tuple[ChatCompletionRequest, pb.GenerateRequest]:
+        """The parsed body and the request it asks for; `RouterError` (400) naming the field."""
         body = parse_body(ChatCompletionRequest, self._json(request))
         req = _sampling_request(body)
         if body.max_completion_tokens is not None:
@@ -245,14 +266,7 @@ class HttpFront:
             req.messages.add(role=message.role, content=message.text())
         if body.logprobs:
             req.sampling.logprobs = max(body.top_logprobs or 0, 1)
-        route = await self.router.open(
-            self._labelled(req, request), tenant=self._tenant(request), trace=trace
-        )
-        shape = ChatShape(
-            body.model, self.router.tokenizer, body.logprobs, route.prepared.request_id
-        )
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await self._respond(route, shape, body.stream, include_usage)
+        return body, self._labelled(req, request)
 
     def _tenant(self, request: Request) -> str:
         """The request's tenant (its prefix-cache namespace; `auth.Credentials.tenant`)."""
