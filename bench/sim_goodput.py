@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import math
 import statistics
 import time
@@ -32,27 +31,19 @@ from pathlib import Path
 import numpy as np
 
 from mainsail.sim.cost import load_profile
+from mainsail.sim.goodput import OURS, SIM_POLICIES, TARGET, goodput, jain, tenant_of
 from mainsail.sim.metrics import SLOTargets, summarise
 from mainsail.sim.prompts import PromptHasher
 from mainsail.sim.simulation import RunResult, SimSettings, run_policy
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
-from mainsail.spec.routing_profile import RoutingProfile, ScorerWeight
 
-TARGET = 0.90
-POLICIES = {
-    "ours (default)": ("ours", RoutingProfile()),
-    "kv-only": ("ours", RoutingProfile(scorers=[ScorerWeight(name="kv-prefix", weight=1.0)])),
-    "least-work": ("least-work", None),
-    "least-loaded": ("least-loaded", None),
-    "round-robin": ("round-robin", None),
-}
+POLICIES = SIM_POLICIES  # labels shared with bench/live_goodput.py (mainsail.sim.goodput)
 CLUSTER = {"mooncake": 4, "azure-conv": 2, "azure-code": 2}  # H100 workers per trace
 RATES = {
     "mooncake": (0.5, 0.75, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5),
     "azure-conv": (4.0, 5.0, 6.0, 6.5, 7.0, 7.5, 8.0),
     "azure-code": (4.0, 5.0, 6.0, 6.5, 7.0, 7.5, 8.0),
 }
-TENANT_SHARES = (0.5, 0.25, 0.15, 0.10)  # a heavy tenant and three lighter ones
 LONG_PROMPT = 8192
 
 
@@ -68,31 +59,11 @@ def _slices(run: RunResult, slo: SLOTargets, trace: list[TraceRequest]) -> tuple
             and req.tpot <= slo.tpot_s
         )
         cls = "long" if req.input_tokens > LONG_PROMPT else "short"
-        tenant = _tenant(tr, req.index)
+        tenant = tenant_of(tr, req.index)
         met["class"].setdefault(cls, []).append(ok)
         met["tenant"].setdefault(tenant, []).append(ok)
     per = {k: {s: sum(v) / len(v) for s, v in sorted(d.items())} for k, d in met.items()}
     return per["class"], per["tenant"]
-
-
-def _tenant(tr: TraceRequest, index: int) -> str:
-    """The request's tenant label: its conversation family (second prefix block; every
-    Mooncake prompt starts with the same block) hashed onto `TENANT_SHARES`."""
-    key = tr.block_ids[1] if len(tr.block_ids) > 1 else -1 - index
-    u = int.from_bytes(hashlib.blake2b(str(key).encode(), digest_size=8).digest(), "little")
-    x, acc = u / 2**64, 0.0
-    for i, share in enumerate(TENANT_SHARES):
-        acc += share
-        if x < acc:
-            return f"t{i}"
-    return f"t{len(TENANT_SHARES) - 1}"
-
-
-def jain(values: list[float]) -> float:
-    """Jain's fairness index: (sum x)^2 / (n * sum x^2); 1 = all equal."""
-    if not values or not any(values):
-        return math.nan
-    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
 
 
 def main() -> int:
@@ -142,14 +113,13 @@ def main() -> int:
         )
         print("|---|---:|" + "---:|" * len(rates))
         for label in POLICIES:
-            best = []
-            for seed in range(args.seeds):
-                ok = [r for r in rates if att[label][r][seed] >= TARGET]
-                best.append(max(ok) * base_rps if ok else 0.0)
+            best = [
+                goodput({r: att[label][r][seed] for r in rates}) * base_rps
+                for seed in range(args.seeds)
+            ]
             cells = " | ".join(f"{100 * statistics.median(att[label][r]):.1f} %" for r in rates)
             print(f"| {label} | {statistics.median(best):.2f} | {cells} |")
-        ours = [r for r in rates if att["ours (default)"][r][0] >= TARGET]
-        at = max(ours) if ours else rates[0]
+        at = goodput({r: att[OURS][r][0] for r in rates}) or rates[0]
         top = {label: sliced[label, at] for label in POLICIES}
         print(
             f"\nAt {at:g}x ({at * base_rps:.2f} req/s, the default profile's goodput rate, "

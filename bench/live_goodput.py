@@ -1,0 +1,671 @@
+"""Goodput on the real local stack: the highest request rate at which >= 90 % of requests meet
+their TTFT and TPOT SLOs, for this router's default profile and the baselines, on scaled
+slices of the Mooncake and Azure traces (the live half of issue 14; `bench/sim_goodput.py`
+is the simulated half and uses the same policy names, `mainsail.sim.goodput`).
+
+The stack (loopback, each part its own process): `--workers` real workers (the real engine
+on the generated `--model-size` Llama checkpoint, CPU, one torch thread each, no Redis tier
+so every cache hit is the router's doing) and one real router per policy, every worker
+registered with every router (as `mainsail up --routers N` registers them). A policy is the
+router the replay is sent to, so all policies share the same workers and the same moment's
+machine load. Each replay uses prompts of its own (a fresh namespace of the trace's block
+ids), so no run finds another run's cache.
+
+Scaling (what the trace becomes, printed with the results):
+- prompts: each 512-token trace block becomes `--tokens-per-block` deterministic tokens, at
+  most `--max-blocks` blocks; equal block ids give equal tokens, so requests share exactly
+  the prefixes the trace says they share. Outputs shrink by the same ratio (at most
+  `--max-output` tokens), keeping the prompt:output proportion.
+- slice: Mooncake keeps every request of one in `--keep-one-in` conversations (so turns of a
+  conversation stay together and the trace's reuse survives a short slice), the first
+  `--requests` of them; Azure (no shared prefixes) its first `--requests` requests.
+- time: the slice's arrivals (Mooncake's 3 s timestamp quanta jittered as the simulator does)
+  compressed so its mean rate is each tested rate.
+- tenants and classes: a request's conversation family (Mooncake) hashed onto four tenants
+  of 50/25/15/10 % (`x-mainsail-fairness-id`) and onto `interactive` (30 %, priority 10) or
+  `batch` (priority 0), sent as `slo_class`, so the router's flow control and the engine's
+  priority ordering act on them.
+- SLOs: measured in the same run on the idle stack (sequential requests, fresh prompts of
+  two lengths): TTFT <= `--slo-factor` x (unloaded TTFT at that prompt length), TPOT <=
+  `--slo-factor` x unloaded TPOT; sent with each request (`x-mainsail-ttft-ms` / `-tpot-ms`).
+
+Per rate step every policy runs once per repeat, the policy order rotated each time, so the
+machine's drift hits them alike. Printed per trace: goodput (median over repeats of each
+repeat's goodput), attainment at each rate (median), prefix hit rate; at the default
+profile's goodput rate: attainment per class and tenant, Jain's index over the tenants, TTFT
+p50/p90. PNG plots of attainment vs rate go to `--img`. The load average is sampled at every
+replay and printed. Bounded: per request, per replay, and `--max-minutes` for the whole run
+(rate steps past it are skipped and said so).
+
+    .venv/bin/python bench/live_goodput.py              # both traces, ~30 min
+    .venv/bin/python bench/live_goodput.py --quick      # smoke check, ~3 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mainsail.router.settings import RouterConfig
+from mainsail.sim.goodput import (
+    OURS,
+    POLICY_LABELS,
+    TARGET,
+    SLOFit,
+    attainment_by,
+    class_of,
+    fit_line,
+    goodput,
+    ideal_hit_rate,
+    jain,
+    live_profiles,
+    rotated,
+    scale_outputs,
+    tenant_of,
+    thin_conversations,
+)
+from mainsail.sim.live import (
+    LiveRequest,
+    LiveResult,
+    PromptScaling,
+    ReplaySettings,
+    build_requests,
+    replay,
+)
+from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
+from mainsail.spec import sse
+from mainsail.spec.engine_settings import EngineSettings
+from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
+from mainsail.workers.checkpoint import ensure_checkpoint
+from mainsail.workers.host import WorkerSpec
+
+MODEL = "goodput"
+CLASSES = [SLOClass(name="interactive", priority=10), SLOClass(name="batch", priority=0)]
+KEEP_ONE_IN = {"mooncake": 16, "azure-conv": 1, "azure-code": 1}
+
+
+# ---------------------------------------------------------------- the stack
+
+
+class Stack:
+    """One router per policy and ``workers`` real-engine workers registered with all."""
+
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.tmp, self.args = tmp, args
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.http: dict[str, str] = {}
+        self.engine = EngineSettings(
+            block_size=16,
+            max_model_len=args.tokens_per_block * args.max_blocks + args.max_output + 64,
+            max_num_seqs=32,
+            max_batched_tokens=256,
+            num_kv_blocks=args.kv_blocks,
+        )
+
+    def _spawn(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.tmp / f"{name}.log"
+        proc = subprocess.Popen(
+            cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc, log
+
+    def start(self, labels: Sequence[str]) -> None:
+        model_dir = ensure_checkpoint("llama", size=self.args.model_size)
+        profiles = live_profiles()
+        # Targets come per request (headers); let them be as tight as the tiny model needs.
+        slo = SLO(
+            classes=CLASSES, request_bounds=RequestTargetBounds(min_ttft_ms=1, min_tpot_ms=0.1)
+        )
+        fleet: list[str] = []
+        for i, label in enumerate(labels):
+            config = RouterConfig(
+                model_name=MODEL,
+                model_dir=model_dir,
+                max_model_len=self.engine.max_model_len,
+                kv_hash=self.engine.kv_hash(),
+                profile=profiles[label],
+                slo=slo,
+                http_port=0,
+                grpc_port=0,
+                fleet_port=0,
+            )
+            path = self.tmp / f"router{i}.json"
+            path.write_text(config.model_dump_json())
+            ready = self.tmp / f"router{i}.ready"
+            cmd = [sys.executable, "-m", "mainsail.router", "--config", str(path)]
+            proc, log = self._spawn(
+                f"router{i}", [*cmd, "--ready-file", str(ready), "--log-level", "WARNING"]
+            )
+            ports = _wait_file(ready, proc, log)
+            self.http[label] = f"http://127.0.0.1:{ports['http_port']}"
+            fleet.append(f"127.0.0.1:{ports['fleet_port']}")
+        for k in range(self.args.workers):
+            spec = WorkerSpec(
+                worker_id=f"w{k}",
+                model_name=MODEL,
+                model_dir=model_dir,
+                engine=self.engine,
+                router_address=fleet[0],
+                router_addresses=tuple(fleet[1:]),
+                metrics_port=None,
+                torch_threads=1,
+            )
+            path = self.tmp / f"worker{k}.json"
+            path.write_text(spec.model_dump_json())
+            self._spawn(
+                f"worker{k}", [sys.executable, "-m", "mainsail.workers", "--spec", str(path)]
+            )
+        deadline = time.monotonic() + 300
+        for label, base in self.http.items():
+            while (
+                httpx.get(f"{base}/health", timeout=10).json().get("workers") != self.args.workers
+            ):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                    logs = "\n".join(p.read_text()[-800:] for p in self.tmp.glob("*.log"))
+                    raise RuntimeError(f"{label}: workers not registered\n{logs}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{log.name}: not ready\n{log.read_text()[-1500:]}")
+        time.sleep(0.05)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+# ---------------------------------------------------------------- sending
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a request carries besides its prompt: who sends it and its targets."""
+
+    tenant: str
+    slo_class: str
+    ttft_s: float
+    tpot_s: float
+
+
+class Sender:
+    """Streams `/v1/completions` with the request's class, tenant and SLO targets."""
+
+    def __init__(self, client: httpx.AsyncClient, metas: Sequence[Meta]) -> None:
+        self.client, self.metas = client, metas
+
+    async def __call__(self, req: LiveRequest, res: LiveResult, now: Callable[[], float]) -> None:
+        meta = self.metas[res.index]
+        body = {
+            "model": MODEL,
+            "prompt": list(req.prompt_token_ids),
+            "max_tokens": req.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0,
+            "ignore_eos": True,
+            "slo_class": meta.slo_class,
+        }
+        headers = {
+            "x-mainsail-fairness-id": meta.tenant,
+            "x-mainsail-ttft-ms": f"{1000 * meta.ttft_s:.3f}",
+            "x-mainsail-tpot-ms": f"{1000 * meta.tpot_s:.3f}",
+        }
+        async with self.client.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+            res.worker = r.headers.get("x-mainsail-worker", "")
+            if r.status_code != 200:
+                res.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                return
+            async for event in sse.json_events(r.aiter_lines()):
+                if "error" in event:
+                    res.error = str(event["error"])[:200]
+                    return
+                if event.get("choices") and math.isnan(res.first_token):
+                    res.first_token = now()
+                usage = event.get("usage")
+                if usage:
+                    res.completion_tokens = usage.get("completion_tokens", 0)
+                    details = usage.get("prompt_tokens_details") or {}
+                    res.cached_tokens = details.get("cached_tokens") or 0
+        res.finished = now()
+
+
+async def _send_all(
+    base: str, requests: list[LiveRequest], metas: Sequence[Meta], settings: ReplaySettings
+) -> list[LiveResult]:
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    timeout = httpx.Timeout(settings.request_timeout_s, connect=10.0)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
+        return await replay(requests, Sender(client, metas), settings)
+
+
+def met_slo(res: LiveResult, meta: Meta) -> tuple[bool, bool]:
+    """(TTFT, TPOT) within their targets; TTFT from the scheduled arrival. A request that
+    failed or did not finish meets neither."""
+    if res.error or math.isnan(res.finished) or math.isnan(res.first_token):
+        return False, False
+    ttft = res.first_token - res.arrival
+    tpot = (res.finished - res.first_token) / max(1, res.completion_tokens - 1)
+    return ttft <= meta.ttft_s, tpot <= meta.tpot_s
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def calibrate(base: str, scaling: PromptScaling, args: argparse.Namespace) -> SLOFit:
+    """Unloaded TTFT at two prompt lengths (a line through the medians at each) and TPOT
+    (median), from sequential requests on the idle stack, the first of each length a warm-up."""
+    short = max(16, scaling.tokens_per_block)
+    long = scaling.tokens_per_block * scaling.max_blocks
+    points: list[tuple[float, float]] = []
+    tpots: list[float] = []
+    ns = 900_000
+    for rep in range(args.calibration_repeats):
+        for length in (short, long):
+            ns += 1
+            blocks = -(-length // scaling.tokens_per_block)
+            trace = [
+                TraceRequest(
+                    0.0, length * 512 // scaling.tokens_per_block, 16, tuple(range(blocks)), ns
+                )
+            ]
+            reqs = build_requests(trace, scaling)
+            meta = [Meta("calibration", "batch", 600.0, 60.0)]
+            res = asyncio.run(_send_all(base, reqs, meta, ReplaySettings(1, 60.0, 60.0)))[0]
+            if res.error:
+                raise RuntimeError(f"calibration request failed: {res.error}")
+            if rep == 0:
+                continue  # warm-up (first use of each shape)
+            points.append((len(reqs[0].prompt_token_ids), res.first_token - res.sent))
+            tpots.append((res.finished - res.first_token) / max(1, res.completion_tokens - 1))
+    by_length: dict[float, list[float]] = {}
+    for x, y in points:
+        by_length.setdefault(x, []).append(y)
+    a, b = fit_line([(x, statistics.median(ys)) for x, ys in by_length.items()])
+    return SLOFit(
+        a, b, statistics.median(tpots), factor=args.slo_factor, tpot_factor=args.tpot_factor
+    )
+
+
+# ---------------------------------------------------------------- one trace
+
+
+@dataclass
+class Run:
+    """One replay of one policy at one rate."""
+
+    attainment: float
+    ttft_met: float
+    tpot_met: float
+    by_class: dict[str, float]
+    by_tenant: dict[str, float]
+    hit_rate: float
+    ttft_p50: float
+    ttft_p90: float
+    errors: int
+    load: float
+
+
+def one_run(
+    base: str,
+    slice_: list[TraceRequest],
+    namespace: int,
+    rate: float,
+    base_rps: float,
+    fit: SLOFit,
+    scaling: PromptScaling,
+    args: argparse.Namespace,
+) -> Run:
+    trace = [dataclasses.replace(r, namespace=namespace) for r in slice_]
+    requests = build_requests(trace, scaling, time_scale=rate / base_rps)
+    metas = [
+        Meta(
+            tenant_of(r, i),
+            class_of(r, i),
+            fit.ttft_target(len(q.prompt_token_ids)),
+            fit.tpot_target(),
+        )
+        for i, (r, q) in enumerate(zip(slice_, requests, strict=True))
+    ]
+    span = requests[-1].arrival_s if requests else 0.0
+    settings = ReplaySettings(len(requests), span + args.drain_seconds, args.request_timeout)
+    load = os.getloadavg()[0]
+    results = asyncio.run(_send_all(base, requests, metas, settings))
+    both = [met_slo(res, metas[res.index]) for res in results]
+    both += [(False, False)] * (len(requests) - len(results))  # never sent within the bound
+    met = [a and b for a, b in both]
+    ttfts = sorted(
+        res.first_token - res.arrival for res in results if not math.isnan(res.first_token)
+    )
+    prompt = sum(res.prompt_tokens for res in results if not res.error)
+    return Run(
+        attainment=sum(met) / len(met),
+        ttft_met=sum(a for a, _ in both) / len(both),
+        tpot_met=sum(b for _, b in both) / len(both),
+        by_class=attainment_by([m.slo_class for m in metas], met),
+        by_tenant=attainment_by([m.tenant for m in metas], met),
+        hit_rate=sum(res.cached_tokens for res in results if not res.error) / max(1, prompt),
+        ttft_p50=_pct(ttfts, 0.5),
+        ttft_p90=_pct(ttfts, 0.9),
+        errors=sum(1 for res in results if res.error),
+        load=load,
+    )
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else math.nan
+
+
+def build_slice(name: str, args: argparse.Namespace) -> tuple[list[TraceRequest], float]:
+    """The trace slice (arrivals from 0) and its mean rate at 1x in requests/s."""
+    full = load_trace(name)
+    keep = args.keep_one_in if args.keep_one_in else KEEP_ONE_IN[name]
+    slice_ = thin_conversations(full, keep, args.requests)
+    slice_ = scale_trace(slice_, jitter_s=default_jitter_s(name), seed=args.seed)
+    slice_.sort(key=lambda r: r.arrival_s)
+    t0 = slice_[0].arrival_s
+    slice_ = [dataclasses.replace(r, arrival_s=r.arrival_s - t0) for r in slice_]
+    slice_ = scale_outputs(slice_, args.tokens_per_block, args.max_output)
+    span = slice_[-1].arrival_s
+    return slice_, len(slice_) / max(span, 1e-9)
+
+
+def run_trace(
+    name: str,
+    stack: Stack,
+    labels: list[str],
+    rates: list[float],
+    fit: SLOFit,
+    scaling: PromptScaling,
+    args: argparse.Namespace,
+    deadline: float,
+    trace_index: int,
+) -> dict[str, Any]:
+    slice_, base_rps = build_slice(name, args)
+    ideal = ideal_hit_rate(slice_, args.max_blocks)
+    runs: dict[tuple[str, float], list[Run]] = {}
+    done: list[float] = []
+    step = 0
+    for rate in rates:
+        if time.monotonic() > deadline:
+            print(f"  ({name}: rate {rate:g} and above skipped: --max-minutes reached)")
+            break
+        for rep in range(args.repeats):
+            for label in rotated(labels, step):
+                ns = 1 + trace_index * 1_000_000 + step * 100 + labels.index(label)
+                run = one_run(stack.http[label], slice_, ns, rate, base_rps, fit, scaling, args)
+                runs.setdefault((label, rate), []).append(run)
+                print(
+                    f"  {name} {rate:g} req/s rep {rep} {label}: SLO {100 * run.attainment:.0f} %,"
+                    f" (TTFT {100 * run.ttft_met:.0f} %, TPOT {100 * run.tpot_met:.0f} %),"
+                    f" hit {100 * run.hit_rate:.0f} %, TTFT p50 {1000 * run.ttft_p50:.0f} ms"
+                    f" p90 {1000 * run.ttft_p90:.0f} ms, errors {run.errors}, load {run.load:.1f}",
+                    flush=True,
+                )
+                time.sleep(args.pause)
+            step += 1
+        done.append(rate)
+    return {
+        "name": name,
+        "slice": slice_,
+        "base_rps": base_rps,
+        "ideal": ideal,
+        "rates": done,
+        "runs": runs,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def _med(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.median(xs) if xs else math.nan
+
+
+def report(result: dict[str, Any], labels: list[str], args: argparse.Namespace) -> str:
+    rates: list[float] = result["rates"]
+    runs: dict[tuple[str, float], list[Run]] = result["runs"]
+    slice_: list[TraceRequest] = result["slice"]
+    out: list[str] = []
+    prompts = [
+        min(
+            args.max_blocks * args.tokens_per_block,
+            -(-r.input_tokens * args.tokens_per_block // 512),
+        )
+        for r in slice_
+    ]
+    keep = args.keep_one_in or KEEP_ONE_IN[result["name"]]
+    outputs = statistics.mean(r.output_tokens for r in slice_)
+    out.append(
+        f"\n## {result['name']}: {len(slice_)} requests (1 in {keep} conversations),"
+        f" {result['base_rps']:.3f} req/s at 1x; prompts {statistics.mean(prompts):.0f}"
+        f" tokens mean, outputs {outputs:.1f} tokens mean;"
+        f" ideal prefix hit rate {100 * result['ideal']:.1f} %; medians of {args.repeats}\n"
+    )
+    if not rates:
+        return "\n".join([*out, "(no rate step ran)"])
+    n = min(len(runs[label, rates[0]]) for label in labels)
+    out.append("| policy | goodput req/s | " + " | ".join(f"SLO met @{r:g}" for r in rates) + " |")
+    out.append("|---|---:|" + "---:|" * len(rates))
+    best_by: dict[str, float] = {}
+    for label in labels:
+        per_rep = [
+            goodput({r: runs[label, r][k].attainment for r in rates if k < len(runs[label, r])})
+            for k in range(n)
+        ]
+        best_by[label] = _med(per_rep)
+        cells = " | ".join(
+            f"{100 * _med([x.attainment for x in runs[label, r]]):.0f} %" for r in rates
+        )
+        out.append(f"| {label} | {best_by[label]:.2f} | {cells} |")
+    out.append("\nPrefix hit rate (cached / prompt tokens) and TTFT p90 at each rate (medians):\n")
+    out.append("| policy | " + " | ".join(f"hit @{r:g} | p90 ms @{r:g}" for r in rates) + " |")
+    out.append("|---|" + "---:|---:|" * len(rates))
+    for label in labels:
+        cells = " | ".join(
+            f"{100 * _med([x.hit_rate for x in runs[label, r]]):.1f} % | "
+            f"{1000 * _med([x.ttft_p90 for x in runs[label, r]]):.0f}"
+            for r in rates
+        )
+        out.append(f"| {label} | {cells} |")
+    at = best_by.get(OURS) or rates[0]
+    at = min(rates, key=lambda r: abs(r - at))
+    if best_by.get(OURS, 0.0) < rates[0]:
+        at = rates[0]
+    out.append(
+        f"\nAt {at:g} req/s (the default profile's goodput rate): SLO attainment per class and"
+        " tenant (medians), Jain's index over the tenants' attainment\n"
+    )
+    classes = sorted({c for lb in labels for x in runs[lb, at] for c in x.by_class})
+    tenants = sorted({t for lb in labels for x in runs[lb, at] for t in x.by_tenant})
+    out.append(
+        "| policy | TTFT met | TPOT met | " + " | ".join(classes + tenants) + " | Jain | errors |"
+    )
+    out.append("|---|" + "---:|" * (len(classes) + len(tenants) + 4))
+    for label in labels:
+        xs = runs[label, at]
+        cl = [_med([x.by_class.get(c, math.nan) for x in xs]) for c in classes]
+        tn = [_med([x.by_tenant.get(t, math.nan) for x in xs]) for t in tenants]
+        j = _med([jain(list(x.by_tenant.values())) for x in xs])
+        split = [_med([x.ttft_met for x in xs]), _med([x.tpot_met for x in xs])]
+        row = [f"{100 * v:.0f} %" for v in split + cl + tn]
+        out.append(
+            f"| {label} | " + " | ".join(row) + f" | {j:.3f} | {sum(x.errors for x in xs)} |"
+        )
+    loads = [x.load for xs in runs.values() for x in xs]
+    out.append(
+        f"\nLoad average (1 min) at the replays: min {min(loads):.1f}, median "
+        f"{statistics.median(loads):.1f}, max {max(loads):.1f} ({os.cpu_count()} cores)"
+    )
+    return "\n".join(out)
+
+
+def plot(result: dict[str, Any], labels: list[str], path: Path, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates: list[float] = result["rates"]
+    runs: dict[tuple[str, float], list[Run]] = result["runs"]
+    if not rates:
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label in labels:
+        med = [100 * _med([x.attainment for x in runs[label, r]]) for r in rates]
+        lo = [100 * min(x.attainment for x in runs[label, r]) for r in rates]
+        hi = [100 * max(x.attainment for x in runs[label, r]) for r in rates]
+        yerr = [
+            [m - a for m, a in zip(med, lo, strict=True)],
+            [b - m for m, b in zip(med, hi, strict=True)],
+        ]
+        ax.errorbar(rates, med, yerr=yerr, marker="o", capsize=3, label=label)
+    ax.axhline(100 * TARGET, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("request rate (req/s)")
+    ax.set_ylabel("requests meeting TTFT and TPOT SLO (%)")
+    ax.set_title(
+        f"{result['name']}, live: {args.workers} x {args.model_size} CPU model, 2 shared cores"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _rates(spec: str, name: str) -> list[float]:
+    for part in spec.split(";"):
+        key, _, values = part.partition("=")
+        if key.strip() == name:
+            return sorted(float(v) for v in values.split(","))
+    raise SystemExit(f"--rates has no entry for {name}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traces", default="mooncake,azure-conv")
+    ap.add_argument("--policies", default=",".join(POLICY_LABELS))
+    ap.add_argument(
+        "--rates",
+        default="mooncake=2,3.5,5,6.5;azure-conv=4,8,12,16",
+        help="Request rates (req/s) per trace: 'trace=r1,r2;trace=...'",
+    )
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=48, help="Requests in each trace slice.")
+    ap.add_argument("--keep-one-in", type=int, default=0, help="Conversations kept (0: per trace).")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model-size", choices=["tiny", "small"], default="tiny")
+    ap.add_argument("--kv-blocks", type=int, default=4096, help="KV blocks (16 tokens) per worker.")
+    ap.add_argument("--tokens-per-block", type=int, default=64)
+    ap.add_argument("--max-blocks", type=int, default=24)
+    ap.add_argument("--max-output", type=int, default=32)
+    ap.add_argument("--slo-factor", type=float, default=5.0, help="TTFT target / unloaded TTFT.")
+    ap.add_argument("--tpot-factor", type=float, default=10.0, help="TPOT target / unloaded TPOT.")
+    ap.add_argument("--calibration-repeats", type=int, default=9)
+    ap.add_argument("--drain-seconds", type=float, default=20.0, help="Replay bound past its span.")
+    ap.add_argument("--request-timeout", type=float, default=30.0)
+    ap.add_argument("--pause", type=float, default=0.5, help="Seconds between two replays.")
+    ap.add_argument("--max-minutes", type=float, default=30.0, help="Whole-run bound.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--img", type=Path, help="Where the PNGs go (default docs/img; --quick: out/).")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="Smoke check: the 2 highest rates, 1 repeat, 24 requests, ~3-4 min.",
+    )
+    args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.requests, args.calibration_repeats = 1, 24, 4
+        args.max_minutes = min(args.max_minutes, 4.0)
+    if args.img is None:
+        args.img = Path("out/live_goodput" if args.quick else "docs/img")
+    labels = [p.strip() for p in args.policies.split(",")]
+    unknown = [p for p in labels if p not in POLICY_LABELS]
+    if unknown:
+        raise SystemExit(f"unknown policies {unknown}; known: {', '.join(POLICY_LABELS)}")
+    names = args.traces.split(",")
+    rates = {n: _rates(args.rates, n) for n in names}
+    if args.quick:
+        rates = {n: r[-2:] for n, r in rates.items()}
+    os.environ.setdefault(WORKER_TOKEN_ENV, generate_token())
+    signal.signal(signal.SIGTERM, _terminate)  # stop the stack on `timeout`/kill too
+    scaling = PromptScaling(args.tokens_per_block, args.max_blocks, 500, 3, args.max_output)
+    t0 = time.monotonic()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="live-goodput-") as tmp:
+        stack = Stack(Path(tmp), args)
+        try:
+            stack.start(labels)
+            print(f"stack up in {time.monotonic() - t0:.0f} s", flush=True)
+            fit = calibrate(stack.http[OURS if OURS in labels else labels[0]], scaling, args)
+            print(
+                f"unloaded: TTFT {1000 * fit.base_s:.1f} ms + {1e6 * fit.per_token_s:.1f} us/token,"
+                f" TPOT {1000 * fit.tpot_s:.2f} ms -> SLO TTFT x{fit.factor:g}:"
+                f" {1000 * fit.ttft_target(args.tokens_per_block):.0f}-"
+                f"{1000 * fit.ttft_target(args.tokens_per_block * args.max_blocks):.0f} ms,"
+                f" TPOT x{fit.tpot_factor:g}: {1000 * fit.tpot_target():.1f} ms",
+                flush=True,
+            )
+            deadline = t0 + 60 * args.max_minutes
+            results = [
+                run_trace(n, stack, labels, rates[n], fit, scaling, args, deadline, i)
+                for i, n in enumerate(names)
+            ]
+        finally:
+            stack.stop()
+    args.img.mkdir(parents=True, exist_ok=True)
+    print(
+        f"\n# Live goodput: {args.workers} workers ({args.model_size} generated Llama, CPU), one"
+        f" router per policy, {args.tokens_per_block} tokens per 512-token trace block (at most"
+        f" {args.max_blocks} blocks), outputs x{args.tokens_per_block}/512 (at most"
+        f" {args.max_output}), SLO: TTFT {args.slo_factor:g} x and TPOT {args.tpot_factor:g} x"
+        f" unloaded (TTFT"
+        f" {1000 * fit.base_s:.1f} ms + {1e6 * fit.per_token_s:.1f} us/token, TPOT"
+        f" {1000 * fit.tpot_s:.2f} ms)"
+    )
+    for result in results:
+        print(report(result, labels, args))
+        plot(result, labels, args.img / f"live_goodput_{result['name']}.png", args)
+    print(f"\n(wall time {time.monotonic() - t0:.0f} s; plots in {args.img}/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
