@@ -84,6 +84,12 @@ def test_a_pass_cut_short_then_a_restarted_operator_makes_no_second_copy(
     (role,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Role"]
     role["rules"] = without_deployment_writes(role["rules"])
     bed.kubectl("apply", "-f", "-", input=json.dumps(role))
+    (binding,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "RoleBinding"]
+    (subject,) = binding["subjects"]
+    account = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+    wait_for(lambda: bed.kubectl("auth", "can-i", "patch", "deployments.apps", "-n", ns,
+                                 "--as", account, check=False).stdout.strip() == "no",
+             "the edited Role in force")  # fmt: skip
     first = OperatorProcess(kubeconfig, tmp_path / "operator-1.log", namespaces=(ns,))
     first.start()
     try:
