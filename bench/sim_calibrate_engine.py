@@ -55,6 +55,7 @@ def measure_prefills(engine: Engine, salt: int) -> list[dict[str, Any]]:
                     {
                         "prefill_tokens": n,
                         "attn_pairs": n * (done + n / 2),
+                        "prefill_chunks": 1,
                         "decode_seqs": 0,
                         "decode_context": 0,
                         "seconds": seconds,
@@ -105,6 +106,76 @@ def measure_decodes(engine: Engine, salt: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _drain(engine: Engine) -> None:
+    for _ in range(100_000):
+        if not engine.has_unfinished():
+            return
+        engine.step()
+
+
+def measure_multi_prefills(engine: Engine, salt: int) -> list[dict[str, Any]]:
+    """Several short prompts admitted together: one step with one chunk per prompt, which
+    separates the per-sequence cost from the per-token and per-step ones."""
+    rows: list[dict[str, Any]] = []
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    for count, length in ((2, 32), (4, 32), (8, 32), (16, 16), (2, 128), (4, 96), (8, 48)):
+        for i in range(count):
+            rid = f"m{salt}-{count}-{length}-{i}"
+            engine.add_request(EngineRequest(rid, _prompt(length, 70_000 + 100 * salt + i), params))
+        rows.append(
+            {
+                "prefill_tokens": count * length,
+                "attn_pairs": count * length * length / 2,
+                "prefill_chunks": count,
+                "decode_seqs": 0,
+                "decode_context": 0,
+                "seconds": _timed_step(engine),
+            }
+        )
+        _drain(engine)
+    return rows
+
+
+def measure_mixed(engine: Engine, salt: int) -> list[dict[str, Any]]:
+    """A prompt's chunk in the same step as running decodes (what a new request's first step
+    is on a busy worker): decodes, their context and the chunk are all known."""
+    rows: list[dict[str, Any]] = []
+    long = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    prompt_len = 48
+    for batch, length in ((4, 64), (8, 256), (16, 128), (24, 448), (8, 480), (16, 32)):
+        for i in range(batch):
+            rid = f"x{salt}-{batch}-{length}-{i}"
+            prompt = _prompt(prompt_len, 80_000 + 100 * salt + i)
+            engine.add_request(EngineRequest(rid, prompt, long))
+        produced: dict[str, int] = {}
+        for _ in range(10_000):
+            if len(produced) == batch:
+                break
+            for out in engine.step():
+                produced[out.request_id] = out.completion_tokens
+        for out in engine.step():  # one decode-only step so every sequence is decoding
+            produced[out.request_id] = out.completion_tokens
+        # The engine pads decode attention to the longest sequence ("padded").
+        context = batch * (prompt_len + max(produced.values()) + 1)
+        rid = f"xp{salt}-{batch}-{length}"
+        engine.add_request(EngineRequest(rid, _prompt(length, 90_000 + salt), one))
+        rows.append(
+            {
+                "prefill_tokens": length,
+                "attn_pairs": length * length / 2,
+                "prefill_chunks": 1,
+                "decode_seqs": batch,
+                "decode_context": context,
+                "seconds": _timed_step(engine),
+            }
+        )
+        for i in range(batch):
+            engine.abort(f"x{salt}-{batch}-{length}-{i}")
+        _drain(engine)
+    return rows
+
+
 def measure_after_idle(engine: Engine, salt: int) -> list[dict[str, Any]]:
     """Single short prefills, each after the engine sat idle, as at a replay's light load."""
     rows: list[dict[str, Any]] = []
@@ -139,15 +210,21 @@ def engine_config() -> EngineConfig:
     )
 
 
-def calibrate(config: EngineConfig, repeats: int, threads: int, salt: int = 0) -> dict[str, Any]:
-    """Measurements document of a fresh engine with ``config`` (``repeats`` passes)."""
-    engine = Engine(ensure_checkpoint("llama"), config)
-    measure_prefills(engine, 999 + salt)  # warm-up, discarded
-    steps: list[dict[str, Any]] = []
-    for r in range(repeats):
-        steps += measure_prefills(engine, salt + r)
-        steps += measure_decodes(engine, salt + r)
-        steps += measure_after_idle(engine, salt + r)
+def measure_pass(engine: Engine, salt: int) -> list[dict[str, Any]]:
+    """One pass over every kind of step (raw rows; `medians` folds repeats)."""
+    steps = measure_prefills(engine, salt)
+    steps += measure_decodes(engine, salt)
+    steps += measure_multi_prefills(engine, salt)
+    steps += measure_mixed(engine, salt)
+    steps += measure_after_idle(engine, salt)
+    return steps
+
+
+def document(
+    config: EngineConfig, threads: int, steps: list[dict[str, Any]], fold: bool = False
+) -> dict[str, Any]:
+    """The measurements document `mainsail.sim.calibrate` reads, from raw rows (``fold``:
+    one row per step shape, its median, see `medians`)."""
     return {
         "name": "cpu-tiny",
         "description": f"Mainsail engine, tiny generated Llama, CPU, {threads} thread(s)",
@@ -157,8 +234,31 @@ def calibrate(config: EngineConfig, repeats: int, threads: int, salt: int = 0) -
         "max_batched_tokens": config.max_batched_tokens,
         # The engine pads a decode batch's block tables to its longest sequence.
         "decode_attention": "padded",
-        "steps": steps,
+        "steps": medians(steps) if fold else steps,
     }
+
+
+def calibrate(config: EngineConfig, repeats: int, threads: int, salt: int = 0) -> dict[str, Any]:
+    """Measurements document of a fresh engine with ``config`` (``repeats`` passes)."""
+    engine = Engine(ensure_checkpoint("llama"), config)
+    measure_prefills(engine, 999 + salt)  # warm-up, discarded
+    steps: list[dict[str, Any]] = []
+    for r in range(repeats):
+        steps += measure_pass(engine, salt + r)
+    return document(config, threads, steps)
+
+
+def medians(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per distinct step shape, its median time over the repeats: a shared machine
+    only ever adds time, in bursts, and a least-squares fit chases those bursts."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for step in steps:
+        key = tuple(sorted((k, v) for k, v in step.items() if k != "seconds"))
+        groups.setdefault(key, []).append(step)
+    return [
+        {**rows[0], "seconds": statistics.median(r["seconds"] for r in rows), "samples": len(rows)}
+        for rows in groups.values()
+    ]
 
 
 def main() -> int:
@@ -175,7 +275,15 @@ def main() -> int:
     profile, quality = profile_from_measurements(doc)
     med = statistics.median(s["seconds"] for s in steps)
     print(f"{len(steps)} steps measured, median step {med * 1000:.2f} ms")
-    for name in ("step_overhead_s", "token_s", "attn_pair_s", "kv_read_s"):
+    for name in (
+        "step_overhead_s",
+        "token_s",
+        "attn_pair_s",
+        "kv_read_s",
+        "idle_wake_s",
+        "seq_s",
+        "decode_batch_s",
+    ):
         print(f"  {name:16s} {getattr(profile, name):.3e}")
     print(
         f"fit: median relative error {100 * quality['median_rel_error']:.1f} %, "

@@ -90,6 +90,7 @@ def step_row(shape: StepShape, after_idle: bool) -> dict[str, Any]:
     return {
         "prefill_tokens": sum(n for n, _ in shape.prefill),
         "attn_pairs": sum(attn_pairs(n, c) for n, c in shape.prefill),
+        "prefill_chunks": len(shape.prefill),
         "decode_seqs": len(contexts),
         # The engine pads decode attention to the batch's longest sequence.
         "decode_context": len(contexts) * max(contexts) if contexts else 0,

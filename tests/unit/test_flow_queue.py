@@ -3,6 +3,8 @@ within one, bounds and shedding — examples, then invariants under random opera
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -143,6 +145,8 @@ def test_invariants(ops: list[tuple[str, int, str, int]], limits: tuple[int, int
         elif op == "remove" and waiting:
             victim = waiting.pop(a % len(waiting))
             q.remove(victim)
+        # The service order it reports is the one it serves, and reading it changes nothing.
+        assert q.in_order() == drain(copy.deepcopy(q))
         # Bounds are never exceeded.
         assert len(q) == len(waiting) <= total
         for p in {t.priority for t in waiting}:

@@ -29,11 +29,12 @@ def _request(prompt_tokens: int = 64) -> RequestInfo:
 
 
 def test_an_idle_worker_predicts_the_simulators_prefill_time() -> None:
-    """One cost model: on an idle worker the prediction is the simulator's prefill time."""
+    """One cost model: on an idle worker the prediction is the simulator's prefill time (its
+    first step woken from idle, as the simulator charges it)."""
     idle = idle_worker()
-    for tokens in (16, 300, 512):
+    for tokens in (16, 300, 512, 1500):
         assert predict_ttft(COST, idle, tokens, 0, BLOCK) == pytest.approx(
-            COST.prefill_time(tokens)
+            COST.prefill_time(tokens) + COST.idle_wake_s
         )
     # A cached prefix is cheaper; queued prefill and running decodes make it later.
     assert predict_ttft(COST, idle, 512, 16, BLOCK) < predict_ttft(COST, idle, 512, 0, BLOCK)
@@ -67,7 +68,7 @@ def test_admit_picks_the_best_worker_and_refuses_with_a_reason() -> None:
 def _loaded_router(model_dir: Path) -> Router:
     router, transport = fake_router(model_dir, admission=Admission(step_cost=COST))
     add_fake_worker(router, transport, "w")
-    # The worker reports a long prefill queue: ~2.7 s of work on this cost model.
+    # The worker reports a long prefill queue: seconds of work on this cost model.
     router.registry.heartbeat("w", pb.LoadSnapshot(pending_prefill_tokens=200_000))
     return router
 

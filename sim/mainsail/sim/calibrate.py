@@ -10,9 +10,12 @@ real steps and writes them as JSON; this module fits the cost model to them. Inp
                 "decode_seqs": 0, "decode_context": 0, "seconds": 0.0123}, ...]}
 
 ``attn_pairs`` is ``sum(n * (c + n / 2))`` over the step's prefill chunks (n new tokens after c
-cached ones). The fit is exact non-negative least squares of the formula in
-`mainsail.sim.cost`, on absolute seconds by default (see `fit` for why). The output is a
-YAML ``profiles:`` mapping that ``--gpu-profiles`` reads; the fit's errors are printed.
+cached ones); ``prefill_chunks`` (how many prompts the step prefills a chunk of, default 1 when
+``prefill_tokens`` > 0) and ``after_idle`` are optional. Steps with several chunks and steps
+mixing decodes with a prefill are what separate the per-sequence terms from the rest. The fit
+is exact non-negative least squares of the formula in `mainsail.spec.step_cost`, on absolute
+seconds by default (see `fit` for why). The output is a YAML ``profiles:`` mapping that
+``--gpu-profiles`` reads; the fit's errors are printed.
 """
 
 from __future__ import annotations
@@ -28,17 +31,38 @@ import yaml
 
 from mainsail.sim.cost import GPUProfile
 
-_PARAMS = ("step_overhead_s", "token_s", "attn_pair_s", "kv_read_s", "idle_wake_s")
+_PARAMS = (
+    "step_overhead_s",
+    "token_s",
+    "attn_pair_s",
+    "kv_read_s",
+    "idle_wake_s",
+    "seq_s",
+    "decode_batch_s",
+)
 
 
 def design_matrix(steps: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Columns in `_PARAMS` order, and the measured seconds."""
+    """Columns in `_PARAMS` order, and the measured seconds. A step's ``prefill_chunks``
+    (prompts it prefills a chunk of) defaults to one when it has prefill tokens."""
     rows, y = [], []
     for i, s in enumerate(steps):
         try:
-            tokens = float(s["prefill_tokens"]) + float(s["decode_seqs"])
+            prefill = float(s["prefill_tokens"])
+            seqs = float(s["decode_seqs"])
+            chunks = float(s.get("prefill_chunks", 1 if prefill > 0 else 0))
             idle = float(s.get("after_idle", 0))
-            rows.append([1.0, tokens, float(s["attn_pairs"]), float(s["decode_context"]), idle])
+            rows.append(
+                [
+                    1.0,
+                    prefill + seqs,
+                    float(s["attn_pairs"]),
+                    float(s["decode_context"]),
+                    idle,
+                    chunks + seqs,
+                    1.0 if seqs > 0 else 0.0,
+                ]
+            )
             y.append(float(s["seconds"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"step {i}: {exc!r}") from exc
@@ -50,7 +74,7 @@ def design_matrix(steps: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact least squares with every coefficient >= 0, by trying every support set.
 
-    The model has five parameters, so the 31 non-empty subsets of columns are cheap; the
+    The model has seven parameters, so the 127 non-empty subsets of columns are cheap; the
     answer is the best unconstrained fit among subsets whose solution is non-negative.
     """
     n = a.shape[1]

@@ -274,10 +274,12 @@ class SimWorker:
             self._steps = 1
             pairs = sum(attn_pairs(n, r.prefill_done) for r, n in chunks)
             new = sum(n for _, n in chunks)
-            duration = p.step_time(new, pairs, len(decodes), ctx, after_idle)
+            duration = p.step_time(
+                new, pairs, len(decodes), ctx, after_idle, prefill_chunks=len(chunks)
+            )
         else:
             self._steps = min(r.decode_left for r in decodes)
-            self._ff_a = p.step_overhead_s + p.token_s * len(decodes) + p.kv_read_s * ctx
+            self._ff_a = p.decode_step_time(len(decodes), ctx)
             self._ff_b = p.kv_read_s * len(decodes)
             duration = self._stretch(self._steps)
         self._schedule(now + duration, self.index, self._version)

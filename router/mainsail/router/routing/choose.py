@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from mainsail.router.errors import RouterError, overloaded, slo_unattainable, unavailable
 from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
@@ -36,9 +37,26 @@ from mainsail.router.scheduling import (
     WorkerSnapshot,
     shared_tier_hits,
 )
-from mainsail.router.scheduling.admission import admit
+from mainsail.router.scheduling.admission import Waiting, admit, recheck
 from mainsail.router.scheduling.flow import FlowLimits, FlowQueue, Ticket
 from mainsail.spec.admission import Admission as AdmissionSettings
+
+RECHECK_INTERVAL_S = 0.1
+"""Least time between two re-checks of the waiting requests' predicted TTFT (it also stays
+above ten times the last re-check's own duration, so a long queue costs the router at most
+about a tenth of its time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """What a waiting request's re-check needs: the request, when it started, its TTFT
+    target and its prefix hits per worker (from its admission; they rarely change while it
+    waits, and a lookup per request per re-check would cost more than it tells)."""
+
+    info: RequestInfo
+    started: float
+    target_s: float
+    hits: Mapping[str, int]
 
 
 class WorkerChooser:
@@ -70,7 +88,8 @@ class WorkerChooser:
         self.recorder = ScheduleRecorder(metrics)
         self.flow = FlowQueue(limits or FlowLimits(4096, 4096, 1024))
         self._refusals: dict[Ticket, RouterError | None] = {}
-        self._tokens: dict[Ticket, int] = {}  # prompt tokens of each waiting request
+        self._queued: dict[Ticket, _Queued] = {}
+        self._next_recheck = 0.0
         self.admission = admission
         self.block_size = block_size
 
@@ -114,6 +133,8 @@ class WorkerChooser:
         self.metrics.queued.inc()
         try:
             while True:
+                if ticket is not None:
+                    self._recheck()
                 refusal = self._refusals.get(ticket) if ticket is not None else None
                 if refusal is not None:
                     raise refusal
@@ -148,7 +169,7 @@ class WorkerChooser:
         finally:
             if ticket is not None:
                 self._refusals.pop(ticket, None)
-                self._tokens.pop(ticket, None)
+                self._queued.pop(ticket, None)
                 if ticket in self.flow:
                     self.flow.remove(ticket)
                     self._changed.set()  # whoever is next in line now
@@ -158,7 +179,7 @@ class WorkerChooser:
     def _enqueue(self, prepared: Prepared, started: float) -> Ticket:
         """Admission, then a place in the flow queue (deadline: its TTFT target from
         ``started``); 429 when either refuses. Requests it displaces are refused."""
-        self.admit(prepared, started)  # a new request: refused now rather than late
+        hits = self.admit(prepared, started)  # a new request: refused now rather than late
         due = started + prepared.ttft_target_s
         offer = self.flow.offer(prepared.priority, prepared.flow, due)
         for gone in offer.shed:
@@ -167,7 +188,7 @@ class WorkerChooser:
             self.metrics.shed.labels("queue_full").inc()
             raise overloaded(f"The router cannot queue this request: {offer.reason}; retry later.")
         self._refusals[offer.ticket] = None
-        self._tokens[offer.ticket] = prepared.info.prompt_tokens
+        self._queued[offer.ticket] = _Queued(prepared.info, started, prepared.ttft_target_s, hits)
         return offer.ticket
 
     def _refuse(self, ticket: Ticket, why: str) -> None:
@@ -179,24 +200,31 @@ class WorkerChooser:
             self.metrics.shed.labels("displaced").inc()
             self._changed.set()
 
-    def admit(self, prepared: Prepared, started: float) -> None:
+    def admit(self, prepared: Prepared, started: float) -> Mapping[str, int]:
         """429 (with `Retry-After`) when no worker is predicted to give ``prepared`` its first
         token within its TTFT target (`scheduling/admission.py`); no-op without a cost model
-        or while no worker is registered (a cold pool is woken by the held request)."""
+        or while no worker is registered (a cold pool is woken by the held request). Returns
+        the request's prefix hits per worker (empty when nothing was predicted)."""
         settings = self.admission
         if settings is None or settings.step_cost is None:
-            return
+            return {}
         entries = [e for e in self.registry.entries() if not e.draining]
         if not entries:
-            return
-        ahead = sum(n for t, n in self._tokens.items() if t.priority >= prepared.priority)
+            return {}
+        ahead = [
+            q
+            for t, q in self._queued.items()
+            if t.priority >= prepared.priority and self._refusals.get(t) is None
+        ]
+        ctx = self._context(prepared, entries)
         verdict = admit(
             settings.step_cost,
-            self._context(prepared, entries),
+            ctx,
             block_size=self.block_size,
             target_s=prepared.ttft_target_s,
             waited_s=self._clock() - started,
-            queued_ahead_tokens=ahead,
+            queued_ahead_tokens=sum(q.info.prompt_tokens for q in ahead),
+            queued_ahead_requests=len(ahead),
             headroom=settings.headroom,
         )
         if not verdict.admit:
@@ -205,6 +233,54 @@ class WorkerChooser:
                 f"Refused at admission: {verdict.reason}; retry after {verdict.retry_after_s:g} s.",
                 verdict.retry_after_s,
             )
+        return dict(ctx.prefix_hits)
+
+    def _recheck(self) -> None:
+        """Refuse the waiting requests whose predicted TTFT can no longer meet their target,
+        and the sheddable ones when higher bands are missing theirs (`admission.recheck`);
+        at most every `RECHECK_INTERVAL_S`, whoever of the waiters wakes first runs it."""
+        settings = self.admission
+        now = self._clock()
+        if settings is None or settings.step_cost is None or now < self._next_recheck:
+            return
+        entries = [e for e in self.registry.entries() if not e.draining]
+        if not entries or not self._queued:
+            self._next_recheck = now + RECHECK_INTERVAL_S
+            return
+        t0 = time.perf_counter()
+        waiting = [
+            Waiting(t, t.priority, q.info, q.hits, now - q.started, q.target_s)
+            for t in self.flow.in_order()
+            if (q := self._queued.get(t)) is not None and self._refusals.get(t) is None
+        ]
+        workers = [self._views.snapshot(e) for e in entries]
+        refusals = recheck(
+            settings.step_cost,
+            workers,
+            waiting,
+            block_size=self.block_size,
+            headroom=settings.headroom,
+        )
+        for refusal in refusals:
+            if refusal.shed:
+                error = overloaded(
+                    f"The router dropped this request while it waited: {refusal.reason}; "
+                    "retry later."
+                )
+                self.metrics.shed.labels("displaced").inc()
+            else:
+                error = slo_unattainable(
+                    f"Refused while waiting: {refusal.reason}; retry after "
+                    f"{refusal.retry_after_s:g} s.",
+                    refusal.retry_after_s,
+                )
+                self.metrics.shed.labels("predicted_ttft").inc()
+            self._refusals[refusal.key] = error
+            self.flow.remove(refusal.key)
+        if refusals:
+            self._changed.set()
+        spent = time.perf_counter() - t0
+        self._next_recheck = self._clock() + max(RECHECK_INTERVAL_S, 10 * spent)
 
     def _context(self, prepared: Prepared, entries: list[WorkerEntry]) -> SchedulingContext:
         return self.context(prepared.info, entries)

@@ -171,6 +171,23 @@ class FlowQueue:
         flow = self._next_flow(band)
         return band.flows[flow][0][2]
 
+    def in_order(self) -> list[Ticket]:
+        """Every waiting request in the order `pop_head` would serve them if nothing else
+        arrived (the queue is not changed): bands highest first, flows by start tag."""
+        out: list[Ticket] = []
+        for priority in sorted(self._bands, reverse=True):
+            band = self._bands[priority]
+            queues = {flow: sorted(q) for flow, q in band.flows.items()}
+            heap = [(band.tags[f], q[0][1], f, 0) for f, q in queues.items()]
+            heapq.heapify(heap)
+            while heap:
+                tag, _, flow, i = heapq.heappop(heap)
+                queue = queues[flow]
+                out.append(queue[i][2])
+                if i + 1 < len(queue):
+                    heapq.heappush(heap, (tag + 1.0, queue[i + 1][1], flow, i + 1))
+        return out
+
     def _next_flow(self, band: _Band) -> str:
         return min(band.flows, key=lambda f: (band.tags[f], band.flows[f][0][1]))
 
