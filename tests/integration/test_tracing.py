@@ -6,8 +6,9 @@ Checked: the span tree of one HTTP request continuing the client's `traceparent`
 prepare, admission, dispatch with the scheduling pass and each plugin, the worker's request
 with queue, prefill and decode), its attributes (model, pool, worker, request id, tokens in and
 out, cache hit blocks, chosen worker and scores), the gRPC front's metadata, live migrations
-(with the KV and by recompute), that no prompt text or API key reaches any span, and that
-tracing off records nothing.
+(with the KV: the target's adopt and decode phases, the source's and target's move spans; and
+by recompute), a request refused while parsed, that no prompt text or API key reaches any
+span, and that tracing off records nothing.
 """
 
 from __future__ import annotations
@@ -271,6 +272,30 @@ async def test_grpc_metadata_and_live_migrations(tiny_model_dir: Path) -> None:
     assert _attrs(workers[(kv_id, kv_workers[0])])["gen_ai.response.finish_reasons"] == (
         "migrated",
     )
+    # The adopted request's phases on the target: adopt (announced -> its first token there),
+    # then decode; no queue or prefill (it was not prefilled there).
+    adopted = workers[(kv_id, kv_workers[1])]
+    assert _attrs(adopted)["mainsail.adopted"] is True
+    phases = {s.name: s for s in worker_memory.spans() if parent_id(s) == span_id(adopted)}
+    assert set(phases) == {"mainsail.worker.adopt", "mainsail.worker.decode"}
+    adopt, decode = phases["mainsail.worker.adopt"], phases["mainsail.worker.decode"]
+    assert adopted.start_time == adopt.start_time and adopt.end_time == decode.start_time
+    assert decode.end_time == adopted.end_time
+    # The move itself on both workers, under the router's migration span: the trace context
+    # went router -> source on Migrate and source -> target on ReceiveKV.
+    (out,) = worker_memory.named("mainsail.worker.migrate")
+    (into,) = worker_memory.named("mainsail.worker.receive_kv")
+    assert trace_id(out) == trace_id(into) == int(TRACE, 16)
+    assert parent_id(out) == span_id(kv) and parent_id(into) == span_id(out)
+    assert out.resource.attributes["service.instance.id"] == kv_workers[0]
+    assert into.resource.attributes["service.instance.id"] == kv_workers[1]
+    assert _attrs(out)["mainsail.request_id"] == kv_id
+    assert _attrs(out)["mainsail.migration.accepted"] is True
+    assert int(str(_attrs(out)["mainsail.migration.stages"])) >= 1
+    blocks = int(str(_attrs(out)["mainsail.migration.blocks"]))
+    assert blocks >= 1 and float(str(_attrs(out)["mainsail.migration.pause_seconds"])) > 0
+    assert _attrs(into)["mainsail.migration.moved"] is True
+    assert int(str(_attrs(into)["mainsail.migration.blocks"])) >= 1
 
     # By recompute: a dispatch under the migration span sends the rest to the other worker.
     recompute = migrations["migrate"]

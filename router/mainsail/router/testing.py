@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,13 @@ class FakeTransport:
     def moves_kv(self) -> bool:
         return False  # fake workers hold no KV: moves recompute
 
-    async def migrate(self, address: str, request_id: str, target_address: str) -> pb.MigrateReply:
+    async def migrate(
+        self,
+        address: str,
+        request_id: str,
+        target_address: str,
+        trace: Mapping[str, str] | None = None,
+    ) -> pb.MigrateReply:
         return pb.MigrateReply(detail="fake workers hold no KV")
 
     async def submit(self, address: str, request: pb.WorkerRequest) -> AsyncIterator[pb.TokenChunk]:

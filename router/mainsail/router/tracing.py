@@ -23,7 +23,9 @@ Span tree of one request (names as exported; docs/observability.md lists the att
     │   └── mainsail.worker.request  (on the worker: queue, prefill, decode)
     └── mainsail.migration           a move to another worker (resume, migrate, handoff)
         ├── mainsail.dispatch        ... as above (a move by recompute)
-        └── mainsail.worker.request  (a move with the KV: the target's adopted request)
+        ├── mainsail.worker.request  (a move with the KV: the target's adopted request,
+        │                            its phases adopt and decode)
+        └── mainsail.worker.migrate  (the source's copy; the target's receive_kv under it)
 
 Never recorded: prompt text, messages, generated text, API keys or any header other than the
 trace context (tests/integration/test_tracing.py checks every exported attribute).

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
 import grpc
@@ -98,9 +98,12 @@ class KVMigrator:
 
     # ------------------------------------------------------------------ source
 
-    async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply:
+    async def migrate(
+        self, request: pb.MigrateRequest, metadata: Sequence[tuple[str, str]] = ()
+    ) -> pb.MigrateReply:
         """Move ``request.request_id`` with its KV to ``request.target_address`` (see the
-        module docstring); never raises: a failure is ``accepted=false`` with the reason."""
+        module docstring); never raises: a failure is ``accepted=false`` with the reason.
+        ``metadata`` (the trace context) goes with the `ReceiveKV` call."""
         rid = request.request_id
         reply = pb.MigrateReply()
         if not rid or not request.target_address:
@@ -110,7 +113,7 @@ class KVMigrator:
         paused_at: float | None = None
         channel = self._channel(request.target_address)
         call = pb_grpc.WorkerStub(channel).ReceiveKV(
-            metadata=self.credential.metadata, timeout=self.timeout
+            metadata=(*self.credential.metadata, *metadata), timeout=self.timeout
         )
         try:
             codec = await self.codec()

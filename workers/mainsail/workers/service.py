@@ -253,7 +253,7 @@ class _Multiplexer:
             else:
                 outputs = self.engine.generate(engine_request_from_proto(request))
             async for out in outputs:
-                if spans is not None and (out.finished or out.first_token_phases is not None):
+                if spans is not None and spans.wants(out):
                     spans.output(out)
                 if out.finished and request.kv_publish:
                     # Disaggregated prefill: the decode worker fetches these blocks next.
@@ -309,7 +309,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.worker_id = worker_id
         self.experts = experts  # a sharded mixture-of-experts engine's degree and load
         self.limits = limits
-        self.migration = MigrationRPC(migrator)
+        self.migration = MigrationRPC(migrator, tracing)
         self.tracing = tracing  # None: tracing off, no span work at all
         self.engine = engine
         self.hub = hub

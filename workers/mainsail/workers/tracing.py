@@ -12,6 +12,20 @@ the phase spans are made once, when the request ends, with explicit times: nothi
     ├── mainsail.worker.queue     arrival to the first engine step that ran it
     ├── mainsail.worker.prefill   that step to the first token
     └── mainsail.worker.decode    first token to the last
+
+A request moved here with its KV (`WorkerRequest.adopt`, announced by the router under its
+`mainsail.migration` span) has no queue or prefill here; its phases are
+
+    mainsail.worker.request   (SERVER, `mainsail.adopted`)
+    ├── mainsail.worker.adopt     announced to its first token here: the source's stages, the
+    │                             import, the adoption and the first step
+    └── mainsail.worker.decode    that token to the last
+
+and the move itself is traced on both workers, under the router's migration span (its context
+travels as `traceparent` metadata on `Worker.Migrate`, and from the source on `ReceiveKV`):
+
+    mainsail.worker.migrate   source: stages, blocks, pause, accepted (or why not)
+    └── mainsail.worker.receive_kv   target: blocks held, adopted
 """
 
 from __future__ import annotations
@@ -70,10 +84,12 @@ class WorkerTracing:
         """The spans of ``request`` (None when its trace is not sampled: nothing to record)."""
         carrier = bounded_carrier(request.trace_context) or carrier_from_pairs(metadata)
         parent = _PROPAGATOR.extract(carrier) if carrier else None
+        start_ns = time.time_ns()
         span = self.tracer.start_span(
             "mainsail.worker.request",
             context=parent,
             kind=SpanKind.SERVER,
+            start_time=start_ns,
             attributes={
                 **self.attributes,
                 "mainsail.request_id": request.request_id,
@@ -84,7 +100,38 @@ class WorkerTracing:
         )
         if not span.is_recording():
             return None
-        return RequestSpans(self, span)
+        if request.adopt:
+            span.set_attribute("mainsail.adopted", True)
+        return RequestSpans(self, span, start_ns, adopt=request.adopt)
+
+    def move_span(
+        self,
+        name: str,
+        metadata: Iterable[tuple[str, str | bytes]],
+        attributes: Mapping[str, str | int | bool] | None = None,
+    ) -> Span | None:
+        """A span of a KV move (`Migrate` on the source, `ReceiveKV` on the target), child of
+        the trace context in the call's ``metadata``. None without one (a move belongs to a
+        request's trace; alone it would be an orphan trace) or when it is not sampled."""
+        carrier = carrier_from_pairs(metadata)
+        if not carrier:
+            return None
+        span = self.tracer.start_span(
+            name,
+            context=_PROPAGATOR.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={**self.attributes, **(attributes or {})},
+        )
+        return span if span.is_recording() else None
+
+    @staticmethod
+    def context_of(span: Span | None) -> list[tuple[str, str]]:
+        """``span``'s trace context as gRPC metadata (empty for None)."""
+        if span is None:
+            return []
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=set_span_in_context(span))
+        return list(carrier.items())
 
     def shutdown(self) -> None:
         """Flush and stop the exporter."""
@@ -94,23 +141,38 @@ class WorkerTracing:
 
 
 class RequestSpans:
-    """One request's spans on this worker; `output` sees its first and last outputs only."""
+    """One request's spans on this worker; `output` needs its first and last outputs only
+    (`wants` says which)."""
 
-    __slots__ = ("_ended", "_first_ns", "_owner", "_phases", "_start_ns", "span")
+    __slots__ = ("_adopt", "_ended", "_first_ns", "_owner", "_phases", "_start_ns", "span")
 
-    def __init__(self, owner: WorkerTracing, span: Span) -> None:
+    def __init__(
+        self, owner: WorkerTracing, span: Span, start_ns: int, adopt: bool = False
+    ) -> None:
         self._owner = owner
         self.span = span
-        self._start_ns = time.time_ns()
+        self._adopt = adopt  # moved here with its KV: adopt + decode phases
+        self._start_ns = start_ns  # the request span's start
         self._first_ns = 0
         self._phases: tuple[float, float] | None = None
         self._ended = False
 
+    def wants(self, out: RequestOutput) -> bool:
+        """Whether `output` needs ``out`` (so callers skip the call for every other token)."""
+        return (
+            out.finished
+            or out.first_token_phases is not None
+            or (self._adopt and not self._first_ns)
+        )
+
     def output(self, out: RequestOutput) -> None:
         """Called with the output carrying the first token and with the finished one."""
-        if out.first_token_phases is not None and not self._first_ns:
-            self._first_ns = time.time_ns()
-            self._phases = out.first_token_phases
+        if not self._first_ns:
+            if out.first_token_phases is not None:
+                self._first_ns = time.time_ns()
+                self._phases = out.first_token_phases
+            elif self._adopt:  # the first token generated here after the move
+                self._first_ns = time.time_ns()
         if out.finished:
             self.end(out)
 
@@ -121,7 +183,10 @@ class RequestSpans:
         self._ended = True
         end_ns = time.time_ns()
         span = self.span
-        if self._first_ns and self._phases is not None:
+        if self._first_ns and self._adopt:
+            self._phase("mainsail.worker.adopt", self._start_ns, self._first_ns)
+            self._phase("mainsail.worker.decode", self._first_ns, end_ns)
+        elif self._first_ns and self._phases is not None:
             queued, prefill = self._phases
             prefill_start = max(self._start_ns, self._first_ns - int(prefill * 1e9))
             queue_start = max(self._start_ns, prefill_start - int(queued * 1e9))

@@ -10,7 +10,7 @@ as everything else it does for a request. Tests and benchmarks inject
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -44,10 +44,17 @@ class WorkerTransport(Protocol):
         """Whether its workers can move a request's KV between them (`migrate`)."""
         ...
 
-    async def migrate(self, address: str, request_id: str, target_address: str) -> pb.MigrateReply:
+    async def migrate(
+        self,
+        address: str,
+        request_id: str,
+        target_address: str,
+        trace: Mapping[str, str] | None = None,
+    ) -> pb.MigrateReply:
         """Ask the worker at ``address`` to move ``request_id`` with its KV to the worker at
         ``target_address`` (which must hold the `adopt` request); the reply says whether
-        the target took it. Never raises: a broken call is ``accepted=false``."""
+        the target took it. Never raises: a broken call is ``accepted=false``. ``trace``
+        (`traceparent`/`tracestate`, the move's span) travels as call metadata."""
         ...
 
     def kv_events(self, address: str) -> AsyncIterator[pb.KVEventBatch]:
@@ -131,11 +138,18 @@ class GrpcTransport:
     def moves_kv(self) -> bool:
         return True
 
-    async def migrate(self, address: str, request_id: str, target_address: str) -> pb.MigrateReply:
+    async def migrate(
+        self,
+        address: str,
+        request_id: str,
+        target_address: str,
+        trace: Mapping[str, str] | None = None,
+    ) -> pb.MigrateReply:
         request = pb.MigrateRequest(request_id=request_id, target_address=target_address)
+        metadata = (*self._metadata, *(trace or {}).items())
         try:
             reply: pb.MigrateReply = await self._stub(address).Migrate(
-                request, timeout=MIGRATE_TIMEOUT_S, metadata=self._metadata
+                request, timeout=MIGRATE_TIMEOUT_S, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
             return pb.MigrateReply(detail=f"{exc.code().name}: {exc.details()}")

@@ -264,7 +264,9 @@ class RequestMover:
         stream = self.transport.submit(picked.address, announce)
         move = KVMove(picked, stream, asyncio.ensure_future(anext(stream)))
         route.kv_move = move
-        reply = await self.transport.migrate(source.address, rid, picked.address)
+        reply = await self.transport.migrate(
+            source.address, rid, picked.address, announce.trace_context
+        )
         if reply.accepted:
             self.metrics.kv_migrations.inc()
             return  # `after_first` switches to the target when the source says "migrated"
