@@ -8,6 +8,8 @@ import pytest
 from mainsail.sim.cost import GPUProfile
 from mainsail.sim.kvtier import SimSharedTier, TierSettings, cost_model
 from mainsail.sim.metrics import SLOTargets, summarise
+from mainsail.sim.request import SimRequest
+from mainsail.sim.router_policy import RouterPolicy
 from mainsail.sim.simulation import PolicyRun, SimSettings
 from mainsail.sim.traces import TraceRequest
 from mainsail.spec.routing_profile import RoutingProfile, ScorerWeight
@@ -68,9 +70,10 @@ def test_a_prompt_held_only_in_the_tier_is_fetched_and_priced_at_the_fetch() -> 
     assert second.cached_tokens > 0 and second.worker == first.worker  # device-warm wins
     # Evict the device copy: the second request then finds the prompt in the tier only.
     run = _run(10_000)
+    (tier,) = run.tiers  # one store shared by both workers
     for w in run.workers:
-        assert w.tier is run.tier
-    assert run.tier is not None and len(run.tier) >= 2000 // 16 - 1
+        assert w.tier is tier
+    assert len(tier) >= 2000 // 16 - 1
     first, second = run.requests
     assert second.tier_tokens == 0  # still on the device: device-warm beats the tier
     assert second.worker == first.worker
@@ -98,3 +101,58 @@ def test_device_eviction_leaves_the_tier_copy_and_the_fetch_is_timed() -> None:
     assert again.started - again.arrival >= run.workers[0].cost.fetch_seconds(fetched) - 1e-9
     summary = summarise(result, SLOTargets())
     assert summary.tier_hit_rate == pytest.approx(again.tier_tokens / 6000)
+
+
+def test_stores_split_the_workers_into_contiguous_groups() -> None:
+    tier = TierSettings(capacity_blocks=10, stores=2)
+    assert [tier.store_of(i, 5) for i in range(5)] == [0, 0, 0, 1, 1]
+    assert [TierSettings(capacity_blocks=1, stores=4).store_of(i, 4) for i in range(4)] == [
+        0, 1, 2, 3,
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        TierSettings(stores=0)
+    with pytest.raises(ValueError):
+        tier.store_of(0, 1)  # more stores than workers
+
+
+def _two_stores(aware: bool, seed: int) -> tuple[PolicyRun, list[int], int]:
+    """Two workers, each with its own store; one prompt served (and written through) by one
+    of them, then forgotten by the router's device index (as if evicted from the device)."""
+    trace = [TraceRequest(0.0, 2000, 2, (1, 2, 3, 4))]
+    settings = SimSettings(
+        workers=2,
+        block_size=16,
+        seed=seed,
+        tier=TierSettings(capacity_blocks=10_000, bandwidth_bps=1e9, stores=2),
+        tier_aware=aware,
+        routing=RoutingProfile(scorers=[ScorerWeight(name="prefill-time", weight=1.0)]),
+    )
+    run = PolicyRun("ours", trace, P, settings)
+    run.run()
+    hashes = run.hasher.block_hashes((1, 2, 3, 4), 2000)
+    writer = run.requests[0].worker
+    assert isinstance(run.policy, RouterPolicy)
+    run.policy.on_kv_event(run.workers[writer].worker_id, "removed", hashes, "device")
+    return run, hashes, writer
+
+
+def test_a_block_is_a_fetch_only_for_its_own_store_and_tier_aware_scoring_goes_there() -> None:
+    """Per-rack stores: the prompt is in the writer's store only (each worker advertises its
+    store's tier id); tier-aware scoring sends the prompt back to that rack every time, while
+    device-only scoring, which cannot tell the stores apart, spreads it over both."""
+    chosen: dict[bool, set[int]] = {True: set(), False: set()}
+    for seed in range(8):
+        for aware in (True, False):
+            run, hashes, writer = _two_stores(aware, seed)
+            other = 1 - writer
+            assert run.workers[writer].tier is run.tiers[writer]
+            assert run.tiers[writer].prefix(hashes) == len(hashes)
+            assert run.tiers[other].prefix(hashes) == 0  # not readable from the other rack
+            ids = {w.snapshot().kv_tier_id for w in run.workers}
+            assert ids == {"sim-redis-0", "sim-redis-1"}
+            again = SimRequest(1, 10.0, 2000, 2, hashes)
+            pick = run.policy.route(again, 10.0)
+            assert pick is not None
+            chosen[aware].add(0 if pick == writer else 1)
+    assert chosen[True] == {0}  # always the rack whose store holds the prompt
+    assert chosen[False] == {0, 1}  # a coin toss between the racks

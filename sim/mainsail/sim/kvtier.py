@@ -13,6 +13,12 @@ What is modelled, as the real tier does it (`mainsail.workers.kvtier`):
   ``FetchCostModel.fetch_seconds(blocks)`` (the one cost model, `mainsail.spec.kv_cost`); the
   fetched blocks then sit in the worker's cache as ordinary prefix hits.
 
+Several stores (`TierSettings.stores` > 1): the workers are split into that many contiguous
+groups ("racks"), each writing to and reading from its own store of ``capacity_blocks`` (a
+Redis per rack, or per worker with ``stores == workers``), with its own tier id, so a block one
+rack stored is a fetch only for that rack's workers. This is where pricing tier-held prefixes
+can decide something: with one store every worker fetches the same prefix at the same cost.
+
 Not modelled: the existence probe's round trip when the tier holds nothing (sub-millisecond),
 contention between concurrent fetches for the tier's bandwidth, and write bandwidth.
 """
@@ -29,15 +35,25 @@ from mainsail.spec.kv_cost import FetchCostModel
 
 @dataclass(frozen=True)
 class TierSettings:
-    """One shared tier. ``capacity_blocks`` 0 = no tier; bandwidth in bytes/s."""
+    """The KV tier. ``capacity_blocks`` (per store) 0 = no tier; bandwidth in bytes/s;
+    ``stores`` separate stores, each serving a contiguous group of the workers."""
 
     capacity_blocks: int = 0
     bandwidth_bps: float = 10e9  # a 100 Gb/s network, most of it used
     rtt_s: float = 0.0005
+    stores: int = 1
 
     def __post_init__(self) -> None:
         if self.capacity_blocks < 0 or self.bandwidth_bps <= 0 or self.rtt_s < 0:
             raise ValueError("tier: capacity >= 0, bandwidth > 0 and rtt >= 0 required")
+        if self.stores < 1:
+            raise ValueError("tier: stores >= 1 required")
+
+    def store_of(self, worker: int, workers: int) -> int:
+        """The store worker ``worker`` of ``workers`` uses (contiguous, near-equal groups)."""
+        if not 0 <= worker < workers or self.stores > workers:
+            raise ValueError(f"tier: worker {worker} of {workers}, {self.stores} stores")
+        return worker * self.stores // workers
 
 
 def cost_model(profile: GPUProfile, block_size: int, tier: TierSettings) -> FetchCostModel:
@@ -57,14 +73,15 @@ def cost_model(profile: GPUProfile, block_size: int, tier: TierSettings) -> Fetc
 
 
 class SimSharedTier:
-    """Block hashes held by the shared tier, least recently used first."""
+    """Block hashes held by one store of the tier, least recently used first."""
 
     TIER_ID = "sim-redis"
 
-    def __init__(self, capacity_blocks: int) -> None:
+    def __init__(self, capacity_blocks: int, tier_id: str = TIER_ID) -> None:
         if capacity_blocks < 1:
             raise ValueError("capacity_blocks must be >= 1")
         self.capacity = capacity_blocks
+        self.tier_id = tier_id  # workers with the same id read each other's blocks
         self._blocks: OrderedDict[int, None] = OrderedDict()
         self.evictions = 0
         self.fetched_blocks = 0

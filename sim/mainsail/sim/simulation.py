@@ -59,7 +59,7 @@ class SimSettings:
     drain_s: float = 3600.0  # keep simulating this long after the last arrival
     max_model_len: int = 131_072
     routing: RoutingProfile = field(default_factory=RoutingProfile)
-    tier: TierSettings = field(default_factory=TierSettings)  # shared KV tier (default: none)
+    tier: TierSettings = field(default_factory=TierSettings)  # KV tier store(s) (default: none)
     tier_aware: bool = True  # the router prices tier-held prefixes (False: device only)
 
     def __post_init__(self) -> None:
@@ -126,7 +126,12 @@ class PolicyRun:
         self.finished_any = False  # a request finished during the current step end
         changed: set[int] = set()  # workers whose snapshot is stale (see RouterPolicy)
         tier = settings.tier
-        self.tier = SimSharedTier(tier.capacity_blocks) if tier.capacity_blocks else None
+        self.tiers: list[SimSharedTier] = []
+        if tier.capacity_blocks:
+            ids = [SimSharedTier.TIER_ID] if tier.stores == 1 else [
+                f"{SimSharedTier.TIER_ID}-{g}" for g in range(tier.stores)
+            ]  # fmt: skip
+            self.tiers = [SimSharedTier(tier.capacity_blocks, tier_id) for tier_id in ids]
         cost = cost_model(profile, settings.block_size, tier)
         self.workers = [
             SimWorker(
@@ -139,7 +144,7 @@ class PolicyRun:
                 max_model_len=settings.max_model_len,
                 hash_fingerprint=fingerprint,
                 changed=changed,
-                tier=self.tier,
+                tier=self.tiers[tier.store_of(i, settings.workers)] if self.tiers else None,
                 cost=cost,
                 schedule_load=self._schedule_load,
             )
@@ -241,5 +246,5 @@ class PolicyRun:
             decide_wall_s=getattr(policy, "decide_wall_s", math.nan),
             index_entries=index.stats().entries if index is not None else 0,
             evictions=sum(w.kv.evictions for w in self.workers),
-            tier_evictions=self.tier.evictions if self.tier is not None else 0,
+            tier_evictions=sum(t.evictions for t in self.tiers),
         )

@@ -117,7 +117,7 @@ class SimWorker:
                 hash_fingerprint=self._fingerprint,
                 pending_prefill_tokens=self.backlog_tokens,
                 kv_cost=self.cost,
-                kv_tier_id=SimSharedTier.TIER_ID if self.tier is not None else "",
+                kv_tier_id=self.tier.tier_id if self.tier is not None else "",
                 kv_fetch_policy="auto" if self.tier is not None else "",
             )
             self._snapshot = snap
