@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.dashboards import WORKER_NAME, names
+from support.documented_metrics import documented, not_exported
 from support.fleet import ADMIN_TOKEN, MODEL, fleet
 
 from mainsail.spec.engine_settings import EngineSettings
@@ -98,6 +99,11 @@ async def test_worker_metrics_follow_the_engine(tiny_model_dir: Path) -> None:
         # The dashboard's worker panels query only names this worker exports.
         missing = names(WORKER_NAME) - {name for name, _ in samples}
         assert not missing, f"dashboard queries metrics a worker does not export: {missing}"
+        # So does every metric docs/protocol.md documents for workers.
+        families = {family.name for family in text_string_to_metric_families(text)}
+        exported = families | {name for name, _ in samples}
+        undocumented = not_exported(documented("Worker metrics"), exported)
+        assert not undocumented, f"documented, not exported by a worker: {undocumented}"
 
         # The router's histograms saw the same requests, per pool and SLO class.
         routed = _samples(router_text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.dashboards import ANY_NAME, ROUTER_NAME, WORKER_NAME, dashboard, names, queries
+from support.documented_metrics import documented, not_exported
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.fleet.pool_load import PoolLoadCollector
@@ -16,8 +17,9 @@ from mainsail.router.metrics import RouterMetrics
 pytestmark = pytest.mark.unit
 
 
-def exported_names() -> set[str]:
-    """Sample names of a router's /metrics with every labelled family touched once."""
+def exported_names(families: bool = False) -> set[str]:
+    """Sample names of a router's /metrics with every labelled family touched once (and the
+    family names too with ``families``)."""
     metrics = RouterMetrics()
     entry = WorkerEntry(
         info=pb.WorkerInfo(worker_id="w", address="w:1", role="decode", model="m"),
@@ -33,7 +35,16 @@ def exported_names() -> set[str]:
     for histogram in (latency.ttft, latency.itl, latency.e2e):
         histogram.observe(0.01)
     text = metrics.render().decode()
-    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    parsed = list(text_string_to_metric_families(text))
+    found = {s.name for f in parsed for s in f.samples}
+    return found | {f.name for f in parsed} if families else found
+
+
+def test_every_documented_router_metric_is_exported() -> None:
+    documented_names = documented("Router metrics")
+    assert len(documented_names) >= 25
+    gone = not_exported(documented_names, exported_names(families=True))
+    assert not gone, f"docs/protocol.md documents router metrics it does not export: {gone}"
 
 
 def test_every_query_names_an_exported_metric() -> None:

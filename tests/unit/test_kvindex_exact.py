@@ -191,3 +191,33 @@ def test_eviction_order_is_exact_across_many_evictions() -> None:
             assert {h for h in range(5000) if index.holders(h)} == set(model)
     assert {h for h in range(5000) if index.holders(h)} == set(model)
     assert index.stats().evictions == evicted
+
+
+def test_the_redis_tier_stays_inside_the_same_memory_bound() -> None:
+    """Issue 15: tier-aware scoring adds `redis` holders to the same index, under the same
+    cap. A block held on a device and in Redis is one entry; a flood of tier events evicts
+    like device ones; the footprint stops growing once the table is full, and with every tier
+    in use it is at most one more mask plane per tier than with devices alone."""
+    cap, workers = 2_000, [f"w{i}" for i in range(8)]
+    index = GlobalKVIndex(max_blocks=cap)
+    for i, worker in enumerate(workers):
+        index.apply_event(worker, "stored", range(i * cap, (i + 1) * cap))
+    device_only = index.stats()
+    assert device_only.entries == cap
+    index.apply_event("w0", "stored", range(7 * cap, 8 * cap), "redis")  # the same blocks
+    both = index.stats()
+    assert both.entries == cap and both.holders == 2 * cap
+    for round_ in range(5):  # a flood of new tier-held blocks, as a busy Redis tier reports
+        start = (10 + round_) * cap
+        for worker in workers:
+            index.apply_event(worker, "stored", range(start, start + cap), "redis")
+        stats = index.stats()
+        assert stats.entries <= cap
+        if round_ == 0:
+            full = stats.approx_bytes
+        assert stats.approx_bytes == full  # bounded: nothing grows past the cap
+    mask_plane = cap * 8  # one uint64 word per row: 8 worker slots fit in one word
+    assert full <= device_only.approx_bytes + mask_plane  # the redis plane, nothing more
+    assert index.longest_prefix(range(14 * cap, 14 * cap + 3), tiers=("redis",)) == {
+        w: 3 for w in workers
+    }
