@@ -2,7 +2,8 @@
 
 Every worker registers with every replica; each replica serves, keeps its own KV index from
 the workers' events and sees the other replicas' requests in the workers' load; a drain asked
-through one replica is heard by all; killing a replica under load ends only its own streams.
+through one replica is heard by all, and the replica holding a stream is the one that moves
+it; killing a replica under load ends only its own streams.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support.router_fleet import ADMIN, HEADERS, MODEL, RouterFleet, complete, router_fleet
 
 from mainsail.router.fleet.load_merge import merged_in_flight
@@ -69,6 +71,15 @@ async def stream_tokens(
 
 def ids(router: RouterServer) -> set[str]:
     return {e.worker_id for e in router.registry.entries()}
+
+
+def moved(router: RouterServer) -> float:
+    """Streams the replica moved to another worker (`mainsail_router_migrations_total`)."""
+    text = router.router.metrics.render().decode()
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "mainsail_router_migrations"
+    ]
+    return sum(s.value for s in family.samples if s.name.endswith("_total"))
 
 
 async def test_every_replica_serves_and_follows_replicas_coming_and_going(
@@ -144,6 +155,8 @@ async def test_a_drain_through_one_replica_is_a_drain_for_all(tiny_model_dir: Pa
             await until(lambda: b.registry.get(busy).draining, what="replica B hears the drain")  # type: ignore[union-attr]
             # B moved its own stream off the drained worker; the client saw nothing.
             assert await asyncio.wait_for(on_b, 120) == 300
+            # The move was B's (the replica holding the stream), not A's, which was asked.
+            assert moved(b) >= 1 and moved(a) == 0
             await until(lambda: b.registry.get(busy).outstanding == 0)  # type: ignore[union-attr]
             # New requests on either replica go to the other worker only.
             before = worker.service.in_flight_from(b.registry.router_id)
