@@ -1,5 +1,6 @@
 """Expert-parallel autoscaling end to end: load on a real sharded MoE worker makes the operator
-move its expert-parallel degree from 1 to 2, and status and an Event say so.
+move its expert-parallel degree from 1 to 2, and back to 1 once it is idle (the switch then
+happens with no engine step to carry it); status and Events say so.
 
 Real parts: the API server (fixture `kube_testbed`), the operator process as its chart's
 ServiceAccount (fixture `operator`), a router process on loopback with an admin token (from the
@@ -103,7 +104,7 @@ def _events(bed: Any, ns: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(420)
-def test_load_moves_the_expert_parallel_degree_up(
+def test_load_moves_the_expert_parallel_degree_up_and_idle_down(
     kube_testbed: Any,
     kube_namespace: str,
     operator: OperatorProcess,
@@ -118,7 +119,7 @@ def test_load_moves_the_expert_parallel_degree_up(
     }  # fmt: skip
     bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(secret))
     expert_range = {"min": 1, "max": 2, "targetRequestsPerRank": 1, "cooldownSeconds": 5,
-                    "scaleDownDelaySeconds": 600}  # fmt: skip
+                    "scaleDownDelaySeconds": 3}  # fmt: skip
     md = {
         "apiVersion": "mainsail.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": "moe"},
@@ -182,5 +183,12 @@ def test_load_moves_the_expert_parallel_degree_up(
             headers={"Authorization": f"Bearer {ADMIN}"},
         ).json()["data"]
         assert [(w["id"], w["expert_parallel"]) for w in listed] == [("moe-unified-0", 2)]
+
+        # idle: after the scale-down delay (3 s) and the cooldown (5 s) it goes back to 1
+        down = wait_for(lambda: (s := _status(bed, ns)).get("current") == 1 and s, "ep 1 again",
+                        timeout=90)  # fmt: skip
+        assert down["target"] == 1 and "0.0 requests per worker" in down["reason"], down
+        messages = [e["message"] for e in _events(bed, ns) if e["reason"] == "ExpertsScaled"]
+        assert any("expertParallel 2 -> 1" in m for m in messages), messages
     finally:
         worker.stop()

@@ -1,6 +1,6 @@
 """The expert-parallel autoscaler's fast tier: the router -> operator signal contract (a real
-router registry rendered and parsed), the router's admin endpoint over its real HTTP front
-(fake workers), and passes over an in-memory API with a scripted router. The whole loop with a
+router registry rendered and parsed) and passes over an in-memory API with a scripted router
+(the router's admin endpoint: test_router_expert_admin.py). The whole loop with a
 real API server, operator, router and sharded worker: tests/integration/
 test_operator_expert_parallel.py."""
 
@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
-from support.http import serving
 
 from mainsail.operator.expert_parallel_policy import ExpertSignals
 from mainsail.operator.expert_scaler import ExpertScaler
@@ -22,15 +20,8 @@ from mainsail.operator.router_signals import SignalsUnavailable
 from mainsail.operator.settings import OperatorSettings
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.fleet.pool_load import PoolLoadCollector
-from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
-from mainsail.router.front.auth import Credentials
-from mainsail.router.kvindex import GlobalKVIndex
+from mainsail.router.fleet.registry import WorkerEntry
 from mainsail.router.metrics import RouterMetrics
-from mainsail.router.routing.router import Router
-from mainsail.router.scheduling import build_profile
-from mainsail.router.settings import RouterConfig
-from mainsail.router.testing import FakeTransport, add_fake_worker
-from mainsail.spec.tokenizer import Tokenizer
 from mainsail.spec.worker_auth import secret_name
 
 pytestmark = pytest.mark.unit
@@ -65,39 +56,6 @@ def test_router_exposition_carries_expert_figures() -> None:
 def test_non_router_text_is_unavailable() -> None:
     with pytest.raises(SignalsUnavailable):
         parse_expert_signals("# TYPE x gauge\nx 1\n")
-
-
-# ---------------------------------------------------------------- the router's admin endpoint
-
-
-def _router(model_dir: Path) -> tuple[Router, FakeTransport]:
-    config = RouterConfig(model_name="tiny", model_dir=model_dir, max_model_len=256)
-    transport = FakeTransport()
-    router = Router(
-        config, Tokenizer(model_dir), WorkerRegistry("tiny", config.kv_hash), transport,
-        build_profile(config.profile), GlobalKVIndex(max_blocks=1000),
-    )  # fmt: skip
-    return router, transport
-
-
-async def test_admin_endpoint_refusals(tiny_model_dir: Path) -> None:
-    router, transport = _router(tiny_model_dir)
-    add_fake_worker(router, transport, "w0")
-    auth = {"Authorization": "Bearer admin-secret"}
-    async with serving(router, Credentials(admin_token="admin-secret")) as http:
-        url = "/workers/w0/experts"
-        assert (await http.post(url, json={"expertParallel": 2})).status_code == 401
-        bad = await http.post(url, json={"expertParallel": "2"}, headers=auth)
-        assert bad.status_code == 400 and bad.json()["error"]["param"] == "expertParallel"
-        assert (await http.post(url, json={"expertParallel": 0}, headers=auth)).status_code == 400
-        unknown = await http.post("/workers/nope/experts", json={"expertParallel": 2}, headers=auth)
-        assert unknown.status_code == 404
-        # a fake worker runs no experts: the worker's refusal is a conflict, with its words
-        refused = await http.post(url, json={"expertParallel": 2}, headers=auth)
-        assert refused.status_code == 409
-        assert "FAILED_PRECONDITION" in refused.json()["error"]["message"]
-        listed = (await http.get("/workers", headers=auth)).json()["data"][0]
-        assert listed["expert_parallel"] == 0
 
 
 # ---------------------------------------------------------------- passes
@@ -218,3 +176,32 @@ async def test_deployments_without_an_expert_range_are_left_alone() -> None:
     body = _deployment(api)
     del body["spec"]["engine"]
     assert await scaler.run_pass(body) is None
+
+
+async def test_a_restarted_operator_keeps_the_cooldown_and_the_delay() -> None:
+    """`lastChange` and `lowerSince` come back from status: a new scaler neither changes
+    within the cooldown nor restarts the scale-down delay."""
+    api, router, now = InMemoryKubeApi(), ScriptedRouter(), [1000.0]
+    first = ExpertScaler(api, router, OperatorSettings(), clock=lambda: now[0])
+    _deployment(api)
+
+    def body() -> dict[str, Any]:
+        got = api.get("mainsail.dev/v1alpha1", "ModelDeployment", "ns", "moe")
+        assert got is not None
+        return got
+
+    router.signals = _load(1, 16)
+    assert (await first.run_pass(body())) is not None and len(router.asked) == 2  # 1 -> 2
+    router.degrees = {"w0": 2, "w1": 2}
+    now[0] += 10
+    router.signals = _load(2, 0)  # idle at 2: the delay starts
+    await first.run_pass(body())
+    status = body()["status"]["expertParallel"]["unified"]
+    assert status["lowerSince"] == "1970-01-01T00:16:50Z" and status["target"] == 2
+    restarted = ExpertScaler(api, router, OperatorSettings(), clock=lambda: now[0])
+    now[0] += 59  # 69 s after the change, 59 s into the 60 s delay: hold
+    result = await restarted.run_pass(body())
+    assert result is not None and result.changes == []
+    now[0] += 1  # the delay has passed (counted from before the restart)
+    result = await restarted.run_pass(body())
+    assert result is not None and [(c.before, c.after) for c in result.changes] == [(2, 1)]
