@@ -34,17 +34,5 @@ build() {
 
 ready() { has_all "$1/bin" kube-router; }
 
-main() {
-    local dir="$cache_root/$key" mode=${1:-build}
-    case "$mode" in
-        --print-dir) printf '%s\n' "$dir"; return ;;
-        --check | build) [[ $# -le 1 ]] || die "usage: $0 [--print-dir | --check]" ;;
-        *) die "usage: $0 [--print-dir | --check]" ;;
-    esac
-    if ready "$dir"; then printf '%s\n' "$dir"; return; fi
-    [[ $mode != --check ]] || exit 1
-    locked_build "$cache_root" "$key" ready build "warm Go cache: ~1 min; cold: ~20 min on 2 busy cores"
-    printf '%s\n' "$dir"
-}
-
-main "$@"; exit  # one line: bash then never reads this file again mid-run
+note="warm Go cache: ~1 min; cold: ~20 min on 2 busy cores"
+ensure_main "$cache_root" "$key" ready build "$note" "$@"; exit  # one line: bash then never reads this file again mid-run

@@ -1,6 +1,7 @@
-# Shared by ensure.sh and ensure-node.sh (sourced, not run): the wrapper module that builds
-# Kubernetes' commands from the Go module proxy, the version ldflags, and the locked,
-# rename-into-place cache build both use. See docs/testbed.md.
+# Shared by ensure.sh, ensure-node.sh and ensure-netpol.sh (sourced, not run): the wrapper
+# module that builds Kubernetes' commands from the Go module proxy, the version ldflags, the
+# locked, rename-into-place cache build they all use, and the main() of the scripts that
+# provide one cache directory. See docs/testbed.md.
 
 K8S_VERSION=v1.35.4
 
@@ -71,4 +72,24 @@ locked_build() {
     mv -T "$tmp" "$dir"
     trap - EXIT
     log "done in $((SECONDS - start)) s: $dir"
+}
+
+# The whole main() of a script providing one cache entry $1/$2 (ensure-node.sh,
+# ensure-netpol.sh), called as `ensure_main ROOT KEY READY BUILD NOTE "$@"` with READY, BUILD
+# and NOTE as for locked_build. Script usage: [--print-dir | --check]. The entry's directory
+# is the last stdout line; --print-dir prints it without building, --check exits 1 instead of
+# building; a warm run only checks READY.
+ensure_main() {
+    local root=$1 key=$2 is_ready=$3 build=$4 note=$5 dir="$1/$2" mode usage
+    shift 5
+    mode=${1:-build} usage="usage: $0 [--print-dir | --check]"
+    case "$mode" in
+        --print-dir) printf '%s\n' "$dir"; return ;;
+        --check | build) [[ $# -le 1 ]] || die "$usage" ;;
+        *) die "$usage" ;;
+    esac
+    if "$is_ready" "$dir"; then printf '%s\n' "$dir"; return; fi
+    [[ $mode != --check ]] || exit 1
+    locked_build "$root" "$key" "$is_ready" "$build" "$note"
+    printf '%s\n' "$dir"
 }
