@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,13 @@ class TierStats:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
+
+    def record_lookup(self, present: Sequence[bool]) -> int:
+        """Count one lookup whose blocks (in prompt order) were ``present`` or not; returns its
+        leading hits: the blocks found before the first miss (a later one is useless alone)."""
+        hits = next((i for i, found in enumerate(present) if not found), len(present))
+        self.add(lookups=1, hit_blocks=hits)
+        return hits
 
     def snapshot(self) -> dict[str, int]:
         """The counters at one instant."""

@@ -223,13 +223,7 @@ class RedisKVTier:
         except redis.RedisError as exc:
             self.breaker.trip(exc)
             return 0
-        hits = 0
-        for present in found:
-            if not present:
-                break
-            hits += 1
-        self.stats.add(lookups=1, hit_blocks=hits)
-        return hits
+        return self.stats.record_lookup(found)
 
     def fetch(self, block_hashes: Sequence[int]) -> list[bytes]:
         """Values of the leading ``block_hashes`` Redis still holds (stops at the first miss)."""

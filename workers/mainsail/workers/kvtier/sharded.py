@@ -139,11 +139,7 @@ class ShardedKVTier:
             flags = self.shards[s].present([block_hashes[i] for i in positions])
             for position, flag in zip(positions, flags, strict=True):
                 present[position] = flag
-        hits = 0
-        while hits < len(present) and present[hits]:
-            hits += 1
-        self.stats.add(lookups=1, hit_blocks=hits)
-        return hits
+        return self.stats.record_lookup(present)
 
     def fetch(self, block_hashes: Sequence[int]) -> list[bytes]:
         """Values of the leading ``block_hashes`` the servers still hold."""
