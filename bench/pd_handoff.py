@@ -32,7 +32,8 @@ from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.workers.checkpoint.generator import ensure_checkpoint
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 
 async def measure(

@@ -41,7 +41,7 @@ from mainsail.router.settings import RouterConfig
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.worker_spec import WorkerSpec
 
 MODEL = "bench"
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4

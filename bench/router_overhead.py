@@ -36,7 +36,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.settings import RouterConfig
 from mainsail.spec import sse
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.worker_spec import WorkerSpec
 
 MAX_TOKENS = 16
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4

@@ -41,7 +41,7 @@ from mainsail.spec.router_auth import API_KEYS_ENV
 from mainsail.spec.worker_auth import WORKER_TLS_DIR_ENV, WORKER_TOKEN_ENV, generate_token
 from mainsail.spec.worker_tls import issue, write
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.worker_spec import WorkerSpec
 
 MAX_TOKENS = 16
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4

@@ -39,7 +39,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.tracing import Tracing
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.worker_spec import WorkerSpec
 
 MODEL = "bench"
 

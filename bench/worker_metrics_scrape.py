@@ -23,7 +23,8 @@ import httpx
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.engine import AsyncEngine, EngineRequest, SamplingParams
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 
 def _scraper(url: str, interval: float, stop: threading.Event, out: list[float]) -> None:

@@ -21,7 +21,8 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.workers.engine import AsyncEngine
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
 MAX_TOKENS = 12

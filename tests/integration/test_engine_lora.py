@@ -33,8 +33,9 @@ from mainsail.workers.engine import (
     RequestOutput,
     SamplingParams,
 )
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
 from mainsail.workers.models import CheckpointError
+from mainsail.workers.worker_spec import WorkerSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")

@@ -40,8 +40,9 @@ from mainsail.workers.engine import (
     RequestOutput,
     SamplingParams,
 )
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
 from mainsail.workers.kvtier import FetchPolicy, RedisTierFactory
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
 

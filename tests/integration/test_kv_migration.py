@@ -130,7 +130,7 @@ async def test_blocks_of_another_model_are_refused_and_the_source_keeps_the_requ
     async with fleet(tiny_model_dir, workers=1, engine=engine, max_model_len=MAX_LEN) as f:
         reference, _, _ = await _generate(f, _request(GREEDY))
         source = f.workers[0]
-        from mainsail.workers.host import WorkerSpec
+        from mainsail.workers.worker_spec import WorkerSpec
 
         other = WorkerHost(
             WorkerSpec(worker_id="other", model_name="tiny", model_dir=other_dir, engine=engine),

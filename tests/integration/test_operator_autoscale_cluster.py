@@ -24,7 +24,7 @@ import httpx
 import pytest
 from support.operator_harness import LoopbackRouter, OperatorProcess, get, wait_for
 
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,8 @@ from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.kvhash import chain_hashes, hash_key
 from mainsail.workers.engine import AsyncEngine
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
 MAX_TOKENS = 4

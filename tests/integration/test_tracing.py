@@ -32,7 +32,8 @@ from mainsail.router.settings import RouterConfig
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.tracing import Tracing
 from mainsail.spec.worker_auth import WorkerCredential
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
 

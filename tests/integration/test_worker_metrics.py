@@ -18,7 +18,8 @@ from support.fleet import ADMIN_TOKEN, MODEL, fleet
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.slo import SLO, SLOClass
 from mainsail.workers.engine import AsyncEngine
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,8 @@ from support.fleet import WORKER
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.fleet.transport import GrpcTransport
 from mainsail.spec.keepalive import PING_INTERVAL_MS, client_options, server_options
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.security
 IDLE_S = 3.5 * PING_INTERVAL_MS / 1000  # past the default server's ping strikes

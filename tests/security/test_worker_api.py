@@ -19,7 +19,8 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.spec.worker_auth import WorkerCredential
 from mainsail.spec.worker_tls import issue
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.security
 TOKEN = WorkerCredential(token="worker-secret")

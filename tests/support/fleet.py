@@ -17,7 +17,8 @@ from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WorkerCredential
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 CLIENT_KEYS = ("sk-tenant-a", "sk-tenant-b")
 ADMIN_TOKEN = "admin-secret"

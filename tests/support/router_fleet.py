@@ -18,8 +18,9 @@ from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WorkerCredential
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
 from mainsail.workers.router_discovery import FakeDiscovery
+from mainsail.workers.worker_spec import WorkerSpec
 
 MODEL = "tiny"
 CLIENT_KEY = "sk-fleet"

@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from mainsail.spec.adapters import Adapter
 from mainsail.workers.checkpoint import ensure_adapter, generate_adapter, generate_checkpoint
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.host import adapter_dirs
 from mainsail.workers.models import AdapterSet, CheckpointError, load_model, read_adapter_config
 from mainsail.workers.models.lora import AdapterConfig
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.unit
 
@@ -194,13 +195,13 @@ def test_worker_spec_resolves_adapters(tiny_model_dir: Path, tmp_path: Path) -> 
     )
     again = WorkerSpec.model_validate_json(spec.model_dump_json())
     assert again == spec and again.adapter_names == ("sql", "legal")
-    dirs = again.adapter_dirs()
+    dirs = adapter_dirs(again)
     assert dirs["legal"] == tmp_path
     assert read_adapter_config(dirs["sql"]).rank == 2
     names_only = WorkerSpec(worker_id="w", model_name="m", model_dir=tmp_path, adapters=("x",))
     assert names_only.adapter_names == ("x",)
     with pytest.raises(ValueError, match="'x' has neither a path nor a generateRank"):
-        names_only.adapter_dirs()
+        adapter_dirs(names_only)
 
 
 @pytest.mark.parametrize("row_slots", [[0, 1, 0, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from mainsail.spec.config_document import DeploymentDocument
-from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import NODE_ID_PLACEHOLDER, for_node
 from mainsail.workers.supervisor_plan import (
     MAX_BACKOFF_S,
@@ -17,6 +16,7 @@ from mainsail.workers.supervisor_plan import (
     parse_member_name,
     plan,
 )
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 
 async def _serve(spec: WorkerSpec) -> None:

@@ -25,9 +25,10 @@ from types import FrameType
 
 from mainsail.spec.config_document import CONFIG_ENV, DeploymentDocument
 from mainsail.spec.worker_metrics import WORKER_METRICS_PORT
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.checkpoint_location import checkpoint_dir
 from mainsail.workers.ray_actor import NODE_ID_PLACEHOLDER
 from mainsail.workers.supervisor import Placement, SpecFactory, WorkerSupervisor
+from mainsail.workers.worker_spec import WorkerSpec
 
 log = logging.getLogger("mainsail.supervisor")
 CONNECT_TIMEOUT_S = 600.0
@@ -38,8 +39,6 @@ def model_dir(document: DeploymentDocument) -> Path:
     source = document.spec.model
     if source.path is not None:
         return Path(source.path)
-    from mainsail.workers.checkpoint import checkpoint_dir
-
     assert source.generate is not None  # ModelSource: exactly one of path/generate
     return checkpoint_dir(source.generate, seed=source.seed, size=source.size)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.worker_spec import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ class WorkerActor:
     """Ray actor body: a thin shell around `WorkerHost` (async methods run on its loop)."""
 
     def __init__(self, spec_json: str) -> None:
+        # Imported here, in the actor's process: the supervisor that only creates actors (and
+        # whatever imports it) never loads torch and the engine.
+        from mainsail.workers.host import WorkerHost
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
         self.host = WorkerHost(for_node(WorkerSpec.model_validate_json(spec_json)), on_fatal=_die)
         self._stopped: asyncio.Event | None = None

@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import actor_class, pool_resource
 from mainsail.workers.supervisor_plan import (
     Backoff,
@@ -39,6 +38,7 @@ from mainsail.workers.supervisor_plan import (
     parse_member_name,
     plan,
 )
+from mainsail.workers.worker_spec import WorkerSpec
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
-from mainsail.workers.host import WorkerSpec
 from mainsail.workers.ray_actor import pool_resource
 from mainsail.workers.supervisor import WorkerSupervisor
+from mainsail.workers.worker_spec import WorkerSpec
 
 Progress = Callable[[str], None]
 

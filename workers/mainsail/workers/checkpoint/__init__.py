@@ -4,17 +4,12 @@ and LoRA adapters for them."""
 from mainsail.workers.checkpoint.adapter import ensure_adapter, generate_adapter
 from mainsail.workers.checkpoint.generator import (
     MARKER,
-    checkpoint_dir,
     ensure_checkpoint,
     generate_checkpoint,
 )
-from mainsail.workers.checkpoint.weights import Arch, Size
 
 __all__ = [
     "MARKER",
-    "Arch",
-    "Size",
-    "checkpoint_dir",
     "ensure_adapter",
     "ensure_checkpoint",
     "generate_adapter",

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mainsail.workers.checkpoint.generator import DEFAULT_CACHE_DIR, _sha256, _write_json
+from mainsail.workers.checkpoint.generator import _sha256, _write_json
+from mainsail.workers.checkpoint_location import DEFAULT_CACHE_DIR
 from mainsail.workers.models.config import ModelConfig, load_model_config
 
 ADAPTER_MARKER = ".mainsail-adapter.json"

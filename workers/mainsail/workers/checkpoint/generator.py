@@ -27,16 +27,14 @@ from mainsail.workers.checkpoint.weights import (
     MAX_POSITIONS,
     PAD_ID,
     VOCAB_SIZE,
-    Arch,
-    Size,
     dims,
     model_config,
     model_weights,
 )
+from mainsail.workers.checkpoint_location import Arch, Size, checkpoint_dir
 
 MARKER = ".mainsail-checkpoint.json"
 GENERATOR_VERSION = 1
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "mainsail" / "models"
 
 
 def _sha256(path: Path) -> str:
@@ -155,12 +153,3 @@ def ensure_checkpoint(
     return generate_checkpoint(
         arch, checkpoint_dir(arch, cache_dir, seed, size), seed=seed, size=size
     )
-
-
-def checkpoint_dir(
-    arch: Arch, cache_dir: Path | None = None, seed: int = 0, size: Size = "tiny"
-) -> Path:
-    """Where `ensure_checkpoint` keeps this checkpoint (nothing is generated)."""
-    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-    name = f"{arch}-s{seed}" if size == "tiny" else f"{arch}-{size}-s{seed}"
-    return root / name

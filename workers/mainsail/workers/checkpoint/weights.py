@@ -17,12 +17,11 @@ which is what real checkpoints on disk look like.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Arch = Literal["llama", "mixtral"]
-Size = Literal["tiny", "small"]
+from mainsail.workers.checkpoint_location import Arch, Size
 
 
 @dataclass(frozen=True)
