@@ -94,7 +94,7 @@ from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.host import WorkerSpec
+from mainsail.workers.worker_spec import WorkerSpec
 
 MODEL = "goodput"
 CLASSES = [SLOClass(name="interactive", priority=10), SLOClass(name="batch", priority=0)]

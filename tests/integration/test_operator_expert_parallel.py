@@ -33,7 +33,8 @@ from support.ray_local import local_ray
 from mainsail.spec.engine_settings import EngineSettings, ExpertParallelRange
 from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
 from mainsail.spec.worker_auth import WorkerCredential
-from mainsail.workers.host import WorkerHost, WorkerSpec
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
 
