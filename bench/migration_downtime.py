@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import statistics
@@ -103,6 +104,7 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=256, help="tokens per request")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
+    load_start = os.getloadavg()[0]
     max_len = max(lengths) + args.tokens + 16
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,6 +154,7 @@ async def main() -> None:
             for host in hosts:
                 await host.stop()
             await server.stop()
+    print(f"load average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}")
     print(f"pause seen by the client, medians of {args.repeats} (ms); token gap = the stream's")
     print("normal gap between two tokens at that context (median); stall = KV pause - gap")
     print(f"{'context':>8} {'gap':>7} {'KV move':>8} {'stall':>7} {'recompute':>10} {'ratio':>7}")

@@ -20,9 +20,11 @@ the request here where it paused, and the reply says why; the router then moves 
 recompute.
 
 Target (`receive`): only a request the router announced (a `WorkerRequest` with ``adopt``,
-streaming through `adopted`) may arrive; its blocks are checked and held in the paged cache,
-the state starts it (`AsyncEngine.adopt`). A stream that breaks before the state arrives
-frees what it held.
+streaming through `adopted`) may arrive; the announced tokens are checked and hashed while
+the first stages travel, its blocks are checked and held in the paged cache, and the last
+stage's blocks and the state start it in one call on the engine thread (`AsyncEngine.adopt`),
+which hashes only the blocks the announcement did not cover: the pause stays flat. A stream
+that breaks before the state arrives frees what it held.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.spec.keepalive import client_options
 from mainsail.spec.worker_auth import WorkerCredential
-from mainsail.workers.engine import AsyncEngine, Engine, MigrationError, RequestOutput
+from mainsail.workers.engine import (
+    AsyncEngine,
+    Engine,
+    EngineRequest,
+    MigrationError,
+    RequestOutput,
+)
 from mainsail.workers.kv_transfer import (
     KVRefused,
     stage_blocks,
@@ -187,9 +195,13 @@ class KVMigrator:
 
     # ------------------------------------------------------------------ target
 
-    def adopted(self, request_id: str) -> AsyncIterator[RequestOutput]:
-        """The outputs of an announced request once its source moved it here."""
-        return self.engine.adopted(request_id, self.adopt_timeout)
+    def adopted(
+        self, request_id: str, announced: EngineRequest | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """The outputs of an announced request once its source moved it here; its tokens as
+        announced are checked and hashed meanwhile, so adopting it takes no longer with a
+        long context."""
+        return self.engine.adopted(request_id, self.adopt_timeout, announced)
 
     async def receive(self, stages: AsyncIterator[pb.KVStage]) -> AsyncIterator[pb.KVStageAck]:
         """Take one request's blocks and state (see the module docstring); raises `KVRefused`,
@@ -212,6 +224,12 @@ class KVMigrator:
                     blocks = await asyncio.to_thread(stage_blocks, codec, stage)
                 else:
                     blocks = stage_blocks(codec, stage)
+                if stage.HasField("state"):  # the pause: last blocks and adoption, one call
+                    state = state_from_proto(rid, stage.state)
+                    held = await self.engine.adopt(state, stage.first_block, blocks) or held
+                    adopted = True
+                    yield pb.KVStageAck(blocks=held, adopted=True)
+                    return
                 if blocks is not None:
                     held = await self.engine.call(
                         partial(
@@ -221,11 +239,6 @@ class KVMigrator:
                             blocks=blocks,
                         )
                     )
-                if stage.HasField("state"):
-                    await self.engine.adopt(state_from_proto(rid, stage.state))
-                    adopted = True
-                    yield pb.KVStageAck(blocks=held, adopted=True)
-                    return
                 yield pb.KVStageAck(blocks=held)
         finally:
             if rid is not None and not adopted:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.workers.engine import EngineInputError, RequestOutput
+from mainsail.workers.engine import EngineInputError, EngineRequest, RequestOutput
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -39,7 +39,9 @@ class Migrator(Protocol):
 
     def receive(self, stages: AsyncIterator[pb.KVStage]) -> AsyncIterator[pb.KVStageAck]: ...
 
-    def adopted(self, request_id: str) -> AsyncIterator[RequestOutput]: ...
+    def adopted(
+        self, request_id: str, announced: EngineRequest | None = None
+    ) -> AsyncIterator[RequestOutput]: ...
 
 
 class MigrationRPC:
@@ -54,12 +56,15 @@ class MigrationRPC:
         self.migrator = migrator
         self.tracing = tracing
 
-    def adopted(self, request_id: str) -> AsyncIterator[RequestOutput]:
-        """The outputs of a request announced with ``adopt``; `EngineInputError` if this
-        worker cannot take moved requests."""
+    def adopted(
+        self, request_id: str, announced: EngineRequest | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """The outputs of a request announced with ``adopt`` (``announced``: as the router
+        sent it, prepared for adoption meanwhile); `EngineInputError` if this worker cannot
+        take moved requests."""
         if self.migrator is None:
             raise EngineInputError("adopt: this worker cannot take moved requests")
-        return self.migrator.adopted(request_id)
+        return self.migrator.adopted(request_id, announced)
 
     async def migrate(
         self, request: pb.MigrateRequest, context: grpc.aio.ServicerContext

@@ -249,7 +249,7 @@ class _Multiplexer:
         spans = self.tracing.begin(request) if self.tracing is not None else None
         try:
             if request.adopt:
-                outputs = self.migration.adopted(rid)
+                outputs = self.migration.adopted(rid, engine_request_from_proto(request))
             else:
                 outputs = self.engine.generate(engine_request_from_proto(request))
             async for out in outputs:
@@ -334,7 +334,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             if self.tracing is not None:
                 spans = self.tracing.begin(request, context.invocation_metadata() or ())
             if request.adopt:
-                outputs = self.migration.adopted(request.request_id)
+                announced = engine_request_from_proto(request)
+                outputs = self.migration.adopted(request.request_id, announced)
             else:
                 outputs = self.engine.generate(engine_request_from_proto(request))
             batches = coalesced(outputs)

@@ -19,10 +19,16 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
 from mainsail.workers.engine.engine import Engine
 from mainsail.workers.engine.errors import EngineFatalError, EngineInputError
 from mainsail.workers.engine.kv_events import KVEvent
-from mainsail.workers.engine.kv_migration import MigratedState, MigrationError
+from mainsail.workers.engine.kv_migration import (
+    MigratedState,
+    MigrationError,
+    PreparedAdoption,
+)
 from mainsail.workers.engine.metrics import EngineMetrics
 from mainsail.workers.engine.request import EngineRequest, RequestOutput
 
@@ -73,6 +79,7 @@ class AsyncEngine:
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._awaiting: set[str] = set()  # `adopted` streams whose request has not arrived
+        self._prepared: dict[str, PreparedAdoption] = {}  # their announced tokens, hashed
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -93,11 +100,15 @@ class AsyncEngine:
         async for out in self._stream(req.request_id, _Add(req), None):
             yield out
 
-    async def adopted(self, request_id: str, timeout: float) -> AsyncGenerator[RequestOutput, None]:
+    async def adopted(
+        self, request_id: str, timeout: float, announced: EngineRequest | None = None
+    ) -> AsyncGenerator[RequestOutput, None]:
         """Stream the outputs of a request that another worker is moving here with its KV
         (`Engine.adopt`, run through `call`); `TimeoutError` if it has not arrived and
         produced a token within ``timeout`` seconds. Closing the stream aborts it (and frees
-        any of its blocks already received)."""
+        any of its blocks already received). ``announced`` (the request as the router knows
+        it) is checked and hashed now, off the engine thread, so that its adoption — during
+        the source's pause — does only the last blocks (`Engine.prepare_adoption`)."""
         if self._stopping:
             raise RuntimeError("engine is shut down")
         with self._lock:
@@ -105,34 +116,47 @@ class AsyncEngine:
                 raise EngineInputError(f"request id {request_id!r} is already in use")
             self._awaiting.add(request_id)
         try:
+            if announced is not None:
+                prepared = await asyncio.to_thread(self.engine.prepare_adoption, announced)
+                with self._lock:
+                    if request_id in self._awaiting:
+                        self._prepared[request_id] = prepared
             async for out in self._stream(request_id, None, timeout):
                 yield out
         finally:
             with self._lock:
                 self._awaiting.discard(request_id)
+                self._prepared.pop(request_id, None)
 
     def awaits(self, request_id: str) -> bool:
         """Whether an `adopted` stream waits for ``request_id`` (only those may be moved in)."""
         with self._lock:
             return request_id in self._awaiting
 
-    async def adopt(self, state: MigratedState) -> None:
-        """Start the moved request ``state`` (its blocks imported with `Engine.import_kv`)
-        for the `adopted` stream waiting for it; `MigrationError` if none waits any more."""
+    async def adopt(
+        self, state: MigratedState, first_block: int = 0, blocks: torch.Tensor | None = None
+    ) -> int:
+        """Start the moved request ``state`` for the `adopted` stream waiting for it, after
+        importing its last ``blocks`` (from ``first_block``; earlier ones came with
+        `Engine.import_kv`), all in one call on the engine thread; returns the blocks it
+        holds. `MigrationError` if no stream waits any more."""
         rid = state.request.request_id
 
-        def run(engine: Engine) -> None:
+        def run(engine: Engine) -> int:
+            held = engine.import_kv(rid, first_block, blocks) if blocks is not None else 0
             with self._lock:
                 if rid not in self._awaiting:
                     raise MigrationError(f"no request {rid!r} waits to be moved here")
                 self._awaiting.discard(rid)
+                prepared = self._prepared.pop(rid, None)
             try:
-                engine.adopt(state)
+                engine.adopt(state, prepared)
             except Exception as exc:
                 self._deliver(rid, exc)
                 raise
+            return held
 
-        await self.call(run)
+        return await self.call(run)
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
         """``fn(engine)``, run on the engine thread between steps (it alone touches the

@@ -23,13 +23,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from mainsail.spec.kv_cost import FetchCostModel
+from mainsail.spec.kvhash import chain_hashes
 from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.config import EngineConfig
 from mainsail.workers.engine.detokenizer import Detokenizer, DetokenizerState
 from mainsail.workers.engine.errors import EngineFatalError, EngineInputError
 from mainsail.workers.engine.kv_cache_manager import KVCacheManager
 from mainsail.workers.engine.kv_events import KVEvent
-from mainsail.workers.engine.kv_migration import ExportedKV, KVMigrations, MigratedState
+from mainsail.workers.engine.kv_migration import (
+    ExportedKV,
+    KVMigrations,
+    MigratedState,
+    PreparedAdoption,
+)
 from mainsail.workers.engine.kv_tier_link import TierLink
 from mainsail.workers.engine.metrics import EngineMetrics, MetricsRecorder
 from mainsail.workers.engine.model_runner import ModelRunner, StepInput, StepRunner
@@ -125,7 +131,13 @@ class Engine:
         self.last_step: StepShape | None = None
         self._codec: BlockCodec | None = None
         self._migrations = KVMigrations(
-            self._kv, self._scheduler, self._runner, self._seqs, self._new_sequence, self._clock
+            self._kv,
+            self._scheduler,
+            self._runner,
+            self._seqs,
+            self._new_sequence,
+            self._clock,
+            self.config.hash_seed,
         )
 
     def _sharded_runner(self, blocks: int) -> StepRunner:
@@ -189,14 +201,16 @@ class Engine:
         """Names of the LoRA adapters this engine serves, sorted."""
         return self._adapters.names if self._adapters is not None else []
 
-    def check_request(self, req: EngineRequest) -> None:
-        """Raise `EngineInputError` if ``req`` cannot be served (no state is touched)."""
+    def check_request(self, req: EngineRequest, checked: int = 0) -> None:
+        """Raise `EngineInputError` if ``req`` cannot be served (no state is touched); the
+        first ``checked`` prompt tokens are known to be in the vocabulary already."""
         if not isinstance(req.request_id, str) or not req.request_id:
             raise EngineInputError("request_id must be a non-empty string")
         if not req.prompt_token_ids:
             raise EngineInputError("prompt is empty: at least one token is needed")
         vocab = self.model_config.vocab_size
-        for t in req.prompt_token_ids:
+        prompt = req.prompt_token_ids
+        for t in prompt[checked:] if checked else prompt:
             if not isinstance(t, int) or not 0 <= t < vocab:
                 raise EngineInputError(
                     f"prompt token id {t!r} is outside the vocabulary [0, {vocab})"
@@ -235,7 +249,11 @@ class Engine:
             self._scheduler.add(seq)
 
     def _new_sequence(
-        self, req: EngineRequest, seed: int, detokenizer: DetokenizerState | None = None
+        self,
+        req: EngineRequest,
+        seed: int,
+        detokenizer: DetokenizerState | None = None,
+        block_hashes: list[int] | None = None,
     ) -> Sequence:
         decode, stop = self.tokenizer.decode, req.sampling.stop
         return Sequence(
@@ -245,6 +263,7 @@ class Engine:
             hash_seed=self.config.hash_seed,
             generator=torch.Generator(device=self._runner.device),
             seed=seed,
+            block_hashes=block_hashes or [],
             detokenizer=(
                 Detokenizer(decode, req.prompt_token_ids, stop)
                 if detokenizer is None
@@ -272,11 +291,27 @@ class Engine:
         """Hold arriving blocks of a request this engine is to adopt; blocks held now."""
         return self._migrations.import_blocks(request_id, first_block, blocks)
 
-    def adopt(self, state: MigratedState) -> None:
+    def prepare_adoption(self, announced: EngineRequest) -> PreparedAdoption:
+        """Check and hash the tokens of a request announced to be moved here, before its KV
+        arrives, so that `adopt` does only the tokens after them (`EngineInputError` for a
+        token outside the vocabulary). Reads only the engine's fixed configuration: safe on
+        any thread."""
+        vocab = self.model_config.vocab_size
+        tokens = list(announced.prompt_token_ids)
+        for t in tokens:
+            if not isinstance(t, int) or not 0 <= t < vocab:
+                raise EngineInputError(f"token id {t!r} is outside the vocabulary [0, {vocab})")
+        key = announced.kv_key
+        hashes = chain_hashes(tokens, self.config.block_size, self.config.hash_seed, key)
+        return PreparedAdoption(key, tokens, hashes)
+
+    def adopt(self, state: MigratedState, prepared: PreparedAdoption | None = None) -> None:
         """Continue a request moved here with its KV (`import_kv` first); it is checked as a
-        new request would be (`EngineInputError`)."""
-        self.check_request(state.request)
-        self._migrations.adopt(state)
+        new request would be (`EngineInputError`). With ``prepared`` (`prepare_adoption` of
+        its announcement), the tokens it covers are neither checked nor hashed again."""
+        known = prepared.covers(state) if prepared is not None else 0
+        self.check_request(state.request, checked=min(known, len(state.request.prompt_token_ids)))
+        self._migrations.adopt(state, prepared if known else None)
 
     def drop_import(self, request_id: str) -> None:
         """Free the blocks held for a request that will not be adopted after all."""

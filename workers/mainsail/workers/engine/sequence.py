@@ -54,9 +54,10 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)
-        self.block_hashes = chain_hashes(
-            self.token_ids, self.block_size, self.hash_seed, self.request.kv_key
-        )
+        if not self.block_hashes:  # else given: a moved request's, hashed before it arrived
+            self.block_hashes = chain_hashes(
+                self.token_ids, self.block_size, self.hash_seed, self.request.kv_key
+            )
 
     @property
     def request_id(self) -> str:
