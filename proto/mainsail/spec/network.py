@@ -18,26 +18,21 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
+
+from mainsail.spec.spec_model import SpecModel
 
 PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus"}
 """The label the Prometheus Operator (kube-prometheus-stack) puts on its Prometheus pods."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-class LabelSelector(_Model):
+class LabelSelector(SpecModel):
     """`matchLabels` only; `{}` selects everything."""
 
     match_labels: dict[str, str] = Field(default_factory=dict)
 
 
-class IPBlock(_Model):
+class IPBlock(SpecModel):
     """A CIDR, minus some sub-ranges."""
 
     cidr: str = Field(..., min_length=1, description="e.g. 10.0.0.0/8")
@@ -50,7 +45,7 @@ class IPBlock(_Model):
         return value
 
 
-class Peer(_Model):
+class Peer(SpecModel):
     """One source allowed by a NetworkPolicy rule (a Kubernetes `NetworkPolicyPeer`)."""
 
     pod_selector: LabelSelector | None = None
@@ -78,7 +73,7 @@ def default_metrics_peers() -> list[Peer]:
     return [Peer(pod_selector=LabelSelector(match_labels=PROMETHEUS_LABELS))]
 
 
-class NetworkSettings(_Model):
+class NetworkSettings(SpecModel):
     """Who may reach the deployment; unset fields take the operator's defaults (the chart's
     `networkPolicy` values). Worker pods and Redis are never open beyond the deployment's own
     router and Ray pods, whatever is set here."""
