@@ -100,8 +100,36 @@ def test_bad_router_replica_counts_and_ports_are_refused(
         replica_ports(router_ports(_deployment(), http, grpc), count)
 
 
-def test_a_taken_port_of_a_later_replica_is_refused_naming_it(held_port: int) -> None:
-    replicas = replica_ports(router_ports(_deployment(), 0, held_port - 1), 2)
-    with pytest.raises(PortInUseError, match=f"--grpc-port \\+ 1 {held_port} on 127.0.0.1"):
-        for ports in replicas:
-            check_router_ports("127.0.0.1", ports)
+def _listening(port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except (OSError, OverflowError):  # taken, or past 65535
+        sock.close()
+        return None
+    sock.listen(1)
+    return sock
+
+
+def _adjacent_ports() -> tuple[socket.socket, socket.socket]:
+    """Two listening sockets on consecutive loopback ports (a busy machine may hold the
+    neighbour of any one free port, so a pair is found, not assumed)."""
+    for _ in range(100):
+        first = _listening(0)
+        assert first is not None
+        second = _listening(first.getsockname()[1] + 1)
+        if second is not None:
+            return first, second
+        first.close()
+    raise AssertionError("no two consecutive free loopback ports in 100 tries")
+
+
+def test_a_taken_port_of_a_later_replica_is_refused_naming_it() -> None:
+    first, second = _adjacent_ports()
+    port = first.getsockname()[1]
+    first.close()  # replica 1's gRPC port is free; replica 2's (port + 1) stays held
+    with second:
+        replicas = replica_ports(router_ports(_deployment(), 0, port), 2)
+        with pytest.raises(PortInUseError, match=f"--grpc-port \\+ 1 {port + 1} on 127.0.0.1"):
+            for ports in replicas:
+                check_router_ports("127.0.0.1", ports)
