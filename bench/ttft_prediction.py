@@ -58,11 +58,11 @@ def measure(engine: Engine, scenario: tuple[int, int, int, int], salt: int) -> t
     long = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
     for i in range(decodes):
         engine.add_request(EngineRequest(f"d{salt}-{i}", _prompt(32, salt * 100 + i), long))
-    while decodes and any(
-        s.num_tokens - s.num_computed != 1
-        for s in engine._scheduler.running  # a bench drives the engine by hand
+    scheduler = engine._scheduler  # a bench drives the engine by hand
+    while decodes and (
+        scheduler.waiting or any(s.num_tokens - s.num_computed != 1 for s in scheduler.running)
     ):
-        engine.step()
+        engine.step()  # until every running sequence is decoding (its prefill done)
     held = engine.metrics().kv_blocks_used * engine.config.block_size
     one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     # Prompts queued ahead go on decoding after their first token, as real requests do.
