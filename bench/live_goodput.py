@@ -26,8 +26,12 @@ Scaling (what the trace becomes, printed with the results):
   `batch` (priority 0), sent as `slo_class`, so the router's flow control and the engine's
   priority ordering act on them.
 - SLOs: measured in the same run on the idle stack (sequential requests, fresh prompts of
-  two lengths): TTFT <= `--slo-factor` x (unloaded TTFT at that prompt length), TPOT <=
-  `--slo-factor` x unloaded TPOT; sent with each request (`x-mainsail-ttft-ms` / `-tpot-ms`).
+  two lengths, medians): TTFT <= `--slo-factor` (5) x (unloaded TTFT at that prompt length),
+  TPOT <= `--tpot-factor` (10) x unloaded TPOT; sent with each request
+  (`x-mainsail-ttft-ms` / `-tpot-ms`). TPOT gets the larger factor because the tiny model's
+  decode step (~2 ms) is mostly interpreter overhead and one 256-token prefill chunk in a
+  step stalls every decode of the batch by ~30 ms; the simulator's H100 SLO (100 ms) is
+  likewise ~10x an unloaded decode step.
 
 Per rate step every policy runs once per repeat, the policy order rotated each time, so the
 machine's drift hits them alike. Printed per trace: goodput (median over repeats of each
@@ -37,8 +41,15 @@ p50/p90. PNG plots of attainment vs rate go to `--img`. The load average is samp
 replay and printed. Bounded: per request, per replay, and `--max-minutes` for the whole run
 (rate steps past it are skipped and said so).
 
-    .venv/bin/python bench/live_goodput.py              # both traces, ~30 min
+    .venv/bin/python bench/live_goodput.py              # both traces, ~25 min
     .venv/bin/python bench/live_goodput.py --quick      # smoke check, ~3 min
+    .venv/bin/python bench/live_goodput.py --traces mooncake --rates mooncake=5,6.5,8 \
+        --policies "ours (default),least-work" --repeats 5 \
+        --extra 'no counts={"scorers": [{"name": "prefill-time", "weight": 2}]}'
+                                                        # a weight change against the bar
+
+Figures and what they show: docs/benchmarks.md, "Goodput vs request rate, per routing policy
+(live, tiny CPU model)".
 """
 
 from __future__ import annotations
@@ -91,6 +102,7 @@ from mainsail.sim.live import (
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
 from mainsail.spec import sse
 from mainsail.spec.engine_settings import EngineSettings
+from mainsail.spec.routing_profile import RoutingProfile
 from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.checkpoint import ensure_checkpoint
@@ -127,9 +139,9 @@ class Stack:
         self.procs.append(proc)
         return proc, log
 
-    def start(self, labels: Sequence[str]) -> None:
+    def start(self, labels: Sequence[str], extra: dict[str, RoutingProfile]) -> None:
         model_dir = ensure_checkpoint("llama", size=self.args.model_size)
-        profiles = live_profiles()
+        profiles = {**live_profiles(), **extra}
         # Targets come per request (headers); let them be as tight as the tiny model needs.
         slo = SLO(
             classes=CLASSES, request_bounds=RequestTargetBounds(min_ttft_ms=1, min_tpot_ms=0.1)
@@ -604,6 +616,14 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=0.5, help="Seconds between two replays.")
     ap.add_argument("--max-minutes", type=float, default=30.0, help="Whole-run bound.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help='Another policy: a label and a RoutingProfile as JSON, e.g. \'no-counts={"scorers":'
+        ' [{"name": "prefill-time", "weight": 2}]}\' (to test a change of weights).',
+    )
     ap.add_argument("--img", type=Path, help="Where the PNGs go (default docs/img; --quick: out/).")
     ap.add_argument(
         "--quick",
@@ -617,7 +637,12 @@ def main() -> int:
     if args.img is None:
         args.img = Path("out/live_goodput" if args.quick else "docs/img")
     labels = [p.strip() for p in args.policies.split(",")]
-    unknown = [p for p in labels if p not in POLICY_LABELS]
+    extra: dict[str, RoutingProfile] = {}
+    for item in args.extra:
+        name, _, doc = item.partition("=")
+        extra[name] = RoutingProfile.model_validate_json(doc)
+        labels.append(name)
+    unknown = [p for p in labels if p not in POLICY_LABELS and p not in extra]
     if unknown:
         raise SystemExit(f"unknown policies {unknown}; known: {', '.join(POLICY_LABELS)}")
     names = args.traces.split(",")
@@ -632,7 +657,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="live-goodput-") as tmp:
         stack = Stack(Path(tmp), args)
         try:
-            stack.start(labels)
+            stack.start(labels, extra)
             print(f"stack up in {time.monotonic() - t0:.0f} s", flush=True)
             fit = calibrate(stack.http[OURS if OURS in labels else labels[0]], scaling, args)
             print(
