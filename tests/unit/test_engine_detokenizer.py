@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from mainsail.workers.checkpoint import generate_checkpoint
 from mainsail.workers.engine import Tokenizer
 from mainsail.workers.engine.detokenizer import Detokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    return Tokenizer(generate_checkpoint("llama", tmp_path_factory.mktemp("ck") / "llama"))
+def tokenizer(tiny_model_dir: Path) -> Tokenizer:
+    return Tokenizer(tiny_model_dir)
 
 
 def _stream(tok: Tokenizer, text: str, stop: tuple[str, ...] = ()) -> tuple[list[str], Detokenizer]:
