@@ -338,8 +338,8 @@ def test_helm_uninstall_then_delete_leave_nothing_behind(
         listed = json.loads(
             node.kubectl(
                 "get", "pods,servingpools,rayclusters,statefulsets,deployments,replicasets,"
-                "services,secrets,configmaps,networkpolicies,serviceaccounts,roles,rolebindings,"
-                "modeldeployments", "-n", ns, "-o", "json",
+                "services,secrets,configmaps,networkpolicies,poddisruptionbudgets,"
+                "serviceaccounts,roles,rolebindings,modeldeployments", "-n", ns, "-o", "json",
             ).stdout
         )["items"]  # fmt: skip
         left[:] = [

@@ -149,6 +149,18 @@ def test_node_is_ready_with_our_versions(node_cluster: Node) -> None:
     assert "docker.io/mainsail/pause:testbed" in node_cluster.images()
 
 
+def test_the_node_namespace_has_no_route_out_of_the_machine(node_cluster: Node) -> None:
+    """Confinement: the node's namespace routes only its loopback (node IP, Service CIDR) and,
+    once a pod runs, the CNI bridge; no default route, so an address that is not the test
+    bed's own is unreachable from it (a kernel route lookup: no packet is sent)."""
+    for family in ("-4", "-6"):
+        routes = node_cluster.run_in_netns(["ip", family, "route", "show", "table", "all"]).stdout
+        assert not [r for r in routes.splitlines() if r.startswith("default")], routes
+    for outside in ("192.0.2.1", "2001:db8::1"):  # documentation ranges, never a real host
+        lookup = node_cluster.run_in_netns(["ip", "route", "get", outside], check=False)
+        assert lookup.returncode != 0 and "unreachable" in lookup.stderr.lower(), lookup
+
+
 def test_service_answers_from_both_pods_by_ip_and_by_name(
     node_cluster: Node, node_namespace: str
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from mainsail.cli.local.child import UpProcess
 
-STARTUP_TIMEOUT = 300
+STARTUP_TIMEOUT = 600  # `mainsail up` (Ray, torch) took > 300 s at load average 35 beside a node
 
 
 @contextmanager
