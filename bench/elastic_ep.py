@@ -1,15 +1,19 @@
 """Elastic expert parallelism: scale-up time vs restarting the worker, and throughput while
-the expert degree changes.
+the expert degree changes, with and without low-priority preparation.
 
 On the generated tiny Mixtral (CPU, gloo, two shared cores: the figures say what the code
-path costs, not what GPUs would do). Each round: an engine on 1 expert rank serves a steady
-closed-loop load (``--in-flight`` greedy requests of ``--tokens`` tokens, replaced as they
-finish); we measure tokens/s for ``--steady`` seconds, then ask for 2 expert ranks and keep
-serving: scale-up time is request -> first step on the new placement, and the window's
-tokens/s is compared with steady state. Then back to 1 rank. A restart is timed as building
-a fresh engine with 2 expert ranks (ranks started, weights loaded) — what a worker restart
+path costs, not what GPUs would do). One engine on 1 expert rank serves a steady closed-loop
+load (``--in-flight`` greedy requests of ``--tokens`` tokens, replaced as they finish). Each
+window: tokens/s for ``--steady`` seconds, then ask for 2 expert ranks and keep serving:
+scale-up time is request -> first step on the new placement, and the window's tokens/s is
+compared with the steady tokens/s measured just before it; then back to 1 rank. The
+variants (``prepare_nice`` of the joining rank: 0 = preparation as high as serving, 10 =
+the default, lower) alternate window by window inside one run (A, B, A, B, ...), so a
+change in the machine's load hits both. A restart is timed once per round as building a
+fresh engine with 2 expert ranks (ranks started, weights loaded) — what a worker restart
 with the new degree costs before it can serve, without the router's re-registration.
-Medians over ``--rounds``. Usage: `python bench/elastic_ep.py [--rounds 3]`.
+Prints medians per variant and the 1-minute load average seen at each window.
+Usage: `python bench/elastic_ep.py [--rounds 4]`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ import time
 
 import ray
 
+from mainsail.cli.local.stack import init_ray_retrying
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+
+VARIANTS = {"prepare_nice_0": 0, "prepare_nice_10": 10}
+RANK_CPU = {"CPU": 0.5}
 
 
 def _serve(
@@ -45,7 +53,7 @@ def _serve(
         elapsed = time.monotonic() - start
         if until_switched:
             resize = runner.resizing
-            if resize is not None and resize.switched is not None:
+            if resize is not None and (resize.switched is not None or resize.error):
                 break
         elif elapsed >= seconds:
             break
@@ -62,33 +70,50 @@ def _serve(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steady", type=float, default=8.0)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    init_ray_retrying(
+        lambda: ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1"
+        ),
+        ray.shutdown,
+        lambda message: print(message, flush=True),
+    )
     model = ensure_checkpoint("mixtral")
-    config = EngineConfig(max_model_len=128, max_num_seqs=8, num_threads=1)
+    config = EngineConfig(max_model_len=128, max_num_seqs=8, num_threads=1, rank_resources=RANK_CPU)
     ids = itertools.count()
-    scale_up, restart, fraction, steady_rates, window_rates = [], [], [], [], []
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    restart: list[float] = []
     engine = Engine(model, EngineConfig(**{**config.__dict__, "expert_parallel": 1}))
+    runner = engine.sharded
+    assert runner is not None
     try:
         for _ in range(args.rounds):
-            steady, _ = _serve(engine, args.steady, args.in_flight, args.tokens, ids)
-            engine.scale_experts(2)
-            window, _ = _serve(engine, 0, args.in_flight, args.tokens, ids, until_switched=True)
-            runner = engine.sharded
-            assert runner is not None and runner.resizing is not None
-            resize = runner.resizing
-            assert resize.switched is not None
-            scale_up.append(resize.switched - resize.requested)
-            steady_rates.append(steady)
-            window_rates.append(window)
-            fraction.append(window / steady)
-            engine.scale_experts(1)
-            _serve(engine, 0, args.in_flight, args.tokens, ids, until_switched=True)
+            for name, nice in VARIANTS.items():
+                runner.ranks.prepare_nice = nice
+                steady, _ = _serve(engine, args.steady, args.in_flight, args.tokens, ids)
+                engine.scale_experts(2)
+                window, _ = _serve(engine, 0, args.in_flight, args.tokens, ids, True)
+                resize = runner.resizing
+                assert resize is not None and resize.switched is not None, resize
+                assert resize.prepared is not None
+                runs[name].append(
+                    {
+                        "steady": steady,
+                        "window": window,
+                        "fraction": window / steady,
+                        "scale_up_s": resize.switched - resize.requested,
+                        "switch_s": resize.switched - resize.prepared,
+                        "load1": os.getloadavg()[0],
+                    }
+                )
+                print(name, {k: round(v, 3) for k, v in runs[name][-1].items()}, flush=True)
+                engine.scale_experts(1)
+                _serve(engine, 0, args.in_flight, args.tokens, ids, until_switched=True)
             t0 = time.monotonic()
             fresh = Engine(model, EngineConfig(**{**config.__dict__, "expert_parallel": 2}))
             restart.append(time.monotonic() - t0)
@@ -96,17 +121,19 @@ def main() -> None:
     finally:
         engine.close()
         ray.shutdown()
+
+    def median(name: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in runs[name]), 3)
+
+    keys = ("fraction", "scale_up_s", "switch_s", "steady", "window")
     print(
         json.dumps(
             {
                 "rounds": args.rounds,
-                "scale_up_s_median": round(statistics.median(scale_up), 2),
                 "restart_s_median": round(statistics.median(restart), 2),
-                "steady_tokens_per_s_median": round(statistics.median(steady_rates), 1),
-                "window_tokens_per_s_median": round(statistics.median(window_rates), 1),
-                "window_fraction_of_steady_median": round(statistics.median(fraction), 3),
-                "scale_up_s": [round(x, 2) for x in scale_up],
-                "restart_s": [round(x, 2) for x in restart],
+                "medians": {name: {k: median(name, k) for k in keys} for name in VARIANTS},
+                "fractions": {n: [round(r["fraction"], 3) for r in runs[n]] for n in VARIANTS},
+                "load1": [round(r["load1"], 1) for n in VARIANTS for r in runs[n]],
             },
             indent=1,
         )

@@ -8,6 +8,7 @@ matmuls sum partial products in another order, which moves float32 results by ~1
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -35,11 +36,17 @@ def greedy_params(tokens: int) -> SamplingParams:
 
 
 def run_to_end(
-    engine: Engine, prompts: dict[str, list[int]], tokens: int, max_steps: int = 20_000
+    engine: Engine,
+    prompts: dict[str, list[int]],
+    tokens: int,
+    max_steps: int = 20_000,
+    adapters: Mapping[str, str | None] | None = None,
 ) -> Result:
-    """Submit every prompt at once and step until all finish (bounded by ``max_steps``)."""
+    """Submit every prompt at once (with ``adapters[rid]``, the LoRA adapter it names, if
+    given) and step until all finish (bounded by ``max_steps``)."""
     for rid, p in prompts.items():
-        engine.add_request(EngineRequest(rid, p, greedy_params(tokens)))
+        adapter = adapters.get(rid) if adapters is not None else None
+        engine.add_request(EngineRequest(rid, p, greedy_params(tokens), adapter=adapter))
     got: Result = {rid: ([], []) for rid in prompts}
     for _ in range(max_steps):
         if not engine.has_unfinished():

@@ -45,7 +45,7 @@ from mainsail.workers.engine.scheduler import Scheduler
 from mainsail.workers.engine.sequence import Sequence
 from mainsail.workers.engine.tokenizer import Tokenizer
 from mainsail.workers.kvtier import BlockCodec, kv_namespace
-from mainsail.workers.models import AdapterSet, load_model, load_model_config
+from mainsail.workers.models import AdapterSet, load_model, load_model_config, model_class
 
 if TYPE_CHECKING:
     from mainsail.workers.parallel import ShardedRunner
@@ -141,11 +141,17 @@ class Engine:
         )
 
     def _sharded_runner(self, blocks: int) -> StepRunner:
-        if self.config.adapters:
-            raise ValueError(
-                "LoRA adapters are not supported with tensorParallel > 1 or expertParallel yet"
-            )
         from mainsail.workers.parallel import ShardedRunner
+
+        adapters = sorted((name, str(path)) for name, path in self.config.adapters.items())
+        if adapters:
+            # Checked against the whole model (no weights: meta tensors) with the errors of an
+            # unsharded engine; this set gives names and slots, the ranks hold the factors.
+            with torch.device("meta"):
+                whole = model_class(self.model_config.architecture)(self.model_config)
+            self._adapters = AdapterSet(whole)
+            for name, path in adapters:
+                self._adapters.load(name, Path(path))
 
         return ShardedRunner(
             self.model_dir,
@@ -158,6 +164,7 @@ class Engine:
             device=self.config.device,
             num_threads=self.config.num_threads or 1,
             resources=self.config.rank_resources,
+            adapters=adapters,
         )
 
     @property

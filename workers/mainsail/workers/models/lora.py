@@ -19,7 +19,7 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,15 +170,23 @@ class LoRAHook:
         return y
 
 
+ShardFactor = Callable[[str, str, torch.Tensor], torch.Tensor]
+"""(module name, ``"A"`` or ``"B"``, full factor) -> the part a model shard holds."""
+
+
 class AdapterSet:
     """The LoRA adapters resident on one model, each known by name and a slot number (>= 1).
 
     Loading installs a `LoRAHook` on each adaptable `Linear` (``model.lora_targets()``) the
     adapter touches; `activate` tells the hooks which rows of the next forward use which slot.
+    On a tensor-parallel shard, ``shard`` cuts each factor to the shard's part (the adapter
+    is checked against the whole model first, in the engine's process), and the factors are
+    then checked against the shard's layers.
     """
 
-    def __init__(self, model: LlamaForCausalLM) -> None:
+    def __init__(self, model: LlamaForCausalLM, shard: ShardFactor | None = None) -> None:
         self._model = model
+        self._shard = shard
         self._targets = model.lora_targets()
         self._linears = {n for n, m in model.named_modules() if isinstance(m, Linear)}
         self._step = _Step(groups=[])
@@ -247,6 +255,8 @@ class AdapterSet:
         if set(parts) != {"A", "B"}:
             missing = "lora_B" if "A" in parts else "lora_A"
             raise CheckpointError(f"{where}: {module!r} has no {missing} weight")
+        if self._shard is not None:
+            parts = {part: self._shard(module, part, t) for part, t in parts.items()}
         weight = self._targets[module].weight
         out_f, in_f = weight.shape
         want = {"A": (cfg.rank, in_f), "B": (out_f, cfg.rank)}

@@ -17,7 +17,6 @@ touched by either.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ import torch
 from torch import nn
 
 from mainsail.workers.engine.model_runner import ModelRunner, StepInput
-from mainsail.workers.models import DType, resolve_dtype
+from mainsail.workers.models import resolve_dtype
 from mainsail.workers.models.config import load_model_config
+from mainsail.workers.models.lora import AdapterSet
 from mainsail.workers.parallel.collectives import LocalCollectives, TorchCollectives, World
 from mainsail.workers.parallel.layers import ExpertParallelMoE
 from mainsail.workers.parallel.plan import Placement, tensor_layout
@@ -38,24 +38,13 @@ from mainsail.workers.parallel.shard_model import (
     expert_tensors,
     load_experts,
     local_config,
+    lora_part,
     model_shape,
     moe_layers,
 )
+from mainsail.workers.rank_actor import RankSetup
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RankSetup:
-    """What every rank of one worker shares: checkpoint, dtype/device, KV cache geometry."""
-
-    model_dir: str
-    tp: int
-    num_blocks: int
-    block_size: int
-    dtype: DType = "auto"
-    device: str = "cpu"
-    num_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,13 +90,6 @@ class Switchboard:
         self.active = LocalCollectives()
 
 
-def free_endpoint(host: str) -> tuple[str, int]:
-    """``host`` and a port free on it right now (rank 0's rendezvous)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return host, int(s.getsockname()[1])
-
-
 class ShardRank:
     """One rank: builds its shard on `join`, then runs steps and serves its KV heads."""
 
@@ -139,8 +121,13 @@ class ShardRank:
             model = build_shard(
                 Path(setup.model_dir), self.cfg, layout, held, self.comm, self.dtype, self.device
             )
+            adapters = None
+            if setup.adapters:
+                adapters = AdapterSet(model, lora_part(self.cfg, layout))
+                for name, path in setup.adapters:
+                    adapters.load(name, Path(path))
             self.runner = ModelRunner(
-                model, local_config(self.cfg, layout), setup.num_blocks, setup.block_size
+                model, local_config(self.cfg, layout), setup.num_blocks, setup.block_size, adapters
             )
             self.moes = moe_layers(model)
             return self.runner.kv_cache_bytes

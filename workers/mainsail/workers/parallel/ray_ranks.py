@@ -16,41 +16,23 @@ collective with a dead peer.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mainsail.workers.engine.errors import EngineFatalError
-from mainsail.workers.parallel.rank import RankSetup, ShardRank, free_endpoint
+from mainsail.workers.rank_actor import RankActor, RankSetup
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
 CALL_TIMEOUT_S = 600.0
+# How much lower than serving the ranks run preparation for a new placement (0 = as high).
+PREPARE_NICE = 10
 
 
 class ShardLost(EngineFatalError):
     """A rank of the sharded worker failed; the worker cannot serve any more."""
-
-
-class RankActor:
-    """Ray actor body around `ShardRank` (threaded: `stage` runs beside `execute`)."""
-
-    def __init__(self, setup: RankSetup, rank: int) -> None:
-        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(message)s")
-        self.shard = ShardRank(setup, rank)
-
-    def endpoint(self) -> tuple[str, int]:
-        import ray
-
-        return free_endpoint(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.shard, method)(*args)
 
 
 @dataclass
@@ -69,10 +51,14 @@ class RayRanks:
         self.setup = setup
         self.resources = dict(resources)
         self.lost: str | None = None
+        self.prepare_nice = PREPARE_NICE
         self._members: dict[int, set[int]] = {}
 
-    def spawn(self, ranks: Sequence[int]) -> list[RankHandle]:
-        """Start actors for ``ranks`` in one new placement group (waits until placed)."""
+    def spawn(self, ranks: Sequence[int], joining: bool = False) -> list[RankHandle]:
+        """Start actors for ``ranks`` in one new placement group (waits until placed).
+
+        ``joining``: ranks added to a serving worker, built at the lower priority of
+        preparation work (``prepare_nice``, see `mainsail.workers.rank_actor`)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -93,7 +79,7 @@ class RayRanks:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=group, placement_group_bundle_index=i
                 ),
-            ).remote(self.setup, rank)
+            ).remote(self.setup, rank, self.prepare_nice, joining)
             handles.append(RankHandle(rank, actor, group))
         self._members[id(group)] = set(ranks)
         return handles

@@ -27,6 +27,7 @@ from mainsail.workers.models import LlamaForCausalLM, ModelConfig, model_class
 from mainsail.workers.models.errors import CheckpointError
 from mainsail.workers.models.llama import DecoderLayer
 from mainsail.workers.models.loader import weight_files
+from mainsail.workers.models.lora import ShardFactor
 from mainsail.workers.models.mixtral import MixtralForCausalLM
 from mainsail.workers.parallel.collectives import Collectives
 from mainsail.workers.parallel.layers import (
@@ -87,6 +88,27 @@ def slice_of(name: str, cfg: ModelConfig, layout: TensorLayout) -> Slice:
     if name in ("model.embed_tokens.weight", "lm_head.weight"):
         return 0, layout.vocab
     return None
+
+
+def lora_part(cfg: ModelConfig, layout: TensorLayout) -> ShardFactor:
+    """How rank ``layout.rank`` cuts a LoRA adapter's factors, like the base layer they
+    adapt: a column-parallel layer (rows of its output) keeps the same rows of ``B``; a
+    row-parallel layer (columns of its input) keeps the same columns of ``A``, and its
+    update ``(x_r A_r^T) B^T`` is summed over the ranks with the base output. The other
+    factor is whole on every rank."""
+
+    def cut(module: str, part: str, factor: torch.Tensor) -> torch.Tensor:
+        where = slice_of(f"{module}.weight", cfg, layout)
+        if where is None:
+            return factor
+        dim, rows = where
+        if dim == 0 and part == "B":
+            return factor[rows.start : rows.stop]
+        if dim == 1 and part == "A":
+            return factor[:, rows.start : rows.stop]
+        return factor
+
+    return cut
 
 
 def _swap_layers(

@@ -38,9 +38,10 @@ from mainsail.workers.parallel.plan import (
     kv_owner_ranks,
     place_experts,
 )
-from mainsail.workers.parallel.rank import Membership, RankSetup
+from mainsail.workers.parallel.rank import Membership
 from mainsail.workers.parallel.ray_ranks import RankHandle, RayRanks
 from mainsail.workers.parallel.shard_model import model_shape
+from mainsail.workers.rank_actor import RankSetup
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class ShardedRunner:
         device: str = "cpu",
         num_threads: int = 1,
         resources: Mapping[str, float] | None = None,
+        adapters: Sequence[tuple[str, str]] = (),
     ) -> None:
         shape = model_shape(cfg)
         check_tensor_parallel(shape, tp)
@@ -92,7 +94,9 @@ class ShardedRunner:
         self._backend = "nccl" if shard_device.type == "cuda" else "gloo"
         if resources is None:
             resources = {"CPU": 1.0, "GPU": 1.0} if shard_device.type == "cuda" else {"CPU": 1.0}
-        setup = RankSetup(str(model_dir), tp, num_blocks, block_size, dtype, device, num_threads)
+        setup = RankSetup(
+            str(model_dir), tp, num_blocks, block_size, dtype, device, num_threads, tuple(adapters)
+        )
         self.ranks = RayRanks(setup, resources)
         self._kv_owners = kv_owner_ranks(shape, tp)
         self.placement = place_experts(cfg.num_experts, ep) if cfg.num_experts else ()
@@ -176,7 +180,7 @@ class ShardedRunner:
             size = max(self.tp, resize.target)
             joining: list[RankHandle] = []
             for rank in range(len(self.handles), size):
-                joining += self.ranks.spawn([rank])
+                joining += self.ranks.spawn([rank], joining=True)
             staying = self.handles[:size]
             if joining:
                 self.ranks.call(joining, "prepare_experts", resize.placement)

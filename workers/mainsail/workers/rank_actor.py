@@ -1,0 +1,112 @@
+"""The body of one rank's Ray actor, kept light to import so that a rank joining a serving
+worker can do its heavy start-up at low priority.
+
+Why a module of its own (outside `mainsail.workers.parallel`, whose modules import torch):
+Ray imports an actor's class, and unpickles its constructor's arguments, on the new
+process's main thread at normal priority. Here both need only the standard library, so
+importing torch and the model code and building the shard happen on the actor's
+**preparation thread**, which a rank started while the worker serves (elastic expert
+parallelism) runs at a raised nice value: on shared CPUs the joining rank then takes the
+cores the serving ranks leave idle instead of slowing every step. Loading the experts a new
+placement gives a staying rank (`stage`) runs on that thread too. Steps (`execute`) and
+the switch run on Ray's actor threads at normal priority. Linux scheduling priority is per
+thread, so raising one thread's nice value needs no privilege and leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mainsail.workers.models import DType
+    from mainsail.workers.parallel.rank import ShardRank
+
+log = logging.getLogger(__name__)
+
+# Methods of `ShardRank` that prepare a new placement while the old one serves: they run on
+# the preparation thread, the others on Ray's actor threads.
+PREPARATION = frozenset({"prepare_experts", "stage"})
+
+
+@dataclass(frozen=True)
+class RankSetup:
+    """What every rank of one worker shares: checkpoint, dtype/device, KV cache geometry."""
+
+    model_dir: str
+    tp: int
+    num_blocks: int
+    block_size: int
+    dtype: DType = "auto"
+    device: str = "cpu"
+    num_threads: int = 1
+    adapters: tuple[tuple[str, str], ...] = ()
+    """LoRA adapters (name, directory), in the engine's slot order (slot = index + 1)."""
+
+
+def free_endpoint(host: str) -> tuple[str, int]:
+    """``host`` and a port free on it right now (rank 0's rendezvous)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return host, int(s.getsockname()[1])
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread; elsewhere the
+    call may affect the process, or be unavailable, and is then skipped)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:
+        log.warning("could not lower the preparation thread's priority: %s", exc)
+
+
+class RankActor:
+    """Ray actor body around `ShardRank` (threaded: preparation runs beside `execute`).
+
+    Preparation calls (`PREPARATION`) run on one thread whose nice value is raised by
+    ``prepare_nice``. A ``joining`` rank (started while the worker serves) is built on that
+    thread too, and calls wait for it; the others are built before the constructor returns.
+    """
+
+    def __init__(
+        self, setup: RankSetup, rank: int, prepare_nice: int = 0, joining: bool = False
+    ) -> None:
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(message)s")
+        self._prepare = ThreadPoolExecutor(
+            max_workers=1, initializer=lower_thread_priority, initargs=(prepare_nice,)
+        )
+        self._shard: Future[ShardRank]
+        if joining:
+            self._shard = self._prepare.submit(_build, setup, rank)
+        else:
+            self._shard = Future()
+            self._shard.set_result(_build(setup, rank))
+
+    def endpoint(self) -> tuple[str, int]:
+        import ray
+
+        return free_endpoint(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def call(self, method: str, *args: Any) -> Any:
+        shard = self._shard.result()
+        work = getattr(shard, method)
+        if method in PREPARATION:
+            return self._prepare.submit(work, *args).result()
+        return work(*args)
+
+
+def _build(setup: RankSetup, rank: int) -> ShardRank:
+    from mainsail.workers.parallel.rank import ShardRank
+
+    return ShardRank(setup, rank)
