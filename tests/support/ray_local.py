@@ -8,11 +8,16 @@ from contextlib import contextmanager
 
 from mainsail.cli.local.stack import init_ray_retrying
 
+# Ray waits a fixed 30 s for its raylet to register; on the shared two-core test machine a
+# start under heavy load can miss that several times in a row.
+RAY_START_ATTEMPTS = 5
+
 
 @contextmanager
 def local_ray(num_cpus: int) -> Iterator[None]:
-    """Ray with ``num_cpus`` logical CPUs (one per rank bundle), bound to 127.0.0.1; started
-    again if Ray's own start-up wait runs out on a loaded machine; shut down after."""
+    """Ray with ``num_cpus`` logical CPUs, bound to 127.0.0.1; started again (up to
+    ``RAY_START_ATTEMPTS`` times) if Ray's own start-up wait runs out on a loaded machine;
+    shut down after."""
     import ray
 
     for key, value in (
@@ -31,6 +36,7 @@ def local_ray(num_cpus: int) -> Iterator[None]:
         ),
         ray.shutdown,
         lambda message: None,
+        attempts=RAY_START_ATTEMPTS,
     )
     try:
         yield

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,13 +46,6 @@ class RankSetup:
     num_threads: int = 1
     adapters: tuple[tuple[str, str], ...] = ()
     """LoRA adapters (name, directory), in the engine's slot order (slot = index + 1)."""
-
-
-def free_endpoint(host: str) -> tuple[str, int]:
-    """``host`` and a port free on it right now (rank 0's rendezvous)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return host, int(s.getsockname()[1])
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -91,9 +83,12 @@ class RankActor:
             self._shard.set_result(_build(setup, rank))
 
     def endpoint(self) -> tuple[str, int]:
+        """Rank 0: open the rendezvous of the next process group; its address."""
         import ray
 
-        return free_endpoint(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+        host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        address: tuple[str, int] = self._shard.result().open_rendezvous(host)
+        return address
 
     def pid(self) -> int:
         return os.getpid()

@@ -56,23 +56,27 @@ class World:
     tp: int
     backend: str = "gloo"
 
-    @property
-    def init_method(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"tcp://{host}:{self.port}"
+
+def open_rendezvous(host: str) -> Any:
+    """A rendezvous store served by the calling rank (rank 0) on a port the OS picks and
+    keeps bound: no window in which another process can take the port, as there would be
+    with a port found free and then bound again."""
+    return dist.TCPStore(host, 0, None, True, JOIN_TIMEOUT, wait_for_workers=False)  # type: ignore[attr-defined]
 
 
 class TorchCollectives:
-    """`Collectives` over `torch.distributed`; one instance per joined `World`."""
+    """`Collectives` over `torch.distributed`; one instance per joined `World`.
 
-    def __init__(self, world: World, rank: int) -> None:
+    ``store``: rank 0 passes the rendezvous it serves (`open_rendezvous`); the other ranks
+    connect to ``world.address:world.port``."""
+
+    def __init__(self, world: World, rank: int, store: Any = None) -> None:
         self.world, self.rank = world, rank
+        if store is None:
+            store = dist.TCPStore(world.address, world.port, None, False, JOIN_TIMEOUT)  # type: ignore[attr-defined]
+        self._store = store
         dist.init_process_group(
-            world.backend,
-            init_method=world.init_method,
-            rank=rank,
-            world_size=world.size,
-            timeout=JOIN_TIMEOUT,
+            world.backend, store=store, rank=rank, world_size=world.size, timeout=JOIN_TIMEOUT
         )
         # Every rank must take part in creating every group, members or not.
         self._tp: Any = dist.new_group(list(range(world.tp))) if world.size > world.tp else None

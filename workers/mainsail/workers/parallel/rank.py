@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,12 @@ from mainsail.workers.engine.model_runner import ModelRunner, StepInput
 from mainsail.workers.models import resolve_dtype
 from mainsail.workers.models.config import load_model_config
 from mainsail.workers.models.lora import AdapterSet
-from mainsail.workers.parallel.collectives import LocalCollectives, TorchCollectives, World
+from mainsail.workers.parallel.collectives import (
+    LocalCollectives,
+    TorchCollectives,
+    World,
+    open_rendezvous,
+)
 from mainsail.workers.parallel.layers import ExpertParallelMoE
 from mainsail.workers.parallel.plan import Placement, tensor_layout
 from mainsail.workers.parallel.shard_model import (
@@ -104,6 +110,16 @@ class ShardRank:
         self.moes: list[ExpertParallelMoE] = []
         self._staged: list[dict[int, nn.Module]] | None = None
         self.membership: Membership | None = None
+        self._rendezvous: Any = None
+
+    def open_rendezvous(self, host: str) -> tuple[str, int]:
+        """Rank 0: serve the rendezvous of the next process group; its address."""
+        self._rendezvous = open_rendezvous(host)
+        return host, int(self._rendezvous.port)
+
+    def _connect(self, world: World) -> TorchCollectives:
+        store, self._rendezvous = self._rendezvous, None
+        return TorchCollectives(world, self.rank, store)
 
     @property
     def attention(self) -> bool:
@@ -112,7 +128,7 @@ class ShardRank:
 
     def join(self, membership: Membership) -> int:
         """Join the process group and build this rank's shard; returns its KV cache bytes."""
-        self.comm.active = TorchCollectives(membership.world, self.rank)
+        self.comm.active = self._connect(membership.world)
         self.membership = membership
         held = membership.held(self.rank)
         setup = self.setup
@@ -190,7 +206,7 @@ class ShardRank:
     def switch(self, membership: Membership) -> None:
         """Leave the current process group, join ``membership``'s and hold its experts."""
         self.comm.leave()
-        self.comm.active = TorchCollectives(membership.world, self.rank)
+        self.comm.active = self._connect(membership.world)
         held = membership.held(self.rank)
         staged = self._staged or [{} for _ in self.moes]
         for moe, new in zip(self.moes, staged, strict=True):
