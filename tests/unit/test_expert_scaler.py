@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from mainsail.operator.autoscale_policy import PoolSignals
+from mainsail.operator.expert_merge import ExpertFigures, ExpertReading
 from mainsail.operator.expert_parallel_policy import ExpertSignals
 from mainsail.operator.expert_scaler import ExpertScaler
 from mainsail.operator.expert_signals import ScaleFailed, WorkerDegree, parse_expert_signals
@@ -61,19 +63,36 @@ def test_non_router_text_is_unavailable() -> None:
 # ---------------------------------------------------------------- passes
 
 
+def reading(signals: Mapping[str, ExpertSignals], queued: int = 0) -> ExpertReading:
+    """What one router replica exports for ``signals`` when it holds ``queued`` requests."""
+    return ExpertReading(
+        {r: PoolSignals(s.workers, s.running, s.waiting, queued, 0, 0) for r, s in signals.items()},
+        {r: ExpertFigures(s.current, int(s.switching), s.expert_load) for r, s in signals.items()},
+    )
+
+
 class ScriptedRouter:
-    """An `ExpertRouter` answering what the test sets; records what it was asked."""
+    """An `ExpertRouter` answering what the test sets (``signals`` at every URL, unless
+    ``per_url`` names it: None there is a replica that does not answer); records what it was
+    asked."""
 
     def __init__(self) -> None:
         self.signals: dict[str, ExpertSignals] | None = None
+        self.per_url: dict[str, ExpertReading | None] = {}
+        self.read: list[str] = []
         self.degrees: dict[str, int] = {"w0": 1, "w1": 1}
         self.asked: list[tuple[str, str, int]] = []
         self.fail: str | None = None
 
-    async def expert_signals(self, metrics_url: str) -> Mapping[str, ExpertSignals]:
-        if self.signals is None:
+    async def expert_reading(self, metrics_url: str) -> ExpertReading:
+        self.read.append(metrics_url)
+        if metrics_url in self.per_url:
+            got = self.per_url[metrics_url]
+        else:
+            got = None if self.signals is None else reading(self.signals)
+        if got is None:
             raise SignalsUnavailable("connection refused")
-        return self.signals
+        return got
 
     async def workers(self, admin_url: str, token: str) -> Sequence[WorkerDegree]:
         return [WorkerDegree(w, "unified", d, d) for w, d in self.degrees.items()]
@@ -85,7 +104,7 @@ class ScriptedRouter:
         self.degrees[worker_id] = degree
 
 
-def _deployment(api: InMemoryKubeApi, *, token: bool = True) -> dict[str, Any]:
+def _deployment(api: InMemoryKubeApi, *, token: bool = True, routers: int = 1) -> dict[str, Any]:
     body = {
         "apiVersion": "mainsail.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -93,6 +112,7 @@ def _deployment(api: InMemoryKubeApi, *, token: bool = True) -> dict[str, Any]:
         "spec": {
             "model": {"name": "moe", "generate": "mixtral"},
             "engine": {"expertParallel": {"min": 1, "max": 4}},
+            "router": {"replicas": routers},
             "pools": {"unified": {"replicas": 2}},
         },
     }
@@ -205,3 +225,50 @@ async def test_a_restarted_operator_keeps_the_cooldown_and_the_delay() -> None:
     now[0] += 1  # the delay has passed (counted from before the restart)
     result = await restarted.run_pass(body())
     assert result is not None and [(c.before, c.after) for c in result.changes] == [(2, 1)]
+
+
+def _peers_slice(*endpoints: tuple[str, bool]) -> dict[str, Any]:
+    """The router-peers EndpointSlice the cluster's controller writes: (pod IP, serving)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "moe-router-peers-x1", "namespace": "ns",
+                     "labels": {"kubernetes.io/service-name": "moe-router-peers"}},
+        "ports": [{"name": "http", "port": 8000}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": serving},
+                       "targetRef": {"kind": "Pod", "name": f"r-{ip}"}}
+                      for ip, serving in endpoints],
+    }  # fmt: skip
+
+
+async def test_every_router_replica_is_read_and_a_missing_one_holds_a_lower_degree() -> None:
+    """Two serving router replicas (a third still starting is not read): the workers they both
+    hear count once, the requests each holds add up; with one replica unreadable the degree
+    may go up on what was read but not down."""
+    api, router, now = InMemoryKubeApi(), ScriptedRouter(), [1000.0]
+    scaler = ExpertScaler(api, router, OperatorSettings(), clock=lambda: now[0])
+    body = _deployment(api, routers=3)
+    api.put(_peers_slice(("10.0.0.1", True), ("10.0.0.2", True), ("10.0.0.3", False)))
+    a, b = "http://10.0.0.1:8000/metrics", "http://10.0.0.2:8000/metrics"
+    # 2 workers running 4 in all, each replica holding 6: 16 / 2 workers / 4 per rank = ep 2
+    # (summing the workers' figures too would ask for ep 4 or more; one replica alone: ep 1)
+    router.per_url = {a: reading(_load(1, 4), queued=6), b: reading(_load(1, 4), queued=6)}
+    result = await scaler.run_pass(body)
+    assert sorted(router.read) == [a, b]
+    assert result is not None and [(c.before, c.after) for c in result.changes] == [(1, 2)]
+    assert "8.0 requests per worker" in result.status["unified"]["reason"]
+    router.degrees = {"w0": 2, "w1": 2}
+    idle = {a: reading(_load(2, 0)), b: reading(_load(2, 0))}
+    now[0] += 1000  # past the cooldown: idle starts the scale-down delay
+    router.per_url = idle
+    assert (await scaler.run_pass(body)) is not None
+    now[0] += 1000  # past the delay too: idle would go back to ep 1, if both were read
+    router.per_url = {a: reading(_load(2, 0)), b: None}
+    held = await scaler.run_pass(body)
+    assert held is not None and held.changes == []
+    assert "holding ep 2: only 1/2 router replicas read" in held.status["unified"]["reason"]
+    router.per_url = {a: None, b: None}
+    gone = await scaler.run_pass(body)
+    assert gone is not None and gone.unavailable and a in gone.unavailable and b in gone.unavailable
+    router.per_url = idle
+    down = await scaler.run_pass(body)
+    assert down is not None and [(c.before, c.after) for c in down.changes] == [(2, 1)]

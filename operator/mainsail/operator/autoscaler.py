@@ -41,8 +41,8 @@ from mainsail.operator.desired_pools import serving_pool_name
 from mainsail.operator.desired_router import router_metrics_url
 from mainsail.operator.kube import KubeApi, Obj
 from mainsail.operator.naming import MD_API_VERSION, Owner
-from mainsail.operator.router_replicas import router_urls
-from mainsail.operator.router_signals import SignalSource, SignalsUnavailable
+from mainsail.operator.router_replicas import read_every_replica
+from mainsail.operator.router_signals import SignalSource
 from mainsail.operator.settings import OperatorSettings
 from mainsail.operator.signal_merge import merge_signals
 from mainsail.spec.crd import SERVING_POOL_KIND, AutoscalerStatus
@@ -139,33 +139,14 @@ class Autoscaler:
         self, owner: Owner, spec: ModelDeploymentSpec, reading: Reading
     ) -> None:
         """Every replica's signals, merged into ``reading`` (or why they are missing)."""
-        settings = self._settings
-        urls = await asyncio.to_thread(
-            router_urls,
-            self._api,
-            settings.router_pod_metrics_url,
-            settings.router_metrics_url,
-            owner,
-            spec,
+        reads = await read_every_replica(
+            self._api, self._settings, owner, spec, self._signals.pool_signals
         )
-        results = await asyncio.gather(
-            *(self._signals.pool_signals(url) for url in urls), return_exceptions=True
-        )
-        read = [r for r in results if not isinstance(r, BaseException)]
-        failed = [
-            f"{url}: {r}"
-            for url, r in zip(urls, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        for error in results:
-            if isinstance(error, BaseException) and not isinstance(error, SignalsUnavailable):
-                raise error
-        if not read:
-            reading.unavailable = "; ".join(failed)
+        if not reads.read:
+            reading.unavailable = reads.unavailable
             return
-        reading.loads = merge_signals(read)
-        if failed:
-            reading.partial = f"{len(read)}/{len(urls)} router replicas read ({'; '.join(failed)})"
+        reading.loads = merge_signals(reads.read)
+        reading.partial = reads.partial
 
     async def run_pass(self, body: Mapping[str, Any]) -> PassResult:
         """`read` then `apply` (tests; the operator holds the deployment's lock for `apply`)."""

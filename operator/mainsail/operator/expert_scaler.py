@@ -9,9 +9,16 @@ Runs for every deployment with ``spec.engine.expertParallel`` set, on the replic
 autoscaler's tick (`autoscaleSeconds`). It writes only its own status key, so it needs no lock
 against the reconciler.
 
-Failure and security: an unreadable router changes nothing (status says so); without the
-router's admin token (read by name from the deployment's credentials Secret, or the Secret
-``router.auth.secretName`` names) nothing is asked: no credential, no rescale. The cooldown
+With several router replicas (`spec.router.replicas`) each pass reads every serving replica
+(`router_replicas.read_every_replica`, as the replica autoscaler does) and merges them without
+counting a worker twice (`expert_merge`: worker figures once, held requests summed).
+
+Failure and security: an unreadable router changes nothing (status says so); when only some
+replicas can be read a pass may raise the degree but never lower it (the unread replicas'
+held requests are missing). Without the router's admin token (read by name from the
+deployment's credentials Secret, or the Secret ``router.auth.secretName`` names) nothing is
+asked: no credential, no rescale. The admin calls go through the router Service (any replica
+lists the workers and forwards a change to one). The cooldown
 and scale-down delay state (``lastChange``, ``lowerSince``) is kept in memory and in status,
 so an operator that restarts neither flaps nor skips the delay.
 """
@@ -30,6 +37,7 @@ from pydantic import ValidationError
 
 from mainsail.operator.desired_router import router_metrics_url
 from mainsail.operator.desired_secrets import admin_token
+from mainsail.operator.expert_merge import expert_signals
 from mainsail.operator.expert_parallel_policy import (
     ExpertBounds,
     ExpertDecision,
@@ -41,7 +49,7 @@ from mainsail.operator.expert_signals import ExpertRouter, ScaleFailed
 from mainsail.operator.kube import KubeApi
 from mainsail.operator.naming import MD_API_VERSION, Owner
 from mainsail.operator.plan import controlled_by
-from mainsail.operator.router_signals import SignalsUnavailable
+from mainsail.operator.router_replicas import read_every_replica
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.crd import ExpertParallelStatus
 from mainsail.spec.deployment import KIND, ModelDeploymentSpec
@@ -137,16 +145,17 @@ class ExpertScaler:
         targets = targets_of(spec)
         previous: Mapping[str, Any] = (body.get("status") or {}).get("expertParallel") or {}
         result = ExpertPass()
-        metrics = router_metrics_url(self._settings.router_metrics_url, owner, spec)
-        try:
-            signals = await self._router.expert_signals(metrics)
-        except SignalsUnavailable as exc:
-            result.unavailable = str(exc)
+        reads = await read_every_replica(
+            self._api, self._settings, owner, spec, self._router.expert_reading
+        )
+        if not reads.read:
+            result.unavailable = reads.unavailable
             for role, before in previous.items():
-                reason = f"signals unavailable, holding: {exc}"[:1024]
+                reason = f"signals unavailable, holding: {reads.unavailable}"[:1024]
                 result.status[role] = {**before, "reason": reason}
             await self._write(owner, previous, result.status)
             return result
+        signals = expert_signals(reads.read)
         now = self._clock()
         token: str | None = None
         for role, sig in sorted(signals.items()):
@@ -159,10 +168,15 @@ class ExpertScaler:
                 bounds, targets, sig, now=now,
                 last_change=state.last_change, lower_since=state.lower_since,
             )  # fmt: skip
-            state.lower_since = decision.lower_since
+            partial_hold = reads.partial is not None and decision.target < sig.current
+            # a held scale-down keeps its delay running (the policy clears it when it moves)
+            lowered = state.lower_since if state.lower_since is not None else now
+            state.lower_since = lowered if partial_hold else decision.lower_since
             target = int(before.get("target", sig.current)) if sig.switching else sig.current
             reason = decision.reason
-            if decision.target != sig.current:
+            if partial_hold:
+                reason = f"{reason}; holding ep {sig.current}: only {reads.partial}"
+            elif decision.target != sig.current:
                 if token is None:
                     token = await asyncio.to_thread(self._admin_token, owner, spec)
                 change = await self._move(owner, spec, token, role, sig, decision)

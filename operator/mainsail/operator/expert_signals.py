@@ -1,6 +1,7 @@
 """The expert-parallel autoscaler's I/O seams to a deployment's router: read each pool's expert
-figures and load from `/metrics`, list the workers and ask one to change its degree through
-the admin API.
+figures and load from one router replica's `/metrics` (the scaler reads every replica and
+merges them, `expert_merge`), list the workers and ask one to change its degree through the
+admin API.
 
 Why through the router: it already hears every worker's heartbeat (which carries the worker's
 degree and expert load, `LoadSnapshot.expert_*`) and sums them per role at scrape time, and
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from mainsail.operator.expert_merge import ExpertFigures, ExpertReading, expert_signals
 from mainsail.operator.expert_parallel_policy import ExpertSignals
 from mainsail.operator.router_signals import SignalsUnavailable, parse_signals
 from mainsail.spec.pool_signals import (
@@ -50,8 +52,8 @@ class WorkerDegree:
 class ExpertRouter(Protocol):
     """What the expert-parallel autoscaler asks of a deployment's router."""
 
-    async def expert_signals(self, metrics_url: str) -> Mapping[str, ExpertSignals]:
-        """Role -> signals, for roles whose workers report a degree; `SignalsUnavailable`."""
+    async def expert_reading(self, metrics_url: str) -> ExpertReading:
+        """One router replica's pool load and expert figures; `SignalsUnavailable`."""
         ...
 
     async def workers(self, admin_url: str, token: str) -> Sequence[WorkerDegree]:
@@ -63,9 +65,10 @@ class ExpertRouter(Protocol):
         ...
 
 
-def parse_expert_signals(text: str) -> dict[str, ExpertSignals]:
-    """Role -> `ExpertSignals` from the router's exposition text (roles with a sharded MoE
-    worker only); `SignalsUnavailable` when it is not a Mainsail router's."""
+def parse_expert_reading(text: str) -> ExpertReading:
+    """One router replica's pool load and expert figures from its exposition text (figures
+    for roles with a sharded MoE worker only); `SignalsUnavailable` when it is not a
+    Mainsail router's."""
     pools = parse_signals(text)
     degree: dict[str, int] = {}
     switching: dict[str, int] = {}
@@ -83,22 +86,19 @@ def parse_expert_signals(text: str) -> dict[str, ExpertSignals]:
                 except ValueError:
                     continue
                 tokens.setdefault(role, {})[expert] = sample.value
-    out: dict[str, ExpertSignals] = {}
+    experts: dict[str, ExpertFigures] = {}
     for role, current in degree.items():
-        pool = pools.get(role)
-        if pool is None or current < 1:
+        if current < 1:
             continue
         per_expert = tokens.get(role, {})
         load = tuple(max(0.0, per_expert.get(e, 0.0)) for e in range(len(per_expert)))
-        out[role] = ExpertSignals(
-            current=current,
-            workers=pool.workers,
-            running=pool.running,
-            waiting=pool.waiting + pool.queued,
-            expert_load=load,
-            switching=switching.get(role, 0) > 0,
-        )
-    return out
+        experts[role] = ExpertFigures(current, max(0, switching.get(role, 0)), load)
+    return ExpertReading(pools, experts)
+
+
+def parse_expert_signals(text: str) -> dict[str, ExpertSignals]:
+    """Role -> `ExpertSignals` from one router replica's exposition text."""
+    return expert_signals([parse_expert_reading(text)])
 
 
 class HttpExpertRouter:
@@ -107,7 +107,7 @@ class HttpExpertRouter:
     def __init__(self, timeout_seconds: float) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
-    async def expert_signals(self, metrics_url: str) -> Mapping[str, ExpertSignals]:
+    async def expert_reading(self, metrics_url: str) -> ExpertReading:
         try:
             async with (
                 aiohttp.ClientSession(timeout=self._timeout) as session,
@@ -119,7 +119,7 @@ class HttpExpertRouter:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SignalsUnavailable(f"GET {metrics_url}: {type(exc).__name__}: {exc}") from exc
         try:
-            return parse_expert_signals(text)
+            return parse_expert_reading(text)
         except ValueError as exc:
             raise SignalsUnavailable(f"GET {metrics_url}: unreadable metrics: {exc}") from exc
 

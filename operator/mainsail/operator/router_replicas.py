@@ -11,18 +11,25 @@ pod IP, bracketed when IPv6; ``{port}``, the slice's `http` port or `spec.router
 
 When there is no slice (a cluster whose controller has not listed the pods yet, an API server
 without a controller manager) the Service URL is the one answer: one replica read, as before.
+
+`read_every_replica` is the read both autoscalers share (replica pool sizes, `autoscaler`;
+expert-parallel degree, `expert_scaler`): every replica at once, each failure kept by URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from mainsail.operator.desired_config import router_peers_name
 from mainsail.operator.desired_router import router_metrics_url
 from mainsail.operator.kube import KubeApi, KubeError
 from mainsail.operator.naming import Owner
+from mainsail.operator.router_signals import SignalsUnavailable
+from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.deployment import ModelDeploymentSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,8 @@ log = logging.getLogger(__name__)
 SLICE_API = "discovery.k8s.io/v1"
 SLICE_KIND = "EndpointSlice"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+T = TypeVar("T")
 
 
 def _serving(endpoint: Mapping[str, Any]) -> bool:
@@ -85,3 +94,53 @@ def router_urls(
         slices = []
     urls = replica_urls(slices, pod_template, owner.namespace, spec.router.http_port)
     return urls or [router_metrics_url(service_template, owner, spec)]
+
+
+@dataclass
+class ReplicaReads(Generic[T]):
+    """What reading every router replica gave: the readings, and ``url: error`` per failure."""
+
+    read: list[T] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why nothing was read (None when some replica was)."""
+        return None if self.read else "; ".join(self.failed)
+
+    @property
+    def partial(self) -> str | None:
+        """Some replicas read, not all: what a pass says when it holds a scale-down."""
+        if not self.read or not self.failed:
+            return None
+        total = len(self.read) + len(self.failed)
+        return f"{len(self.read)}/{total} router replicas read ({'; '.join(self.failed)})"
+
+
+async def read_every_replica(
+    api: KubeApi,
+    settings: OperatorSettings,
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    read: Callable[[str], Awaitable[T]],
+) -> ReplicaReads[T]:
+    """``read`` every serving replica's metrics URL (`router_urls`) at once. A replica that
+    raises `SignalsUnavailable` is a failure of that replica; any other error propagates."""
+    urls = await asyncio.to_thread(
+        router_urls,
+        api,
+        settings.router_pod_metrics_url,
+        settings.router_metrics_url,
+        owner,
+        spec,
+    )
+    results = await asyncio.gather(*(read(url) for url in urls), return_exceptions=True)
+    out: ReplicaReads[T] = ReplicaReads()
+    for url, result in zip(urls, results, strict=True):
+        if isinstance(result, SignalsUnavailable):
+            out.failed.append(f"{url}: {result}")
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            out.read.append(result)
+    return out
