@@ -7,8 +7,8 @@ load (``--in-flight`` greedy requests of ``--tokens`` tokens, replaced as they f
 window: tokens/s for ``--steady`` seconds, then ask for 2 expert ranks and keep serving:
 scale-up time is request -> first step on the new placement, and the window's tokens/s is
 compared with the steady tokens/s measured just before it; then back to 1 rank. The
-variants (``prepare_nice`` of the joining rank: 0 = preparation as high as serving, 10 =
-the default, lower) alternate window by window inside one run (A, B, A, B, ...), so a
+variants (``prepare_nice`` of the joining rank: 0 = preparation as high as serving (the
+default), 10 = lower) alternate window by window inside one run (A, B, A, B, ...), so a
 change in the machine's load hits both. A restart is timed once per round as building a
 fresh engine with 2 expert ranks (ranks started, weights loaded) — what a worker restart
 with the new degree costs before it can serve, without the router's re-registration.

@@ -1,16 +1,16 @@
 """The body of one rank's Ray actor, kept light to import so that a rank joining a serving
-worker can do its heavy start-up at low priority.
+worker can do its heavy start-up on a thread of its own, optionally at lower priority.
 
 Why a module of its own (outside `mainsail.workers.parallel`, whose modules import torch):
 Ray imports an actor's class, and unpickles its constructor's arguments, on the new
-process's main thread at normal priority. Here both need only the standard library, so
-importing torch and the model code and building the shard happen on the actor's
-**preparation thread**, which a rank started while the worker serves (elastic expert
-parallelism) runs at a raised nice value: on shared CPUs the joining rank then takes the
-cores the serving ranks leave idle instead of slowing every step. Loading the experts a new
-placement gives a staying rank (`stage`) runs on that thread too. Steps (`execute`) and
-the switch run on Ray's actor threads at normal priority. Linux scheduling priority is per
-thread, so raising one thread's nice value needs no privilege and leaves the others alone.
+process's main thread. Here both need only the standard library, so importing torch and
+the model code and building the shard happen on the actor's **preparation thread** for a
+rank started while the worker serves (elastic expert parallelism). Loading the experts a
+new placement gives a staying rank (`stage`) runs on that thread too. Steps (`execute`) and
+the switch run on Ray's actor threads. ``prepare_nice`` > 0 raises the preparation
+thread's nice value (Linux scheduling priority is per thread, so this needs no privilege
+and leaves the other threads alone); the default is 0 because on the two-core test machine
+it made scale-up slower without measurably helping serving (docs/benchmarks.md).
 """
 
 from __future__ import annotations
