@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 from support.fleet import Fleet, fleet
@@ -26,7 +25,6 @@ from support.ray_local import local_ray
 
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.kvhash import chain_hashes
 from mainsail.workers.engine import (
@@ -46,6 +44,10 @@ ATOL = 1e-4
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=3)
 MAX_LEN = 1024
 PROMPT = "A long voyage begins at dawn, and the crew " * 8
+
+
+def _request(sampling: pb.SamplingParams) -> pb.GenerateRequest:
+    return pb.GenerateRequest(model="tiny", prompt=PROMPT, sampling=sampling)
 
 
 @pytest.fixture(scope="module")
@@ -134,32 +136,6 @@ async def two_sharded(ray_local: None, tiny_model_dir: Path) -> AsyncIterator[Fl
         yield f
 
 
-async def _generate(
-    f: Fleet, sampling: pb.SamplingParams, move_after: int | None = None
-) -> tuple[list[int], list[str], pb.GenerateResponse]:
-    request = pb.GenerateRequest(model="tiny", prompt=PROMPT, sampling=sampling)
-    tokens: list[int] = []
-    workers: list[str] = []
-    last = pb.GenerateResponse()
-    async with grpc.aio.insecure_channel(f.grpc) as channel:
-        stub = pb_grpc.InferenceStub(channel)
-        async for last in stub.Generate(request, metadata=f.metadata(), timeout=300):
-            tokens += last.token_ids
-            workers.append(last.worker_id)
-            if move_after is not None and len(tokens) >= move_after:
-                move_after = None
-                (target,) = f.worker_ids() - {last.worker_id}
-                assert await f.router.router.migrate(last.request_id, target)
-    return tokens, workers, last
-
-
-def _counter(f: Fleet, name: str) -> float:
-    for line in f.router.router.metrics.render().decode().splitlines():
-        if line.startswith(f"mainsail_router_{name}_total "):
-            return float(line.split()[1])
-    raise AssertionError(f"no counter {name}")
-
-
 @pytest.mark.timeout(600)
 async def test_kv_moved_from_a_tp2_worker_continues_token_identically(
     two_sharded: Fleet,
@@ -175,10 +151,10 @@ async def test_kv_moved_from_a_tp2_worker_continues_token_identically(
             ),
         ]
     ):
-        reference, _, _ = await _generate(f, sampling)
-        tokens, workers, last = await _generate(f, sampling, move_after=20)
+        reference, _, _ = await f.generate(_request(sampling), timeout=300)
+        tokens, workers, last = await f.generate(_request(sampling), move_after=20, timeout=300)
         assert last.finish_reason == "length" and not last.error, last.error
         assert len(set(workers)) == 2, "the stream finished before the move"
         assert tokens == reference
-        assert _counter(f, "kv_migrations") == i + 1
-        assert _counter(f, "kv_migration_failures") == 0
+        assert f.counter("kv_migrations") == i + 1
+        assert f.counter("kv_migration_failures") == 0

@@ -40,45 +40,18 @@ async def two(tiny_model_dir: Path) -> AsyncIterator[Fleet]:
         yield f
 
 
-async def _generate(
-    f: Fleet, request: pb.GenerateRequest, move_after: int | None = None
-) -> tuple[list[int], list[str], pb.GenerateResponse]:
-    """Tokens, the worker of each response, and the last response; after ``move_after``
-    tokens the request is moved (with its KV) to the other worker."""
-    tokens: list[int] = []
-    workers: list[str] = []
-    last = pb.GenerateResponse()
-    async with grpc.aio.insecure_channel(f.grpc) as channel:
-        stub = pb_grpc.InferenceStub(channel)
-        async for last in stub.Generate(request, metadata=f.metadata(), timeout=120):
-            tokens += last.token_ids
-            workers.append(last.worker_id)
-            if move_after is not None and len(tokens) >= move_after:
-                move_after = None
-                (target,) = f.worker_ids() - {last.worker_id}
-                assert await f.router.router.migrate(last.request_id, target)
-    return tokens, workers, last
-
-
-def _counter(f: Fleet, name: str) -> float:
-    for line in f.router.router.metrics.render().decode().splitlines():
-        if line.startswith(f"mainsail_router_{name}_total "):
-            return float(line.split()[1])
-    raise AssertionError(f"no counter {name}")
-
-
 @pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 async def test_a_request_moved_with_its_kv_continues_token_identically(
     two: Fleet, sampling: pb.SamplingParams
 ) -> None:
-    reference, _, _ = await _generate(two, _request(sampling))
-    tokens, workers, last = await _generate(two, _request(sampling), move_after=20)
+    reference, _, _ = await two.generate(_request(sampling))
+    tokens, workers, last = await two.generate(_request(sampling), move_after=20)
     assert last.finish_reason == "length" and not last.error
     assert len(set(workers)) == 2, "the stream finished before the move"
     assert tokens == reference
     assert last.usage.completion_tokens == sampling.max_tokens
-    assert _counter(two, "kv_migrations") == 1
-    assert _counter(two, "kv_migration_failures") == 0
+    assert two.counter("kv_migrations") == 1
+    assert two.counter("kv_migration_failures") == 0
 
 
 def _host(f: Fleet, worker_id: str) -> WorkerHost:
@@ -92,7 +65,7 @@ async def test_the_source_killed_during_a_kv_move_falls_back_to_recompute(
     """The source's gRPC server dies at ``point`` of the migration (before stage 1 or 2 is
     sent, once the request is paused, once the target adopted it): the router continues the
     request on the other worker by recompute, and the client sees the undisturbed tokens."""
-    reference, _, _ = await _generate(two, _request(SEEDED))
+    reference, _, _ = await two.generate(_request(SEEDED))
     killed: list[str] = []
     for host in two.workers:
         migrator = host.migrator
@@ -108,13 +81,13 @@ async def test_the_source_killed_during_a_kv_move_falls_back_to_recompute(
                 await asyncio.sleep(30)  # cancelled with the server's calls
 
         migrator.stage_hook = die
-    tokens, workers, last = await _generate(two, _request(SEEDED), move_after=20)
+    tokens, workers, last = await two.generate(_request(SEEDED), move_after=20)
     assert killed == [workers[0]]
     assert last.finish_reason == "length" and not last.error, last.error
     assert workers[-1] != workers[0]
     assert tokens == reference
-    assert _counter(two, "resumes") == 1
-    assert _counter(two, "kv_migrations") == 0
+    assert two.counter("resumes") == 1
+    assert two.counter("kv_migrations") == 0
 
 
 async def test_blocks_of_another_model_are_refused_and_the_source_keeps_the_request(
@@ -128,7 +101,7 @@ async def test_blocks_of_another_model_are_refused_and_the_source_keeps_the_requ
     other_dir = ensure_checkpoint("llama", seed=7)
     engine = EngineSettings(max_model_len=MAX_LEN)
     async with fleet(tiny_model_dir, workers=1, engine=engine, max_model_len=MAX_LEN) as f:
-        reference, _, _ = await _generate(f, _request(GREEDY))
+        reference, _, _ = await f.generate(_request(GREEDY))
         source = f.workers[0]
         from mainsail.workers.worker_spec import WorkerSpec
 
@@ -193,7 +166,7 @@ async def test_a_drain_moves_every_stream_with_its_kv_before_it_returns(two: Fle
     the planner spreads the worker's streams, each moves with its KV, and the call returns
     once they are moved; every client gets the undisturbed tokens."""
     requests = [_request(GREEDY), _request(SEEDED)]
-    references = [(await _generate(two, r))[0] for r in requests]
+    references = [(await two.generate(r))[0] for r in requests]
     for host in two.workers[1:]:  # both requests start on w0 (w1 drained meanwhile)
         await two.router.router.drain(host.spec.worker_id)
     started = asyncio.Event()
@@ -218,7 +191,7 @@ async def test_a_drain_moves_every_stream_with_its_kv_before_it_returns(two: Fle
     await two.router.router.drain("w1", False)
     moved = await two.router.router.drain("w0")
     assert moved == 2
-    assert _counter(two, "kv_migrations") == 2  # done when the drain returned
+    assert two.counter("kv_migrations") == 2  # done when the drain returned
     for i, task in enumerate(runs):
         tokens, workers, last = await task
         assert (workers[0], workers[-1]) == ("w0", "w1")

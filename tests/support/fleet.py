@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.front.auth import Credentials
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
@@ -52,6 +56,32 @@ class Fleet:
 
     def worker_ids(self) -> set[str]:
         return {e.worker_id for e in self.router.registry.entries()}
+
+    async def generate(
+        self, request: pb.GenerateRequest, move_after: int | None = None, timeout: float = 120
+    ) -> tuple[list[int], list[str], pb.GenerateResponse]:
+        """Tokens, the worker of each response, and the last response of one gRPC stream;
+        after ``move_after`` tokens the request is moved (with its KV) to the other worker."""
+        tokens: list[int] = []
+        workers: list[str] = []
+        last = pb.GenerateResponse()
+        async with grpc.aio.insecure_channel(self.grpc) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            async for last in stub.Generate(request, metadata=self.metadata(), timeout=timeout):
+                tokens += last.token_ids
+                workers.append(last.worker_id)
+                if move_after is not None and len(tokens) >= move_after:
+                    move_after = None
+                    (target,) = self.worker_ids() - {last.worker_id}
+                    assert await self.router.router.migrate(last.request_id, target)
+        return tokens, workers, last
+
+    def counter(self, name: str) -> float:
+        """The router's ``mainsail_router_<name>_total`` counter, from its exposition."""
+        for line in self.router.router.metrics.render().decode().splitlines():
+            if line.startswith(f"mainsail_router_{name}_total "):
+                return float(line.split()[1])
+        raise AssertionError(f"no counter {name}")
 
 
 @asynccontextmanager
