@@ -52,6 +52,11 @@ async def test_a_request_moved_with_its_kv_continues_token_identically(
     assert last.usage.completion_tokens == sampling.max_tokens
     assert two.counter("kv_migrations") == 1
     assert two.counter("kv_migration_failures") == 0
+    # The source's pause is recorded (one move); it is a part of the whole move's time.
+    assert two.counter("kv_migration_pause_seconds", "_count") == 1
+    assert two.counter("kv_migration_seconds", "_count") == 1
+    pause = two.counter("kv_migration_pause_seconds", "_sum")
+    assert 0 < pause <= two.counter("kv_migration_seconds", "_sum")
 
 
 def _host(f: Fleet, worker_id: str) -> WorkerHost:

@@ -76,10 +76,11 @@ class Fleet:
                     assert await self.router.router.migrate(last.request_id, target)
         return tokens, workers, last
 
-    def counter(self, name: str) -> float:
-        """The router's ``mainsail_router_<name>_total`` counter, from its exposition."""
+    def counter(self, name: str, suffix: str = "_total") -> float:
+        """The router's ``mainsail_router_<name>_total`` counter (or another sample of
+        ``name``: ``suffix`` ``_count``, ``_sum`` of a histogram), from its exposition."""
         for line in self.router.router.metrics.render().decode().splitlines():
-            if line.startswith(f"mainsail_router_{name}_total "):
+            if line.startswith(f"mainsail_router_{name}{suffix} "):
                 return float(line.split()[1])
         raise AssertionError(f"no counter {name}")
 

@@ -155,6 +155,18 @@ class RouterMetrics:
             "Moves with the KV that failed and fell back to recompute.",
             registry=r,
         )
+        self.kv_migration_pause = Histogram(
+            "mainsail_router_kv_migration_pause_seconds",
+            "How long the source worker paused a request it moved with its KV (its report).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.kv_migration_seconds = Histogram(
+            "mainsail_router_kv_migration_seconds",
+            "A move with the KV from the router's ask to the source's answer (all stages).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.rebalance_moves = Counter(
             "mainsail_router_rebalance_moves",
             "Streaming requests moved by automatic rebalancing (included in migrations).",

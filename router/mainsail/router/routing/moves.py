@@ -264,13 +264,24 @@ class RequestMover:
         stream = self.transport.submit(picked.address, announce)
         move = KVMove(picked, stream, asyncio.ensure_future(anext(stream)))
         route.kv_move = move
+        asked = self._clock()
         reply = await self.transport.migrate(
             source.address, rid, picked.address, announce.trace_context
         )
+        took = self._clock() - asked
+        self.metrics.kv_migration_seconds.observe(took)
         if reply.accepted:
             self.metrics.kv_migrations.inc()
+            self.metrics.kv_migration_pause.observe(reply.pause_seconds)
+            log.info(
+                "moved %s from %s to %s with its KV in %.3f s: %d stages, %d blocks (%d paused), "
+                "paused %.3f s", rid, source.worker_id, picked.worker_id, took, reply.stages,
+                reply.blocks, reply.final_blocks, reply.pause_seconds,
+            )  # fmt: skip
             return  # `after_first` switches to the target when the source says "migrated"
         self.metrics.kv_migration_failures.inc()
+        log.warning("moving %s from %s to %s with its KV failed after %.3f s (%s); recomputing",
+                    rid, source.worker_id, picked.worker_id, took, reply.detail)  # fmt: skip
         if route.kv_move is not move:
             return  # the source's stream ended meanwhile; `after_first` handled it
         await self._drop_kv_move(route)
