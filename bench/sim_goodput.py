@@ -17,6 +17,8 @@ SLO: TTFT <= 2 s + 0.1 s per 1k prompt tokens, TPOT <= 100 ms.
 
     .venv/bin/python bench/sim_goodput.py                    # both traces, ~10-20 min
     .venv/bin/python bench/sim_goodput.py --traces mooncake --seeds 1 --window 600
+    .venv/bin/python bench/sim_goodput.py --traces mooncake --seeds 9 \
+        --extra 'ttft only={"scorers": [{"name": "prefill-time", "weight": 1}]}'
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mainsail.sim.metrics import SLOTargets, summarise
 from mainsail.sim.prompts import PromptHasher
 from mainsail.sim.simulation import RunResult, SimSettings, run_policy
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
+from mainsail.spec.routing_profile import RoutingProfile
 
 POLICIES = SIM_POLICIES  # labels shared with bench/live_goodput.py (mainsail.sim.goodput)
 CLUSTER = {"mooncake": 4, "azure-conv": 2, "azure-code": 2}  # H100 workers per trace
@@ -73,7 +76,19 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("out/sim_goodput"))
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="Another policy, run interleaved with the others: a label and a RoutingProfile "
+        'as JSON, e.g. \'ttft only={"scorers": [{"name": "prefill-time", "weight": 1}]}\'.',
+    )
     args = ap.parse_args()
+    policies = dict(POLICIES)
+    for item in args.extra:
+        label, _, doc = item.partition("=")
+        policies[label] = ("ours", RoutingProfile.model_validate_json(doc))
     slo = SLOTargets()
     gpu = load_profile("h100")
     hasher = PromptHasher(args.block_size)
@@ -87,7 +102,7 @@ def main() -> int:
             f"\n## {name}: {workers} x H100, first {args.window:g} s of the trace "
             f"({base_rps:.2f} req/s at 1x), seeds {args.seeds}\n"
         )
-        att: dict[str, dict[float, list[float]]] = {p: {r: [] for r in rates} for p in POLICIES}
+        att: dict[str, dict[float, list[float]]] = {p: {r: [] for r in rates} for p in policies}
         sliced: dict[tuple[str, float], tuple[Slice, Slice]] = {}
         for seed in range(args.seeds):
             for rate in rates:
@@ -98,7 +113,7 @@ def main() -> int:
                     duration_s=args.window / rate,
                     seed=seed,
                 )
-                for label, (policy, routing) in POLICIES.items():
+                for label, (policy, routing) in policies.items():
                     settings = SimSettings(workers=workers, block_size=args.block_size, seed=seed)
                     if routing is not None:
                         settings = dataclasses.replace(settings, routing=routing)
@@ -112,7 +127,7 @@ def main() -> int:
             + " |"
         )
         print("|---|---:|" + "---:|" * len(rates))
-        for label in POLICIES:
+        for label in policies:
             best = [
                 goodput({r: att[label][r][seed] for r in rates}) * base_rps
                 for seed in range(args.seeds)
@@ -120,7 +135,7 @@ def main() -> int:
             cells = " | ".join(f"{100 * statistics.median(att[label][r]):.1f} %" for r in rates)
             print(f"| {label} | {statistics.median(best):.2f} | {cells} |")
         at = goodput({r: att[OURS][r][0] for r in rates}) or rates[0]
-        top = {label: sliced[label, at] for label in POLICIES}
+        top = {label: sliced[label, at] for label in policies}
         print(
             f"\nAt {at:g}x ({at * base_rps:.2f} req/s, the default profile's goodput rate, "
             "seed 0): SLO attainment per class and tenant, Jain's index over tenants\n"
