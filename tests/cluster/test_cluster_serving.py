@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from support.chart_images import chart_image as _image
 from support.chart_images import helm_image_values as _helm_values
 from support.greedy import ask_greedy
 from support.node import Node, NodeError
+from support.operator_harness import without_deployment_writes
 from support.stack import running_stack
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2700)]
@@ -329,6 +331,7 @@ def test_two_router_replicas_each_have_every_worker_and_serve_the_same_tokens(
 ZERO = "zero"
 ZERO_MODEL_PATH = "/models/tiny"
 COLD_START_S = 600
+OPERATOR = "app.kubernetes.io/instance=mainsail,app.kubernetes.io/name=mainsail"
 KINDS = (
     "servingpools,rayclusters,statefulsets,deployments,services,secrets,configmaps,networkpolicies"
 )
@@ -405,14 +408,20 @@ def _model_on_a_claim(node: Node, ns: str, host_dir: Path) -> str:
 
 
 def _children_uids(node: Node, ns: str) -> dict[str, str]:
-    """kind/name -> uid of every object the operator made for ZERO (its owner)."""
+    """kind/name -> uid of every object the operator made for ZERO, each checked to have the
+    deployment as its one owner and controller."""
+    md = json.loads(node.kubectl("get", "modeldeployment", ZERO, "-n", ns, "-o", "json").stdout)
     listed = node.kubectl("get", KINDS, "-n", ns, "-l", f"mainsail.dev/deployment={ZERO}",
                           "-o", "json").stdout  # fmt: skip
-    return {  # owned by the ModelDeployment (not, e.g., KubeRay's head Service)
-        f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["uid"]
-        for i in json.loads(listed)["items"]
-        if any(o["kind"] == "ModelDeployment" for o in i["metadata"].get("ownerReferences", []))
-    }
+    out = {}
+    for item in json.loads(listed)["items"]:
+        refs = item["metadata"].get("ownerReferences", [])
+        if not any(o["kind"] == "ModelDeployment" for o in refs):
+            continue  # not the operator's (e.g. KubeRay's head Service)
+        owners = [(o["kind"], o["uid"], o.get("controller")) for o in refs]
+        assert owners == [("ModelDeployment", md["metadata"]["uid"], True)], item["metadata"]
+        out[f"{item['kind']}/{item['metadata']['name']}"] = item["metadata"]["uid"]
+    return out
 
 
 def _expected_children(ns: str, claim: str) -> set[str]:
@@ -444,14 +453,49 @@ def _complete(base_url: str, api_key: str, timeout: float) -> str:
     return reply.choices[0].text
 
 
+def _operator_rules(node: Node, release_ns: str) -> tuple[str, list[dict[str, Any]]]:
+    """(name, rules) of the chart's ClusterRole for the release in `release_ns`."""
+    listed = node.kubectl("get", "clusterroles", "-l", OPERATOR, "-o", "json").stdout
+    (role,) = [
+        r for r in json.loads(listed)["items"] if r["metadata"]["name"].startswith(release_ns)
+    ]
+    return role["metadata"]["name"], role["rules"]
+
+
+def _set_rules(node: Node, role: str, rules: list[dict[str, Any]], ns: str, can: bool) -> None:
+    """Replace the ClusterRole's rules; return once the API server's authorizer says its
+    subject can (or cannot) patch Deployments in `ns`."""
+    patch = [{"op": "replace", "path": "/rules", "value": rules}]
+    node.kubectl("patch", "clusterrole", role, "--type=json", "-p", json.dumps(patch))
+    binding = json.loads(node.kubectl("get", "clusterrolebinding", role, "-o", "json").stdout)
+    (subject,) = binding["subjects"]
+    who = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+    answer = "yes" if can else "no"
+    node.wait_for(
+        lambda: node.kubectl(
+            "auth", "can-i", "patch", "deployments.apps", "-n", ns, "--as", who, check=False
+        ).stdout.strip() == answer,
+        timeout=60, what=f"`can-i patch deployments` = {answer} for the operator",
+    )  # fmt: skip
+
+
+def _ready_condition(node: Node, ns: str) -> dict[str, Any]:
+    md = json.loads(node.kubectl("get", "modeldeployment", ZERO, "-n", ns, "-o", "json").stdout)
+    conditions = (md.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
 def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
-    deployed: tuple[Node, str], reference: tuple[str, str, int], tmp_path: Path
+    reference: tuple[str, str, int], deployed: tuple[Node, str], tmp_path: Path
 ) -> None:
-    """A second ModelDeployment, its model on a PersistentVolumeClaim: the operator's pod is
-    force-deleted as soon as the first children of the deployment are seen (the kill races
-    the pass: in the runs here all seven children were already made when it landed); its
-    replacement finishes the job with exactly the children the spec asks for (no second copy
-    of anything, the issued Secret kept) and the deployment turns Ready with its pool at zero.
+    """A second ModelDeployment, its model on a PersistentVolumeClaim, applied while the
+    chart's ClusterRole has no writes of Deployments: the operator's pass deterministically
+    stops half-way, at the router Deployment (late in the apply order): the children before it
+    exist, status (`Ready` False, `ApplyFailed`) and a Warning event name the refused child.
+    Then the operator's pod is force-deleted (mid-reconcile: the job is half done) and the
+    ClusterRole restored; the replacement finishes the job with exactly the children the spec
+    asks for (no second copy of anything, the ones made before the kill untouched, each
+    controlled by the deployment) and the deployment turns Ready with its pool at zero.
     Then one request: the router holds it, the autoscaler reads it as demand and scales the
     pool 0 -> 1, the new worker loads the checkpoint from the claim, and the held request gets
     exactly `mainsail up`'s tokens. (The tiny deployment goes first: the two-core node has no
@@ -469,22 +513,31 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
     ns = f"zero-{os.getpid()}"
     node.create_namespace(ns)
     host_dir = Path(tempfile.mkdtemp(prefix="mainsail-model-"))
+    role, rules = _operator_rules(node, tiny_ns)
     try:
         claim = _model_on_a_claim(node, ns, host_dir)
-        operator = "app.kubernetes.io/instance=mainsail,app.kubernetes.io/name=mainsail"
-        (old_operator,) = _pods(node, tiny_ns, operator)
+        (old_operator,) = _pods(node, tiny_ns, OPERATOR)
+        _set_rules(node, role, without_deployment_writes(rules), ns, can=False)
         node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(_zero_document(claim)))
-        made: dict[str, str] = {}
-
-        def some_children() -> bool:
-            made.update(_children_uids(node, ns))
-            return bool(made)
-
-        node.wait_for(some_children, timeout=60, what="the operator starting on the children")
+        refused = f"Deployment/{ZERO}-router"
+        node.wait_for(lambda: _ready_condition(node, ns).get("reason") == "ApplyFailed",
+                      timeout=120, what="Ready False, ApplyFailed")  # fmt: skip
+        ready = _ready_condition(node, ns)
+        assert ready["status"] == "False" and refused in ready["message"], ready
+        events = node.kubectl(
+            "get", "events", "-n", ns, "--field-selector",
+            f"involvedObject.name={ZERO},reason=ApplyFailed", "-o", "json",
+        ).stdout  # fmt: skip
+        assert any(e["type"] == "Warning" and refused in e["message"]
+                   for e in json.loads(events)["items"])  # fmt: skip
+        made = _children_uids(node, ns)
+        expected = _expected_children(ns, claim)
+        assert set(made) == expected - {refused}, sorted(set(made) ^ expected)
         node.kubectl("delete", "pod", "-n", tiny_ns, old_operator, "--grace-period=0", "--force")
-        print(f"operator killed with {len(made)} children made: {sorted(made)}")
+        _set_rules(node, role, rules, ns, can=True)  # after the kill: the old one never sees it
+        print(f"operator killed with {len(made)} of {len(expected)} children made")
         node.wait_for(
-            lambda: bool(set(_pods(node, tiny_ns, operator)) - {old_operator}),
+            lambda: bool(set(_pods(node, tiny_ns, OPERATOR)) - {old_operator}),
             timeout=120, what="a new operator pod",
         )  # fmt: skip
         node.kubectl(
@@ -492,15 +545,14 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
             f"--timeout={int(READY_TIMEOUT_S)}s", timeout=READY_TIMEOUT_S + 30,
         )  # fmt: skip
         children = _children_uids(node, ns)
-        assert set(children) == _expected_children(ns, claim)
-        secret = f"Secret/{ZERO}-worker-credential"
-        if secret in made:  # issued before the kill: kept, or the workers' token would change
-            assert children[secret] == made[secret]
+        assert set(children) == expected
+        assert {k: children[k] for k in made} == made  # untouched, the Secret's token too
         assert len(_pods(node, ns, "app.kubernetes.io/component=router")) == 1
         assert len(_pods(node, ns, "ray.io/node-type=head")) == 1
         assert _pods(node, ns, "app.kubernetes.io/component=worker") == []
         time.sleep(10)  # a few passes of the new operator: the very same objects stay
         assert _children_uids(node, ns) == children
+        print(f"the new operator converged: {len(children)} children, none made twice")
 
         key = _credentials_of(node, ns, ZERO)
         base = f"http://{node.service_ip(ns, f'{ZERO}-router')}:8000/v1"
@@ -528,6 +580,8 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
         print(_diagnostics(node, ns, ZERO))
         raise
     finally:
+        with contextlib.suppress(NodeError, subprocess.CalledProcessError):  # keep the cause
+            _set_rules(node, role, rules, ns, can=True)
         node.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         node.kubectl("delete", "pv", f"models-{ns}", "--wait=false", check=False)
         shutil.rmtree(host_dir, ignore_errors=True)
