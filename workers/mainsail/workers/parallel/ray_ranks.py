@@ -5,7 +5,7 @@ Placement: the tensor-parallel ranks of one worker form one placement group (one
 rank, packed), so they are scheduled together or not at all. Expert-only ranks (elastic
 expert parallelism adds and removes them) each get a one-bundle group of their own, so one
 can be released without touching the others. A bundle asks for ``resources`` (CPU, and GPU
-when the shard runs on CUDA).
+when the shard runs on CUDA) on the worker's own Ray node.
 
 Calls go to several ranks at once and are awaited with `ray.wait`, one result at a time: if
 any rank fails (its process died, or a collective failed because a peer died) the whole
@@ -30,6 +30,17 @@ CALL_TIMEOUT_S = 600.0
 # How much lower than serving the ranks run preparation for a new placement (0 = as high;
 # 10 measured no better for serving and slower to scale up on two shared cores).
 PREPARE_NICE = 0
+
+
+def _this_node() -> dict[str, float]:
+    """A sliver of this Ray node's own ``node:<ip>`` resource, so every rank of a worker lands
+    on the node (the pod) that holds the worker: on a cluster each worker pod offers CPUs for
+    its own ranks only, and a rank placed on another worker's pod would take that worker's
+    CPUs or GPUs."""
+    import ray
+
+    ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return {f"node:{ip}": 0.001}
 
 
 class ShardLost(EngineFatalError):
@@ -64,7 +75,8 @@ class RayRanks:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        group = placement_group([dict(self.resources) for _ in ranks], strategy="PACK")
+        bundle = {**self.resources, **_this_node()}
+        group = placement_group([dict(bundle) for _ in ranks], strategy="PACK")
         if not group.wait(READY_TIMEOUT_S):
             ray.util.remove_placement_group(group)
             raise ShardLost(
