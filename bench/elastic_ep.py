@@ -1,5 +1,5 @@
 """Elastic expert parallelism: scale-up time vs restarting the worker, and throughput while
-the expert degree changes, with and without low-priority preparation.
+the expert degree changes, with and without a warm spare rank.
 
 On the generated tiny Mixtral (CPU, gloo, two shared cores: the figures say what the code
 path costs, not what GPUs would do). One engine on 1 expert rank serves a steady closed-loop
@@ -7,11 +7,13 @@ load (``--in-flight`` greedy requests of ``--tokens`` tokens, replaced as they f
 window: tokens/s for ``--steady`` seconds, then ask for 2 expert ranks and keep serving:
 scale-up time is request -> first step on the new placement, and the window's tokens/s is
 compared with the steady tokens/s measured just before it; then back to 1 rank. The
-variants (``prepare_nice`` of the joining rank: 0 = preparation as high as serving (the
-default), 10 = lower) alternate window by window inside one run (A, B, A, B, ...), so a
-change in the machine's load hits both. A restart is timed once per round as building a
-fresh engine with 2 expert ranks (ranks started, weights loaded) — what a worker restart
-with the new degree costs before it can serve, without the router's re-registration.
+variants (``warm_spares`` of the runner: 1 = a spare rank process is started and idle
+before the steady phase (the default while ``expertParallel.max`` exceeds the degree),
+0 = the joining rank's process is started when scaling is asked for) alternate window by
+window inside one run (A, B, A, B, ...), so a change in the machine's load hits both. A
+restart is timed once per round as building a fresh engine with 2 expert ranks (ranks
+started, weights loaded) — what a worker restart with the new degree costs before it can
+serve, without the router's re-registration.
 Prints medians per variant and the 1-minute load average seen at each window.
 Usage: `python bench/elastic_ep.py [--rounds 4]`.
 """
@@ -30,8 +32,10 @@ import ray
 from mainsail.cli.local.stack import init_ray_retrying
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+from mainsail.workers.parallel import ShardedRunner
 
-VARIANTS = {"prepare_nice_0": 0, "prepare_nice_10": 10}
+VARIANTS = {"warm_spare": 1, "no_spare": 0}
+SPARE_WAIT_S = 120.0
 RANK_CPU = {"CPU": 0.5}
 
 
@@ -68,6 +72,17 @@ def _serve(
     return made / elapsed, elapsed
 
 
+def _set_spares(runner: ShardedRunner, spares: int) -> None:
+    """Keep ``spares`` warm spare ranks, and wait until they are started and imported."""
+    runner.warm_spares = spares
+    runner.refill_spares()
+    deadline = time.monotonic() + SPARE_WAIT_S
+    while len(runner.spares) < runner.spares_wanted() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for spare in runner.spares:
+        runner.ranks.renumber(spare, spare.rank)  # returns once its process has imported
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=4)
@@ -88,13 +103,16 @@ def main() -> None:
     ids = itertools.count()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     restart: list[float] = []
-    engine = Engine(model, EngineConfig(**{**config.__dict__, "expert_parallel": 1}))
+    engine = Engine(
+        model,
+        EngineConfig(**{**config.__dict__, "expert_parallel": 1, "expert_parallel_max": 2}),
+    )
     runner = engine.sharded
     assert runner is not None
     try:
         for _ in range(args.rounds):
-            for name, nice in VARIANTS.items():
-                runner.ranks.prepare_nice = nice
+            for name, spares in VARIANTS.items():
+                _set_spares(runner, spares)
                 steady, _ = _serve(engine, args.steady, args.in_flight, args.tokens, ids)
                 engine.scale_experts(2)
                 window, _ = _serve(engine, 0, args.in_flight, args.tokens, ids, True)

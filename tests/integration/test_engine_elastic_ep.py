@@ -5,7 +5,9 @@
   flight, one step per ``PACE_S`` while scaling, ``DEADLINE_S``): each switch must happen
   with requests in flight, every response must be complete and equal (greedy tokens; top-5
   log-probs within ``ATOL``) to what one process generates for the same prompts, and the
-  worker must end on two ranks with every expert placed once.
+  worker must end on two ranks with every expert placed once. ``expertParallel.max`` is 4,
+  so one warm spare rank is started once the worker serves; the scale-up must take it (its
+  process becomes rank 2) instead of starting a new one.
 * A killed rank makes the next step raise `ShardLost` (an `EngineFatalError`: the worker
   then dies and the router moves its requests, as for any dead worker).
 
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 from support.ray_local import local_ray
 from support.sharded import (
     Result,
@@ -61,9 +64,17 @@ def mixtral() -> Path:
 def test_elastic_expert_parallel_2_4_2_under_load(ray_local: None, mixtral: Path) -> None:
     max_tokens, deadline = 16, time.monotonic() + DEADLINE_S
     prompts = {f"r{i}": random_prompt(4 + (7 * i) % 30, 50 + i) for i in range(CAP)}
-    engine = Engine(mixtral, engine_config(expert_parallel=2, rank_resources=RANK_CPU))
+    engine = Engine(
+        mixtral,
+        engine_config(expert_parallel=2, expert_parallel_max=4, rank_resources=RANK_CPU),
+    )
     runner = engine.sharded
     assert runner is not None and len(runner.handles) == 2
+    while not runner.spares and time.monotonic() < deadline:
+        time.sleep(0.2)  # the warm spare starts in the background
+    assert len(runner.spares) == 1, "no warm spare rank was started"
+    spare_pid = ray.get(runner.spares[0].actor.pid.remote())
+    joined_pids: list[int] = []
     got: Result = {}
     in_flight_at_switch: list[int] = []
     plan = [4, 2]
@@ -101,6 +112,8 @@ def test_elastic_expert_parallel_2_4_2_under_load(ray_local: None, mixtral: Path
                 assert out.error is None, out.error
                 got[out.request_id][0].extend(out.new_token_ids)
                 got[out.request_id][1].extend(out.logprobs or [])
+            if len(runner.handles) == 4 and not joined_pids:
+                joined_pids = [ray.get(h.actor.pid.remote()) for h in runner.handles]
             peak = max(peak, len(runner.handles))
             after = runner.resizing
             if busy and after is not None:
@@ -109,6 +122,7 @@ def test_elastic_expert_parallel_2_4_2_under_load(ray_local: None, mixtral: Path
                     in_flight_at_switch.append(in_flight)
         assert not plan, f"scaling did not finish within {DEADLINE_S} s: {runner.resizing}"
         assert peak == 4 and runner.ep == 2 and len(runner.handles) == 2
+        assert joined_pids[2] == spare_pid, (joined_pids, spare_pid)
         assert sorted(e for held in runner.placement for e in held) == [0, 1, 2, 3]
         assert len(in_flight_at_switch) == 2, in_flight_at_switch
         assert min(in_flight_at_switch) > 0, (in_flight_at_switch, next_id)

@@ -48,6 +48,11 @@ class EngineConfig:
     * ``expert_parallel``: ranks a mixture-of-experts model's experts are placed on; ``None``
       spreads them over the tensor-parallel ranks. Any value (even 1) runs the model in Ray
       actors, so that the degree can change while serving (`Engine.scale_experts`).
+    * ``expert_parallel_max``: the most expert ranks this worker may be scaled to (the
+      deployment's ``expertParallel.max``); while it exceeds the current degree, up to
+      ``warm_expert_ranks`` spare rank processes are kept started and idle (torch imported,
+      no weights) so that a scale-up only loads experts into running processes.
+    * ``warm_expert_ranks``: that cap (0 = no spare ranks).
     * ``rank_resources``: Ray resources of one rank's placement-group bundle; ``None`` = one
       CPU (plus one GPU when ``device`` is CUDA).
     * ``adapters``: LoRA adapters loaded at start, name -> directory in PEFT layout; requests
@@ -69,6 +74,8 @@ class EngineConfig:
     adapters: Mapping[str, Path] = field(default_factory=dict)
     tensor_parallel: int = 1
     expert_parallel: int | None = None
+    expert_parallel_max: int | None = None
+    warm_expert_ranks: int = 1
     rank_resources: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -89,6 +96,9 @@ class EngineConfig:
             "adapters": all(isinstance(n, str) and n for n in self.adapters),
             "tensor_parallel": 1 <= self.tensor_parallel <= 64,
             "expert_parallel": self.expert_parallel is None or 1 <= self.expert_parallel <= 1024,
+            "expert_parallel_max": self.expert_parallel_max is None
+            or 1 <= self.expert_parallel_max <= 1024,
+            "warm_expert_ranks": 0 <= self.warm_expert_ranks <= 8,
             "rank_resources": self.rank_resources is None
             or all(v >= 0 for v in self.rank_resources.values()),
         }
@@ -146,5 +156,8 @@ class EngineConfig:
             tensor_parallel=settings.tensor_parallel,
             expert_parallel=(
                 settings.expert_parallel.min if settings.expert_parallel is not None else None
+            ),
+            expert_parallel_max=(
+                settings.expert_parallel.max if settings.expert_parallel is not None else None
             ),
         )

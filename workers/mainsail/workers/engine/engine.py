@@ -158,6 +158,8 @@ class Engine:
             self.model_config,
             tp=self.config.tensor_parallel,
             ep=self.config.expert_parallel,
+            ep_max=self.config.expert_parallel_max,
+            warm_spares=self.config.warm_expert_ranks,
             num_blocks=blocks,
             block_size=self.config.block_size,
             dtype=self.config.dtype,

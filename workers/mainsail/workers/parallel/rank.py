@@ -112,6 +112,12 @@ class ShardRank:
         self.membership: Membership | None = None
         self._rendezvous: Any = None
 
+    def renumber(self, rank: int) -> None:
+        """A warm spare taken for rank ``rank`` (before it joins any process group)."""
+        if self.membership is not None:
+            raise RuntimeError(f"rank {self.rank} has joined a process group: cannot renumber")
+        self.rank = rank
+
     def open_rendezvous(self, host: str) -> tuple[str, int]:
         """Rank 0: serve the rendezvous of the next process group; its address."""
         self._rendezvous = open_rendezvous(host)

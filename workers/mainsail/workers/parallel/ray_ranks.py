@@ -121,6 +121,16 @@ class RayRanks:
             log.error("sharded worker lost a rank: %s", self.lost)
             raise ShardLost(self.lost) from exc
 
+    def renumber(self, handle: RankHandle, rank: int) -> None:
+        """Give a started, not yet joined rank (a warm spare) the number ``rank``; waits
+        until its process has finished importing (`ShardRank.renumber`)."""
+        self.call([handle], "renumber", rank)
+        members = self._members.get(id(handle.group))
+        if members is not None:
+            members.discard(handle.rank)
+            members.add(rank)
+        handle.rank = rank
+
     def release(self, handles: Sequence[RankHandle]) -> None:
         """Kill these ranks' actors; remove each placement group once all its ranks are gone."""
         import ray

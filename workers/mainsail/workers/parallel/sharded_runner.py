@@ -13,6 +13,13 @@ staying ranks load the experts they gain, all while steps continue; the engine t
 `switch_if_ready` between two steps, which moves every rank to the new process group in one
 call, and the leaving ranks are released after it. The attention ranks, and so the KV cache,
 never change.
+
+Warm spares: starting a rank's process (Ray worker start, importing torch and the model
+code: seconds of CPU) is most of a scale-up on a small machine. While ``ep_max`` exceeds the
+current degree, up to ``warm_spares`` extra rank actors are started in the background once
+the worker serves, and re-started after a switch used them; they hold no weights and no
+process group. A scale-up takes them (renumbered to the ranks that join) before starting
+any new process, so it only loads experts into running processes.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class ShardedRunner:
         *,
         tp: int,
         ep: int | None,
+        ep_max: int | None = None,
+        warm_spares: int = 0,
         num_blocks: int,
         block_size: int,
         dtype: DType = "auto",
@@ -103,6 +112,10 @@ class ShardedRunner:
         self.handles: list[RankHandle] = []
         self._resize: Resize | None = None
         self._lock = threading.Lock()
+        self.ep_max, self.warm_spares = ep_max, warm_spares
+        self._spares: list[RankHandle] = []
+        self._closed = False
+        self._refilling = False
         try:
             self.handles = self.ranks.spawn(range(tp))
             for rank in range(tp, max(tp, ep)):
@@ -112,6 +125,7 @@ class ShardedRunner:
             self.close()
             raise
         self.kv_cache_bytes = int(sum(sizes))
+        self.refill_spares()
 
     @property
     def attention(self) -> list[RankHandle]:
@@ -175,12 +189,68 @@ class ShardedRunner:
         threading.Thread(target=self._prepare, args=(resize,), daemon=True).start()
         return resize
 
+    def spares_wanted(self) -> int:
+        """Warm spare ranks to keep: at most ``warm_spares``, and no more than the ranks a
+        scale-up to ``ep_max`` could still add."""
+        if self.ep_max is None or not self.cfg.num_experts:
+            return 0
+        return max(0, min(self.warm_spares, self.ep_max - max(self.tp, self.ep)))
+
+    @property
+    def spares(self) -> list[RankHandle]:
+        """The warm spare ranks started now (not members of the process group)."""
+        with self._lock:
+            return list(self._spares)
+
+    def refill_spares(self) -> None:
+        """Release spares beyond `spares_wanted`; start the missing ones on a background
+        thread (one at a time: never blocks serving)."""
+        with self._lock:
+            extra = self._spares[self.spares_wanted() :]
+            del self._spares[len(self._spares) - len(extra) :]
+            start = not self._refilling and self.spares_wanted() > len(self._spares)
+            self._refilling = self._refilling or start
+        if extra:
+            self.ranks.release(extra)
+        if start:
+            threading.Thread(target=self._start_spares, daemon=True).start()
+
+    def _start_spares(self) -> None:
+        try:
+            self._add_spares()
+        except Exception as exc:
+            log.warning("could not start a warm spare rank: %s", exc)
+        finally:
+            self._refilling = False
+
+    def _add_spares(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed or len(self._spares) >= self.spares_wanted():
+                    return
+            # Numbered past every rank in use; renumbered when a scale-up takes it.
+            spare = self.ranks.spawn([10_000 + len(self._spares)], joining=True)
+            with self._lock:
+                if self._closed:
+                    self.ranks.release(spare)
+                    return
+                self._spares += spare
+
+    def _take_spare(self) -> RankHandle | None:
+        with self._lock:
+            return self._spares.pop(0) if self._spares else None
+
     def _prepare(self, resize: Resize) -> None:
         try:
             size = max(self.tp, resize.target)
             joining: list[RankHandle] = []
             for rank in range(len(self.handles), size):
-                joining += self.ranks.spawn([rank], joining=True)
+                spare = self._take_spare()
+                if spare is not None:
+                    self.ranks.renumber(spare, rank)
+                    joining.append(spare)
+                else:
+                    joining += self.ranks.spawn([rank], joining=True)
             staying = self.handles[:size]
             if joining:
                 self.ranks.call(joining, "prepare_experts", resize.placement)
@@ -201,6 +271,7 @@ class ShardedRunner:
             self._resize = None
             self.ranks.release(resize.joining)
             log.error("expertParallel %d abandoned: %s", resize.target, resize.error)
+            self.refill_spares()
             return None
         if resize.prepared is None:
             return None
@@ -214,6 +285,7 @@ class ShardedRunner:
             self.ranks.release(leaving)
         self.ep, self.placement = resize.target, resize.placement
         resize.switched = time.monotonic()
+        self.refill_spares()
         log.info(
             "expertParallel now %d (placement %s), %.2f s after the request",
             self.ep,
@@ -229,6 +301,9 @@ class ShardedRunner:
 
     def close(self) -> None:
         """Release every rank (and any rank started for an unfinished resize)."""
+        with self._lock:
+            self._closed = True
+            spares, self._spares = self._spares, []
         handles, self.handles = self.handles, []
         joining = self._resize.joining if self._resize and self._resize.switched is None else []
-        self.ranks.release(handles + joining)
+        self.ranks.release(handles + joining + spares)
