@@ -6,7 +6,10 @@ path costs, not what GPUs would do). One engine on 1 expert rank serves a steady
 load (``--in-flight`` greedy requests of ``--tokens`` tokens, replaced as they finish). Each
 window: tokens/s for ``--steady`` seconds, then ask for 2 expert ranks and keep serving:
 scale-up time is request -> first step on the new placement, and the window's tokens/s is
-compared with the steady tokens/s measured just before it; then back to 1 rank. The
+compared with the steady tokens/s measured just before it (``fraction``); ``fixed_fraction``
+is the same over a fixed ``--window`` seconds from the request (or until the switch, if
+later), so that variants whose windows differ in length compare on the same span; then back
+to 1 rank. The
 variants (``warm_spares`` of the runner: 1 = a spare rank process is started and idle
 before the steady phase (the default while ``expertParallel.max`` exceeds the degree),
 0 = the joining rank's process is started when scaling is asked for) alternate window by
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=8.0)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--window", type=float, default=8.0)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     init_ray_retrying(
@@ -115,7 +119,10 @@ def main() -> None:
                 _set_spares(runner, spares)
                 steady, _ = _serve(engine, args.steady, args.in_flight, args.tokens, ids)
                 engine.scale_experts(2)
-                window, _ = _serve(engine, 0, args.in_flight, args.tokens, ids, True)
+                window, took = _serve(engine, 0, args.in_flight, args.tokens, ids, True)
+                rest = max(0.0, args.window - took)
+                after, _ = _serve(engine, rest, args.in_flight, args.tokens, ids)
+                fixed = (window * took + after * rest) / max(took + rest, 1e-9)
                 resize = runner.resizing
                 assert resize is not None and resize.switched is not None, resize
                 assert resize.prepared is not None
@@ -124,8 +131,12 @@ def main() -> None:
                         "steady": steady,
                         "window": window,
                         "fraction": window / steady,
+                        "fixed_fraction": fixed / steady,
                         "scale_up_s": resize.switched - resize.requested,
                         "switch_s": resize.switched - resize.prepared,
+                        # serving time lost to the window: a short window with one slow step
+                        # has a low fraction but loses little
+                        "lost_s": (1 - window / steady) * (resize.switched - resize.requested),
                         "load1": os.getloadavg()[0],
                     }
                 )
@@ -143,7 +154,7 @@ def main() -> None:
     def median(name: str, key: str) -> float:
         return round(statistics.median(r[key] for r in runs[name]), 3)
 
-    keys = ("fraction", "scale_up_s", "switch_s", "steady", "window")
+    keys = ("fraction", "fixed_fraction", "scale_up_s", "switch_s", "lost_s", "steady", "window")
     print(
         json.dumps(
             {
