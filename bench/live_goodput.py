@@ -66,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,8 @@ from mainsail.sim.goodput import (
     thin_conversations,
 )
 from mainsail.sim.live import (
+    Extras,
+    HttpSender,
     LiveRequest,
     LiveResult,
     PromptScaling,
@@ -100,7 +102,6 @@ from mainsail.sim.live import (
     replay,
 )
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
-from mainsail.spec import sse
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.routing_profile import RoutingProfile
 from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
@@ -230,46 +231,19 @@ class Meta:
     tpot_s: float
 
 
-class Sender:
-    """Streams `/v1/completions` with the request's class, tenant and SLO targets."""
+def meta_extras(metas: Sequence[Meta]) -> Extras:
+    """The request's class (body), tenant and SLO targets (headers), for `HttpSender`."""
 
-    def __init__(self, client: httpx.AsyncClient, metas: Sequence[Meta]) -> None:
-        self.client, self.metas = client, metas
-
-    async def __call__(self, req: LiveRequest, res: LiveResult, now: Callable[[], float]) -> None:
-        meta = self.metas[res.index]
-        body = {
-            "model": MODEL,
-            "prompt": list(req.prompt_token_ids),
-            "max_tokens": req.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "temperature": 0,
-            "ignore_eos": True,
-            "slo_class": meta.slo_class,
-        }
+    def extras(res: LiveResult) -> tuple[dict[str, object], dict[str, str]]:
+        meta = metas[res.index]
         headers = {
             "x-mainsail-fairness-id": meta.tenant,
             "x-mainsail-ttft-ms": f"{1000 * meta.ttft_s:.3f}",
             "x-mainsail-tpot-ms": f"{1000 * meta.tpot_s:.3f}",
         }
-        async with self.client.stream("POST", "/v1/completions", json=body, headers=headers) as r:
-            res.worker = r.headers.get("x-mainsail-worker", "")
-            if r.status_code != 200:
-                res.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-                return
-            async for event in sse.json_events(r.aiter_lines()):
-                if "error" in event:
-                    res.error = str(event["error"])[:200]
-                    return
-                if event.get("choices") and math.isnan(res.first_token):
-                    res.first_token = now()
-                usage = event.get("usage")
-                if usage:
-                    res.completion_tokens = usage.get("completion_tokens", 0)
-                    details = usage.get("prompt_tokens_details") or {}
-                    res.cached_tokens = details.get("cached_tokens") or 0
-        res.finished = now()
+        return {"slo_class": meta.slo_class}, headers
+
+    return extras
 
 
 async def _send_all(
@@ -278,7 +252,7 @@ async def _send_all(
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
     timeout = httpx.Timeout(settings.request_timeout_s, connect=10.0)
     async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
-        return await replay(requests, Sender(client, metas), settings)
+        return await replay(requests, HttpSender(client, MODEL, meta_extras(metas)), settings)
 
 
 def met_slo(res: LiveResult, meta: Meta) -> tuple[bool, bool]:

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -139,12 +139,18 @@ Send = Callable[[LiveRequest, LiveResult, Callable[[], float]], Awaitable[None]]
 """Sends one request and fills in its result; the callable is the replay's clock."""
 
 
+Extras = Callable[[LiveResult], tuple[Mapping[str, object], Mapping[str, str]]]
+"""Per-request additions to an HTTP request: body fields and headers (e.g. an SLO class, a
+tenant, targets), looked up by the result's index."""
+
+
 class HttpSender:
     """OpenAI ``/v1/completions`` with ``stream: true`` through an injected httpx client."""
 
-    def __init__(self, client: httpx.AsyncClient, model: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, model: str, extras: Extras | None = None) -> None:
         self.client = client
         self.model = model
+        self.extras = extras
 
     async def __call__(self, req: LiveRequest, res: LiveResult, now: Callable[[], float]) -> None:
         body = {
@@ -156,7 +162,11 @@ class HttpSender:
             "temperature": 0,
             "ignore_eos": True,
         }
-        async with self.client.stream("POST", "/v1/completions", json=body) as resp:
+        more, headers = self.extras(res) if self.extras is not None else ({}, {})
+        body.update(more)
+        async with self.client.stream(
+            "POST", "/v1/completions", json=body, headers=dict(headers)
+        ) as resp:
             res.worker = resp.headers.get("x-mainsail-worker", "")
             if resp.status_code != 200:
                 res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
