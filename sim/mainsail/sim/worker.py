@@ -75,6 +75,7 @@ class SimWorker:
         self._changed = changed if changed is not None else set()
         self.tier = tier
         self.cost = cost or FetchCostModel(0, block_size)
+        self.step_cost = profile.step_cost()  # what the router's `ttft` scorer replays
         self._schedule_load = schedule_load
         self.loading = 0  # requests parked while their blocks are fetched from the tier
         self._loading_tokens = 0
@@ -119,6 +120,7 @@ class SimWorker:
                 kv_cost=self.cost,
                 kv_tier_id=self.tier.tier_id if self.tier is not None else "",
                 kv_fetch_policy="auto" if self.tier is not None else "",
+                step_cost=self.step_cost,
             )
             self._snapshot = snap
         return snap

@@ -84,7 +84,8 @@ class WorkerChooser:
         self._clock = clock
         self._waiting = 0
         self._changed = asyncio.Event()
-        self._views = WorkerViews(registry, block_size)
+        step_cost = admission.step_cost if admission is not None else None
+        self._views = WorkerViews(registry, block_size, step_cost)
         self.recorder = ScheduleRecorder(metrics)
         self.flow = FlowQueue(limits or FlowLimits(4096, 4096, 1024))
         self._refusals: dict[Ticket, RouterError | None] = {}

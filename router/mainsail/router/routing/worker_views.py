@@ -20,6 +20,7 @@ from mainsail.router.fleet.registry import WorkerEntry, WorkerRegistry
 from mainsail.router.metrics import RouterMetrics
 from mainsail.router.scheduling import PluginTiming, WorkerSnapshot
 from mainsail.spec.kv_cost import FetchCostModel
+from mainsail.spec.step_cost import StepCost
 
 _Static = tuple[WorkerEntry, str, frozenset[str], str, int, int]
 
@@ -28,12 +29,16 @@ class WorkerViews:
     """`WorkerSnapshot`s of registry entries, with each entry's fixed part cached.
 
     ``block_size``: the deployment's KV block, tokens (every registered worker hashes with it),
-    for the cost model a worker reports.
+    for the cost model a worker reports. ``step_cost``: the workers' engine step cost model
+    (`spec.router.admission.stepCost`), which the `ttft` scorer replays; None when unset.
     """
 
-    def __init__(self, registry: WorkerRegistry, block_size: int = 16) -> None:
+    def __init__(
+        self, registry: WorkerRegistry, block_size: int = 16, step_cost: StepCost | None = None
+    ) -> None:
         self.registry = registry
         self.block_size = block_size
+        self.step_cost = step_cost
         self._static: dict[str, _Static] = {}
         self._costs: dict[str, tuple[pb.LoadSnapshot, FetchCostModel]] = {}
 
@@ -100,6 +105,7 @@ class WorkerViews:
             kv_cost=self.kv_cost(entry.worker_id, load),
             kv_tier_id=load.kv_cost.tier_id,
             kv_fetch_policy=load.kv_cost.fetch_policy if load.kv_cost.tier_id else "",
+            step_cost=self.step_cost,
         )
 
 

@@ -25,6 +25,7 @@ from mainsail.router.scheduling.scorers.prefill_backlog import PrefillBacklogSco
 from mainsail.router.scheduling.scorers.prefill_time import PrefillTimeScorer
 from mainsail.router.scheduling.scorers.queue_depth import QueueDepthScorer
 from mainsail.router.scheduling.scorers.running_requests import RunningRequestsScorer
+from mainsail.router.scheduling.scorers.ttft import TTFTScorer
 
 
 @dataclass
@@ -61,6 +62,7 @@ def default_registry() -> PluginRegistry:
         AdapterAffinityScorer,
         PrefillBacklogScorer,
         PrefillTimeScorer,
+        TTFTScorer,
     ):
         registry.register_scorer(s.name, s)
     registry.register_picker(MaxScorePicker.name, MaxScorePicker)

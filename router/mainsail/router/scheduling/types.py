@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mainsail.spec.kv_cost import FetchCostModel
+from mainsail.spec.step_cost import StepCost
 
 ROLES = frozenset({"unified", "prefill", "decode", "encode"})
 
@@ -40,6 +41,7 @@ class WorkerSnapshot:
     kv_cost: FetchCostModel | None = None  # the worker's measured KV cost model (None: unknown)
     kv_tier_id: str = ""  # the shared KV tier it reads (`LoadSnapshot.kv_cost.tier_id`); "" = none
     kv_fetch_policy: str = ""  # "auto" | "always" | "never"; "" = no tier
+    step_cost: StepCost | None = None  # the engine's step cost model (None: not configured)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

@@ -31,7 +31,8 @@ from mainsail.spec.kv_cost import FETCH_POLICIES, FetchCostModel, FetchPolicy, p
 _DEFAULT_BLOCK = 16
 
 
-def _policy(w: WorkerSnapshot) -> FetchPolicy | None:
+def fetch_policy(w: WorkerSnapshot) -> FetchPolicy | None:
+    """The worker's tier fetch policy, None when it reads no tier."""
     p = w.kv_fetch_policy
     for known in FETCH_POLICIES:
         if p == known:
@@ -39,7 +40,11 @@ def _policy(w: WorkerSnapshot) -> FetchPolicy | None:
     return None
 
 
-def _fallback(ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]) -> FetchCostModel:
+def fallback_kv_cost(
+    ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]
+) -> FetchCostModel:
+    """The cost model for a worker that has reported none: defaults, at the block size of
+    the candidates that did (or the request's)."""
     for w in candidates:
         if w.kv_cost is not None:
             return FetchCostModel(block_bytes=0, block_size=w.kv_cost.block_size)
@@ -57,11 +62,12 @@ def expected_seconds(ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot
     for w in candidates:
         model = w.kv_cost
         if model is None:
-            model = fallback = fallback or _fallback(ctx, candidates)
+            model = fallback = fallback or fallback_kv_cost(ctx, candidates)
         wid = w.worker_id
         ahead = w.pending_prefill_tokens * model.prefill_s_per_token
         out.append(
-            ahead + prefix_seconds(model, prompt, hits.get(wid, 0), tier.get(wid, 0), _policy(w))
+            ahead
+            + prefix_seconds(model, prompt, hits.get(wid, 0), tier.get(wid, 0), fetch_policy(w))
         )
     return out
 
