@@ -19,6 +19,8 @@ SLO: TTFT <= 2 s + 0.1 s per 1k prompt tokens, TPOT <= 100 ms.
     .venv/bin/python bench/sim_goodput.py --traces mooncake --seeds 1 --window 600
     .venv/bin/python bench/sim_goodput.py --traces mooncake --seeds 9 \
         --extra 'ttft only={"scorers": [{"name": "prefill-time", "weight": 1}]}'
+    .venv/bin/python bench/sim_goodput.py --traces mooncake --seeds 9 \
+        --policies "ours (default),least-work" --extra 'ttft={"scorers": [{"name": "ttft"}]}'
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def main() -> int:
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("out/sim_goodput"))
     ap.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help="Comma-separated policy labels to run (default: all of them).",
+    )
+    ap.add_argument(
         "--extra",
         action="append",
         default=[],
@@ -85,7 +92,11 @@ def main() -> int:
         'as JSON, e.g. \'ttft only={"scorers": [{"name": "prefill-time", "weight": 1}]}\'.',
     )
     args = ap.parse_args()
-    policies = dict(POLICIES)
+    labels = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in labels if p not in POLICIES]
+    if unknown or OURS not in labels:
+        ap.error(f"--policies: unknown {unknown} or missing {OURS!r}; known: {list(POLICIES)}")
+    policies = {label: POLICIES[label] for label in labels}
     for item in args.extra:
         label, _, doc = item.partition("=")
         policies[label] = ("ours", RoutingProfile.model_validate_json(doc))
