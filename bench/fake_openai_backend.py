@@ -42,7 +42,8 @@ from mainsail.workers.engine import EngineRequest, SamplingParams
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub
 from mainsail.workers.registration import Registrar
-from mainsail.workers.service import WorkerService, coalesced
+from mainsail.workers.service import WorkerService
+from mainsail.workers.submit_streams import coalesced
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -17,7 +17,9 @@ from mainsail.router.fleet.transport import GrpcTransport, TransportError
 from mainsail.workers.engine import EngineInputError, EngineRequest, RequestOutput
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub
-from mainsail.workers.service import WorkerService, chunk_from_outputs, coalesced
+from mainsail.workers.service import WorkerService
+from mainsail.workers.submit_streams import coalesced
+from mainsail.workers.wire import chunk_from_outputs
 
 pytestmark = pytest.mark.unit
 

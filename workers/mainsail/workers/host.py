@@ -33,7 +33,9 @@ from mainsail.workers.kvtier import RedisTierFactory
 from mainsail.workers.metrics_endpoint import CacheConfig, MetricsServer, serve_worker_metrics
 from mainsail.workers.migration import KVMigrator
 from mainsail.workers.router_discovery import RouterDiscovery
-from mainsail.workers.service import RequestLimits, ServingEngine, WorkerService
+from mainsail.workers.service import WorkerService
+from mainsail.workers.submit_streams import ServingEngine
+from mainsail.workers.wire import RequestLimits
 from mainsail.workers.worker_spec import WorkerSpec
 
 if TYPE_CHECKING:

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.workers.engine import EngineRequest, SamplingParams
+from mainsail.workers.engine import EngineRequest
 from mainsail.workers.engine.detokenizer import DetokenizerState
 from mainsail.workers.engine.kv_migration import MigratedState
 from mainsail.workers.kvtier import BlockCodec
 from mainsail.workers.kvtier.checksum import CHECKSUM_BYTES, checksum_rows, first_corrupt
-from mainsail.workers.service import sampling_from_proto
+from mainsail.workers.wire import sampling_from_proto, sampling_to_proto
 
 MAX_MESSAGE_BYTES = 8 << 20
 
@@ -87,23 +87,6 @@ def stage_blocks(codec: BlockCodec, stage: pb.KVStage) -> torch.Tensor | None:
         raise KVRefused(f"KV block {stage.first_block + bad} is corrupt (checksum mismatch)")
     out = torch.from_numpy(data.copy()).view(codec.dtype)
     return out.reshape(n, *codec.shape)
-
-
-def sampling_to_proto(s: SamplingParams) -> pb.SamplingParams:
-    """The wire form of engine sampling parameters (inverse of `sampling_from_proto`)."""
-    out = pb.SamplingParams(
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        max_tokens=s.max_tokens,
-        stop=list(s.stop),
-        stop_token_ids=list(s.stop_token_ids),
-        logprobs=s.logprobs or 0,
-        ignore_eos=s.ignore_eos,
-    )
-    if s.seed is not None:
-        out.seed = s.seed
-    return out
 
 
 def state_to_proto(state: MigratedState) -> pb.MigratedRequest:
