@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from mainsail.operator.expert_merge import ExpertFigures, ExpertReading, expert_signals
 from mainsail.operator.expert_parallel_policy import ExpertSignals
-from mainsail.operator.router_signals import SignalsUnavailable, parse_signals
+from mainsail.operator.router_signals import (
+    metric_samples,
+    scrape,
+    signals_from_samples,
+)
 from mainsail.spec.pool_signals import (
     EXPERT_LABEL,
     EXPERT_PARALLEL,
@@ -69,23 +72,23 @@ def parse_expert_reading(text: str) -> ExpertReading:
     """One router replica's pool load and expert figures from its exposition text (figures
     for roles with a sharded MoE worker only); `SignalsUnavailable` when it is not a
     Mainsail router's."""
-    pools = parse_signals(text)
+    samples = metric_samples(text)
+    pools = signals_from_samples(samples)
     degree: dict[str, int] = {}
     switching: dict[str, int] = {}
     tokens: dict[str, dict[int, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            role = sample.labels.get(ROLE_LABEL, "")
-            if sample.name == EXPERT_PARALLEL:
-                degree[role] = int(sample.value)
-            elif sample.name == EXPERT_SWITCHING:
-                switching[role] = int(sample.value)
-            elif sample.name == EXPERT_TOKENS:
-                try:
-                    expert = int(sample.labels.get(EXPERT_LABEL, ""))
-                except ValueError:
-                    continue
-                tokens.setdefault(role, {})[expert] = sample.value
+    for sample in samples:
+        role = sample.labels.get(ROLE_LABEL, "")
+        if sample.name == EXPERT_PARALLEL:
+            degree[role] = int(sample.value)
+        elif sample.name == EXPERT_SWITCHING:
+            switching[role] = int(sample.value)
+        elif sample.name == EXPERT_TOKENS:
+            try:
+                expert = int(sample.labels.get(EXPERT_LABEL, ""))
+            except ValueError:
+                continue
+            tokens.setdefault(role, {})[expert] = sample.value
     experts: dict[str, ExpertFigures] = {}
     for role, current in degree.items():
         if current < 1:
@@ -108,20 +111,7 @@ class HttpExpertRouter:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
     async def expert_reading(self, metrics_url: str) -> ExpertReading:
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=self._timeout) as session,
-                session.get(metrics_url) as resp,
-            ):
-                if resp.status != 200:
-                    raise SignalsUnavailable(f"GET {metrics_url}: HTTP {resp.status}")
-                text = await resp.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SignalsUnavailable(f"GET {metrics_url}: {type(exc).__name__}: {exc}") from exc
-        try:
-            return parse_expert_reading(text)
-        except ValueError as exc:
-            raise SignalsUnavailable(f"GET {metrics_url}: unreadable metrics: {exc}") from exc
+        return await scrape(metrics_url, self._timeout, parse_expert_reading)
 
     async def workers(self, admin_url: str, token: str) -> Sequence[WorkerDegree]:
         url = f"{admin_url.rstrip('/')}/workers"

@@ -18,8 +18,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Protocol
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from mainsail.operator.router_signals import metric_samples
 from mainsail.spec.pool_signals import QUEUED, ROLE_LABEL, WORKERS
 
 
@@ -46,13 +45,12 @@ def registered_workers(text: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     mainsail = False
     try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == QUEUED:
-                    mainsail = True
-                elif sample.name == WORKERS:
-                    role = sample.labels.get(ROLE_LABEL, "")
-                    counts[role] = counts.get(role, 0) + int(sample.value)
+        for sample in metric_samples(text):
+            if sample.name == QUEUED:
+                mainsail = True
+            elif sample.name == WORKERS:
+                role = sample.labels.get(ROLE_LABEL, "")
+                counts[role] = counts.get(role, 0) + int(sample.value)
     except ValueError as exc:
         raise RouterUnreachable(f"unreadable metrics: {exc}") from exc
     if not mainsail:
