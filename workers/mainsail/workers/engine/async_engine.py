@@ -23,12 +23,9 @@ import torch
 
 from mainsail.workers.engine.engine import Engine
 from mainsail.workers.engine.errors import EngineFatalError, EngineInputError
+from mainsail.workers.engine.kv_adoption import PreparedAdoption
 from mainsail.workers.engine.kv_events import KVEvent
-from mainsail.workers.engine.kv_migration import (
-    MigratedState,
-    MigrationError,
-    PreparedAdoption,
-)
+from mainsail.workers.engine.kv_migration import MigratedState, MigrationError
 from mainsail.workers.engine.metrics import EngineMetrics
 from mainsail.workers.engine.request import EngineRequest, RequestOutput
 

@@ -23,23 +23,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from mainsail.spec.kv_cost import FetchCostModel
-from mainsail.spec.kvhash import chain_hashes
 from mainsail.workers.engine.block_allocator import BlockAllocator
 from mainsail.workers.engine.config import EngineConfig
 from mainsail.workers.engine.detokenizer import Detokenizer, DetokenizerState
 from mainsail.workers.engine.errors import EngineFatalError, EngineInputError
+from mainsail.workers.engine.kv_adoption import KVAdoptions, PreparedAdoption
 from mainsail.workers.engine.kv_cache_manager import KVCacheManager
 from mainsail.workers.engine.kv_events import KVEvent
-from mainsail.workers.engine.kv_migration import (
-    ExportedKV,
-    KVMigrations,
-    MigratedState,
-    PreparedAdoption,
-)
+from mainsail.workers.engine.kv_migration import ExportedKV, KVExports, MigratedState
 from mainsail.workers.engine.kv_tier_link import TierLink
 from mainsail.workers.engine.metrics import EngineMetrics, MetricsRecorder
 from mainsail.workers.engine.model_runner import ModelRunner, StepInput, StepRunner
 from mainsail.workers.engine.request import EngineRequest, FinishReason, RequestOutput
+from mainsail.workers.engine.request_checks import EngineLimits, check_request
 from mainsail.workers.engine.sampler import SampleRequest, sample
 from mainsail.workers.engine.scheduler import Scheduler
 from mainsail.workers.engine.sequence import Sequence
@@ -130,14 +126,23 @@ class Engine:
         self._prefill = FetchCostModel(block_bytes=0, block_size=self.config.block_size)
         self.last_step: StepShape | None = None
         self._codec: BlockCodec | None = None
-        self._migrations = KVMigrations(
+        self._limits = EngineLimits(
+            vocab_size=self.model_config.vocab_size,
+            max_model_len=self.config.max_model_len,
+            block_size=self.config.block_size,
+            num_blocks=blocks,
+        )
+        self._exports = KVExports(self._kv, self._scheduler, self._runner, self._seqs)
+        self._adoptions = KVAdoptions(
             self._kv,
             self._scheduler,
             self._runner,
             self._seqs,
             self._new_sequence,
+            self.check_request,
             self._clock,
-            self.config.hash_seed,
+            vocab_size=self.model_config.vocab_size,
+            hash_seed=self.config.hash_seed,
         )
 
     def _sharded_runner(self, blocks: int) -> StepRunner:
@@ -213,38 +218,7 @@ class Engine:
     def check_request(self, req: EngineRequest, checked: int = 0) -> None:
         """Raise `EngineInputError` if ``req`` cannot be served (no state is touched); the
         first ``checked`` prompt tokens are known to be in the vocabulary already."""
-        if not isinstance(req.request_id, str) or not req.request_id:
-            raise EngineInputError("request_id must be a non-empty string")
-        if not req.prompt_token_ids:
-            raise EngineInputError("prompt is empty: at least one token is needed")
-        vocab = self.model_config.vocab_size
-        prompt = req.prompt_token_ids
-        for t in prompt[checked:] if checked else prompt:
-            if not isinstance(t, int) or not 0 <= t < vocab:
-                raise EngineInputError(
-                    f"prompt token id {t!r} is outside the vocabulary [0, {vocab})"
-                )
-        req.sampling.validate()
-        for t in req.sampling.stop_token_ids:
-            if t >= vocab:
-                raise EngineInputError(f"stop token id {t} is outside the vocabulary [0, {vocab})")
-        total = len(req.prompt_token_ids) + req.sampling.max_tokens
-        if total > self.config.max_model_len:
-            raise EngineInputError(
-                f"prompt ({len(req.prompt_token_ids)} tokens) + max_tokens "
-                f"({req.sampling.max_tokens}) = {total} exceeds max_model_len "
-                f"{self.config.max_model_len}"
-            )
-        needed = -(-total // self.config.block_size)
-        if needed > self._allocator.num_blocks:
-            raise EngineInputError(
-                f"request needs {needed} KV blocks, the engine has {self._allocator.num_blocks}"
-            )
-        if req.adapter is not None and req.adapter not in self.adapters:
-            raise EngineInputError(
-                f"adapter {req.adapter!r} is not loaded on this engine "
-                f"(loaded: {self.adapters or 'none'})"
-            )
+        check_request(req, self._limits, self.adapters, checked)
 
     def add_request(self, req: EngineRequest) -> None:
         """Queue ``req``; raises `EngineInputError` if it is bad or its id is in use."""
@@ -282,49 +256,41 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ KV migration
-    # The logic lives in `kv_migration.py`; these run on the engine thread (`AsyncEngine.call`).
+    # The logic lives in `kv_migration.py` (source) and `kv_adoption.py` (target); these run
+    # on the engine thread (`AsyncEngine.call`), but for `prepare_adoption`.
 
     def export_kv(self, request_id: str, first_block: int, final: bool) -> ExportedKV:
         """A copy of a running request's blocks from ``first_block``; ``final`` pauses it and
-        adds its state (see `KVMigrations.export`)."""
-        return self._migrations.export(request_id, first_block, final)
+        adds its state (see `KVExports.export`)."""
+        return self._exports.export(request_id, first_block, final)
 
     def end_export(self, request_id: str, moved: bool) -> None:
         """After the final export: ``moved`` finishes the request here with reason
         "migrated" (it runs on the target now); otherwise it resumes where it paused."""
-        seq = self._migrations.end_export(request_id, moved)
+        seq = self._exports.end_export(request_id, moved)
         if seq is not None:
             self._pending.append(self._finish(seq, "migrated"))
 
     def import_kv(self, request_id: str, first_block: int, blocks: torch.Tensor) -> int:
         """Hold arriving blocks of a request this engine is to adopt; blocks held now."""
-        return self._migrations.import_blocks(request_id, first_block, blocks)
+        return self._adoptions.import_blocks(request_id, first_block, blocks)
 
     def prepare_adoption(self, announced: EngineRequest) -> PreparedAdoption:
         """Check and hash the tokens of a request announced to be moved here, before its KV
         arrives, so that `adopt` does only the tokens after them (`EngineInputError` for a
         token outside the vocabulary). Reads only the engine's fixed configuration: safe on
         any thread."""
-        vocab = self.model_config.vocab_size
-        tokens = list(announced.prompt_token_ids)
-        for t in tokens:
-            if not isinstance(t, int) or not 0 <= t < vocab:
-                raise EngineInputError(f"token id {t!r} is outside the vocabulary [0, {vocab})")
-        key = announced.kv_key
-        hashes = chain_hashes(tokens, self.config.block_size, self.config.hash_seed, key)
-        return PreparedAdoption(key, tokens, hashes)
+        return self._adoptions.prepare(announced)
 
     def adopt(self, state: MigratedState, prepared: PreparedAdoption | None = None) -> None:
         """Continue a request moved here with its KV (`import_kv` first); it is checked as a
         new request would be (`EngineInputError`). With ``prepared`` (`prepare_adoption` of
         its announcement), the tokens it covers are neither checked nor hashed again."""
-        known = prepared.covers(state) if prepared is not None else 0
-        self.check_request(state.request, checked=min(known, len(state.request.prompt_token_ids)))
-        self._migrations.adopt(state, prepared if known else None)
+        self._adoptions.adopt(state, prepared)
 
     def drop_import(self, request_id: str) -> None:
         """Free the blocks held for a request that will not be adopted after all."""
-        self._migrations.drop_import(request_id)
+        self._adoptions.drop_import(request_id)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its final output (reason "abort") comes with the next step."""
@@ -332,11 +298,11 @@ class Engine:
         if seq is not None:
             self._pending.append(self._finish(seq, "abort"))
         else:
-            self._migrations.drop_import(request_id)
+            self._adoptions.drop_import(request_id)
 
     def has_unfinished(self) -> bool:
         """Whether a step has anything to do (a request paused for migration has not)."""
-        return bool(self._pending) or len(self._seqs) > self._migrations.paused
+        return bool(self._pending) or len(self._seqs) > self._exports.paused
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; outputs of requests that advanced or finished."""
@@ -532,7 +498,8 @@ class Engine:
         )
 
     def _release(self, seq: Sequence, reason: FinishReason) -> None:
-        self._migrations.forget(seq.request_id)
+        self._exports.forget(seq.request_id)
+        self._adoptions.drop_import(seq.request_id)
         if self._tier is not None:
             self._tier.forget(seq)
         self._scheduler.remove(seq)
