@@ -15,6 +15,7 @@ from mainsail.cli.router_cmd import router_config_from_document
 from mainsail.operator.desired_config import deployment_config
 from mainsail.operator.naming import Owner
 from mainsail.router.settings import RouterConfig
+from mainsail.spec.admission import FlowControl
 from mainsail.spec.config_document import DeploymentDocument
 from mainsail.spec.deployment import ModelDeployment
 
@@ -38,8 +39,7 @@ def test_cluster_router_config_equals_mainsail_up(example: Path) -> None:
     assert from_doc.adapters == tuple(a.name for a in spec.adapters)
     assert from_doc.slo == spec.slo and from_doc.profile == spec.router.profile
     assert from_doc.admission == spec.router.admission  # flow control (docs/flow_control.md)
-    assert from_doc.max_per_band == spec.router.flow.max_per_band
-    assert from_doc.max_per_tenant == spec.router.flow.max_per_tenant
+    assert from_doc.flow == spec.router.flow
 
 
 def test_pool_sizes_stay_out_of_the_document() -> None:
@@ -69,3 +69,18 @@ def test_a_document_without_spec_is_refused_naming_it() -> None:
     del doc["spec"]
     with pytest.raises(ValueError, match="spec"):
         router_config_from_document(doc)
+
+
+def test_flow_bounds_are_the_spec_model_and_the_flat_keys_still_read(tmp_path: Path) -> None:
+    """`RouterConfig.flow` is `spec.router.flow`'s model (one contract, its validation);
+    `max_per_band`/`max_per_tenant` beside the other keys still land there, and given together
+    with `flow` they are refused rather than one silently dropped."""
+    base = {"model_name": "m", "model_dir": str(tmp_path)}
+    nested = RouterConfig.model_validate({**base, "flow": {"maxPerBand": 8, "maxPerTenant": 4}})
+    flat = RouterConfig.model_validate({**base, "max_per_band": 8, "max_per_tenant": 4})
+    assert nested.flow == flat.flow == FlowControl(max_per_band=8, max_per_tenant=4)
+    assert RouterConfig.model_validate_json(flat.model_dump_json()) == flat
+    with pytest.raises(ValueError, match="maxPerTenant must be <= maxPerBand"):
+        RouterConfig.model_validate({**base, "max_per_tenant": 5000})
+    with pytest.raises(ValueError, match="inside flow only"):
+        RouterConfig.model_validate({**base, "flow": {}, "max_per_band": 8})

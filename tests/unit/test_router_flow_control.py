@@ -26,6 +26,7 @@ from mainsail.router.testing import (
     held_at_router,
     settle,
 )
+from mainsail.spec.admission import FlowControl
 from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
 
 pytestmark = pytest.mark.unit
@@ -122,7 +123,7 @@ async def test_deadline_order_within_a_tenant(tiny_model_dir: Path) -> None:
 
 
 async def test_every_queue_is_bounded_and_lower_bands_are_shed(tiny_model_dir: Path) -> None:
-    bed = Bed(tiny_model_dir, max_queue=4, max_per_band=4, max_per_tenant=2)
+    bed = Bed(tiny_model_dir, max_queue=4, flow=FlowControl(max_per_band=4, max_per_tenant=2))
     await bed.fill()
     await bed.queue("a1", tenant="a")
     await bed.queue("a2", tenant="a")

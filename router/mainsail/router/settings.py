@@ -8,10 +8,11 @@ the one source that workers read too.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mainsail.spec.admission import Admission
+from mainsail.spec.admission import Admission, FlowControl
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.spec.kvhash import KVHashConfig
 from mainsail.spec.rebalance import Rebalance
@@ -19,6 +20,9 @@ from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
 from mainsail.spec.routing_profile import RoutingProfile
 from mainsail.spec.slo import SLO
 from mainsail.spec.tracing import Tracing
+
+FLAT_FLOW_KEYS = frozenset({"max_per_band", "max_per_tenant"})
+"""Keys of `FlowControl` also read at the top level of a `RouterConfig` (see `flow`)."""
 
 
 class RouterConfig(BaseModel):
@@ -51,14 +55,10 @@ class RouterConfig(BaseModel):
         "worker plane has TLS material); never served on the clients' ports. 0: a free port.",
     )
     max_queue: int = Field(4096, ge=1, description="Requests waiting for a worker before 429.")
-    max_per_band: int = Field(
-        4096, ge=1, description="Requests one priority band may hold waiting before 429."
-    )
-    max_per_tenant: int = Field(
-        1024,
-        ge=1,
-        description="Requests one tenant (flow) may hold waiting in one band before 429: a "
-        "flood from one tenant fills its own queue, not everyone's.",
+    flow: FlowControl = Field(
+        FlowControl(),
+        description="Bounds of the flow queue per priority band and per tenant "
+        "(`spec.router.flow`); `max_queue` bounds them all together.",
     )
     admission: Admission = Admission()
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest HTTP body.")
@@ -153,12 +153,24 @@ class RouterConfig(BaseModel):
         Tracing(), description="OpenTelemetry export (the deployment's `tracing`); off by default."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_flow_keys(cls, data: Any) -> Any:
+        """`max_per_band` and `max_per_tenant` beside the other keys (their names before
+        `flow` held them) are still read, into `flow`; together with `flow` they are an
+        error, so a value is never silently dropped."""
+        if not isinstance(data, dict) or not FLAT_FLOW_KEYS & data.keys():
+            return data
+        if "flow" in data:
+            raise ValueError("flow: give max_per_band and max_per_tenant inside flow only")
+        data = dict(data)
+        data["flow"] = {key: data.pop(key) for key in FLAT_FLOW_KEYS if key in data}
+        return data
+
     @model_validator(mode="after")
     def _pool_fits(self) -> RouterConfig:
         if self.max_preparing < self.prepare_threads:
             raise ValueError("max_preparing must be >= prepare_threads")
-        if self.max_per_tenant > self.max_per_band:
-            raise ValueError("max_per_tenant must be <= max_per_band")
         return self
 
     @classmethod
@@ -179,8 +191,7 @@ class RouterConfig(BaseModel):
             "grpc_port": spec.router.grpc_port,
             "fleet_port": spec.router.fleet_port,
             "max_queue": spec.router.max_queue,
-            "max_per_band": spec.router.flow.max_per_band,
-            "max_per_tenant": spec.router.flow.max_per_tenant,
+            "flow": spec.router.flow,
             "admission": spec.router.admission,
             "cold_start_timeout": float(spec.router.cold_start_timeout_seconds),
             "kv_index_max_blocks": spec.router.kv_index_max_blocks,

@@ -71,7 +71,7 @@ class Router:
         self.metrics = metrics or RouterMetrics()
         self._clock = clock
         self.preparer = RequestPreparer(config, tokenizer)
-        limits = FlowLimits(config.max_queue, config.max_per_band, config.max_per_tenant)
+        limits = FlowLimits(config.max_queue, config.flow.max_per_band, config.flow.max_per_tenant)
         self.chooser = WorkerChooser(
             registry,
             profile,
