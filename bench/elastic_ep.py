@@ -1,24 +1,37 @@
-"""Elastic expert parallelism: scale-up time vs restarting the worker, and throughput while
-the expert degree changes, with and without a warm spare rank.
+"""Elastic expert parallelism: throughput during a scaling window as a fraction of steady
+state, scale-up and scale-down, with and without a warm spare rank; scale-up time vs
+restarting the worker.
 
 On the generated tiny Mixtral (CPU, gloo, two shared cores: the figures say what the code
-path costs, not what GPUs would do). One engine on 1 expert rank serves a steady closed-loop
-load (``--in-flight`` greedy requests of ``--tokens`` tokens, replaced as they finish). Each
-window: tokens/s for ``--steady`` seconds, then ask for 2 expert ranks and keep serving:
-scale-up time is request -> first step on the new placement, and the window's tokens/s is
-compared with the steady tokens/s measured just before it (``fraction``); ``fixed_fraction``
-is the same over a fixed ``--window`` seconds from the request (or until the switch, if
-later), so that variants whose windows differ in length compare on the same span; then back
-to 1 rank. The
-variants (``warm_spares`` of the runner: 1 = a spare rank process is started and idle
-before the steady phase (the default while ``expertParallel.max`` exceeds the degree),
-0 = the joining rank's process is started when scaling is asked for) alternate window by
-window inside one run (A, B, A, B, ...), so a change in the machine's load hits both. A
-restart is timed once per round as building a fresh engine with 2 expert ranks (ranks
-started, weights loaded) — what a worker restart with the new degree costs before it can
-serve, without the router's re-registration.
-Prints medians per variant and the 1-minute load average seen at each window.
-Usage: `python bench/elastic_ep.py [--rounds 4]`.
+path costs, not what GPUs would do). One engine (``expert_parallel`` 1, max ``--max``)
+serves a closed-loop load (``--in-flight`` greedy requests of ``--tokens`` tokens,
+replaced as they finish). One round of a variant, all under that load:
+
+    steady at 1 rank (W s) | scale up: window (W s from the request) | settle |
+    steady at 2 ranks (W s) | scale down: window (W s) | settle | steady at 1 rank (W s)
+
+The window fraction (``fraction``) is the tokens served in the ``W`` seconds that start at
+the scale request, divided by the tokens the worker serves in steady state over the same
+span: the old degree's steady tokens/s (measured just before) until the switch, the new
+degree's (measured just after the window, once everything has settled) from the switch
+on. So a window loses only to what scaling itself costs — the joining rank's start and
+weight load competing for the cores, the switch pause, the next warm spare started after
+the switch — and not to the new degree being slower or faster in steady state (on two CPU
+cores 2 expert ranks serve slower than 1: one more gloo hop per MoE layer; on GPUs it is
+the other way round). ``vs_old`` / ``vs_new`` divide by one degree's steady state alone.
+``W`` (``--window``) must hold all of the scaling work: each window says whether the
+switch and the next spare's start fell inside it (``done_in_window``); windows where not
+are reported and left out of the medians only if ``--strict``.
+
+Settle: serve until the resize switched and the warm spares wanted are started and
+imported, then 1 s more. The variants (``warm_spares`` 1 = a spare rank process is started
+and idle before the round, the default while ``expertParallel.max`` exceeds the degree; 0 =
+the joining rank's process is started when scaling is asked for) alternate round by round
+inside one run (A, B, A, B, ...), so a change in the machine's load hits both. A restart is
+timed once per round pair: building a fresh engine with 2 expert ranks (ranks started,
+weights loaded), what a worker restart with the new degree costs before it can serve.
+Prints every window, then medians per variant and direction with the 1-minute load
+average. Usage: `python bench/elastic_ep.py [--rounds 5] [--window 12]`.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import ray
 
@@ -38,61 +52,133 @@ from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, Samplin
 from mainsail.workers.parallel import ShardedRunner
 
 VARIANTS = {"warm_spare": 1, "no_spare": 0}
-SPARE_WAIT_S = 120.0
+SPARE_WAIT_S = 180.0
+SETTLE_S = 1.0
 RANK_CPU = {"CPU": 0.5}
 
 
-def _serve(
-    engine: Engine,
-    seconds: float,
-    in_flight: int,
-    tokens: int,
-    ids: itertools.count,
-    until_switched: bool = False,
-) -> tuple[float, float]:
-    """Closed-loop load for ``seconds`` (or until the pending resize switched); returns
-    (tokens/s, elapsed)."""
-    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
-    runner = engine.sharded
-    assert runner is not None
-    start, made = time.monotonic(), 0
-    while True:
-        elapsed = time.monotonic() - start
-        if until_switched:
-            resize = runner.resizing
-            if resize is not None and (resize.switched is not None or resize.error):
-                break
-        elif elapsed >= seconds:
-            break
-        metrics = engine.metrics()
-        for _ in range(in_flight - metrics.running - metrics.waiting):
-            n = next(ids)
-            engine.add_request(
-                EngineRequest(f"r{n}", [3 + (n * 7 + k) % 400 for k in range(12)], params)
-            )
-        made += sum(len(o.new_token_ids) for o in engine.step())
-    elapsed = time.monotonic() - start
-    return made / elapsed, elapsed
+@dataclass
+class Load:
+    """The closed-loop client and the engine it drives; every step is recorded."""
+
+    engine: Engine
+    in_flight: int
+    tokens: int
+    ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def runner(self) -> ShardedRunner:
+        runner = self.engine.sharded
+        assert runner is not None
+        return runner
+
+    def step(self) -> tuple[float, int]:
+        """Top the load up, run one step; (step seconds, tokens made)."""
+        params = SamplingParams(temperature=0.0, max_tokens=self.tokens, ignore_eos=True)
+        metrics = self.engine.metrics()
+        for _ in range(self.in_flight - metrics.running - metrics.waiting):
+            n = next(self.ids)
+            prompt = [3 + (n * 7 + k) % 400 for k in range(12)]
+            self.engine.add_request(EngineRequest(f"r{n}", prompt, params))
+        t0 = time.monotonic()
+        made = sum(len(o.new_token_ids) for o in self.engine.step())
+        return time.monotonic() - t0, made
+
+    def steady(self, seconds: float) -> float:
+        """Tokens/s over ``seconds``."""
+        start, made = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            made += self.step()[1]
+        return made / (time.monotonic() - start)
+
+    def settled(self) -> bool:
+        """The last resize switched (or failed) and the warm spares wanted are imported."""
+        runner = self.runner
+        resize = runner.resizing
+        if resize is not None and resize.switched is None and resize.error is None:
+            return False
+        spares = runner.spares
+        if len(spares) < runner.spares_wanted():
+            return False
+        return all(ray.get([s.actor.ready.remote() for s in spares]))
+
+    def settle(self) -> None:
+        deadline = time.monotonic() + SPARE_WAIT_S
+        while not self.settled() and time.monotonic() < deadline:
+            for _ in range(10):
+                self.step()
+        end = time.monotonic() + SETTLE_S
+        while time.monotonic() < end:
+            self.step()
+
+    def window(self, target: int, seconds: float) -> dict[str, float]:
+        """Ask for ``target`` ranks and serve ``seconds``: tokens, when the switch and the
+        settling (spares started) happened, the longest step."""
+        steps: list[float] = []
+        start, made, done_at = time.monotonic(), 0, float("nan")
+        self.engine.scale_experts(target)
+        resize = self.runner.resizing
+        assert resize is not None
+        polled = start
+        while (elapsed := time.monotonic() - start) < seconds:
+            took, n = self.step()
+            steps.append(took)
+            made += n
+            if done_at != done_at and time.monotonic() - polled > 0.2:  # NaN: not yet
+                polled = time.monotonic()
+                if self.settled():
+                    done_at = polled - start
+        assert resize.error is None, resize.error
+        switched = (resize.switched or float("inf")) - resize.requested
+        return {
+            "tokens": made,
+            "elapsed": elapsed,
+            "switch_at_s": switched,
+            "done_at_s": done_at,
+            "longest_step_s": max(steps),
+            "median_step_s": statistics.median(steps),
+        }
 
 
-def _set_spares(runner: ShardedRunner, spares: int) -> None:
+def scored(window: dict[str, float], old: float, new: float) -> dict[str, float]:
+    """The window against steady state: old degree's tokens/s until the switch, new one's
+    after it (``fraction``); against each alone; serving seconds lost."""
+    elapsed, at = window["elapsed"], min(window["switch_at_s"], window["elapsed"])
+    expected = old * at + new * (elapsed - at)
+    fraction = window["tokens"] / expected
+    rate = window["tokens"] / elapsed
+    return {
+        "fraction": fraction,
+        "vs_old": rate / old,
+        "vs_new": rate / new,
+        "lost_s": elapsed * (1 - fraction),
+        "switch_at_s": window["switch_at_s"],
+        "done_at_s": window["done_at_s"],
+        "done_in_window": float(window["done_at_s"] <= elapsed),
+        "longest_step_s": window["longest_step_s"],
+        "median_step_s": window["median_step_s"],
+        "steady_old": old,
+        "steady_new": new,
+        "load1": os.getloadavg()[0],
+    }
+
+
+def set_spares(load: Load, spares: int) -> None:
     """Keep ``spares`` warm spare ranks, and wait until they are started and imported."""
-    runner.warm_spares = spares
-    runner.refill_spares()
-    deadline = time.monotonic() + SPARE_WAIT_S
-    while len(runner.spares) < runner.spares_wanted() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for spare in runner.spares:
-        runner.ranks.renumber(spare, spare.rank)  # returns once its process has imported
+    load.runner.warm_spares = spares
+    load.runner.refill_spares()
+    load.settle()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steady", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per variant")
+    parser.add_argument("--window", type=float, default=12.0, help="W, seconds")
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--window", type=float, default=8.0)
+    parser.add_argument("--max", type=int, default=2, help="expertParallel.max")
+    parser.add_argument("--strict", action="store_true", help="medians of done windows only")
+    parser.add_argument("--no-restart", action="store_true", help="skip the restart timing")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     init_ray_retrying(
@@ -104,65 +190,72 @@ def main() -> None:
     )
     model = ensure_checkpoint("mixtral")
     config = EngineConfig(max_model_len=128, max_num_seqs=8, num_threads=1, rank_resources=RANK_CPU)
-    ids = itertools.count()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    windows: dict[tuple[str, str], list[dict[str, float]]] = {}
     restart: list[float] = []
     engine = Engine(
         model,
-        EngineConfig(**{**config.__dict__, "expert_parallel": 1, "expert_parallel_max": 2}),
+        EngineConfig(**{**config.__dict__, "expert_parallel": 1, "expert_parallel_max": args.max}),
     )
-    runner = engine.sharded
-    assert runner is not None
+    load = Load(engine, args.in_flight, args.tokens)
+    w = args.window
     try:
-        for _ in range(args.rounds):
+        load.settle()
+        for round_ in range(args.rounds):
             for name, spares in VARIANTS.items():
-                _set_spares(runner, spares)
-                steady, _ = _serve(engine, args.steady, args.in_flight, args.tokens, ids)
-                engine.scale_experts(2)
-                window, took = _serve(engine, 0, args.in_flight, args.tokens, ids, True)
-                rest = max(0.0, args.window - took)
-                after, _ = _serve(engine, rest, args.in_flight, args.tokens, ids)
-                fixed = (window * took + after * rest) / max(took + rest, 1e-9)
-                resize = runner.resizing
-                assert resize is not None and resize.switched is not None, resize
-                assert resize.prepared is not None
-                runs[name].append(
-                    {
-                        "steady": steady,
-                        "window": window,
-                        "fraction": window / steady,
-                        "fixed_fraction": fixed / steady,
-                        "scale_up_s": resize.switched - resize.requested,
-                        "switch_s": resize.switched - resize.prepared,
-                        # serving time lost to the window: a short window with one slow step
-                        # has a low fraction but loses little
-                        "lost_s": (1 - window / steady) * (resize.switched - resize.requested),
-                        "load1": os.getloadavg()[0],
-                    }
-                )
-                print(name, {k: round(v, 3) for k, v in runs[name][-1].items()}, flush=True)
-                engine.scale_experts(1)
-                _serve(engine, 0, args.in_flight, args.tokens, ids, until_switched=True)
-            t0 = time.monotonic()
-            fresh = Engine(model, EngineConfig(**{**config.__dict__, "expert_parallel": 2}))
-            restart.append(time.monotonic() - t0)
-            fresh.close()
+                set_spares(load, spares)
+                one = load.steady(w)
+                up = load.window(2, w)
+                load.settle()
+                two = load.steady(w)
+                down = load.window(1, w)
+                load.settle()
+                one_after = load.steady(w)
+                for direction, win, old, new in (
+                    ("up", up, one, two),
+                    ("down", down, two, one_after),
+                ):
+                    row = scored(win, old, new)
+                    windows.setdefault((name, direction), []).append(row)
+                    shown = {k: round(v, 3) for k, v in row.items()}
+                    print(f"round {round_} {name} {direction}", shown, flush=True)
+            if not args.no_restart:
+                t0 = time.monotonic()
+                fresh = Engine(model, EngineConfig(**{**config.__dict__, "expert_parallel": 2}))
+                restart.append(time.monotonic() - t0)
+                fresh.close()
     finally:
         engine.close()
         ray.shutdown()
 
-    def median(name: str, key: str) -> float:
-        return round(statistics.median(r[key] for r in runs[name]), 3)
-
-    keys = ("fraction", "fixed_fraction", "scale_up_s", "switch_s", "lost_s", "steady", "window")
+    keys = ["fraction", "vs_old", "vs_new", "lost_s", "switch_at_s", "done_at_s"]
+    keys += ["longest_step_s", "median_step_s", "steady_old", "steady_new"]
+    medians: dict[str, dict[str, float | int]] = {}
+    for (name, direction), rows in windows.items():
+        kept = [r for r in rows if r["done_in_window"]] if args.strict else rows
+        summary: dict[str, float | int] = {
+            k: round(statistics.median(r[k] for r in kept), 3) for k in keys if kept
+        }
+        summary["windows"] = len(kept)
+        summary["done_in_window"] = sum(int(r["done_in_window"]) for r in rows)
+        medians[f"{name} {direction}"] = summary
+    loads = [r["load1"] for rows in windows.values() for r in rows]
     print(
         json.dumps(
             {
+                "window_s": w,
                 "rounds": args.rounds,
-                "restart_s_median": round(statistics.median(restart), 2),
-                "medians": {name: {k: median(name, k) for k in keys} for name in VARIANTS},
-                "fractions": {n: [round(r["fraction"], 3) for r in runs[n]] for n in VARIANTS},
-                "load1": [round(r["load1"], 1) for n in VARIANTS for r in runs[n]],
+                "expert_parallel_max": args.max,
+                "restart_s_median": round(statistics.median(restart), 2) if restart else None,
+                "medians": medians,
+                "fractions": {
+                    f"{n} {d}": [round(r["fraction"], 3) for r in rows]
+                    for (n, d), rows in windows.items()
+                },
+                "load1": {
+                    "min": round(min(loads), 1),
+                    "median": round(statistics.median(loads), 1),
+                    "max": round(max(loads), 1),
+                },
             },
             indent=1,
         )

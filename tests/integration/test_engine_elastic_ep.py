@@ -7,7 +7,8 @@
   log-probs within ``ATOL``) to what one process generates for the same prompts, and the
   worker must end on two ranks with every expert placed once. ``expertParallel.max`` is 4,
   so one warm spare rank is started once the worker serves; the scale-up must take it (its
-  process becomes rank 2) instead of starting a new one.
+  process becomes rank 2) instead of starting a new one, and the scale-down must keep one
+  of the ranks it removes as the next spare.
 * A killed rank makes the next step raise `ShardLost` (an `EngineFatalError`: the worker
   then dies and the router moves its requests, as for any dead worker).
 
@@ -123,6 +124,9 @@ def test_elastic_expert_parallel_2_4_2_under_load(ray_local: None, mixtral: Path
         assert not plan, f"scaling did not finish within {DEADLINE_S} s: {runner.resizing}"
         assert peak == 4 and runner.ep == 2 and len(runner.handles) == 2
         assert joined_pids[2] == spare_pid, (joined_pids, spare_pid)
+        # the scale-down kept a rank it removed as the next warm spare (no new process)
+        spares = [ray.get(s.actor.pid.remote()) for s in runner.spares]
+        assert len(spares) == 1 and spares[0] in joined_pids[2:], (spares, joined_pids)
         assert sorted(e for held in runner.placement for e in held) == [0, 1, 2, 3]
         assert len(in_flight_at_switch) == 2, in_flight_at_switch
         assert min(in_flight_at_switch) > 0, (in_flight_at_switch, next_id)

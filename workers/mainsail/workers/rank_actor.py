@@ -4,13 +4,14 @@ worker can do its heavy start-up on a thread of its own, optionally at lower pri
 Why a module of its own (outside `mainsail.workers.parallel`, whose modules import torch):
 Ray imports an actor's class, and unpickles its constructor's arguments, on the new
 process's main thread. Here both need only the standard library, so importing torch and
-the model code and building the shard happen on the actor's **preparation thread** for a
-rank started while the worker serves (elastic expert parallelism). Loading the experts a
-new placement gives a staying rank (`stage`) runs on that thread too. Steps (`execute`) and
-the switch run on Ray's actor threads. ``prepare_nice`` > 0 raises the preparation
-thread's nice value (Linux scheduling priority is per thread, so this needs no privilege
-and leaves the other threads alone); the default is 0 because on the two-core test machine
-it made scale-up slower without measurably helping serving (docs/benchmarks.md).
+the model code and building the shard happen on a **build thread** for a rank started while
+the worker serves (elastic expert parallelism) or kept as a warm spare, and loading the
+experts of a new placement (`prepare_experts`, `stage`) on a **preparation thread**. Steps
+(`execute`) and the switch run on Ray's actor threads. Each of the two threads can run at a
+raised nice value (Linux scheduling priority is per thread, so this needs no privilege and
+leaves the other threads alone): a warm spare builds at nice +19 (nothing waits for it);
+preparation defaults to 0 because on the two-core test machine nice 10 made scale-up
+slower without measurably helping serving (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -64,23 +65,30 @@ class RankActor:
     """Ray actor body around `ShardRank` (threaded: preparation runs beside `execute`).
 
     Preparation calls (`PREPARATION`) run on one thread whose nice value is raised by
-    ``prepare_nice``. A ``joining`` rank (started while the worker serves) is built on that
-    thread too, and calls wait for it; the others are built before the constructor returns.
+    ``prepare_nice``. With ``build_nice`` set (a rank started while the worker serves, or a
+    warm spare) the shard is built on a thread of its own whose nice value is raised by
+    that much, and calls wait for it; otherwise it is built before the constructor returns.
+    Its own thread, not the preparation one: a spare builds at the lowest priority, and the
+    experts a scale-up then loads into it must not inherit that.
     """
 
     def __init__(
-        self, setup: RankSetup, rank: int, prepare_nice: int = 0, joining: bool = False
+        self, setup: RankSetup, rank: int, prepare_nice: int = 0, build_nice: int | None = None
     ) -> None:
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(message)s")
         self._prepare = ThreadPoolExecutor(
             max_workers=1, initializer=lower_thread_priority, initargs=(prepare_nice,)
         )
         self._shard: Future[ShardRank]
-        if joining:
-            self._shard = self._prepare.submit(_build, setup, rank)
-        else:
+        if build_nice is None:
             self._shard = Future()
             self._shard.set_result(_build(setup, rank))
+        else:
+            builder = ThreadPoolExecutor(
+                max_workers=1, initializer=lower_thread_priority, initargs=(build_nice,)
+            )
+            self._shard = builder.submit(_build, setup, rank)
+            builder.shutdown(wait=False)
 
     def endpoint(self) -> tuple[str, int]:
         """Rank 0: open the rendezvous of the next process group; its address."""
@@ -92,6 +100,11 @@ class RankActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def ready(self) -> bool:
+        """Whether the shard is built (a joining rank or spare has finished importing);
+        answers at once, unlike any other call, which waits for it."""
+        return self._shard.done()
 
     def call(self, method: str, *args: Any) -> Any:
         shard = self._shard.result()

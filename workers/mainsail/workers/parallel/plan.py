@@ -172,3 +172,15 @@ def owner_of(placement: Placement) -> dict[int, int]:
 def rank_loads(placement: Placement, load: Sequence[float]) -> list[float]:
     """Total measured load per rank under ``placement``."""
     return [sum(load[e] for e in experts) for experts in placement]
+
+
+def warm_spares_wanted(warm: int, ep_max: int | None, tp: int, degrees: Sequence[int]) -> int:
+    """Warm spare rank processes a worker keeps started: at most ``warm``, and no more than
+    a scale-up to ``ep_max`` could still use above the largest of ``degrees`` (the degree
+    serving and, during a resize, the one being moved to). So ranks + joining ranks +
+    spares never exceed ``max(tp, ep_max)``: the Ray CPUs a worker's pod offers (one per
+    rank, the operator's ``num-cpus``), and a spare never keeps a joining rank from being
+    placed. 0 without an ``ep_max`` (not elastic)."""
+    if ep_max is None:
+        return 0
+    return max(0, min(warm, ep_max - max(tp, *degrees)))

@@ -230,5 +230,10 @@ class ShardRank:
         self.membership = membership
 
     def leave(self) -> None:
-        """Leave the process group (a rank released by a scale-down)."""
+        """Leave the process group and drop this rank's experts (a rank a scale-down
+        removes: it is killed, or kept as a warm spare that `renumber` and
+        `prepare_experts` reuse). Only expert-only ranks leave: attention never moves."""
+        if self.runner is not None:
+            raise RuntimeError(f"rank {self.rank} holds attention and KV: it cannot leave")
         self.comm.leave()
+        self.moes, self._staged, self.membership = [], None, None

@@ -66,11 +66,13 @@ class RayRanks:
         self.prepare_nice = PREPARE_NICE
         self._members: dict[int, set[int]] = {}
 
-    def spawn(self, ranks: Sequence[int], joining: bool = False) -> list[RankHandle]:
+    def spawn(self, ranks: Sequence[int], build_nice: int | None = None) -> list[RankHandle]:
         """Start actors for ``ranks`` in one new placement group (waits until placed).
 
-        ``joining``: ranks added to a serving worker, built at the lower priority of
-        preparation work (``prepare_nice``, see `mainsail.workers.rank_actor`)."""
+        ``build_nice``: None = each shard is built before its actor's constructor returns
+        (the worker's first ranks); a number = built on a thread of its own with that added
+        nice value, calls waiting for it (ranks added to a serving worker, warm spares; see
+        `mainsail.workers.rank_actor`)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -92,7 +94,7 @@ class RayRanks:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=group, placement_group_bundle_index=i
                 ),
-            ).remote(self.setup, rank, self.prepare_nice, joining)
+            ).remote(self.setup, rank, self.prepare_nice, build_nice)
             handles.append(RankHandle(rank, actor, group))
         self._members[id(group)] = set(ranks)
         return handles

@@ -16,14 +16,18 @@ never change.
 
 Warm spares: starting a rank's process (Ray worker start, importing torch and the model
 code: seconds of CPU) is most of a scale-up on a small machine. While ``ep_max`` exceeds the
-current degree, up to ``warm_spares`` extra rank actors are started in the background once
-the worker serves, and re-started after a switch used them; they hold no weights and no
-process group. A scale-up takes them (renumbered to the ranks that join) before starting
-any new process, so it only loads experts into running processes.
+current degree, up to ``warm_spares`` extra rank actors are kept started; they hold no
+weights and no process group. A scale-up takes them (renumbered to the ranks that join)
+before starting any new process, so it only loads experts into running processes. A
+scale-down keeps the ranks it removes as spares (they leave the group and drop their
+experts) instead of killing them and starting new ones. A spare that must be started
+builds on a thread at the lowest priority (`SPARE_NICE`): nothing waits for it, so it
+should only use CPU the serving ranks leave idle.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -44,6 +48,7 @@ from mainsail.workers.parallel.plan import (
     kv_heads_of,
     kv_owner_ranks,
     place_experts,
+    warm_spares_wanted,
 )
 from mainsail.workers.parallel.rank import Membership
 from mainsail.workers.parallel.ray_ranks import RankHandle, RayRanks
@@ -51,6 +56,14 @@ from mainsail.workers.parallel.shard_model import model_shape
 from mainsail.workers.rank_actor import RankSetup
 
 log = logging.getLogger(__name__)
+
+# Added nice value of a warm spare's start-up thread (importing torch, building the empty
+# shard): the most there is, since no request waits for a spare (a scale-up that takes one
+# still starting waits for it; the operator's cooldown makes that rare).
+SPARE_NICE = 19
+# Spare ranks are numbered from here (past any rank in use) until a scale-up takes them.
+SPARE_NUMBERS = 10_000
+TAKE_POLL_S = 0.05
 
 
 def default_expert_parallel(cfg: ModelConfig, tp: int) -> int:
@@ -116,6 +129,7 @@ class ShardedRunner:
         self._spares: list[RankHandle] = []
         self._closed = False
         self._refilling = False
+        self._spare_numbers = itertools.count(SPARE_NUMBERS)
         try:
             self.handles = self.ranks.spawn(range(tp))
             for rank in range(tp, max(tp, ep)):
@@ -190,11 +204,16 @@ class ShardedRunner:
         return resize
 
     def spares_wanted(self) -> int:
-        """Warm spare ranks to keep: at most ``warm_spares``, and no more than the ranks a
-        scale-up to ``ep_max`` could still add."""
-        if self.ep_max is None or not self.cfg.num_experts:
+        """Warm spare ranks to keep (`plan.warm_spares_wanted`: at most ``warm_spares``, and
+        no more than a scale-up to ``ep_max`` could still add above the degree serving or
+        being moved to)."""
+        if not self.cfg.num_experts:
             return 0
-        return max(0, min(self.warm_spares, self.ep_max - max(self.tp, self.ep)))
+        resize = self._resize
+        degrees = [self.ep]
+        if resize is not None and resize.switched is None and resize.error is None:
+            degrees.append(resize.target)
+        return warm_spares_wanted(self.warm_spares, self.ep_max, self.tp, degrees)
 
     @property
     def spares(self) -> list[RankHandle]:
@@ -229,7 +248,7 @@ class ShardedRunner:
                 if self._closed or len(self._spares) >= self.spares_wanted():
                     return
             # Numbered past every rank in use; renumbered when a scale-up takes it.
-            spare = self.ranks.spawn([10_000 + len(self._spares)], joining=True)
+            spare = self.ranks.spawn([next(self._spare_numbers)], build_nice=SPARE_NICE)
             with self._lock:
                 if self._closed:
                     self.ranks.release(spare)
@@ -237,8 +256,15 @@ class ShardedRunner:
                 self._spares += spare
 
     def _take_spare(self) -> RankHandle | None:
-        with self._lock:
-            return self._spares.pop(0) if self._spares else None
+        """A warm spare, waiting for one being started (its bundle would otherwise keep the
+        rank started instead from being placed); None if there is none."""
+        while True:
+            with self._lock:
+                if self._spares:
+                    return self._spares.pop(0)
+                if not self._refilling or self._closed:
+                    return None
+            time.sleep(TAKE_POLL_S)
 
     def _prepare(self, resize: Resize) -> None:
         try:
@@ -250,7 +276,7 @@ class ShardedRunner:
                     self.ranks.renumber(spare, rank)
                     joining.append(spare)
                 else:
-                    joining += self.ranks.spawn([rank], joining=True)
+                    joining += self.ranks.spawn([rank], build_nice=self.ranks.prepare_nice)
             staying = self.handles[:size]
             if joining:
                 self.ranks.call(joining, "prepare_experts", resize.placement)
@@ -280,11 +306,11 @@ class ShardedRunner:
         leaving = self.handles[size:]
         self.handles = members
         self.ranks.call(members, "switch", self._membership(resize.placement, size))
-        if leaving:
-            self.ranks.call(leaving, "leave")
-            self.ranks.release(leaving)
         self.ep, self.placement = resize.target, resize.placement
         resize.switched = time.monotonic()
+        if leaving:
+            self.ranks.call(leaving, "leave")
+            self._keep_as_spares(leaving)
         self.refill_spares()
         log.info(
             "expertParallel now %d (placement %s), %.2f s after the request",
@@ -293,6 +319,18 @@ class ShardedRunner:
             resize.switched - resize.requested,
         )
         return resize
+
+    def _keep_as_spares(self, leaving: Sequence[RankHandle]) -> None:
+        """Ranks a scale-down removed (out of the group, experts dropped): keep as many as
+        warm spares as are wanted, release the others."""
+        with self._lock:
+            room = self.spares_wanted() - len(self._spares) - int(self._refilling)
+            kept = list(leaving[: max(0, room)])
+        for handle in kept:
+            self.ranks.renumber(handle, next(self._spare_numbers))
+        with self._lock:
+            self._spares += kept
+        self.ranks.release(leaving[len(kept) :])
 
     @property
     def resizing(self) -> Resize | None:
