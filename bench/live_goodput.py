@@ -57,12 +57,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import math
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +99,7 @@ from mainsail.sim.live import (
     build_requests,
     replay,
 )
+from mainsail.sim.live_processes import LiveProcesses
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.routing_profile import RoutingProfile
@@ -121,8 +120,8 @@ class Stack:
     """One router per policy and ``workers`` real-engine workers registered with all."""
 
     def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
-        self.tmp, self.args = tmp, args
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.args = args
+        self.processes = LiveProcesses(tmp)
         self.http: dict[str, str] = {}
         self.engine = EngineSettings(
             block_size=16,
@@ -131,14 +130,6 @@ class Stack:
             max_batched_tokens=256,
             num_kv_blocks=args.kv_blocks,
         )
-
-    def _spawn(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
-        log = self.tmp / f"{name}.log"
-        proc = subprocess.Popen(
-            cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.procs.append(proc)
-        return proc, log
 
     def start(self, labels: Sequence[str], extra: dict[str, RoutingProfile]) -> None:
         model_dir = ensure_checkpoint("llama", size=self.args.model_size)
@@ -160,16 +151,9 @@ class Stack:
                 grpc_port=0,
                 fleet_port=0,
             )
-            path = self.tmp / f"router{i}.json"
-            path.write_text(config.model_dump_json())
-            ready = self.tmp / f"router{i}.ready"
-            cmd = [sys.executable, "-m", "mainsail.router", "--config", str(path)]
-            proc, log = self._spawn(
-                f"router{i}", [*cmd, "--ready-file", str(ready), "--log-level", "WARNING"]
-            )
-            ports = _wait_file(ready, proc, log)
-            self.http[label] = f"http://127.0.0.1:{ports['http_port']}"
-            fleet.append(f"127.0.0.1:{ports['fleet_port']}")
+            _, ports = self.processes.start_router(f"router{i}", config, log_level="WARNING")
+            self.http[label] = ports.http
+            fleet.append(ports.fleet)
         for k in range(self.args.workers):
             spec = WorkerSpec(
                 worker_id=f"w{k}",
@@ -181,41 +165,11 @@ class Stack:
                 metrics_port=None,
                 torch_threads=1,
             )
-            path = self.tmp / f"worker{k}.json"
-            path.write_text(spec.model_dump_json())
-            self._spawn(
-                f"worker{k}", [sys.executable, "-m", "mainsail.workers", "--spec", str(path)]
-            )
-        deadline = time.monotonic() + 300
-        for label, base in self.http.items():
-            while (
-                httpx.get(f"{base}/health", timeout=10).json().get("workers") != self.args.workers
-            ):
-                if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
-                    logs = "\n".join(p.read_text()[-800:] for p in self.tmp.glob("*.log"))
-                    raise RuntimeError(f"{label}: workers not registered\n{logs}")
-                time.sleep(0.2)
+            self.processes.start_worker(f"worker{k}", spec)
+        self.processes.wait_registered(self.http.values(), self.args.workers, timeout=300)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def _wait_file(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{log.name}: not ready\n{log.read_text()[-1500:]}")
-        time.sleep(0.05)
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+        self.processes.stop()
 
 
 # ---------------------------------------------------------------- sending

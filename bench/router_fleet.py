@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 
 from mainsail.router.settings import RouterConfig
+from mainsail.sim.live_processes import LiveProcesses
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.checkpoint import ensure_checkpoint
@@ -48,33 +48,15 @@ PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 MAX_TOKENS = 16
 
 
-def _wait_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{log.name}: not ready\n{log.read_text()[-1500:]}")
-        time.sleep(0.05)
-    data: dict = json.loads(path.read_text())
-    return data
-
-
 class Fleet:
     """N router processes and W fake-engine workers registered with all of them."""
 
     def __init__(self, tmp: Path, model_dir: Path, routers: int, workers: int) -> None:
-        self.tmp, self.model_dir = tmp, model_dir
+        self.model_dir = model_dir
         self.n_routers, self.n_workers = routers, workers
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.processes = LiveProcesses(tmp)
         self.router_procs: list[subprocess.Popen[bytes]] = []
         self.http: list[str] = []
-
-    def _spawn(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
-        log = self.tmp / f"{name}.log"
-        proc = subprocess.Popen(
-            cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.procs.append(proc)
-        return proc, log
 
     def start(self) -> None:
         fleet: list[str] = []
@@ -82,16 +64,10 @@ class Fleet:
             config = RouterConfig(
                 model_name=MODEL, model_dir=self.model_dir, http_port=0, grpc_port=0, fleet_port=0
             )
-            path = self.tmp / f"router{i}.json"
-            path.write_text(config.model_dump_json())
-            ready = self.tmp / f"router{i}.ready"
-            ready.unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "mainsail.router", "--config", str(path)]
-            proc, log = self._spawn(f"router{i}", [*cmd, "--ready-file", str(ready)])
+            proc, ports = self.processes.start_router(f"router{i}", config, timeout=90)
             self.router_procs.append(proc)
-            ports = _wait_file(ready, proc, log)
-            self.http.append(f"http://127.0.0.1:{ports['http_port']}")
-            fleet.append(f"127.0.0.1:{ports['fleet_port']}")
+            self.http.append(ports.http)
+            fleet.append(ports.fleet)
         for k in range(self.n_workers):
             spec = WorkerSpec(
                 worker_id=f"w{k}",
@@ -103,17 +79,9 @@ class Fleet:
                 fake_engine=True,
                 metrics_port=None,
             )
-            path = self.tmp / f"worker{k}.json"
-            path.write_text(spec.model_dump_json())
-            self._spawn(
-                f"worker{k}", [sys.executable, "-m", "mainsail.workers", "--spec", str(path)]
-            )
-        deadline = time.monotonic() + 90
-        for base in self.http:  # every replica sees every worker
-            while httpx.get(f"{base}/health", timeout=5).json().get("workers") != self.n_workers:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{base}: workers not registered")
-                time.sleep(0.1)
+            self.processes.start_worker(f"worker{k}", spec)
+        # Every replica sees every worker.
+        self.processes.wait_registered(self.http, self.n_workers, timeout=90)
 
     def router_cpu(self) -> float:
         total = 0.0
@@ -123,15 +91,7 @@ class Fleet:
         return total
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        self.processes.stop(timeout=10)
 
 
 async def _one(http: httpx.AsyncClient, base: str) -> tuple[float, float]:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from mainsail.cli.local.redis_server import free_port
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.settings import RouterConfig
+from mainsail.sim.live_processes import LiveProcesses
 from mainsail.spec import sse
 from mainsail.spec.router_auth import API_KEYS_ENV
 from mainsail.spec.worker_auth import WORKER_TLS_DIR_ENV, WORKER_TOKEN_ENV, generate_token
@@ -65,8 +64,7 @@ class Stack:
             env[API_KEYS_ENV] = KEY
             env[WORKER_TOKEN_ENV] = generate_token()
             env[WORKER_TLS_DIR_ENV] = str(write(issue(), tmp / "tls"))
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.processes = LiveProcesses(tmp, env)
 
     def start(self, model_dir: Path) -> tuple[str, str]:
         config = RouterConfig(
@@ -77,43 +75,17 @@ class Stack:
             fleet_port=0,
             max_model_len=1024,
         )
-        (self.tmp / "router.json").write_text(config.model_dump_json())
-        ready = self.tmp / "ready"
-        router = subprocess.Popen(
-            [sys.executable, "-m", "mainsail.router", "--config", str(self.tmp / "router.json"),
-             "--ready-file", str(ready), "--log-level", "WARNING"],
-            env=self.env,
-        )  # fmt: skip
-        self.procs.append(router)
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if router.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("router did not start")
-            time.sleep(0.05)
-        ports = json.loads(ready.read_text())
+        _, ports = self.processes.start_router("router", config, log_level="WARNING", timeout=60)
         spec = WorkerSpec(
             worker_id="fake-0", model_name="bench", model_dir=model_dir,
-            router_address=f"127.0.0.1:{ports['fleet_port']}", port=free_port(), fake_engine=True,
+            router_address=ports.fleet, port=free_port(), fake_engine=True,
         )  # fmt: skip
-        (self.tmp / "worker.json").write_text(spec.model_dump_json())
-        self.procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "mainsail.workers", "--spec", str(self.tmp / "worker.json")],
-                env=self.env,
-            )
-        )
-        http = f"http://127.0.0.1:{ports['http_port']}"
-        while httpx.get(http + "/health").status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("worker did not register")
-            time.sleep(0.1)
-        return http, f"127.0.0.1:{ports['grpc_port']}"
+        self.processes.start_worker("worker", spec)
+        self.processes.wait_registered([ports.http], 1, timeout=60)
+        return ports.http, ports.grpc
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            proc.wait(10)
+        self.processes.stop(timeout=10)
 
 
 async def _grpc_call(stub: pb_grpc.InferenceStub, md: tuple[tuple[str, str], ...]) -> Timing:
