@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.operator_harness import LoopbackRouter, OperatorProcess, get, wait_for
+from support.operator_harness import LoopbackRouter, OperatorProcess, get, wait_for, worker_pod
 
 from mainsail.workers.worker_spec import WorkerSpec
 
@@ -134,6 +134,46 @@ def test_autoscaler_follows_the_router_load(autoscaled: Callable[..., Autoscaled
     time.sleep(2)  # two more passes: nothing moves without signals
     assert auto.replicas() == (2, 2)
     assert {"ScaledUp", "ScaledDown"} <= auto.events()
+
+
+def test_an_autoscaler_scale_in_drains_the_worker_it_removes(
+    autoscaled: Callable[..., Autoscaled],
+) -> None:
+    """The autoscaler (not `kubectl scale`) shrinking an idle pool 2 -> 1 takes the same road:
+    the operator picks the youngest worker pod, drains its worker through the real router's
+    admin API, and only then lowers the worker group with that pod in `workersToDelete`;
+    events say ScaledDown and Drained. The scale-down delay holds the pool until both pods
+    exist, then is set to 0. With real pods and streams moving: tests/cluster/
+    test_cluster_migration.py."""
+    workers = (("auto-unified-0", "unified"), ("auto-unified-1", "unified"))
+    auto = autoscaled(
+        "auto", "tiny-auto", 2,
+        {"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": 1,
+         "scaleDownDelaySeconds": 600},
+        workers=workers,
+    )  # fmt: skip
+    bed, ns = auto.bed, auto.ns
+    wait_for(lambda: auto.replicas() == (2, 2), "pool and worker group at the declared 2")
+    for i in range(2):
+        bed.kubectl("apply", "-f", "-", input=json.dumps(worker_pod(ns, "auto", "unified", i)))
+        time.sleep(1.1)  # creation times have one-second resolution: the youngest is -1
+    wait_for(lambda: "holding 2" in auto.autoscaling().get("reason", ""), "a pass holding 2")
+    patch = {"spec": {"pools": {"unified": {"autoscaling": {"scaleDownDelaySeconds": 0}}}}}
+    bed.kubectl("patch", "-n", ns, "modeldeployment", "auto", "--type=merge",
+                "-p", json.dumps(patch))  # fmt: skip
+    wait_for(lambda: auto.replicas() == (1, 1), "the autoscaler's scale-in reaching KubeRay")
+    groups = get(bed, ns, "raycluster", "auto")["spec"]["workerGroupSpecs"]
+    assert groups[0]["scaleStrategy"] == {"workersToDelete": ["auto-unified-1"]}
+    listed = httpx.get(f"http://127.0.0.1:{auto.router.http_port}/workers", timeout=10).json()
+    assert {w["id"]: w["draining"] for w in listed["data"]} == {
+        "auto-unified-0": False, "auto-unified-1": True,
+    }  # fmt: skip
+    events = bed.kubectl(
+        "get", "events", "-n", ns, "--field-selector", "involvedObject.name=auto", "-o", "json",
+    ).stdout  # fmt: skip
+    seen = {(e["reason"], e["message"]) for e in json.loads(events)["items"]}
+    assert any(r == "ScaledDown" and m.startswith("unified: 2 -> 1") for r, m in seen), seen
+    assert any(r == "Drained" and "auto-unified-1" in m for r, m in seen), seen
 
 
 def test_a_request_wakes_a_pool_scaled_to_zero(

@@ -27,6 +27,7 @@ from support.operator_harness import (
     get,
     names,
     wait_for,
+    worker_pod,
 )
 
 pytestmark = pytest.mark.integration
@@ -253,21 +254,6 @@ def test_a_deployment_can_be_deleted_while_the_operator_is_down(
         operator.start()
 
 
-def _ready_pod(ns: str, role: str, index: int) -> dict[str, Any]:
-    labels = {
-        "app.kubernetes.io/managed-by": "mainsail-operator",
-        "app.kubernetes.io/component": "worker",
-        "app.kubernetes.io/instance": "tiny",
-        "mainsail.dev/deployment": "tiny",
-        "mainsail.dev/role": role,
-    }
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"tiny-{role}-{index}", "namespace": ns, "labels": labels},
-        "spec": {"containers": [{"name": "w", "image": "example.invalid/worker:0"}]},
-    }  # fmt: skip
-
-
 def _mark_ready(bed: Any, ns: str, kind: str, name: str) -> None:
     """Write a workload's status as its controller would once every replica is ready."""
     obj = get(bed, ns, kind, name)
@@ -307,7 +293,7 @@ def test_status_is_ready_only_with_workers_registered_at_a_reachable_router(
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
         }
         for i in range(replicas):
-            bed.kubectl("apply", "-f", "-", input=json.dumps(_ready_pod(ns, "unified", i)))
+            bed.kubectl("apply", "-f", "-", input=json.dumps(worker_pod(ns, "tiny", "unified", i)))
             bed.kubectl(
                 "patch", "-n", ns, "pod", f"tiny-unified-{i}", "--subresource=status",
                 "--type=merge", "-p", json.dumps(ready),
@@ -397,7 +383,7 @@ def test_scaling_down_drains_the_chosen_worker_before_kuberay_removes_its_pod(
         bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
         wait_for(lambda: ("RayCluster", "tiny") in names(bed, ns), "the RayCluster")
         for i in range(2):
-            bed.kubectl("apply", "-f", "-", input=json.dumps(_ready_pod(ns, "unified", i)))
+            bed.kubectl("apply", "-f", "-", input=json.dumps(worker_pod(ns, "tiny", "unified", i)))
             time.sleep(1.1)  # creation times have one-second resolution: the youngest is -1
         bed.kubectl("scale", "-n", ns, "servingpool", "tiny-unified", "--replicas=1")
 

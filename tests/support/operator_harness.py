@@ -223,6 +223,24 @@ def apply_example(bed: Any, ns: str, example: Path) -> dict[str, Any]:
     return md
 
 
+def worker_pod(ns: str, deployment: str, role: str, index: int) -> dict[str, Any]:
+    """A pod labelled as the operator labels a deployment's Ray worker pods, named as KubeRay
+    names them (`<deployment>-<role>-<index>`; on a cluster a worker's id is its pod's name).
+    Nothing runs it on this API-server-only bed: it stands for the pod a scale-down removes."""
+    labels = {
+        "app.kubernetes.io/managed-by": "mainsail-operator",
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/instance": deployment,
+        "mainsail.dev/deployment": deployment,
+        "mainsail.dev/role": role,
+    }
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{deployment}-{role}-{index}", "namespace": ns, "labels": labels},
+        "spec": {"containers": [{"name": "w", "image": "example.invalid/worker:0"}]},
+    }  # fmt: skip
+
+
 def condition(md: dict[str, Any], kind: str) -> tuple[str, str]:
     found = next(c for c in md["status"]["conditions"] if c["type"] == kind)
     return found["status"], found["reason"]
