@@ -63,7 +63,24 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="Write the endpoints as JSON to this file once serving (for scripts).",
     )
+    up.add_argument(
+        "--autoscale-seconds",
+        type=float,
+        default=5.0,
+        help="Seconds between expert-parallel autoscaler rounds (deployments with "
+        "engine.expertParallel; default: 5).",
+    )
     up.add_argument("--quiet", action="store_true", help="No progress display.")
+
+    status = sub.add_parser(
+        "status",
+        help="Show a local stack's expert-parallel degree, last decision and events.",
+        description="Read the status file `mainsail up` names at start (its ready file's "
+        "`status_file`) and the stack's router: each pool's degree, the autoscaler's last "
+        "decision with its reason, each worker's live degree, and the recent changes.",
+    )
+    status.add_argument("file", type=Path, help="The status file `mainsail up` printed.")
+    status.add_argument("--json", action="store_true", help="Print JSON instead of text.")
 
     model = sub.add_parser("model", help="Model checkpoints.")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
@@ -129,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mainsail.cli.up import run_up
 
         return run_up(args)
+    if args.command == "status":
+        from mainsail.cli.status_cmd import main as status_main
+
+        return status_main(args.file, args.json)
     if args.command == "model":
         from mainsail.workers.checkpoint import generate_checkpoint
 

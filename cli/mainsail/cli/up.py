@@ -47,6 +47,9 @@ def usage_text(endpoints: dict[str, object]) -> str:
         replicas = (
             f"\n  routers      {len(routers)} replicas, active-active (any one serves):{lines}"
         )
+    status_file = endpoints.get("status_file")
+    if status_file:
+        replicas += f"\n  status       mainsail status {status_file}  (expert-parallel degree)"
     return f"""
 Mainsail is serving `{model}`:
   OpenAI HTTP  {base}
@@ -80,6 +83,12 @@ def run_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not args.autoscale_seconds > 0:
+        print(
+            f"mainsail up: --autoscale-seconds must be > 0, got {args.autoscale_seconds}",
+            file=sys.stderr,
+        )
+        return 2
     options = StackOptions(
         host=args.host,
         http_port=args.http_port,
@@ -89,6 +98,7 @@ def run_up(args: argparse.Namespace) -> int:
         routers=args.routers,
         model_cache=args.model_cache,
         ready_file=args.ready_file,
+        autoscale_seconds=args.autoscale_seconds,
     )
     stop = threading.Event()
 

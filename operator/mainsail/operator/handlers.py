@@ -117,8 +117,7 @@ class Runtime:
             return
         kbody = kopf.Body(cast(kopf.RawBody, dict(body)))
         for change in result.changes:
-            message = f"{change.role}: expertParallel {change.before} -> {change.after} "
-            message += f"({change.reason})"
+            message = change.message
             if change.ok:
                 kopf.event(kbody, type="Normal", reason="ExpertsScaled", message=message[:1000])
             else:

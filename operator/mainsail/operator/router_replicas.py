@@ -14,6 +14,8 @@ without a controller manager) the Service URL is the one answer: one replica rea
 
 `read_every_replica` is the read both autoscalers share (replica pool sizes, `autoscaler`;
 expert-parallel degree, `expert_scaler`): every replica at once, each failure kept by URL.
+The reading itself (every URL at once, failures kept) is `replica_reads`, which `mainsail up`
+shares.
 """
 
 from __future__ import annotations
@@ -21,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from mainsail.operator.desired_config import router_peers_name
 from mainsail.operator.desired_router import router_metrics_url
 from mainsail.operator.kube import KubeApi, KubeError
 from mainsail.operator.naming import Owner
-from mainsail.operator.router_signals import SignalsUnavailable
+from mainsail.operator.replica_reads import ReplicaReads, read_urls
 from mainsail.operator.settings import OperatorSettings
 from mainsail.spec.deployment import ModelDeploymentSpec
 
@@ -96,27 +97,6 @@ def router_urls(
     return urls or [router_metrics_url(service_template, owner, spec)]
 
 
-@dataclass
-class ReplicaReads(Generic[T]):
-    """What reading every router replica gave: the readings, and ``url: error`` per failure."""
-
-    read: list[T] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-    @property
-    def unavailable(self) -> str | None:
-        """Why nothing was read (None when some replica was)."""
-        return None if self.read else "; ".join(self.failed)
-
-    @property
-    def partial(self) -> str | None:
-        """Some replicas read, not all: what a pass says when it holds a scale-down."""
-        if not self.read or not self.failed:
-            return None
-        total = len(self.read) + len(self.failed)
-        return f"{len(self.read)}/{total} router replicas read ({'; '.join(self.failed)})"
-
-
 async def read_every_replica(
     api: KubeApi,
     settings: OperatorSettings,
@@ -124,8 +104,9 @@ async def read_every_replica(
     spec: ModelDeploymentSpec,
     read: Callable[[str], Awaitable[T]],
 ) -> ReplicaReads[T]:
-    """``read`` every serving replica's metrics URL (`router_urls`) at once. A replica that
-    raises `SignalsUnavailable` is a failure of that replica; any other error propagates."""
+    """``read`` every serving replica's metrics URL (`router_urls`) at once
+    (`replica_reads.read_urls`: a replica raising `SignalsUnavailable` is that replica's
+    failure; any other error propagates)."""
     urls = await asyncio.to_thread(
         router_urls,
         api,
@@ -134,13 +115,4 @@ async def read_every_replica(
         owner,
         spec,
     )
-    results = await asyncio.gather(*(read(url) for url in urls), return_exceptions=True)
-    out: ReplicaReads[T] = ReplicaReads()
-    for url, result in zip(urls, results, strict=True):
-        if isinstance(result, SignalsUnavailable):
-            out.failed.append(f"{url}: {result}")
-        elif isinstance(result, BaseException):
-            raise result
-        else:
-            out.read.append(result)
-    return out
+    return await read_urls(urls, read)

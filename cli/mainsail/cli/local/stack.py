@@ -89,6 +89,7 @@ class StackOptions:
     model_cache: Path | None = None
     ready_file: Path | None = None
     startup_timeout: float = 300.0
+    autoscale_seconds: float = 5.0  # between expert-parallel autoscaler rounds
 
 
 @dataclass
@@ -122,6 +123,7 @@ class LocalStack:
     ray_started: bool = False
     _supervisor_thread: threading.Thread | None = None
     _supervisor_stop: threading.Event | None = None
+    _experts: tuple[threading.Thread, threading.Event] | None = None
     _workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mainsail-up-")))
 
     # ---------------------------------------------------------------- start
@@ -141,6 +143,7 @@ class LocalStack:
         self._start_router()
         self._start_ray()
         self._start_workers()
+        self._start_expert_autoscaler()
         if self.options.ready_file is not None:
             self.options.ready_file.write_text(json.dumps(self.endpoints()))
 
@@ -330,6 +333,42 @@ class LocalStack:
         self.supervisor.wait_ready(self.options.startup_timeout, self.progress)
         self._supervisor_thread, self._supervisor_stop = self.supervisor.start_background()
 
+    def _start_expert_autoscaler(self) -> None:
+        """With ``engine.expertParallel`` set, the operator's expert-parallel round every
+        ``autoscale_seconds`` against this stack's routers (`expert_autoscale`)."""
+        spec = self.deployment.spec
+        if spec.engine.expert_parallel is None:
+            return
+        from mainsail.cli.local.expert_autoscale import LocalExpertScaler
+        from mainsail.operator.expert_signals import HttpExpertRouter
+
+        host = self._dial_host()
+        scaler = LocalExpertScaler(
+            spec,
+            [f"http://{host}:{r.http_port}/metrics" for r in self.routers],
+            f"http://{host}:{self.http_port}",
+            self.status_file,
+            HttpExpertRouter(timeout_seconds=30),
+            interval=self.options.autoscale_seconds,
+            say=lambda line: print(f"mainsail up: {line}", file=sys.stderr, flush=True),
+        )
+        ep = spec.engine.expert_parallel
+        self.progress(
+            f"Expert-parallel autoscaler: ep {ep.min}..{ep.max}, "
+            f"every {self.options.autoscale_seconds:g} s"
+        )
+        self._experts = scaler.start_background()
+
+    @property
+    def status_file(self) -> Path:
+        """Where the expert-parallel autoscaler writes its status (`mainsail status`)."""
+        return self._workdir / "status.json"
+
+    def _dial_host(self) -> str:
+        """The address this process reaches its own routers at (loopback for a wildcard)."""
+        host = self.options.host
+        return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
     def _total_replicas(self) -> int:
         return sum(self._replicas(p.replicas) for p in self._pools().values())
 
@@ -349,6 +388,9 @@ class LocalStack:
             "workers": self._total_replicas(),
             "model_dir": str(self.model_dir),
             "router_log": str(self._workdir / "router.log"),
+            "status_file": (
+                str(self.status_file) if self.deployment.spec.engine.expert_parallel else None
+            ),
             "routers": [
                 {
                     "http": f"http://{host}:{r.http_port}",
@@ -366,7 +408,11 @@ class LocalStack:
     # ---------------------------------------------------------------- stop
 
     def stop(self) -> None:
-        """Stop workers, Ray, the router and Redis; never raises."""
+        """Stop the autoscaler, workers, Ray, the router and Redis; never raises."""
+        if self._experts is not None:
+            thread, stop = self._experts
+            stop.set()
+            thread.join(timeout=40)
         if self._supervisor_stop is not None and self._supervisor_thread is not None:
             self._supervisor_stop.set()
             self._supervisor_thread.join(timeout=30)
