@@ -59,7 +59,8 @@ def test_load_moves_up_then_idle_down_after_the_delay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
-    router, clock, said = ScriptedRouter(), Clock(), []
+    router, clock = ScriptedRouter(), Clock()
+    said: list[str] = []
     scaler = _scaler(tmp_path, router, clock, said)
     router.signals = _load(running=16, current=1)  # 8 per worker / 4 per rank: 2 ranks
     result = asyncio.run(scaler.run_pass())
@@ -94,7 +95,8 @@ def test_the_admin_token_is_sent_and_a_refusal_is_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
-    router, clock, said = ScriptedRouter(), Clock(), []
+    router, clock = ScriptedRouter(), Clock()
+    said: list[str] = []
     scaler = _scaler(tmp_path, router, clock, said)
     router.signals = _load(running=16, current=1)
     router.fail = "HTTP 409: worker is switching"
@@ -112,7 +114,8 @@ def test_the_admin_token_is_sent_and_a_refusal_is_a_warning(
 
 
 def test_unreadable_routers_hold_and_say_so(tmp_path: Path) -> None:
-    router, clock, said = ScriptedRouter(), Clock(), []
+    router, clock = ScriptedRouter(), Clock()
+    said: list[str] = []
     scaler = _scaler(tmp_path, router, clock, said)
     router.signals = _load(running=4, current=1)
     asyncio.run(scaler.run_pass())
@@ -126,7 +129,8 @@ def test_unreadable_routers_hold_and_say_so(tmp_path: Path) -> None:
 
 
 def test_partial_read_never_lowers(tmp_path: Path) -> None:
-    router, clock, said = ScriptedRouter(), Clock(), []
+    router, clock = ScriptedRouter(), Clock()
+    said: list[str] = []
     scaler = LocalExpertScaler(
         _spec(cooldownSeconds=0, scaleDownDelaySeconds=0), URLS, "http://127.0.0.1:1",
         tmp_path / "status.json", router, interval=1.0, say=said.append, clock=clock,
@@ -151,7 +155,8 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 def test_status_command_renders_file_and_refuses_other_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    router, clock, said = ScriptedRouter(), Clock(), []
+    router, clock = ScriptedRouter(), Clock()
+    said: list[str] = []
     scaler = _scaler(tmp_path, router, clock, said)
     router.signals = _load(running=16, current=1)
     asyncio.run(scaler.run_pass())
