@@ -328,7 +328,11 @@ class LocalStack:
                 tracing=spec.tracing,
             )
 
-        self.supervisor = WorkerSupervisor(name, list(self._pools()), make_spec)
+        # Detached, as on a cluster: Ray scopes a placement group to its creator only when the
+        # creator is detached (else to this driver), so a sharded worker that dies (a rank lost,
+        # a kill) would otherwise leave its rank bundles reserved until `mainsail up` ends, and
+        # its replacement would wait for room forever. `stop` kills them; `ray.shutdown` too.
+        self.supervisor = WorkerSupervisor(name, list(self._pools()), make_spec, detached=True)
         self.progress(f"Starting workers ({self._total_replicas()})")
         self.supervisor.wait_ready(self.options.startup_timeout, self.progress)
         self._supervisor_thread, self._supervisor_stop = self.supervisor.start_background()
