@@ -9,8 +9,9 @@ what a replica alone knows is the requests it holds (`mainsail_router_queued_req
     current    lowest degree a worker runs   min over replicas (the lowest over the union
                                              of the workers they heard: exact)
     switching  workers moving degree         max over replicas (the same workers)
-    tokens     tokens per expert, cumulative max per expert (counters only grow, so the
-                                             freshest replica's; never a worker twice)
+    tokens     recent tokens per expert      max per expert (each replica holds one of the
+               (decayed by the worker)       same workers' recent heartbeats: never a worker
+                                             twice; for a growing load the freshest)
 
 A replica that has not yet heard some worker (it just started) reports less tokens and fewer
 switching workers, which the max ignores, and the lowest degree of the workers it did hear,
@@ -36,7 +37,8 @@ class ExpertFigures:
     switching: int = 0
     """The role's workers still moving to another degree."""
     tokens: tuple[float, ...] = ()
-    """Tokens routed to each expert so far, summed over the role's workers."""
+    """Recent tokens routed to each expert (decayed by the worker), summed over the role's
+    workers."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ more concurrent sequences; fewer ranks free CPUs/GPUs when the load falls.
 
 Signals (per pool, from the router's scrape, see `mainsail.spec.pool_signals`): the degree
 the workers run, the requests running and waiting per worker (plus those the router holds),
-and the tokens the gate routed to each expert, summed over the pool's workers. How much of a
+and the tokens the gate routed to each expert recently (decayed by the worker, as it places
+experts by them), summed over the pool's workers. How much of a
 rank one request is worth is the spec's ``targetRequestsPerRank``::
 
     needed        = (running + waiting + queued) / workers / targetRequestsPerRank

@@ -16,7 +16,8 @@ the operator's expert-parallel autoscaler (only roles with such a worker appear)
 
     mainsail_router_expert_parallel{role}            lowest degree the role's workers run
     mainsail_router_expert_parallel_switching{role}  workers still moving to another degree
-    mainsail_router_expert_tokens{role,expert}       tokens routed to each expert, summed
+    mainsail_router_expert_tokens{role,expert}       recent tokens routed to each expert
+                                                     (decayed by the worker), summed
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def _expert_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetri
         ),
         GaugeMetricFamily(
             EXPERT_TOKENS,
-            "Tokens the gate routed to each expert, summed over the role's workers.",
+            "Recent tokens the gate routed to each expert (decayed by the worker: a token's "
+            "weight halves every 60 s), summed over the role's workers.",
             labels=[ROLE_LABEL, EXPERT_LABEL],
         ),
     )

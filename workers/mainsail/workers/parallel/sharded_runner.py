@@ -31,7 +31,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from mainsail.workers.parallel.plan import (
 )
 from mainsail.workers.parallel.rank import Membership
 from mainsail.workers.parallel.ray_ranks import RankHandle, RayRanks
+from mainsail.workers.parallel.recent_load import RecentLoad, observe
 from mainsail.workers.parallel.shard_model import model_shape
 from mainsail.workers.rank_actor import RankSetup
 
@@ -103,6 +104,7 @@ class ShardedRunner:
         num_threads: int = 1,
         resources: Mapping[str, float] | None = None,
         adapters: Sequence[tuple[str, str]] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         shape = model_shape(cfg)
         check_tensor_parallel(shape, tp)
@@ -128,6 +130,8 @@ class ShardedRunner:
         self.ep_max, self.warm_spares = ep_max, warm_spares
         self._spares: list[RankHandle] = []
         self._closed = False
+        self._clock = clock
+        self._load = RecentLoad()
         self._refilling = False
         self._spare_numbers = itertools.count(SPARE_NUMBERS)
         try:
@@ -182,9 +186,13 @@ class ShardedRunner:
     # Elastic expert parallelism -------------------------------------------------------
 
     def expert_load(self) -> list[float]:
-        """Tokens routed to each expert so far, summed over the MoE layers (from rank 0)."""
+        """Recent tokens routed to each expert, summed over the MoE layers: rank 0's counters
+        read now, decayed with a half-life of `recent_load.HALF_LIFE_S` (placement and the
+        autoscaler follow what the model is asked now, not since start)."""
         per_layer = self.ranks.call(self.handles[:1], "expert_load")[0]
-        return [float(sum(col)) for col in zip(*per_layer, strict=True)] if per_layer else []
+        counts = [float(sum(col)) for col in zip(*per_layer, strict=True)] if per_layer else []
+        self._load = observe(self._load, counts, self._clock())
+        return list(self._load.recent)
 
     def start_resize(self, ep: int) -> Resize:
         """Begin moving to ``ep`` expert ranks: placement from measured load, joining ranks
