@@ -794,8 +794,9 @@ class LoadSnapshot(_message.Message):
     """A sharded mixture-of-experts worker (docs/parallelism.md): the expert-parallel degree it
     runs (0 = not a sharded MoE worker), the degree it is moving to (equal to expert_parallel
     when no change is under way; see Worker.ScaleExperts), and the tokens its gate routed to
-    each expert since it started, summed over the MoE layers (one figure per expert; refreshed
-    every few seconds). The operator's expert-parallel autoscaler reads them via the router.
+    each expert recently (decayed: a token's weight halves every 60 s), summed over the MoE
+    layers (one figure per expert; refreshed every few seconds; the figures it places experts
+    by). The operator's expert-parallel autoscaler reads them via the router.
     """
     expert_parallel_target: _builtins.int
     @_builtins.property
