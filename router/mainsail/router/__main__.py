@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
+from mainsail.spec.ready_file import write_ready_file
 
 
 async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
@@ -33,15 +33,12 @@ async def _serve(config: RouterConfig, ready_file: Path | None, parent_pid: int 
     gc.collect()
     gc.freeze()
     if ready_file is not None:
-        ready_file.write_text(
-            json.dumps(
-                {
-                    "http_port": server.http_port,
-                    "grpc_port": server.grpc_port,
-                    "fleet_port": server.fleet_port,
-                }
-            )
-        )
+        ports = {
+            "http_port": server.http_port,
+            "grpc_port": server.grpc_port,
+            "fleet_port": server.fleet_port,
+        }
+        write_ready_file(ready_file, ports)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

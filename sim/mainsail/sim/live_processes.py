@@ -112,16 +112,14 @@ class LiveProcesses:
     def wait_ready_file(
         self, name: str, path: Path, proc: subprocess.Popen[bytes], timeout: float
     ) -> dict[str, int]:
-        """The JSON ``proc`` writes to ``path`` once it serves (read again while it is still
-        being written); `RuntimeError` if ``proc`` exits first or ``timeout`` passes."""
+        """The JSON ``proc`` writes to ``path`` once it serves (whole: it is written
+        atomically, `mainsail.spec.ready_file`); `RuntimeError` if ``proc`` exits first or
+        ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while True:
             if path.exists():
-                try:
-                    data: dict[str, int] = json.loads(path.read_text())
-                    return data
-                except ValueError:
-                    pass  # caught mid-write
+                data: dict[str, int] = json.loads(path.read_text())
+                return data
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name}: not ready\n{self.tail(name)}")
             time.sleep(0.05)

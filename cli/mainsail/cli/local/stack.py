@@ -31,6 +31,7 @@ from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.spec.engine_settings import EngineSettings
+from mainsail.spec.ready_file import write_ready_file
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.ray_actor import pool_resource
 from mainsail.workers.supervisor import WorkerSupervisor
@@ -145,7 +146,7 @@ class LocalStack:
         self._start_workers()
         self._start_expert_autoscaler()
         if self.options.ready_file is not None:
-            self.options.ready_file.write_text(json.dumps(self.endpoints()))
+            write_ready_file(self.options.ready_file, self.endpoints())
 
     def _prepare_model(self) -> None:
         source = self.deployment.spec.model
