@@ -47,6 +47,10 @@ replay and printed. Bounded: per request, per replay, and `--max-minutes` for th
         --policies "ours (default),least-work" --repeats 5 \
         --extra 'no counts={"scorers": [{"name": "prefill-time", "weight": 2}]}'
                                                         # a weight change against the bar
+    .venv/bin/python bench/live_goodput.py --traces mooncake --rates mooncake=5,6.5,8 \
+        --policies "ours (default),least-work" --repeats 5 --step-cost cpu-tiny \
+        --extra 'ttft={"scorers": [{"name": "ttft", "weight": 1}]}'
+                                                        # the `ttft` scorer with a step cost
 
 Figures and what they show: docs/benchmarks.md, "Goodput vs request rate, per routing policy
 (live, tiny CPU model)".
@@ -72,6 +76,7 @@ from typing import Any
 import httpx
 
 from mainsail.router.settings import RouterConfig
+from mainsail.sim.cost import load_profile
 from mainsail.sim.goodput import (
     OURS,
     POLICY_LABELS,
@@ -101,6 +106,7 @@ from mainsail.sim.live import (
 )
 from mainsail.sim.live_processes import LiveProcesses
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
+from mainsail.spec.admission import Admission
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.routing_profile import RoutingProfile
 from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
@@ -138,9 +144,20 @@ class Stack:
         slo = SLO(
             classes=CLASSES, request_bounds=RequestTargetBounds(min_ttft_ms=1, min_tpot_ms=0.1)
         )
+        admission = Admission()
+        if self.args.step_cost:
+            # The `ttft` scorer replays this model; refusal stays out of the comparison
+            # (headroom 100: no request here is predicted at 100x its target).
+            cost = load_profile(self.args.step_cost).step_cost()
+            limits = {
+                "max_num_seqs": self.engine.max_num_seqs,
+                "max_batched_tokens": self.engine.max_batched_tokens,
+            }
+            admission = Admission(step_cost=cost.model_copy(update=limits), headroom=100)
         fleet: list[str] = []
         for i, label in enumerate(labels):
             config = RouterConfig(
+                admission=admission,
                 model_name=MODEL,
                 model_dir=model_dir,
                 max_model_len=self.engine.max_model_len,
@@ -550,6 +567,16 @@ def main() -> int:
         metavar="LABEL=JSON",
         help='Another policy: a label and a RoutingProfile as JSON, e.g. \'no-counts={"scorers":'
         ' [{"name": "prefill-time", "weight": 2}]}\' (to test a change of weights).',
+    )
+    ap.add_argument(
+        "--step-cost",
+        default="",
+        metavar="PROFILE",
+        help="Give every router this simulator profile's step cost model (e.g. cpu-tiny, "
+        "measured on this machine) with the engine's batch limits, as "
+        "spec.router.admission.stepCost at headroom 100 (predictions on, refusals out of "
+        "reach): the `ttft` scorer replays it. Default: none (that scorer then prices "
+        "prefill only).",
     )
     ap.add_argument("--img", type=Path, help="Where the PNGs go (default docs/img; --quick: out/).")
     ap.add_argument(
