@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import multiprocessing
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,54 @@ def _slices(run: RunResult, slo: SLOTargets, trace: list[TraceRequest]) -> tuple
     return per["class"], per["tenant"]
 
 
+@dataclass(frozen=True)
+class _Cell:
+    """One simulation of the grid: a trace at a rate, a seed and a policy."""
+
+    trace: str
+    seed: int
+    rate: float
+    label: str
+    policy: str
+    routing: RoutingProfile | None
+    workers: int
+    window: float
+    block_size: int
+
+
+@functools.cache
+def _trace(name: str) -> list[TraceRequest]:
+    """One load per process (read-only afterwards)."""
+    return load_trace(name)
+
+
+@functools.cache
+def _hasher(block_size: int) -> PromptHasher:
+    """One per process: it caches hashed prompts across the cells it runs."""
+    return PromptHasher(block_size)
+
+
+def _run_cell(cell: _Cell) -> tuple[float, tuple[Slice, Slice] | None]:
+    """SLO attainment of one cell, and its class/tenant slices for seed 0. Deterministic for
+    its inputs (simulated time), so cells may run in any order and any process."""
+    base = _trace(cell.trace)
+    trace = scale_trace(
+        base,
+        time_scale=cell.rate,
+        jitter_s=default_jitter_s(cell.trace) / cell.rate,
+        duration_s=cell.window / cell.rate,
+        seed=cell.seed,
+    )
+    settings = SimSettings(workers=cell.workers, block_size=cell.block_size, seed=cell.seed)
+    if cell.routing is not None:
+        settings = dataclasses.replace(settings, routing=cell.routing)
+    run = run_policy(
+        cell.policy, trace, load_profile("h100"), settings, PromptHasher(cell.block_size)
+    )
+    slo = SLOTargets()
+    return summarise(run, slo).slo_attainment, _slices(run, slo, trace) if cell.seed == 0 else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", default="mooncake,azure-conv")
@@ -78,6 +129,12 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("out/sim_goodput"))
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Simulations run in parallel processes (results are the same: simulated time).",
+    )
     ap.add_argument(
         "--policies",
         default=",".join(POLICIES),
@@ -100,9 +157,6 @@ def main() -> int:
     for item in args.extra:
         label, _, doc = item.partition("=")
         policies[label] = ("ours", RoutingProfile.model_validate_json(doc))
-    slo = SLOTargets()
-    gpu = load_profile("h100")
-    hasher = PromptHasher(args.block_size)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for name in args.traces.split(","):
@@ -115,23 +169,21 @@ def main() -> int:
         )
         att: dict[str, dict[float, list[float]]] = {p: {r: [] for r in rates} for p in policies}
         sliced: dict[tuple[str, float], tuple[Slice, Slice]] = {}
-        for seed in range(args.seeds):
-            for rate in rates:
-                trace = scale_trace(
-                    base,
-                    time_scale=rate,
-                    jitter_s=default_jitter_s(name) / rate,
-                    duration_s=args.window / rate,
-                    seed=seed,
-                )
-                for label, (policy, routing) in policies.items():
-                    settings = SimSettings(workers=workers, block_size=args.block_size, seed=seed)
-                    if routing is not None:
-                        settings = dataclasses.replace(settings, routing=routing)
-                    run = run_policy(policy, trace, gpu, settings, hasher)
-                    att[label][rate].append(summarise(run, slo).slo_attainment)
-                    if seed == 0:
-                        sliced[label, rate] = _slices(run, slo, trace)
+        grid = [
+            _Cell(name, seed, rate, label, policy, routing, workers, args.window, args.block_size)
+            for seed in range(args.seeds)
+            for rate in rates
+            for label, (policy, routing) in policies.items()
+        ]
+        if args.jobs > 1:
+            with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+                outcomes = pool.map(_run_cell, grid, chunksize=1)
+        else:
+            outcomes = [_run_cell(cell) for cell in grid]
+        for cell, (attained, slices) in zip(grid, outcomes, strict=True):
+            att[cell.label][cell.rate].append(attained)
+            if slices is not None:
+                sliced[cell.label, cell.rate] = slices
         print(
             "| policy | goodput req/s (median) | "
             + " | ".join(f"SLO met @{r:g}x" for r in rates)
