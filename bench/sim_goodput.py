@@ -130,6 +130,12 @@ def main() -> int:
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("out/sim_goodput"))
     ap.add_argument(
+        "--rates",
+        default="",
+        help="Comma-separated rate multipliers of the trace (default: the trace's grid). "
+        "Goodput counts from the lowest one given.",
+    )
+    ap.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -162,6 +168,8 @@ def main() -> int:
     for name in args.traces.split(","):
         base = load_trace(name)
         workers, rates = CLUSTER[name], RATES[name]
+        if args.rates:
+            rates = tuple(sorted(float(r) for r in args.rates.split(",")))
         base_rps = sum(1 for r in base if r.arrival_s < args.window) / args.window
         print(
             f"\n## {name}: {workers} x H100, first {args.window:g} s of the trace "
