@@ -7,8 +7,8 @@ path costs, not what GPUs would do). One engine (``expert_parallel`` 1, max ``--
 serves a closed-loop load (``--in-flight`` greedy requests of ``--tokens`` tokens,
 replaced as they finish). One round of a variant, all under that load:
 
-    steady at 1 rank (W s) | scale up: window (W s from the request) | settle |
-    steady at 2 ranks (W s) | scale down: window (W s) | settle | steady at 1 rank (W s)
+    steady at 1 rank (S s) | scale up: window (W s from the request) | settle |
+    steady at 2 ranks (S s) | scale down: window (W s) | settle | steady at 1 rank (S s)
 
 The window fraction (``fraction``) is the tokens served in the ``W`` seconds that start at
 the scale request, divided by the tokens the worker serves in steady state over the same
@@ -31,7 +31,8 @@ inside one run (A, B, A, B, ...), so a change in the machine's load hits both. A
 timed once per round pair: building a fresh engine with 2 expert ranks (ranks started,
 weights loaded), what a worker restart with the new degree costs before it can serve.
 Prints every window, then medians per variant and direction with the 1-minute load
-average. Usage: `python bench/elastic_ep.py [--rounds 5] [--window 12]`.
+average. Usage: `python bench/elastic_ep.py [--rounds 5] [--window 20] [--steady 8]
+[--max 2] [--variants warm_spare no_spare]`.
 """
 
 from __future__ import annotations
@@ -173,7 +174,9 @@ def set_spares(load: Load, spares: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="rounds per variant")
-    parser.add_argument("--window", type=float, default=12.0, help="W, seconds")
+    parser.add_argument("--window", type=float, default=20.0, help="W, seconds")
+    parser.add_argument("--steady", type=float, default=8.0, help="each steady phase, seconds")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--max", type=int, default=2, help="expertParallel.max")
@@ -197,19 +200,19 @@ def main() -> None:
         EngineConfig(**{**config.__dict__, "expert_parallel": 1, "expert_parallel_max": args.max}),
     )
     load = Load(engine, args.in_flight, args.tokens)
-    w = args.window
+    w, steady = args.window, args.steady
     try:
         load.settle()
         for round_ in range(args.rounds):
-            for name, spares in VARIANTS.items():
-                set_spares(load, spares)
-                one = load.steady(w)
+            for name in args.variants:
+                set_spares(load, VARIANTS[name])
+                one = load.steady(steady)
                 up = load.window(2, w)
                 load.settle()
-                two = load.steady(w)
+                two = load.steady(steady)
                 down = load.window(1, w)
                 load.settle()
-                one_after = load.steady(w)
+                one_after = load.steady(steady)
                 for direction, win, old, new in (
                     ("up", up, one, two),
                     ("down", down, two, one_after),
@@ -243,6 +246,7 @@ def main() -> None:
         json.dumps(
             {
                 "window_s": w,
+                "steady_s": steady,
                 "rounds": args.rounds,
                 "expert_parallel_max": args.max,
                 "restart_s_median": round(statistics.median(restart), 2) if restart else None,
