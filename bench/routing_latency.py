@@ -149,7 +149,7 @@ def run_case(workers: int, tokens: int, block_size: int, iterations: int, seed: 
 
     def decide() -> object:
         hits = index.longest_prefix(request.block_hashes)
-        return profile.schedule(SchedulingContext(request, snapshots, hits, 0.0))
+        return profile.schedule(SchedulingContext(request, snapshots, hits, now=0.0))
 
     decide()  # warm up
     _, lookup = timed(lambda: index.longest_prefix(request.block_hashes), iterations)

@@ -65,7 +65,7 @@ def sink(port: int, out: Path) -> int:
             return ts.ExportTraceServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    ts_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    ts_grpc.add_TraceServiceServicer_to_server(Receiver(), server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
 

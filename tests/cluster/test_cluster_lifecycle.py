@@ -151,7 +151,9 @@ def deployed(node_cluster: Node) -> Iterator[tuple[Node, str]]:
 def _worker_pod(node: Node, ns: str, role: str) -> dict[str, Any]:
     selector = f"mainsail.dev/role={role},app.kubernetes.io/component=worker"
     items = json.loads(node.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout)
-    pods = [p for p in items["items"] if not p["metadata"].get("deletionTimestamp")]
+    pods: list[dict[str, Any]] = [
+        p for p in items["items"] if not p["metadata"].get("deletionTimestamp")
+    ]
     assert len(pods) == 1, f"{role}: {[p['metadata']['name'] for p in pods]}"
     return pods[0]
 

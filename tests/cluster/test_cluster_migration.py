@@ -357,7 +357,7 @@ def _one_process_text(prompt: str) -> str:
         engine = Engine(model, EngineConfig(max_model_len=1024))
         params = SamplingParams(temperature=0.0, max_tokens=SHARD_TOKENS, ignore_eos=True)
         engine.add_request(EngineRequest("reference", Tokenizer(model).encode(prompt), params))
-        text = []
+        text: list[str] = []
         for _ in range(10 * SHARD_TOKENS + 100):
             if not engine.has_unfinished():
                 return "".join(text)

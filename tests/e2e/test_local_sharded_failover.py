@@ -68,7 +68,7 @@ def rank_pids(stack: dict[str, Any], worker_pid: int) -> list[int]:
     listening = {
         c.laddr.port: c.pid
         for c in psutil.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN and c.pid in ranks
+        if c.status == psutil.CONN_LISTEN and c.pid in ranks and c.laddr
     }
     dialled = {c.raddr.port for c in psutil.Process(worker_pid).net_connections("tcp") if c.raddr}
     return sorted({listening[p] for p in dialled if p in listening})

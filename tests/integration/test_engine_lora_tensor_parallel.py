@@ -20,6 +20,7 @@ from support.ray_local import local_ray
 from support.sharded import assert_matches, engine_config, random_prompt, run_to_end
 
 from mainsail.workers.checkpoint import ensure_checkpoint, generate_adapter
+from mainsail.workers.checkpoint_location import Arch
 from mainsail.workers.engine import Engine
 from mainsail.workers.models import CheckpointError
 
@@ -41,7 +42,7 @@ def _adapters(model: Path, root: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("arch", ["llama", "mixtral"])
 def test_lora_tp2_matches_one_process(
-    ray_local: None, arch: str, tmp_path_factory: pytest.TempPathFactory
+    ray_local: None, arch: Arch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     model = ensure_checkpoint(arch)
     adapters = _adapters(model, tmp_path_factory.mktemp(f"lora-tp-{arch}"))

@@ -41,7 +41,7 @@ from mainsail.workers.engine import (
     SamplingParams,
 )
 from mainsail.workers.host import WorkerHost
-from mainsail.workers.kvtier import FetchPolicy, RedisTierFactory
+from mainsail.workers.kvtier import FetchPolicy, RedisKVTier, RedisTierFactory
 from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.integration
@@ -195,8 +195,10 @@ def test_property_fetch_equals_recompute_under_eviction(
         usable = len(hashes)
         if missing is not None and missing < len(hashes):
             assert reader.kv_tier is not None
+            tier = reader.kv_tier.tier
+            assert isinstance(tier, RedisKVTier)  # one server, so not sharded
             with redis.Redis.from_url(server.url) as client:
-                client.delete(reader.kv_tier.tier.key(hashes[missing]))
+                client.delete(tier.key(hashes[missing]))
             usable = missing
         filler = {f"f{i}": prompt(60, salt + 1000 + i) for i in range(3)}
         serve(reader, filler)  # fill the reader's small cache with other blocks

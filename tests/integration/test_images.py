@@ -65,9 +65,10 @@ class Unpacked:
     def run(
         self, *argv: str, timeout: float = 120.0, loopback: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        return image_run.run_in_image(
+        done: subprocess.CompletedProcess[str] = image_run.run_in_image(
             self.rootfs, self.config, list(argv), timeout=timeout, loopback=loopback
         )
+        return done
 
     def ok(self, *argv: str, timeout: float = 120.0, loopback: bool = False) -> str:
         done = self.run(*argv, timeout=timeout, loopback=loopback)

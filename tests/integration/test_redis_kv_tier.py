@@ -59,7 +59,7 @@ def test_the_installed_redis_py_keeps_the_socket_where_the_tier_reads_it(
     pool = redis.Redis.from_url(server.url).connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command(pack([(b"SET", b"k", b"v")] * 2))
+        conn.send_packed_command(pack([(b"SET", b"k", b"v")] * 2))  # type: ignore[no-untyped-call]
         assert connection_socket(conn) is not None
         read_ok(conn, 2)  # both replies read straight from that socket
     finally:

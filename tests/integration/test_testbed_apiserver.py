@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import KubeTestbed
+    from integration.conftest import KubeTestbed
 
 pytestmark = pytest.mark.integration
 

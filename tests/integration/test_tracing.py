@@ -108,11 +108,11 @@ def _everything_recorded(spans: list[ReadableSpan]) -> str:
     parts: list[str] = []
     for span in spans:
         parts.append(span.name)
-        parts.extend(f"{k}={v}" for k, v in (span.attributes or {}).items())
+        parts.extend(f"{k}={v!r}" for k, v in (span.attributes or {}).items())
         for event in span.events:
             parts.append(event.name)
-            parts.extend(f"{k}={v}" for k, v in (event.attributes or {}).items())
-        parts.extend(f"{k}={v}" for k, v in span.resource.attributes.items())
+            parts.extend(f"{k}={v!r}" for k, v in (event.attributes or {}).items())
+        parts.extend(f"{k}={v!r}" for k, v in span.resource.attributes.items())
         parts.append(span.status.description or "")
     return "\n".join(parts)
 

@@ -54,7 +54,9 @@ async def test_registration_over_mutual_tls_and_every_outsider_refused(
         override = [("grpc.ssl_target_name_override", TLS_SERVER_NAME)]
         refused: dict[str, grpc.StatusCode] = {}
 
-        async def attempt(name: str, channel: grpc.aio.Channel, md: tuple[tuple[str, str], ...]):
+        async def attempt(
+            name: str, channel: grpc.aio.Channel, md: tuple[tuple[str, str], ...]
+        ) -> None:
             async with channel:
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await _register(channel, md)

@@ -49,6 +49,7 @@ def test_a_flipped_byte_makes_the_block_a_counted_miss(server: RedisServer, kv_h
     key = tier.key(3)
     offset = len(codec.header) + 100  # inside the data
     byte = raw.getrange(key, offset, offset)
+    assert isinstance(byte, bytes)  # no decode_responses: values come back as bytes
     raw.setrange(key, offset, bytes([byte[0] ^ 0x01]))
 
     out = torch.zeros((4, *codec.shape), dtype=torch.float32)

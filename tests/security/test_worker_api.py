@@ -9,7 +9,7 @@ only, naming the field, while the stream keeps serving the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -46,7 +46,7 @@ async def test_every_worker_rpc_needs_the_worker_token(tiny_model_dir: Path) -> 
     try:
         async with grpc.aio.insecure_channel(host.address) as channel:
             stub = pb_grpc.WorkerStub(channel)
-            attempts = {
+            attempts: dict[str, Callable[[tuple[tuple[str, str], ...]], Awaitable[object]]] = {
                 "Load": lambda md: stub.Load(pb.LoadRequest(), metadata=md, timeout=5),
                 "Abort": lambda md: stub.Abort(
                     pb.AbortRequest(request_id="x"), metadata=md, timeout=5
@@ -133,7 +133,7 @@ async def test_mutual_tls_refuses_clients_without_a_certificate_of_the_ca(
         await host.stop()
 
 
-BAD_REQUESTS = {
+BAD_REQUESTS: dict[str, dict[str, object]] = {
     "temperature": {"temperature": 50.0},
     "top_p": {"top_p": 0.0},
     "top_k": {"top_k": -3},

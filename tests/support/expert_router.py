@@ -28,7 +28,7 @@ class ScriptedRouter:
 
     def __init__(self) -> None:
         self.signals: dict[str, ExpertSignals] | None = None
-        self.per_url: dict[str, ExpertReading | None] = {}
+        self.per_url: Mapping[str, ExpertReading | None] = {}
         self.read: list[str] = []
         self.degrees: dict[str, int] = {"w0": 1, "w1": 1}
         self.asked: list[tuple[str, str, int]] = []

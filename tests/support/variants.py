@@ -5,6 +5,7 @@ seeded weights. Sharding tests need them to cover KV-head replication and uneven
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def llama_variant(
     gen = torch.Generator().manual_seed(seed)
 
     def linear(rows: int, cols: int) -> torch.Tensor:
-        return torch.randn(rows, cols, generator=gen) / cols**0.5
+        return torch.randn(rows, cols, generator=gen) / math.sqrt(cols)
 
     def norm() -> torch.Tensor:
         return 1.0 + 0.1 * torch.randn(hidden, generator=gen)

@@ -30,7 +30,8 @@ class FakeRay:
 
 
 def test_a_slow_start_is_retried_after_a_shutdown() -> None:
-    ray, said = FakeRay([SLOW, SLOW]), []
+    ray = FakeRay([SLOW, SLOW])
+    said: list[str] = []
     init_ray_retrying(ray.init, ray.shutdown, said.append, attempts=3)
     assert (ray.inits, ray.shutdowns) == (3, 2)
     assert len(said) == 2 and "starting it again" in said[0]

@@ -88,9 +88,9 @@ def test_decodes_run_before_a_long_prefill_takes_the_budget() -> None:
     step = _run(s, 0.01)
     assert ("long", 29) in step  # the prefill gets what the decodes leave
     for _ in range(5):
-        step = dict(_run(s, 0.02))
-        assert all(step.get(seq.request_id) == 1 for seq in decoding)  # never starved
-        assert step["long"] == 29
+        sizes = dict(_run(s, 0.02))
+        assert all(sizes.get(seq.request_id) == 1 for seq in decoding)  # never starved
+        assert sizes["long"] == 29
 
 
 def test_a_decode_due_sooner_goes_first_when_the_budget_is_short() -> None:

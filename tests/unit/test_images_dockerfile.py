@@ -127,7 +127,7 @@ def test_every_image_file_parses_and_copies_existing_context_paths(name: str) ->
 def _installed_extra(name: str) -> str:
     text = image_cache.dockerfile_path(name).read_text()
     runs = [s for s in dockerfile.parse(text).steps if isinstance(s, dockerfile.Run)]
-    extras = [w for s in runs for w in s.command.split() if w.startswith("'.[")]
+    extras: list[str] = [w for s in runs for w in s.command.split() if w.startswith("'.[")]
     assert len(extras) == 1, f"Dockerfile.{name} should install exactly one '.[extra]'"
     return extras[0].strip("'.[]")
 

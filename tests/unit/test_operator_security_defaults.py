@@ -236,9 +236,9 @@ def test_worker_pods_name_and_annotate_the_metrics_port() -> None:
     spec = _spec()
     document = DeploymentDocument(
         deployment="dense-pd",
-        kvFingerprint=spec.engine.kv_hash().fingerprint(),
+        kv_fingerprint=spec.engine.kv_hash().fingerprint(),
         spec=spec,
-        routerAddress="router:50052",
+        router_address="router:50052",
     )
     assert spec_factory(document)("decode", 0).metrics_port == WORKER_METRICS_PORT
 

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,8 @@ def _req(label: str, **fields: object) -> pb.GenerateRequest:
 
 
 class Bed:
-    def __init__(self, model_dir: Path, **config: object) -> None:
+    def __init__(self, model_dir: Path, **config: Any) -> None:
+        """``config``: `RouterConfig` fields (validated there)."""
         slo = SLO(classes=[SLOClass(name="batch", priority=-1), SLOClass(name="vip", priority=5)])
         self.router, transport = fake_router(model_dir, slo=slo, **config)
         self.worker: FakeWorker = add_fake_worker(self.router, transport, "w", pause_after=1)

@@ -13,7 +13,8 @@ class Events:
     def __init__(self) -> None:
         self.log: list[tuple[str, str, list[int]]] = []
 
-    def __call__(self, worker_id: str, kind: str, hashes: list[int]) -> None:
+    def __call__(self, worker_id: str, kind: str, hashes: list[int], tier: str = "device") -> None:
+        assert tier == "device"  # SimKVCache models device memory only
         self.log.append((worker_id, kind, list(hashes)))
 
 

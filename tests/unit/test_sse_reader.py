@@ -4,6 +4,7 @@ back exactly what the router's front writes."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,10 @@ from mainsail.spec import sse
 
 pytestmark = pytest.mark.unit
 
-EVENTS = [{"id": "a", "choices": [{"text": "x"}]}, {"usage": {"prompt_tokens": 3}}]
+EVENTS: list[dict[str, Any]] = [
+    {"id": "a", "choices": [{"text": "x"}]},
+    {"usage": {"prompt_tokens": 3}},
+]
 BODY = b"".join(sse_event(e) for e in EVENTS) + b"data: [DONE]\n\n"
 
 
