@@ -29,8 +29,8 @@ test-cluster: setup ## Cluster tier only: real pods on a one-node Kubernetes (ne
 lint: setup ## ruff + import-linter contracts
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
-typecheck: setup ## mypy --strict over every component
-	@$(VENV)/bin/mypy proto/mainsail workers/mainsail router/mainsail operator/mainsail cli/mainsail sim/mainsail
+typecheck: setup ## mypy --strict over every component, the tests and the benchmarks
+	@$(VENV)/bin/mypy proto/mainsail workers/mainsail router/mainsail operator/mainsail cli/mainsail sim/mainsail tests bench
 
 proto: setup ## Regenerate the gRPC stubs from proto/mainsail/proto/v1/mainsail.proto
 	@scripts/gen_proto.sh

@@ -50,8 +50,8 @@ ruff check .
 ruff format --check .
 step "import contracts"
 lint-imports
-step "mypy --strict"
-mypy proto/mainsail workers/mainsail router/mainsail operator/mainsail cli/mainsail sim/mainsail
+step "mypy --strict (components, tests, benchmarks)"
+mypy proto/mainsail workers/mainsail router/mainsail operator/mainsail cli/mainsail sim/mainsail tests bench
 
 step "pytest (unit, integration, e2e, cluster)"
 python -m pytest tests -q -ra --durations=25 "$@"
