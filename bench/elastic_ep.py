@@ -55,6 +55,7 @@ from mainsail.workers.parallel import ShardedRunner
 VARIANTS = {"warm_spare": 1, "no_spare": 0}
 SPARE_WAIT_S = 180.0
 SETTLE_S = 1.0
+POLL_WAIT_S = 0.02
 RANK_CPU = {"CPU": 0.5}
 
 
@@ -101,7 +102,13 @@ class Load:
         spares = runner.spares
         if len(spares) < runner.spares_wanted():
             return False
-        return all(ray.get([s.actor.ready.remote() for s in spares]))
+        if not spares:
+            return True
+        # Never block: a spare whose Ray worker is still starting answers only once it runs,
+        # and waiting for it here would stall the load (the worker itself never waits).
+        refs = [s.actor.ready.remote() for s in spares]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_WAIT_S)
+        return len(done) == len(refs) and all(ray.get(done))
 
     def settle(self) -> None:
         deadline = time.monotonic() + SPARE_WAIT_S
