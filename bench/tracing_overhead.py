@@ -37,6 +37,7 @@ from router_overhead import Timing, _concurrent, _pct, _sequential, _via_grpc, _
 from mainsail.cli.local.redis_server import free_port
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.settings import RouterConfig
+from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
 from mainsail.spec.tracing import Tracing
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.worker_spec import WorkerSpec
@@ -136,9 +137,11 @@ def _stack(
     )
     (tmp / f"{name}-router.json").write_text(config.model_dump_json())
     ready = tmp / f"{name}-ready"
+    admin = f"{name}-admin"  # the router's admin token (without one /workers is refused)
     router = subprocess.Popen(
         [sys.executable, "-m", "mainsail.router", "--config", str(tmp / f"{name}-router.json"),
-         "--ready-file", str(ready), "--log-level", "WARNING"]
+         "--ready-file", str(ready), "--log-level", "WARNING"],
+        env={**os.environ, ADMIN_TOKEN_ENV: admin},
     )  # fmt: skip
     procs.append(router)
     _wait_file(ready, router, f"{name} router")
@@ -161,7 +164,8 @@ def _stack(
     )
     http = f"http://127.0.0.1:{ports['http_port']}"
     deadline = time.monotonic() + 180  # a busy machine: the worker imports torch and Ray
-    while not httpx.get(http + "/workers").json()["data"]:
+    auth = {"Authorization": f"Bearer {admin}"}
+    while not httpx.get(http + "/workers", headers=auth).json()["data"]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} worker did not register")
         time.sleep(0.1)

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.stack import running_stack
+from support.stack import admin, running_stack
 
 from mainsail.cli.local.expert_autoscale import read_status
 
@@ -125,7 +125,9 @@ def test_load_moves_the_degree_up_and_idle_down_token_identically(
         up = _record(stack)
         assert up.get("current") == 2 and up.get("target") == 2, up
         assert "requests per worker" in up["reason"] and up.get("lastChange"), up
-        workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+        workers = httpx.get(stack["http"] + "/workers", headers=admin(stack), timeout=10).json()[
+            "data"
+        ]
         assert [w["expert_parallel"] for w in workers] == [2], workers
 
         # idle: after the scale-down delay (3 s) and the cooldown (5 s) it goes back to 1

@@ -24,7 +24,7 @@ import grpc
 import httpx
 import psutil
 import pytest
-from support.stack import running_stack, worker_pid, worker_pids
+from support.stack import admin, running_stack, worker_pid, worker_pids
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -133,11 +133,13 @@ def test_a_rank_killed_mid_stream_moves_the_request_token_identically(
     fresh = rank_pids(stack, again)
     assert len(fresh) == 2 and not set(fresh) & set(ranks[victim[0]]), (fresh, ranks)
     others = next(w for w in workers if w != victim[0])
-    httpx.post(f"{stack['http']}/workers/{others}/drain", timeout=10)  # only the new one serves
+    httpx.post(
+        f"{stack['http']}/workers/{others}/drain", headers=admin(stack), timeout=10
+    )  # only the new one serves
     try:
         with grpc.insecure_channel(stack["grpc"]) as channel:
             responses = list(pb_grpc.InferenceStub(channel).Generate(request, timeout=300))
         assert {r.worker_id for r in responses if r.worker_id} == {victim[0]}
         assert [t for r in responses for t in r.token_ids] == reference
     finally:
-        httpx.delete(f"{stack['http']}/workers/{others}/drain", timeout=10)
+        httpx.delete(f"{stack['http']}/workers/{others}/drain", headers=admin(stack), timeout=10)

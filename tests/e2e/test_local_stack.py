@@ -20,7 +20,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support.stack import running_stack, worker_pid, worker_pids
+from support.stack import admin, running_stack, worker_pid, worker_pids
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -185,15 +185,15 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
     assert "mainsail_router_ttft_seconds_count" in text
     assert 'mainsail_router_workers{role="unified"} 2.0' in text
     # Each worker serves its own /metrics (vLLM's names) where the router's list says.
-    workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+    workers = httpx.get(stack["http"] + "/workers", headers=admin(stack), timeout=10).json()["data"]
     assert len(workers) == stack["workers"]
     for worker in workers:
         scraped = httpx.get(f"http://{worker['metrics_address']}/metrics", timeout=10).text
         assert f'vllm:num_requests_running{{model_name="{stack["model"]}"}}' in scraped
 
 
-def _listed(router: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    data = httpx.get(router["http"] + "/workers", timeout=10).json()["data"]
+def _listed(router: dict[str, Any], auth: dict[str, str]) -> dict[str, dict[str, Any]]:
+    data = httpx.get(router["http"] + "/workers", headers=auth, timeout=10).json()["data"]
     return {w["id"]: w for w in data}
 
 
@@ -208,8 +208,11 @@ def test_every_router_replica_serves_and_hears_a_drain(stack: dict[str, Any]) ->
     """`--routers 2`: both replicas list both workers and answer the same greedy tokens; a
     drain asked through one replica is seen by the other (the worker holds it)."""
     first, second = stack["routers"]
+    auth = admin(stack)
     assert first["http"] == stack["http"] and first["pid"] != second["pid"]
-    assert set(_listed(first)) == set(_listed(second)) and len(_listed(second)) == 2
+    assert (
+        set(_listed(first, auth)) == set(_listed(second, auth)) and len(_listed(second, auth)) == 2
+    )
     texts = {
         openai.OpenAI(base_url=r["openai_base_url"], api_key="none", max_retries=0, timeout=60)
         .completions.create(
@@ -220,13 +223,20 @@ def test_every_router_replica_serves_and_hears_a_drain(stack: dict[str, Any]) ->
         for r in (first, second)
     }
     assert len(texts) == 1
-    worker = sorted(_listed(first))[0]
-    assert httpx.post(f"{second['http']}/workers/{worker}/drain", timeout=10).status_code == 200
+    worker = sorted(_listed(first, auth))[0]
+    assert (
+        httpx.post(
+            f"{second['http']}/workers/{worker}/drain", headers=admin(stack), timeout=10
+        ).status_code
+        == 200
+    )
     try:
-        _until(lambda: _listed(first)[worker]["draining"], "the drain on the other replica")
+        _until(lambda: _listed(first, auth)[worker]["draining"], "the drain on the other replica")
     finally:
-        httpx.delete(f"{first['http']}/workers/{worker}/drain", timeout=10)
-    _until(lambda: not _listed(second)[worker]["draining"], "the undrain on the other replica")
+        httpx.delete(f"{first['http']}/workers/{worker}/drain", headers=admin(stack), timeout=10)
+    _until(
+        lambda: not _listed(second, auth)[worker]["draining"], "the undrain on the other replica"
+    )
 
 
 def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> None:
@@ -253,7 +263,9 @@ def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> No
             served_by.append(last.worker_id)
             if drained is None and len(tokens) >= 20:
                 drained = last.worker_id
-                reply = httpx.post(f"{stack['http']}/workers/{drained}/drain", timeout=10)
+                reply = httpx.post(
+                    f"{stack['http']}/workers/{drained}/drain", headers=admin(stack), timeout=10
+                )
                 assert reply.json() == {"worker": drained, "draining": True, "migrated": 1}
     try:
         assert drained is not None, "the stream finished before the drain"
@@ -265,7 +277,9 @@ def test_draining_a_worker_live_migrates_its_stream(stack: dict[str, Any]) -> No
         assert "mainsail_router_migrations_total 1.0" in metrics
     finally:
         if drained is not None:
-            httpx.delete(f"{stack['http']}/workers/{drained}/drain", timeout=10)
+            httpx.delete(
+                f"{stack['http']}/workers/{drained}/drain", headers=admin(stack), timeout=10
+            )
 
 
 def test_a_worker_dying_mid_stream_costs_the_request_nothing(stack: dict[str, Any]) -> None:
@@ -314,7 +328,7 @@ def reference_prompt_tokens(stack: dict[str, Any], request: pb.GenerateRequest) 
 
 def _workers(stack: dict[str, Any]) -> dict[str, str]:
     """Registered worker id -> address, from the router's admin API."""
-    reply = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+    reply = httpx.get(stack["http"] + "/workers", headers=admin(stack), timeout=10).json()["data"]
     return {w["id"]: w["address"] for w in reply}
 
 
@@ -342,7 +356,9 @@ def test_a_killed_worker_is_replaced_and_registers_again(stack: dict[str, Any]) 
     assert set(after) == set(before)
     others = [w for w in after if w != victim]
     for other in others:  # only the replacement may take the next request
-        httpx.post(f"{stack['http']}/workers/{other}/drain", timeout=10).raise_for_status()
+        httpx.post(
+            f"{stack['http']}/workers/{other}/drain", headers=admin(stack), timeout=10
+        ).raise_for_status()
     try:
         request = pb.GenerateRequest(
             model=stack["model"],
@@ -355,4 +371,4 @@ def test_a_killed_worker_is_replaced_and_registers_again(stack: dict[str, Any]) 
         assert sum(len(r.token_ids) for r in replies) == 8
     finally:
         for other in others:
-            httpx.delete(f"{stack['http']}/workers/{other}/drain", timeout=10)
+            httpx.delete(f"{stack['http']}/workers/{other}/drain", headers=admin(stack), timeout=10)

@@ -19,7 +19,7 @@ import openai
 import pytest
 import torch
 from support.reference import greedy_tokens
-from support.stack import running_stack
+from support.stack import admin, running_stack
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -38,7 +38,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def test_prefill_then_decode_with_the_kv_handed_over(stack: dict[str, Any]) -> None:
-    workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+    workers = httpx.get(stack["http"] + "/workers", headers=admin(stack), timeout=10).json()["data"]
     assert sorted(w["role"] for w in workers) == ["decode", "prefill"]
     prompt = torch.randint(3, 500, (200,), generator=torch.Generator().manual_seed(3)).tolist()
     request = pb.GenerateRequest(

@@ -22,7 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
-from support.operator_harness import LoopbackRouter, OperatorProcess, get, wait_for, worker_pod
+from support.operator_harness import (
+    LoopbackRouter,
+    OperatorProcess,
+    admin_secret,
+    get,
+    wait_for,
+    worker_pod,
+)
 
 from mainsail.workers.worker_spec import WorkerSpec
 
@@ -85,13 +92,16 @@ def autoscaled(
         }
         if not cache:
             pools["cache"] = {"enabled": False}
+        # The router's admin token where the operator reads it (for its drains).
+        secret = admin_secret(f"{name}-admin")
+        kube_testbed.kubectl("apply", "-n", kube_namespace, "-f", "-", input=json.dumps(secret))
         md = {
             "apiVersion": "mainsail.dev/v1alpha1",
             "kind": "ModelDeployment",
             "metadata": {"name": name},
             "spec": {
                 "model": {"name": model, "generate": "llama"},
-                "router": {"httpPort": router.http_port},
+                "router": {"httpPort": router.http_port, "auth": {"secretName": f"{name}-admin"}},
                 "pools": pools,
             },
         }
@@ -164,8 +174,7 @@ def test_an_autoscaler_scale_in_drains_the_worker_it_removes(
     wait_for(lambda: auto.replicas() == (1, 1), "the autoscaler's scale-in reaching KubeRay")
     groups = get(bed, ns, "raycluster", "auto")["spec"]["workerGroupSpecs"]
     assert groups[0]["scaleStrategy"] == {"workersToDelete": ["auto-unified-1"]}
-    listed = httpx.get(f"http://127.0.0.1:{auto.router.http_port}/workers", timeout=10).json()
-    assert {w["id"]: w["draining"] for w in listed["data"]} == {
+    assert {w["id"]: w["draining"] for w in auto.router.listed()} == {
         "auto-unified-0": False, "auto-unified-1": True,
     }  # fmt: skip
     events = bed.kubectl(

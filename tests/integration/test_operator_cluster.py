@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from support.operator_harness import (
     EXAMPLES,
     LoopbackRouter,
     OperatorProcess,
+    admin_secret,
     apply_example,
     condition,
     expected_children,
@@ -378,8 +378,12 @@ def test_scaling_down_drains_the_chosen_worker_before_kuberay_removes_its_pod(
         workers=(("tiny-unified-0", "unified"), ("tiny-unified-1", "unified")),
     )  # fmt: skip
     try:
+        # The router's admin token where the operator reads it (its own Secret would hold
+        # another token, which this router would refuse).
+        bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(admin_secret("tiny-admin")))
         md = yaml.safe_load((EXAMPLES / "tiny.yaml").read_text())
         md["spec"]["router"]["httpPort"] = router.http_port
+        md["spec"]["router"]["auth"] = {"secretName": "tiny-admin"}
         bed.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
         wait_for(lambda: ("RayCluster", "tiny") in names(bed, ns), "the RayCluster")
         for i in range(2):
@@ -393,8 +397,7 @@ def test_scaling_down_drains_the_chosen_worker_before_kuberay_removes_its_pod(
 
         wait_for(lambda: group()["replicas"] == 1, "the worker group lowered to 1")
         assert group()["scaleStrategy"] == {"workersToDelete": ["tiny-unified-1"]}
-        workers = httpx.get(f"http://127.0.0.1:{router.http_port}/workers", timeout=10).json()
-        draining = {w["id"]: w["draining"] for w in workers["data"]}
+        draining = {w["id"]: w["draining"] for w in router.listed()}
         assert draining == {"tiny-unified-0": False, "tiny-unified-1": True}
         events = bed.kubectl(
             "get", "events", "-n", ns, "--field-selector", "involvedObject.name=tiny", "-o", "json"

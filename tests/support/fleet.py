@@ -92,9 +92,11 @@ async def fleet(
     engine: EngineSettings | None = None,
     worker_credential: WorkerCredential = WORKER,
     max_model_len: int = 512,
+    admin_token: str | None = ADMIN_TOKEN,
     **config: Any,
 ) -> AsyncIterator[Fleet]:
-    """A router and ``workers`` registered workers; everything stopped on the way out."""
+    """A router and ``workers`` registered workers; everything stopped on the way out.
+    ``admin_token`` None: a router configured without one (its admin API refuses all)."""
     settings = RouterConfig(
         model_name=MODEL,
         model_dir=model_dir,
@@ -106,7 +108,7 @@ async def fleet(
     )
     router = RouterServer(
         settings,
-        credentials=Credentials(api_keys=frozenset(CLIENT_KEYS), admin_token=ADMIN_TOKEN),
+        credentials=Credentials(api_keys=frozenset(CLIENT_KEYS), admin_token=admin_token),
         worker_credential=worker_credential,
     )
     out = Fleet(router)

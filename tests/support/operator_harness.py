@@ -31,6 +31,9 @@ EXAMPLES = ROOT / "deploy" / "examples"
 KUBERAY_VERSION = "v1.5.0"  # the same as deploy/testbed/ensure-node.sh builds
 KUBERAY_MODULE = "github.com/ray-project/kuberay/ray-operator"
 WAIT_S = 30.0
+LOOPBACK_ADMIN_TOKEN = "loopback-admin"
+"""`LoopbackRouter`'s admin token unless ``env`` names another (a router without one refuses
+its admin API); `admin_secret` puts it where the operator reads it."""
 
 
 def wait_for(probe: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
@@ -246,12 +249,23 @@ def condition(md: dict[str, Any], kind: str) -> tuple[str, str]:
     return found["status"], found["reason"]
 
 
+def admin_secret(name: str, token: str = LOOPBACK_ADMIN_TOKEN) -> dict[str, Any]:
+    """A Secret holding the router's admin token: name it in `spec.router.auth.secretName` and
+    the operator drains a `LoopbackRouter`'s workers with the token that router has."""
+    import base64
+
+    return {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "data": {"adminToken": base64.b64encode(token.encode()).decode()},
+    }  # fmt: skip
+
+
 class LoopbackRouter:
     """A real `python -m mainsail.router` on loopback (``env``: extra environment, e.g. its
-    admin token) and workers registered with it by the real `Registrar`, heartbeating whatever
-    load the test sets (nothing is served). Workers come and go with `add_worker` /
-    `remove_worker` (which deregisters, as a stopping worker does); ``workers=()`` leaves the
-    fleet to real workers."""
+    admin token, `LOOPBACK_ADMIN_TOKEN` by default) and workers registered with it by the
+    real `Registrar`, heartbeating whatever load the test sets (nothing is served). Workers
+    come and go with `add_worker` / `remove_worker` (which deregisters, as a stopping worker
+    does); ``workers=()`` leaves the fleet to real workers."""
 
     def __init__(
         self,
@@ -263,6 +277,7 @@ class LoopbackRouter:
         env: dict[str, str] | None = None,
     ) -> None:
         from mainsail.router.settings import RouterConfig
+        from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
 
         self.http_port = _free_port()
         self.model_name = model_name
@@ -280,10 +295,12 @@ class LoopbackRouter:
                 [sys.executable, "-m", "mainsail.router", "--config", str(tmp / "router.json"),
                  "--ready-file", str(ready)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, ADMIN_TOKEN_ENV: LOOPBACK_ADMIN_TOKEN, **(env or {})},
             )  # fmt: skip
         ports = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), "router")
         self.kv = config.kv_hash
+        token = (env or {}).get(ADMIN_TOKEN_ENV, LOOPBACK_ADMIN_TOKEN)
+        self.admin = {"Authorization": f"Bearer {token}"}  # opens its admin API
         self.grpc = f"127.0.0.1:{ports['grpc_port']}"
         self.fleet = f"127.0.0.1:{ports['fleet_port']}"  # where workers register
         self.load = {"running": 0, "waiting": 0, "kv_blocks_used": 0, "kv_blocks_total": 1000}
@@ -293,6 +310,15 @@ class LoopbackRouter:
         self._tasks: dict[str, Any] = {}
         for worker_id, role in workers:
             self.add_worker(worker_id, role)
+
+    def listed(self) -> list[dict[str, Any]]:
+        """The router's `GET /workers` (an admin call)."""
+        url = f"http://127.0.0.1:{self.http_port}/workers"
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=self.admin), timeout=10
+        ) as r:
+            data: list[dict[str, Any]] = json.loads(r.read())["data"]
+        return data
 
     def add_worker(self, worker_id: str, role: str = "unified") -> None:
         """Register one more worker (it heartbeats `self.load`)."""

@@ -36,10 +36,15 @@ def running_stack(workdir: Path, args: list[str]) -> Iterator[dict[str, Any]]:
     assert not leftovers, f"processes left behind after SIGTERM: {leftovers}"
 
 
+def admin(stack: dict[str, Any]) -> dict[str, str]:
+    """The header that opens this stack's admin API (the run's token, from its ready file)."""
+    return {"Authorization": f"Bearer {stack['admin_token']}"}
+
+
 def worker_pid(stack: dict[str, Any], worker_id: str) -> int:
     """The pid of worker ``worker_id`` of this stack (it serves on the address the stack's
     router lists for it, and descends from the stack's `mainsail up`)."""
-    workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+    workers = httpx.get(stack["http"] + "/workers", headers=admin(stack), timeout=10).json()["data"]
     address = next(w["address"] for w in workers if w["id"] == worker_id)
     port = int(address.rsplit(":", 1)[1])
     ours = {p.pid for p in psutil.Process(stack["up_pid"]).children(recursive=True)}
@@ -55,5 +60,5 @@ def worker_pid(stack: dict[str, Any], worker_id: str) -> int:
 
 def worker_pids(stack: dict[str, Any]) -> dict[str, int]:
     """Every registered worker of this stack by id, with its pid (see `worker_pid`)."""
-    workers = httpx.get(stack["http"] + "/workers", timeout=10).json()["data"]
+    workers = httpx.get(stack["http"] + "/workers", headers=admin(stack), timeout=10).json()["data"]
     return {w["id"]: worker_pid(stack, w["id"]) for w in workers}

@@ -13,11 +13,11 @@ import pytest
 from support.expert_router import ScriptedRouter
 
 from mainsail.cli.local.expert_autoscale import LocalExpertScaler, read_status
+from mainsail.cli.status_cmd import admin_token, render
 from mainsail.cli.status_cmd import main as status_main
-from mainsail.cli.status_cmd import render
 from mainsail.operator.expert_parallel_policy import ExpertSignals
 from mainsail.spec.deployment import ModelDeploymentSpec
-from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
+from mainsail.spec.router_auth import ADMIN_TOKEN_ENV, LOCAL_ADMIN_TOKEN_FILE
 
 pytestmark = pytest.mark.unit
 
@@ -58,14 +58,14 @@ def _load(running: int, current: int, workers: int = 2) -> dict[str, ExpertSigna
 def test_load_moves_up_then_idle_down_after_the_delay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "run-token")  # what `mainsail up` generates
     router, clock = ScriptedRouter(), Clock()
     said: list[str] = []
     scaler = _scaler(tmp_path, router, clock, said)
     router.signals = _load(running=16, current=1)  # 8 per worker / 4 per rank: 2 ranks
     result = asyncio.run(scaler.run_pass())
     assert [(c.before, c.after, c.ok) for c in result.changes] == [(1, 2, True)]
-    assert router.asked == [("none", "w0", 2), ("none", "w1", 2)]  # open admin: any bearer
+    assert router.asked == [("run-token", "w0", 2), ("run-token", "w1", 2)]
     assert router.read == URLS  # every router replica read
     status = read_status(scaler.status_file)
     rec = status["expertParallel"]["unified"]
@@ -153,8 +153,9 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 
 
 def test_status_command_renders_file_and_refuses_other_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "run-token")
     router, clock = ScriptedRouter(), Clock()
     said: list[str] = []
     scaler = _scaler(tmp_path, router, clock, said)
@@ -175,3 +176,17 @@ def test_status_command_renders_file_and_refuses_other_files(
     other.write_text("{}")
     assert status_main(other) == 2
     assert "no expertParallel" in capsys.readouterr().err
+
+
+def test_status_sends_the_environments_token_else_the_runs_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mainsail status` opens the router's admin API with the token `mainsail up` wrote
+    next to the status file, unless the environment names one."""
+    status = tmp_path / "status.json"
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    assert admin_token(status) is None
+    (tmp_path / LOCAL_ADMIN_TOKEN_FILE).write_text("from-file\n")
+    assert admin_token(status) == "from-file"
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "from-env")
+    assert admin_token(status) == "from-env"

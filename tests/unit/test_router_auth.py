@@ -34,7 +34,32 @@ def test_credentials_from_env() -> None:
     assert creds.client_allowed("Bearer a") and creds.client_allowed("bearer  b ")
     assert not creds.client_allowed("Bearer c") and not creds.client_allowed("Basic a")
     assert not creds.client_allowed(None) and not creds.client_allowed("Bearer")
-    assert Credentials().client_allowed(None) and Credentials().admin_allowed(None)
+    assert Credentials().client_allowed(None)
+    # No admin token configured: the admin API is closed to everyone, never open.
+    assert not Credentials().admin_enabled and creds.admin_enabled
+    assert not any(Credentials().admin_allowed(a) for a in (None, "Bearer ", "Bearer x"))
+
+
+async def test_a_router_without_an_admin_token_refuses_every_admin_call(
+    tiny_model_dir: Path,
+) -> None:
+    router = _router(tiny_model_dir)
+    async with serving(router, Credentials()) as c:
+        for method, path in [
+            ("GET", "/workers"),
+            ("POST", "/workers/w0/drain"),
+            ("POST", "/workers/w0/experts"),
+            ("POST", "/requests/r/migrate"),
+        ]:
+            for auth in ({}, {"Authorization": "Bearer anything"}):
+                reply = await c.request(method, path, headers=auth)
+                assert reply.status_code == 403, (method, path, auth)
+                error = reply.json()["error"]
+                assert error["code"] == "admin_disabled"
+                assert "MAINSAIL_ROUTER_ADMIN_TOKEN" in error["message"]
+        assert not router.registry.get("w0").draining  # nothing acted
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+        assert (await c.post("/v1/completions", json=body)).status_code == 200  # inference open
 
 
 async def test_http_needs_a_key_for_the_api_and_the_token_for_admin(tiny_model_dir: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from support.http import serving, sse_events
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
+from mainsail.router.front.auth import Credentials
 from mainsail.router.routing.router import Router
 from mainsail.router.testing import (
     FakeTransport,
@@ -48,7 +49,9 @@ async def client(
         cold_start_timeout=0.2,
     )
     add_fake_worker(router, transport, "w0")
-    async with serving(router) as http:
+    # The admin API needs the router's token (a router without one refuses it).
+    async with serving(router, Credentials(admin_token="root")) as http:
+        http.headers["Authorization"] = "Bearer root"  # /v1 is open: no client keys
         yield http, router, transport
 
 

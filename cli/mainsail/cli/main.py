@@ -30,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         "same as deploy/examples/tiny.yaml).",
     )
     up.add_argument(
-        "--host", default="127.0.0.1", help="Address the router binds to (default: loopback only)."
+        "--host",
+        default="127.0.0.1",
+        help="Address the router binds to (default: loopback only). The admin API (/workers, "
+        "drains, migrations) needs the run's generated token (MAINSAIL_ROUTER_ADMIN_TOKEN if "
+        "set), printed at start as a file path, whatever the host.",
     )
     up.add_argument(
         "--http-port",

@@ -3,8 +3,9 @@ each worker's live degree — locally what ``kubectl get modeldeployment -o yaml
 ``status.expertParallel``) and ``kubectl get events`` show on a cluster.
 
 ``FILE`` is the status file `mainsail up` names at start (and in its ready file's
-``status_file``). The workers' degrees come live from the stack's router (`GET /workers`, with
-``MAINSAIL_ROUTER_ADMIN_TOKEN`` when set); if the router cannot be read the file is still shown.
+``status_file``). The workers' degrees come live from the stack's router (`GET /workers`, an
+admin call: with ``MAINSAIL_ROUTER_ADMIN_TOKEN`` when set, else the run's token `mainsail up`
+wrote next to the status file); if the router cannot be read the file is still shown.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mainsail.cli.local.expert_autoscale import read_status
-from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
+from mainsail.spec.router_auth import ADMIN_TOKEN_ENV, LOCAL_ADMIN_TOKEN_FILE
 
 EVENTS_SHOWN = 10
 
@@ -54,10 +55,23 @@ def render(status: dict[str, Any], workers: list[dict[str, Any]] | None) -> str:
     return "\n".join(lines)
 
 
-def live_workers(router: str, timeout: float = 5.0) -> list[dict[str, Any]] | None:
+def admin_token(status_file: Path) -> str | None:
+    """The admin token to send: the environment's, else the run's file beside ``status_file``
+    (`mainsail up` writes both there, mode 0600); None when neither is readable."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if token:
+        return token
+    try:
+        return (status_file.parent / LOCAL_ADMIN_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def live_workers(
+    router: str, token: str | None = None, timeout: float = 5.0
+) -> list[dict[str, Any]] | None:
     """The router's `GET /workers` list (None when it cannot be read)."""
     request = urllib.request.Request(f"{router.rstrip('/')}/workers")
-    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -76,7 +90,7 @@ def main(path: Path, as_json: bool = False) -> int:
         print(f"mainsail status: {exc}", file=sys.stderr)
         return 2
     router = status.get("router")
-    workers = live_workers(router) if isinstance(router, str) else None
+    workers = live_workers(router, admin_token(path)) if isinstance(router, str) else None
     if as_json:
         print(json.dumps({**status, "workers": workers}, indent=2))
     else:

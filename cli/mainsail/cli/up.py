@@ -47,6 +47,13 @@ def usage_text(endpoints: dict[str, object]) -> str:
         replicas = (
             f"\n  routers      {len(routers)} replicas, active-active (any one serves):{lines}"
         )
+    token_file = endpoints.get("admin_token_file")
+    if token_file:
+        replicas += (
+            f"\n  admin API    /workers, drains, migrations need the run's token (file mode 0600):"
+            f"\n    curl -s {endpoints['http']}/workers "
+            f'-H "Authorization: Bearer $(cat {token_file})"'
+        )
     status_file = endpoints.get("status_file")
     if status_file:
         replicas += f"\n  status       mainsail status {status_file}  (expert-parallel degree)"

@@ -9,6 +9,8 @@ polling for existence could read an empty or half-written document and fail to p
 (readers carried a read-again-until-it-parses loop for that). Here the document is written
 to a temporary file in the same directory and renamed over PATH with `os.replace`, which is
 atomic within one filesystem: PATH either does not exist or holds the whole document.
+The file is readable by its owner only (mode 0600, `mkstemp`'s): `mainsail up`'s holds the
+routers' admin token.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.ready_file import write_ready_file
+from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
 
 
 async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
@@ -27,6 +28,11 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
 async def _serve(config: RouterConfig, ready_file: Path | None, parent_pid: int | None) -> None:
     server = RouterServer(config)
     await server.start()
+    if not server.credentials.admin_enabled:
+        logging.warning(
+            "admin API disabled (403): no %s; /workers, drains and migrations need one",
+            ADMIN_TOKEN_ENV,
+        )
     # Everything loaded so far (tokenizer, protobuf descriptors, gRPC) lives as long as the
     # process; a full collection scanned it for ~35 ms, a TTFT outlier every few hundred
     # requests. Frozen objects are skipped by every later collection.

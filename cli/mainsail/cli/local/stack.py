@@ -31,7 +31,8 @@ from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
 from mainsail.spec.engine_settings import EngineSettings
-from mainsail.spec.ready_file import write_ready_file
+from mainsail.spec.ready_file import write_atomic, write_ready_file
+from mainsail.spec.router_auth import ADMIN_TOKEN_ENV, LOCAL_ADMIN_TOKEN_FILE
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.ray_actor import pool_resource
 from mainsail.workers.supervisor import WorkerSupervisor
@@ -139,6 +140,12 @@ class LocalStack:
         # the workers' API refuse anyone else on this machine. Kept if the user set one.
         if not os.environ.get(WORKER_TOKEN_ENV):
             os.environ[WORKER_TOKEN_ENV] = generate_token()
+        # The admin API (drain, expert parallelism, migration) decides who serves what: the
+        # routers inherit a token generated for this run (kept if the user set one), this
+        # process's tools send it, and the user reads it from a 0600 file (docs/security.md).
+        if not os.environ.get(ADMIN_TOKEN_ENV, "").strip():
+            os.environ[ADMIN_TOKEN_ENV] = generate_token()
+        write_atomic(self.admin_token_file, os.environ[ADMIN_TOKEN_ENV].strip() + "\n")
         self._prepare_model()
         self._start_redis()
         self._start_router()
@@ -365,6 +372,11 @@ class LocalStack:
         self._experts = scaler.start_background()
 
     @property
+    def admin_token_file(self) -> Path:
+        """The routers' admin token for this run (mode 0600; `mainsail status` reads it)."""
+        return self._workdir / LOCAL_ADMIN_TOKEN_FILE
+
+    @property
     def status_file(self) -> Path:
         """Where the expert-parallel autoscaler writes its status (`mainsail status`)."""
         return self._workdir / "status.json"
@@ -393,6 +405,8 @@ class LocalStack:
             "workers": self._total_replicas(),
             "model_dir": str(self.model_dir),
             "router_log": str(self._workdir / "router.log"),
+            "admin_token": os.environ.get(ADMIN_TOKEN_ENV, "").strip(),
+            "admin_token_file": str(self.admin_token_file),
             "status_file": (
                 str(self.status_file) if self.deployment.spec.engine.expert_parallel else None
             ),

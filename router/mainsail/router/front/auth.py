@@ -7,10 +7,15 @@ mounted as environment variables (the operator wires `spec.router.auth.secretNam
     MAINSAIL_ROUTER_API_KEYS      comma-separated; when set, `/v1/*` over HTTP
                                   (`Authorization: Bearer <key>`) and gRPC `Inference`
                                   (metadata `authorization: Bearer <key>`) require one of them
-    MAINSAIL_ROUTER_ADMIN_TOKEN   when set, `/workers` and `/requests/*` require it
+    MAINSAIL_ROUTER_ADMIN_TOKEN   `/workers` and `/requests/*` require it; unset, they are
+                                  refused (403): the admin API is never open
 
-Unset means open, which is what `mainsail up` on a laptop wants. `/health` and `/metrics`
-stay open (probes and Prometheus). Comparisons are constant-time.
+No client keys means an open inference API (what a laptop wants). The admin API is
+different: it decides who serves what (drain, expert parallelism, migration), so a router
+without an admin token refuses it rather than trust whoever reaches the port (docs/
+security.md). `mainsail up` generates a token per run; the operator issues one per
+deployment. `/health` and `/metrics` stay open (probes and Prometheus). Comparisons are
+constant-time.
 
 Tenants (prefix-cache isolation, docs/security.md): a request's tenant is the value of the
 header the operator maps (`tenant_header`, e.g. set by a gateway that authenticated the
@@ -31,7 +36,8 @@ from mainsail.spec.router_auth import ADMIN_TOKEN_ENV, API_KEYS_ENV
 
 @dataclass(frozen=True)
 class Credentials:
-    """Accepted client keys (empty: inference is open) and the admin token (None: open)."""
+    """Accepted client keys (empty: inference is open) and the admin token (None: the admin
+    endpoints are refused)."""
 
     api_keys: frozenset[str] = frozenset()
     admin_token: str | None = None
@@ -63,10 +69,16 @@ class Credentials:
             return ""
         return "k:" + hashlib.blake2b(presented.encode(), digest_size=12).hexdigest()
 
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether this router has an admin token (else its admin API refuses every call)."""
+        return self.admin_token is not None
+
     def admin_allowed(self, authorization: str | None) -> bool:
-        """Whether an `Authorization` value may call the admin endpoints."""
+        """Whether an `Authorization` value may call the admin endpoints (never without an
+        admin token configured: see `admin_enabled`)."""
         if self.admin_token is None:
-            return True
+            return False
         presented = _bearer(authorization)
         return presented is not None and hmac.compare_digest(
             presented.encode(), self.admin_token.encode()

@@ -32,6 +32,7 @@ from mainsail.router.front.http_wire import (
 from mainsail.router.front.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
 from mainsail.router.front.openai_shapes import ChatShape, CompletionShape, Shape, sse_event
 from mainsail.router.routing.router import Router, RouteStream
+from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
 
 Endpoint = Callable[[Request], Awaitable[Response | StreamResponse]]
 _DONE = b"data: [DONE]\n\n"
@@ -102,6 +103,8 @@ class HttpFront:
                 return None
             message = "Incorrect or missing API key: send `Authorization: Bearer <key>`."
         elif path == "/workers" or path.startswith(("/workers/", "/requests/")):
+            if not self.credentials.admin_enabled:
+                return self._admin_disabled()
             if self.credentials.admin_allowed(authorization):
                 return None
             message = "This admin endpoint needs `Authorization: Bearer <admin token>`."
@@ -110,6 +113,17 @@ class HttpFront:
         err = RouterError(401, message, code="invalid_api_key")
         self.router.metrics.requests.labels("http", "http_401").inc()
         return json_response(err.body(), 401, [(b"www-authenticate", b"Bearer")])
+
+    def _admin_disabled(self) -> Response:
+        """403 for every admin call of a router started without an admin token: no bearer
+        can open it, so the answer says how to configure one instead."""
+        message = (
+            f"The admin API is disabled: this router has no admin token. Start it with "
+            f"{ADMIN_TOKEN_ENV} set and send `Authorization: Bearer <admin token>`."
+        )
+        err = RouterError(403, message, code="admin_disabled")
+        self.router.metrics.requests.labels("http", "http_403").inc()
+        return json_response(err.body(), 403)
 
     # ------------------------------------------------------------------ plain endpoints
 
