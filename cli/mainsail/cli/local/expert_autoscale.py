@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 EVENTS_KEPT = 50
 """Events the status file keeps (the newest), like a short Event history."""
 
+
 class LocalExpertScaler:
     """Runs expert-parallel rounds every ``interval`` seconds on a background thread.
 
