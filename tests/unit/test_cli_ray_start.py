@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mainsail.cli.local.stack import init_ray_retrying
@@ -41,7 +44,7 @@ def test_the_last_slow_start_is_raised() -> None:
     ray = FakeRay([SLOW, SLOW, SLOW])
     with pytest.raises(Exception, match="timed out during startup"):
         init_ray_retrying(ray.init, ray.shutdown, lambda _: None, attempts=3)
-    assert (ray.inits, ray.shutdowns) == (3, 2)
+    assert (ray.inits, ray.shutdowns) == (3, 3)  # the last failed start is cleaned up too
 
 
 def test_any_other_error_is_raised_at_once() -> None:
@@ -49,3 +52,19 @@ def test_any_other_error_is_raised_at_once() -> None:
     with pytest.raises(ValueError, match="resources"):
         init_ray_retrying(ray.init, ray.shutdown, lambda _: None, attempts=3)
     assert (ray.inits, ray.shutdowns) == (1, 0)
+
+
+def test_a_failed_start_leaves_no_process_behind() -> None:
+    """What a start that never finished launched is stopped before the next start and before
+    the last failure is raised (Ray's shutdown alone left its GCS and raylet running)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def init() -> None:
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        raise SLOW
+
+    with pytest.raises(Exception, match="timed out during startup"):
+        init_ray_retrying(init, lambda: None, lambda _: None, attempts=2)
+    assert len(started) == 2
+    for proc in started:
+        proc.wait(timeout=15)  # TimeoutExpired (a failure) if it was left running

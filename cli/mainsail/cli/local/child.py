@@ -7,6 +7,7 @@ signal users send — and reports the exit code and any descendant process still
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -48,11 +49,16 @@ class UpProcess:
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         deadline = time.monotonic() + timeout
-        while not self.ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"mainsail up did not start:\n{self.log_tail()}")
-            time.sleep(0.2)
+        try:
+            while not self.ready.exists():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mainsail up did not start:\n{self.log_tail()}")
+                time.sleep(0.2)
+        except BaseException:
+            # Also on KeyboardInterrupt: an interrupted caller must not leave the child's
+            # whole stack (Ray, router, Redis) running behind it.
+            self.kill()
+            raise
         endpoints: dict[str, Any] = json.loads(self.ready.read_text())
         return endpoints
 
@@ -80,9 +86,17 @@ class UpProcess:
         return code, leftovers
 
     def kill(self) -> None:
-        """SIGKILL the whole session of the child."""
+        """SIGKILL the whole session of the child and every descendant of it (a router runs in
+        a session of its own, so the process group alone missed it)."""
         if self.proc is not None and self.proc.poll() is None:
+            try:
+                descendants = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                descendants = []
             os.killpg(self.proc.pid, signal.SIGKILL)
+            for child in descendants:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             self.proc.wait(10)
 
     def __enter__(self) -> UpProcess:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from mainsail.cli.local.ports import RouterPorts, check_router_ports, replica_ports, router_ports
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
@@ -52,17 +54,41 @@ def init_ray_retrying(
     progress: Progress,
     attempts: int = RAY_START_ATTEMPTS,
 ) -> None:
-    """Start local Ray, starting it again (after `shutdown`, which stops the processes that
-    start made) when only Ray's own start-up wait ran out; any other error is raised at once."""
+    """Start local Ray, starting it again when only Ray's own start-up wait ran out; any other
+    error is raised at once. A failed start is cleaned up before the next one (and before the
+    last failure is raised): `shutdown` alone does not stop what a start that never finished
+    launched (its GCS, raylet and monitors stay up, so every retry added load to a machine that
+    was already too slow), so the processes this process gained during the attempt are stopped
+    by their own ids."""
     for attempt in range(1, attempts + 1):
+        before = _descendants()
         try:
             init()
             return
         except Exception as exc:  # Ray raises a bare Exception for this case
-            if "timed out during startup" not in str(exc) or attempt == attempts:
+            if "timed out during startup" not in str(exc):
+                raise
+            shutdown()
+            _stop_new_descendants(before)
+            if attempt == attempts:
                 raise
             progress(f"Local Ray was slow to start ({exc}); starting it again")
-            shutdown()
+
+
+def _descendants() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def _stop_new_descendants(before: set[int], grace_s: float = 10.0) -> None:
+    """Terminate (then kill) this process's descendants that were not there in ``before``."""
+    new = [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
+    for child in new:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(new, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def check_sharding(model_dir: Path, engine: EngineSettings) -> None:
