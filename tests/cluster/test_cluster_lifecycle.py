@@ -21,13 +21,11 @@ The tests run in file order and share one deployment (module fixture).
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import copy
 import json
 import os
 import re
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,9 +34,9 @@ from typing import Any
 
 import pytest
 import yaml
-from support.chart_images import IMAGE_NAMES, chart_image, helm_image_values
 from support.greedy import ask_greedy
 from support.node import Node, NodeError
+from support.node_deploy import apply_ready, credentials, diagnostics, install_chart
 from support.stack import running_stack
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2700)]
@@ -48,7 +46,6 @@ EXAMPLE = ROOT / "deploy" / "examples" / "dense-prefill-decode.yaml"
 NAME = "dense-pd"
 MODEL = "tiny-llama-pd"
 RELEASE = "mainsail"
-READY_TIMEOUT_S = 900.0
 # Long enough for several full KV blocks (blockSize 16), so there is something to hand over.
 PROMPT = (
     "The harbour master counted the sails as they came round the point one by one: the blue "
@@ -97,50 +94,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, int]:
         return _ask(stack["openai_base_url"], "none")
 
 
-def _secret(node: Node, ns: str) -> dict[str, str]:
-    secret = json.loads(
-        node.kubectl("get", "secret", "-n", ns, f"{NAME}-worker-credential", "-o", "json").stdout
-    )
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-
-
-def _diagnostics(node: Node, ns: str) -> str:
-    parts = []
-    for args in (
-        ("get", "pods", "-A", "-o", "wide"),
-        ("get", "modeldeployment", NAME, "-n", ns, "-o", "jsonpath={.status}"),
-        ("get", "events", "-n", ns, "--sort-by=.lastTimestamp"),
-    ):
-        parts.append(node.kubectl(*args, check=False).stdout[-4000:])
-    for pod in node.kubectl("get", "pods", "-n", ns, "-o", "name", check=False).stdout.split():
-        logs = node.kubectl("logs", "-n", ns, pod, "--all-containers", "--tail=40", check=False)
-        parts.append(f"--- {pod}\n{logs.stdout[-3000:]}{logs.stderr[-500:]}")
-    return "\n".join(parts)
-
-
 @pytest.fixture(scope="module")
 def deployed(node_cluster: Node) -> Iterator[tuple[Node, str]]:
     """The chart installed and the prefill/decode example applied and Ready; (node, ns)."""
     node = node_cluster
-    images = {name: chart_image(name) for name in IMAGE_NAMES}
-    for info in images.values():
-        node.ensure_image(info["tar"])
     ns = f"pd-{os.getpid()}"
     node.create_namespace(ns)
-    node.helm(
-        "install", RELEASE, str(ROOT / "charts/mainsail"), "--namespace", ns,
-        *helm_image_values(images), "--wait", "--timeout", "10m", timeout=900,
-    )  # fmt: skip
-    node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(_cluster_document()))
-    started = time.monotonic()
-    try:
-        node.kubectl(
-            "wait", "-n", ns, "--for=condition=Ready", f"modeldeployment/{NAME}",
-            f"--timeout={int(READY_TIMEOUT_S)}s", timeout=READY_TIMEOUT_S + 30,
-        )  # fmt: skip
-    except subprocess.CalledProcessError:
-        pytest.fail(f"{NAME} not Ready after {READY_TIMEOUT_S:g} s:\n{_diagnostics(node, ns)}")
-    print(f"apply -> Ready: {time.monotonic() - started:.1f} s")
+    install_chart(node, ns, release=RELEASE)
+    print(f"apply -> Ready: {apply_ready(node, ns, _cluster_document()):.1f} s")
     yield node, ns
     # Whatever the uninstall test did not get to (all idempotent).
     node.helm("uninstall", RELEASE, "--namespace", ns, check=False)
@@ -192,7 +153,7 @@ def test_prefill_decode_hands_the_kv_over_through_redis(
     cache pool's Redis and the decode worker fetched them from there; that Redis refuses a
     client without the operator's password."""
     node, ns = deployed
-    secret = _secret(node, ns)
+    secret = credentials(node, ns, NAME)
     key = secret["apiKeys"].split(",")[0].strip()
     prefill = _worker_pod(node, ns, "prefill")
     decode = _worker_pod(node, ns, "decode")
@@ -265,7 +226,7 @@ def test_helm_upgrade_keeps_serving_without_duplicating_children(
     meanwhile completes unchanged, the new operator adopts the existing children (same objects,
     none added), and the deployment still answers with the reference tokens."""
     node, ns = deployed
-    secret = _secret(node, ns)
+    secret = credentials(node, ns, NAME)
     key = secret["apiKeys"].split(",")[0].strip()
     ip = node.service_ip(ns, f"{NAME}-router")
     base = f"http://{ip}:8000/v1"
@@ -329,7 +290,7 @@ def test_helm_uninstall_then_delete_leave_nothing_behind(
     assert not md["metadata"].get("finalizers"), md["metadata"]["finalizers"]
     node.helm("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "3m", timeout=240)
     assert not _operator_pods(node, ns)
-    key = _secret(node, ns)["apiKeys"].split(",")[0].strip()
+    key = credentials(node, ns, NAME)["apiKeys"].split(",")[0].strip()
     ip = node.service_ip(ns, f"{NAME}-router")
     assert node.in_netns(_ask, f"http://{ip}:8000/v1", key, timeout=300) == reference
     node.kubectl("delete", "-n", ns, "modeldeployment", NAME, "--timeout=60s", timeout=90)
@@ -355,7 +316,7 @@ def test_helm_uninstall_then_delete_leave_nothing_behind(
     try:
         node.wait_for(empty, timeout=240, what="the namespace emptied")
     except NodeError:
-        pytest.fail(f"left behind: {left}\n{_diagnostics(node, ns)}")
+        pytest.fail(f"left behind: {left}\n{diagnostics(node, ns, NAME)}")
     assert _release_cluster_rbac(node) == []
     crds = node.kubectl("get", "crds", "-o", "name").stdout.split()
     assert "customresourcedefinition.apiextensions.k8s.io/modeldeployments.mainsail.dev" in crds

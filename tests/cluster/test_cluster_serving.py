@@ -15,7 +15,6 @@ without them the module skips, unless `MAINSAIL_IMAGES_REQUIRED=1`.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import contextlib
 import json
@@ -25,17 +24,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from support.chart_images import chart_image as _image
-from support.chart_images import helm_image_values as _helm_values
 from support.greedy import ask_greedy
 from support.node import Node, NodeError
+from support.node_deploy import (
+    READY_TIMEOUT_S,
+    apply_ready,
+    client_key,
+    credentials,
+    delete_deployment,
+    diagnostics,
+    events,
+    install_chart,
+    worker_pods,
+    workers,
+)
 from support.operator_harness import without_deployment_writes
 from support.stack import running_stack
 
@@ -43,35 +51,15 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2700)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "examples" / "tiny.yaml"
-READY_TIMEOUT_S = 1200.0
 PROMPT = "The harbour master counted the sails"
 MAX_TOKENS = 24
-
-
-def _diagnostics(node: Node, ns: str, name: str = "tiny") -> str:
-    """What a person would look at when the deployment does not become Ready."""
-    parts = []
-    for args in (
-        ("get", "pods", "-A", "-o", "wide"),
-        ("get", "modeldeployment", name, "-n", ns, "-o", "jsonpath={.status}"),
-        ("get", "events", "-n", ns, "--sort-by=.lastTimestamp"),
-    ):
-        parts.append(node.kubectl(*args, check=False).stdout[-4000:])
-    pods = node.kubectl("get", "pods", "-n", ns, "-o", "name", check=False).stdout.split()
-    for pod in pods:
-        logs = node.kubectl("logs", "-n", ns, pod, "--all-containers", "--tail=40", check=False)
-        parts.append(f"--- {pod}\n{logs.stdout[-3000:]}{logs.stderr[-500:]}")
-    return "\n".join(parts)
 
 
 def _credentials(node: Node, ns: str) -> tuple[str, str]:
     """(a client API key, the admin token) from the Secret the operator issued (auth is on by
     default on a cluster)."""
-    secret = json.loads(
-        node.kubectl("get", "secret", "-n", ns, "tiny-worker-credential", "-o", "json").stdout
-    )
-    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    return data["apiKeys"].split(",")[0].strip(), data["adminToken"].strip()
+    secret = credentials(node, ns, "tiny")
+    return client_key(secret), secret["adminToken"].strip()
 
 
 def _ask(base_url: str, api_key: str = "none") -> tuple[str, str, int]:
@@ -92,29 +80,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, int]:
 def deployed(node_cluster: Node) -> Iterator[tuple[Node, str]]:
     """The chart installed and the tiny example applied and Ready; (node, namespace)."""
     node = node_cluster
-    images = {name: _image(name) for name in ("operator", "router", "worker", "redis")}
-    for info in images.values():
-        node.ensure_image(info["tar"])
     release, ns = "mainsail", f"tiny-{os.getpid()}"
     node.create_namespace(ns)
-    node.helm(
-        "install", release, str(ROOT / "charts/mainsail"), "--namespace", ns,
-        *_helm_values(images), "--wait", "--timeout", "10m", timeout=900,
-    )  # fmt: skip
+    install_chart(node, ns, release=release)
     md = yaml.safe_load(EXAMPLE.read_text())
     # 100m: with the operator (100m), Redis and the Ray head (250m each) and two routers (500m
     # each, not settable in the spec) two or three workers still fit the 2-core node.
     md["spec"]["pools"]["unified"]["resources"] = {"cpu": "100m", "memory": "3Gi"}
-    node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(md))
-    started = time.monotonic()
-    try:
-        node.kubectl(
-            "wait", "-n", ns, "--for=condition=Ready", "modeldeployment/tiny",
-            f"--timeout={int(READY_TIMEOUT_S)}s", timeout=READY_TIMEOUT_S + 30,
-        )  # fmt: skip
-    except subprocess.CalledProcessError:
-        pytest.fail(f"tiny not Ready after {READY_TIMEOUT_S:g} s:\n{_diagnostics(node, ns)}")
-    print(f"apply -> Ready: {time.monotonic() - started:.1f} s")
+    print(f"apply -> Ready: {apply_ready(node, ns, md):.1f} s")
     yield node, ns
     node.kubectl("delete", "-n", ns, "modeldeployment", "tiny", "--wait=false", check=False)
     node.helm("uninstall", release, "--namespace", ns, check=False)
@@ -154,37 +127,17 @@ def _stream_text(base_url: str, api_key: str, prompt: str, max_tokens: int) -> s
 
 def _worker_pods(node: Node, ns: str) -> set[str]:
     """The unified worker pods that are not terminating."""
-    selector = "mainsail.dev/role=unified,app.kubernetes.io/component=worker"
-    items = json.loads(node.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout)
-    return {
-        p["metadata"]["name"] for p in items["items"] if not p["metadata"].get("deletionTimestamp")
-    }
+    return set(worker_pods(node, ns))
 
 
 def _registered(node: Node, ip: str, admin: str) -> set[str]:
     """Worker ids registered with the router (its admin API, with the admin token)."""
-
-    def get() -> set[str]:
-        request = urllib.request.Request(
-            f"http://{ip}:8000/workers", headers={"Authorization": f"Bearer {admin}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return {w["id"] for w in json.loads(resp.read())["data"]}
-
-    return node.in_netns(get, timeout=30)
+    return set(workers(node, ip, admin))
 
 
 def _serving(node: Node, ip: str, admin: str) -> list[str]:
     """Workers with a request outstanding (the router's admin API)."""
-
-    def get() -> list[str]:
-        request = urllib.request.Request(
-            f"http://{ip}:8000/workers", headers={"Authorization": f"Bearer {admin}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return [w["id"] for w in json.loads(resp.read())["data"] if w["outstanding"]]
-
-    return node.in_netns(get, timeout=30)
+    return [w for w, entry in workers(node, ip, admin).items() if entry["outstanding"]]
 
 
 def test_deleting_a_worker_pod_mid_stream_costs_the_stream_nothing(
@@ -253,10 +206,7 @@ def test_kubectl_scale_adds_a_serving_worker_and_scaling_down_drains_it(
         return len(pods) == 2 and _registered(node, ip, admin) == pods
 
     node.wait_for(back_to_two, timeout=300, what="back to two workers")
-    events = node.kubectl(
-        "get", "events", "-n", ns, "--field-selector", "involvedObject.name=tiny", "-o", "json"
-    ).stdout
-    assert any(e["reason"] == "Drained" for e in json.loads(events)["items"])
+    assert any(e["reason"] == "Drained" for e in events(node, ns, "tiny"))
 
 
 ROUTER = "app.kubernetes.io/component=router"
@@ -313,7 +263,7 @@ def test_two_router_replicas_each_have_every_worker_and_serve_the_same_tokens(
             node.wait_for(both_have_every_worker, timeout=600,
                           what="two Ready router pods, each with every worker")  # fmt: skip
         except NodeError:
-            print(_diagnostics(node, ns))
+            print(diagnostics(node, ns, "tiny"))
             raise
         pdb = node.kubectl("get", "poddisruptionbudgets", "-n", ns, "-o", "name").stdout
         assert "tiny-router" in pdb
@@ -503,13 +453,7 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
     node, tiny_ns = deployed
     # The two-core node has no CPU left for a second router beside `tiny` (the last test of
     # this module): tiny goes, the chart's operator stays.
-    node.kubectl("delete", "-n", tiny_ns, "modeldeployment", "tiny", "--timeout=180s", timeout=200)
-    node.wait_for(  # terminating pods too: they hold their CPU until gone
-        lambda: not node.kubectl(
-            "get", "pods", "-n", tiny_ns, "-l", "mainsail.dev/deployment=tiny", "-o", "name"
-        ).stdout.strip(),
-        timeout=300, what="tiny's pods gone",
-    )  # fmt: skip
+    delete_deployment(node, tiny_ns, "tiny")  # and its terminating pods gone (their CPU)
     ns = f"zero-{os.getpid()}"
     node.create_namespace(ns)
     host_dir = Path(tempfile.mkdtemp(prefix="mainsail-model-"))
@@ -524,12 +468,8 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
                       timeout=120, what="Ready False, ApplyFailed")  # fmt: skip
         ready = _ready_condition(node, ns)
         assert ready["status"] == "False" and refused in ready["message"], ready
-        events = node.kubectl(
-            "get", "events", "-n", ns, "--field-selector",
-            f"involvedObject.name={ZERO},reason=ApplyFailed", "-o", "json",
-        ).stdout  # fmt: skip
-        assert any(e["type"] == "Warning" and refused in e["message"]
-                   for e in json.loads(events)["items"])  # fmt: skip
+        assert any(e["reason"] == "ApplyFailed" and e["type"] == "Warning"
+                   and refused in e["message"] for e in events(node, ns, ZERO))  # fmt: skip
         made = _children_uids(node, ns)
         expected = _expected_children(ns, claim)
         assert set(made) == expected - {refused}, sorted(set(made) ^ expected)
@@ -554,7 +494,7 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
         assert _children_uids(node, ns) == children
         print(f"the new operator converged: {len(children)} children, none made twice")
 
-        key = _credentials_of(node, ns, ZERO)
+        key = client_key(credentials(node, ns, ZERO))
         base = f"http://{node.service_ip(ns, f'{ZERO}-router')}:8000/v1"
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             held = pool.submit(node.in_netns, _complete, base, key, COLD_START_S,
@@ -571,13 +511,9 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
             assert not held.done(), "answered before any worker existed"
             assert held.result(timeout=COLD_START_S + 60) == reference[0]
         assert node.in_netns(_ask, base, key, timeout=300) == reference
-        events = node.kubectl(
-            "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={ZERO}",
-            "-o", "json",
-        ).stdout  # fmt: skip
-        assert any(e["reason"] == "ScaledUp" for e in json.loads(events)["items"])
+        assert any(e["reason"] == "ScaledUp" for e in events(node, ns, ZERO))
     except (subprocess.CalledProcessError, NodeError):
-        print(_diagnostics(node, ns, ZERO))
+        print(diagnostics(node, ns, ZERO))
         raise
     finally:
         with contextlib.suppress(NodeError, subprocess.CalledProcessError):  # keep the cause
@@ -585,10 +521,3 @@ def test_restarted_operator_converges_and_a_request_wakes_a_pool_at_zero(
         node.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         node.kubectl("delete", "pv", f"models-{ns}", "--wait=false", check=False)
         shutil.rmtree(host_dir, ignore_errors=True)
-
-
-def _credentials_of(node: Node, ns: str, name: str) -> str:
-    secret = json.loads(
-        node.kubectl("get", "secret", "-n", ns, f"{name}-worker-credential", "-o", "json").stdout
-    )
-    return base64.b64decode(secret["data"]["apiKeys"]).decode().split(",")[0].strip()

@@ -2,8 +2,8 @@
 refused by the router's, the workers' and Redis' policies; the allowed pods get through.
 
 The bridge CNI enforces no NetworkPolicy, so this module runs kube-router's firewall
-controller alone (`deploy/testbed/ensure-netpol.sh`: iptables + ipset inside the node's own
-network namespace) for its duration, and cleans its rules up after. The policies are exactly
+controller alone (`support.node_netpol`: iptables + ipset inside the node's own network
+namespace) for its duration, and cleans its rules up after. The policies are exactly
 what `desired_network.network_policies` renders for a deployment `d`; the pods carry the
 labels the operator gives a deployment's router, Ray worker and Redis pods (Python's
 http.server on each policy's ports, in the small debian-python image: no 5 GB worker image),
@@ -13,19 +13,14 @@ everything (the control). (Busybox's static `wget` crashes with SIGSEGV here, he
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from support.node import Node
-from support.node_config import ROOT
+from support.node_netpol import enforcing_network_policies
 
 from mainsail.operator.desired_network import network_policies
 from mainsail.operator.naming import LABEL_COMPONENT, LABEL_DEPLOYMENT, Owner
@@ -49,54 +44,12 @@ SERVES = {
 ENFORCE_TIMEOUT_S = 60.0
 
 
-def _netpol_binary() -> Path:
-    proc = subprocess.run(
-        [str(ROOT / "deploy/testbed/ensure-netpol.sh"), "--check"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip("kube-router not built (deploy/testbed/ensure-netpol.sh)")
-    return Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "kube-router"
-
-
 @pytest.fixture(scope="module")
 def enforcer(node_cluster: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """kube-router's firewall controller running in the node's namespace for this module."""
-    binary = _netpol_binary()
-    node = node_cluster
     log = tmp_path_factory.mktemp("kube-router") / "kube-router.log"
-    argv = [
-        str(binary), f"--kubeconfig={node.kubeconfig}", "--run-firewall=true",
-        "--run-router=false", "--run-service-proxy=false", "--hostname-override=mainsail-node",
-        "--service-cluster-ip-range=10.96.0.0/16", "--metrics-port=0",
-        "--health-port=20244", "--iptables-sync-period=5s", "--v=1",
-    ]  # fmt: skip
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            node.netns_argv(argv), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"kube-router exited:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(Exception):
-                if node.http_get("http://127.0.0.1:20244/healthz", timeout=2)[0] == 200:
-                    break
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+    with enforcing_network_policies(node_cluster, log) as node:
         yield node
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        # Its chains and ipsets live in the node's namespace: remove them so the rest of the
-        # session runs on the unenforced bridge as before.
-        node.run_in_netns([str(binary), "--cleanup-config"], check=False, timeout=60)
 
 
 def _pod(ns: str, name: str, labels: dict[str, str], ports: tuple[int, ...]) -> dict[str, Any]:

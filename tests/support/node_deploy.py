@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.chart_images import chart_image, helm_image_values
+from support.chart_images import IMAGE_NAMES, chart_image, helm_image_values
 from support.node import Node
 from support.node_config import ROOT
 
@@ -26,14 +26,15 @@ READY_TIMEOUT_S = 1200.0
 WORKERS = "app.kubernetes.io/component=worker"
 
 
-def install_chart(node: Node, ns: str, release: str = "mainsail") -> None:
-    """The four images imported and the chart installed in ``ns`` (its operator running)."""
-    images = {name: chart_image(name) for name in ("operator", "router", "worker", "redis")}
+def install_chart(node: Node, ns: str, *args: str, release: str = "mainsail") -> None:
+    """The four images imported and the chart installed in ``ns`` (its operator running);
+    ``args`` go to `helm install` after the image values (say `--set autoscaleSeconds=2`)."""
+    images = {name: chart_image(name) for name in IMAGE_NAMES}
     for info in images.values():
         node.ensure_image(info["tar"])
     node.helm(
         "install", release, str(ROOT / "charts/mainsail"), "--namespace", ns,
-        *helm_image_values(images), "--wait", "--timeout", "10m", timeout=900,
+        *helm_image_values(images), *args, "--wait", "--timeout", "10m", timeout=900,
     )  # fmt: skip
 
 
