@@ -1,6 +1,7 @@
 """Requests move between worker pods with their KV, on a real node under the operator's own
-NetworkPolicies and mutual TLS; a scale-in drains the worker it removes; a sharded worker
-(tensor and expert parallel ranks on Ray) serves what one process serves.
+NetworkPolicies and mutual TLS; a scale-in drains the worker it removes, whether `kubectl
+scale` or the operator's autoscaler asks for it; sharded workers (tensor and expert parallel
+ranks on Ray), two of them behind the router, serve what one process serves.
 
 Everything is real: the chart's operator, router, Redis and Ray pods from the images
 `deploy/images/build.py` builds, kube-router's firewall controller enforcing the policies the
@@ -10,25 +11,23 @@ took the KV (and did not recompute): the router's `mainsail_router_kv_migrations
 and the target worker's own `vllm:prompt_tokens` counter, which a recompute would raise by the
 whole context and an adopted request leaves unchanged.
 
-One chart install for the module; `tiny` (tp=1, two workers, pool CPU 100m so three fit the
-2-core node) for the moves, then a sharded MoE deployment in its place. Images: the cached
-tars of the current sources; without them the module skips, unless
-`MAINSAIL_IMAGES_REQUIRED=1`.
+One chart install for the module (autoscaler passes every 2 s); `tiny` (tp=1, two workers,
+pool CPU 100m so three fit the 2-core node) for the moves, then a sharded MoE deployment in
+its place. Images: the cached tars of the current sources; without them the module skips,
+unless `MAINSAIL_IMAGES_REQUIRED=1`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import itertools
+import json
 import os
-import statistics
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ import yaml
 from support.greedy import ask_greedy
 from support.node import Node, NodeError
 from support.node_deploy import (
-    admin,
     apply_ready,
     client_key,
     credentials,
@@ -45,13 +43,19 @@ from support.node_deploy import (
     diagnostics,
     events,
     install_chart,
-    scrape,
     worker_pods,
-    workers,
 )
 from support.node_netpol import enforced_policies, enforcing_network_policies
-
-from mainsail.spec.worker_metrics import WORKER_METRICS_PORT
+from support.node_streams import (
+    Greedy,
+    Served,
+    Stream,
+    assert_same,
+    burst,
+    delta,
+    only_on,
+    stream,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2700)]
 
@@ -61,138 +65,9 @@ PROMPT = "The harbour master counted the sails as the ships came home"
 MAX_TOKENS = 4000  # ~16 s at the ~250 tokens/s seen here: outlasts a move and a scale-in
 MAX_MODEL_LEN = 4096  # the generated checkpoint's positions (tiny.yaml says 1024)
 STREAM_TIMEOUT_S = 400.0
+LONG = Greedy("tiny-llama", PROMPT, MAX_TOKENS, STREAM_TIMEOUT_S)
 DRAINED_STREAMS = 3
-
-
-@dataclass
-class Stream:
-    """One streamed completion as the client saw it: chunk arrival times and texts."""
-
-    request_id: str = ""
-    started: threading.Event = field(default_factory=threading.Event)
-    chunks: list[tuple[float, str]] = field(default_factory=list)
-
-    def text(self) -> str:
-        return "".join(t for _, t in self.chunks)
-
-    def max_gap(self) -> float:
-        """The longest pause between two chunks. Not a move's pause: the tiny model's greedy
-        text has long runs of tokens that decode to nothing the stream can send yet (the same
-        gaps come without any move); the source's reported pause is the router's
-        `mainsail_router_kv_migration_pause_seconds`, printed with it."""
-        times = [t for t, _ in self.chunks]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-    def duration(self) -> float:
-        return self.chunks[-1][0] - self.chunks[0][0] if self.chunks else 0.0
-
-    def median_gap(self) -> float:
-        times = [t for t, _ in self.chunks]
-        return statistics.median(b - a for a, b in itertools.pairwise(times))
-
-
-def _stream(base_url: str, api_key: str, record: Stream) -> str:
-    """A greedy stream of PROMPT (EOS ignored); fills ``record`` as chunks arrive."""
-    import openai
-
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
-                           timeout=STREAM_TIMEOUT_S)  # fmt: skip
-    parts = client.completions.create(
-        model="tiny-llama", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0, stream=True,
-        extra_body={"ignore_eos": True},
-    )  # fmt: skip
-    for part in parts:
-        if not record.request_id:
-            record.request_id = part.id.removeprefix("cmpl-")
-            record.started.set()
-        if part.choices:
-            record.chunks.append((time.monotonic(), part.choices[0].text))
-    record.started.set()
-    return record.text()
-
-
-@dataclass
-class Tiny:
-    """The running `tiny` deployment: where its router is and the credentials to use it."""
-
-    node: Node
-    ns: str
-    router: str  # the router Service's IP
-    key: str
-    token: str  # the admin token
-
-    @property
-    def base(self) -> str:
-        return f"http://{self.router}:8000/v1"
-
-    def workers(self) -> dict[str, dict[str, Any]]:
-        return workers(self.node, self.router, self.token)
-
-    def router_metrics(self) -> dict[str, float]:
-        return scrape(self.node, f"http://{self.router}:8000/metrics")
-
-    def worker_metrics(self, pod: str) -> dict[str, float]:
-        ip = worker_pods(self.node, self.ns)[pod]["status"]["podIP"]
-        return scrape(self.node, f"http://{ip}:{WORKER_METRICS_PORT}/metrics")
-
-    def migrate(self, request_id: str, target: str) -> Any:
-        url = f"http://{self.router}:8000/requests/{request_id}/migrate"
-        return admin(self.node, url, self.token, {"worker": target})
-
-    def start(self, pool: concurrent.futures.ThreadPoolExecutor) -> tuple[Stream, Any]:
-        """A stream started; returns once its first chunk (and so its id) arrived."""
-        record = Stream()
-        future = pool.submit(
-            self.node.in_netns, _stream, self.base, self.key, record,
-            timeout=STREAM_TIMEOUT_S + 30,
-        )  # fmt: skip
-        assert record.started.wait(120), "no first chunk in 120 s"
-        assert record.request_id, future.result()
-        return record, future
-
-    def drain(self, worker: str, on: bool = True) -> None:
-        """Stop (or resume) sending new requests to ``worker`` (the router's admin API)."""
-        url = f"http://{self.router}:8000/workers/{worker}/drain"
-        reply = admin(self.node, url, self.token, method="POST" if on else "DELETE")
-        assert reply["draining"] is on
-
-    def outstanding(self) -> dict[str, int]:
-        return {w: e["outstanding"] for w, e in self.workers().items()}
-
-    def router_log(self, needle: str) -> list[str]:
-        """Lines of the router pod's log that contain ``needle``."""
-        logs = self.node.kubectl("logs", "-n", self.ns, "deployment/tiny-router", "--tail=500")
-        return [line for line in logs.stdout.splitlines() if needle in line]
-
-
-@contextlib.contextmanager
-def only_on(tiny: Tiny, worker: str) -> Iterator[None]:
-    """New requests go to ``worker`` only: every other worker is drained meanwhile (no race
-    with how fast the tiny model streams: a request is placed before it starts)."""
-    others = sorted(set(tiny.workers()) - {worker})
-    for other in others:
-        tiny.drain(other)
-    try:
-        yield
-    finally:
-        for other in others:
-            tiny.drain(other, on=False)
-
-
-def _assert_same(got: str, want: str) -> None:
-    """``got == want``, reported by where they part (pytest's diff of two 10k-character
-    strings takes minutes)."""
-    if got != want:
-        at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
-        at = min(len(got), len(want)) if at is None else at
-        raise AssertionError(
-            f"texts differ at character {at} (lengths {len(got)} vs {len(want)}): "
-            f"{got[at : at + 40]!r} vs {want[at : at + 40]!r}"
-        )
-
-
-def _delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
-    return after.get(name, 0.0) - before.get(name, 0.0)
+AUTOSCALE_SECONDS = 2.0  # the chart's autoscaleSeconds here (15 by default)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +80,7 @@ def chart(
         ns = f"migrate-{os.getpid()}"
         node.create_namespace(ns)
         try:
-            install_chart(node, ns)
+            install_chart(node, ns, "--set", f"autoscaleSeconds={AUTOSCALE_SECONDS:g}")
             yield node, ns
         finally:
             node.helm("uninstall", "mainsail", "--namespace", ns, check=False)
@@ -213,7 +88,7 @@ def chart(
 
 
 @pytest.fixture(scope="module")
-def tiny(chart: tuple[Node, str]) -> Tiny:
+def tiny(chart: tuple[Node, str]) -> Served:
     """`tiny` applied and Ready (pool CPU 100m), its policies enforced and its worker plane
     on mutual TLS."""
     node, ns = chart
@@ -227,21 +102,22 @@ def tiny(chart: tuple[Node, str]) -> Tiny:
     node.wait_for(lambda: expected <= enforced_policies(node), timeout=60,
                   what="kube-router enforcing tiny's NetworkPolicies")  # fmt: skip
     router = node.service_ip(ns, "tiny-router")
-    return Tiny(node, ns, router, client_key(secret), secret["adminToken"].strip())
+    return Served(node, ns, "tiny", router, client_key(secret), secret["adminToken"].strip())
 
 
 @pytest.fixture(scope="module")
-def undisturbed(tiny: Tiny) -> str:
+def undisturbed(tiny: Served) -> str:
     """PROMPT's greedy stream with nothing moving it."""
     record = Stream()
-    text = tiny.node.in_netns(_stream, tiny.base, tiny.key, record, timeout=STREAM_TIMEOUT_S + 30)
+    text = tiny.node.in_netns(stream, tiny.base, tiny.key, LONG, record,
+                              timeout=STREAM_TIMEOUT_S + 30)  # fmt: skip
     print(
         f"undisturbed: {len(record.chunks)} chunks, median gap {record.median_gap() * 1e3:.1f} ms"
     )
     return text
 
 
-def test_a_stream_moves_with_its_kv_between_worker_pods(tiny: Tiny, undisturbed: str) -> None:
+def test_a_stream_moves_with_its_kv_between_worker_pods(tiny: Served, undisturbed: str) -> None:
     """`POST /requests/<id>/migrate` to the other worker pod, under the enforced policies and
     mutual TLS: the source worker sends the KV to the target over `ReceiveKV` (worker to
     worker), the client's stream carries on with exactly the undisturbed tokens, the router
@@ -250,11 +126,11 @@ def test_a_stream_moves_with_its_kv_between_worker_pods(tiny: Tiny, undisturbed:
     router_before, target_before = tiny.router_metrics(), tiny.worker_metrics(target)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         with only_on(tiny, source):
-            record, running = tiny.start(pool)
+            record, running = tiny.start(pool, LONG)
         asked = time.monotonic()
         reply = tiny.migrate(record.request_id, target)
         assert reply == {"request": record.request_id, "migrating": True, "worker": target}
-        _assert_same(running.result(timeout=STREAM_TIMEOUT_S + 60), undisturbed)
+        assert_same(running.result(timeout=STREAM_TIMEOUT_S + 60), undisturbed)
     router_after, target_after = tiny.router_metrics(), tiny.worker_metrics(target)
     moved_at = sum(1 for t, _ in record.chunks if t < asked)
     print(
@@ -263,19 +139,19 @@ def test_a_stream_moves_with_its_kv_between_worker_pods(tiny: Tiny, undisturbed:
         f"stream {record.duration():.1f} s"
     )
     print("\n".join(tiny.router_log("with its KV")))
-    pause = _delta(router_after, router_before, "mainsail_router_kv_migration_pause_seconds_sum")
+    pause = delta(router_after, router_before, "mainsail_router_kv_migration_pause_seconds_sum")
     print(f"source's pause (router histogram): {pause * 1e3:.1f} ms")
-    assert _delta(router_after, router_before, "mainsail_router_kv_migrations_total") == 1
-    assert _delta(router_after, router_before, "mainsail_router_kv_migration_failures_total") == 0
-    assert _delta(router_after, router_before, "mainsail_router_resumes_total") == 0
+    assert delta(router_after, router_before, "mainsail_router_kv_migrations_total") == 1
+    assert delta(router_after, router_before, "mainsail_router_kv_migration_failures_total") == 0
+    assert delta(router_after, router_before, "mainsail_router_resumes_total") == 0
     # Adopted, not recomputed: the target generated the rest without prefilling anything.
-    assert _delta(target_after, target_before, "vllm:prompt_tokens_total") == 0
-    generated = _delta(target_after, target_before, "vllm:generation_tokens_total")
+    assert delta(target_after, target_before, "vllm:prompt_tokens_total") == 0
+    generated = delta(target_after, target_before, "vllm:generation_tokens_total")
     assert 0 < generated < MAX_TOKENS
 
 
 def test_scale_in_drains_the_removed_worker_and_its_streams_move(
-    tiny: Tiny, undisturbed: str
+    tiny: Served, undisturbed: str
 ) -> None:
     """`kubectl scale servingpool --replicas 3`, then three streams placed on the pod the
     operator will remove (the youngest: `scale_down.choose_removals`), then back to 2: the
@@ -294,13 +170,13 @@ def test_scale_in_drains_the_removed_worker_and_its_streams_move(
     router_before = tiny.router_metrics()
     with concurrent.futures.ThreadPoolExecutor(DRAINED_STREAMS) as pool:
         with only_on(tiny, doomed):
-            streams = [tiny.start(pool) for _ in range(DRAINED_STREAMS)]
+            streams = [tiny.start(pool, LONG) for _ in range(DRAINED_STREAMS)]
         assert tiny.outstanding()[doomed] == DRAINED_STREAMS
         scaled = time.monotonic()
         node.kubectl("scale", "-n", ns, "servingpool", "tiny-unified", "--replicas=2")
         for _, running in streams:
-            _assert_same(running.result(timeout=STREAM_TIMEOUT_S + 60), undisturbed)
-        after = [sum(1 for t, _ in r.chunks if t > scaled) for r, _ in streams]
+            assert_same(running.result(timeout=STREAM_TIMEOUT_S + 60), undisturbed)
+        after = [r.chunks_after(scaled) for r, _ in streams]
     router_after = tiny.router_metrics()
     print(f"scale-in: chunks after `kubectl scale` {after}; longest client gaps "
           + ", ".join(f"{r.max_gap() * 1e3:.0f} ms" for r, _ in streams)
@@ -312,10 +188,114 @@ def test_scale_in_drains_the_removed_worker_and_its_streams_move(
     )  # fmt: skip
     drained = [e for e in events(node, ns, "tiny") if e["reason"] == "Drained"]
     assert any(doomed in e["message"] for e in drained), drained
-    moved = _delta(router_after, router_before, "mainsail_router_kv_migrations_total")
+    moved = delta(router_after, router_before, "mainsail_router_kv_migrations_total")
     assert moved == DRAINED_STREAMS, f"{moved} moved: streams ended before the drain? {after}"
-    assert _delta(router_after, router_before, "mainsail_router_kv_migration_failures_total") == 0
-    assert _delta(router_after, router_before, "mainsail_router_resumes_total") == 0
+    assert delta(router_after, router_before, "mainsail_router_kv_migration_failures_total") == 0
+    assert delta(router_after, router_before, "mainsail_router_resumes_total") == 0
+
+
+# --- The operator's autoscaler: scale up under load, scale in by draining ------------------
+
+BURST = Greedy("tiny-llama", "Gulls over the harbour wall", 48, 300.0)
+HOLD_S = 3600  # scaleDownDelaySeconds while the test places streams: no scale-in meanwhile
+
+
+def _autoscaling(node: Node, ns: str, **fields: Any) -> None:
+    """Merge ``fields`` into tiny's `spec.pools.unified.autoscaling` (no pod rolls: pool sizes
+    are not in the config document the pods mount)."""
+    patch = {"spec": {"pools": {"unified": {"autoscaling": fields}}}}
+    node.kubectl("patch", "-n", ns, "modeldeployment", "tiny", "--type=merge",
+                 "-p", json.dumps(patch))  # fmt: skip
+
+
+def _pool_size(node: Node, ns: str) -> int:
+    """The ServingPool's `spec.replicas` (what the autoscaler writes)."""
+    return int(node.kubectl("get", "servingpool", "tiny-unified", "-n", ns,
+                            "-o", "jsonpath={.spec.replicas}").stdout)  # fmt: skip
+
+
+def _serving(tiny: Served, count: int) -> bool:
+    """``count`` worker pods, each one's worker registered under its name."""
+    pods = set(worker_pods(tiny.node, tiny.ns))
+    return len(pods) == count and set(tiny.workers()) == pods
+
+
+def test_the_autoscaler_drains_the_worker_it_removes(tiny: Served, undisturbed: str) -> None:
+    """The operator's autoscaler, not `kubectl`, resizes the pool (`autoscaling` 1..2, target
+    queue depth 1): idle, it scales in to one worker; a bounded burst of whole completions
+    (the engine's `maxNumSeqs` + 8 at once, so requests wait) scales it up to two; once the
+    new worker serves, the burst stops and three long streams are placed on the new pod (the
+    youngest, which a scale-in removes). Then the scale-down delay, held long until now, is
+    set to 0: the next pass scales in, the operator drains that worker before KubeRay deletes
+    its pod, and every stream moves off it with its KV and completes with exactly the
+    undisturbed tokens; no burst request and no stream fails; events say ScaledUp, ScaledDown
+    and Drained (naming the pod), status says 1."""
+    node, ns = tiny.node, tiny.ns
+    engine = yaml.safe_load(EXAMPLE.read_text())["spec"]["engine"]
+    clients = int(engine["maxNumSeqs"]) + 8
+    _autoscaling(node, ns, enabled=True, minReplicas=1, maxReplicas=2, targetQueueDepth=1,
+                 scaleDownDelaySeconds=0)  # fmt: skip
+    try:
+        node.wait_for(lambda: _pool_size(node, ns) == 1 and _serving(tiny, 1), timeout=300,
+                      what="the autoscaler scaling the idle pool in to one worker")  # fmt: skip
+        _autoscaling(node, ns, scaleDownDelaySeconds=HOLD_S)
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1 + DRAINED_STREAMS) as pool:
+            started = time.monotonic()
+            load = pool.submit(node.in_netns, burst, tiny.base, tiny.key, BURST, clients, stop,
+                               900.0, timeout=1000)  # fmt: skip
+            try:
+                node.wait_for(lambda: load.done() or _serving(tiny, 2), timeout=900,
+                              what="a second worker serving under the burst")  # fmt: skip
+            finally:
+                stop.set()
+            scaled_up = time.monotonic() - started
+            loaded = load.result(timeout=400)
+            assert not loaded.failures, loaded.failures[:5]
+            assert _pool_size(node, ns) == 2 and _serving(tiny, 2)
+            pods = worker_pods(node, ns)
+            doomed = max(pods, key=lambda p: pods[p]["metadata"]["creationTimestamp"])
+            router_before = tiny.router_metrics()
+            with only_on(tiny, doomed):
+                streams = [tiny.start(pool, LONG) for _ in range(DRAINED_STREAMS)]
+            assert tiny.outstanding()[doomed] == DRAINED_STREAMS
+            released = time.monotonic()
+            _autoscaling(node, ns, scaleDownDelaySeconds=0)
+            for _, running in streams:
+                assert_same(running.result(timeout=STREAM_TIMEOUT_S + 60), undisturbed)
+        after = [r.chunks_after(released) for r, _ in streams]
+        router_after = tiny.router_metrics()
+        print(
+            f"autoscaler: 1 -> 2 workers {scaled_up:.1f} s into a burst of {clients} clients "
+            f"({loaded.answered} answered); scale-in released with {DRAINED_STREAMS} streams on "
+            f"{doomed}: chunks after {after}; streams "
+            + ", ".join(f"{r.duration():.1f} s" for r, _ in streams)
+        )
+        print("\n".join(tiny.router_log("with its KV")))
+        node.wait_for(
+            lambda: _pool_size(node, ns) == 1
+            and set(worker_pods(node, ns)) == set(tiny.workers()) == set(pods) - {doomed},
+            timeout=300, what=f"back to one worker, without {doomed}",
+        )  # fmt: skip
+        seen = events(node, ns, "tiny")
+        drained = [e["message"] for e in seen if e["reason"] == "Drained"]
+        assert any(doomed in message for message in drained), drained
+        scaled = {(e["reason"], e["message"].split(" (")[0]) for e in seen}
+        assert {("ScaledUp", "unified: 1 -> 2"), ("ScaledDown", "unified: 2 -> 1")} <= scaled
+        md = json.loads(node.kubectl("get", "modeldeployment", "tiny", "-n", ns,
+                                     "-o", "json").stdout)  # fmt: skip
+        assert md["status"]["autoscaling"]["unified"]["desiredReplicas"] == 1
+        moved = delta(router_after, router_before, "mainsail_router_kv_migrations_total")
+        assert moved == DRAINED_STREAMS, f"{moved} moved: streams ended before the drain? {after}"
+        assert delta(router_after, router_before,
+                     "mainsail_router_kv_migration_failures_total") == 0  # fmt: skip
+        assert delta(router_after, router_before, "mainsail_router_resumes_total") == 0
+    except (subprocess.CalledProcessError, NodeError):
+        print(diagnostics(node, ns, "tiny"))
+        raise
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):  # keep the cause
+            _autoscaling(node, ns, enabled=False)
 
 
 # --- Model shards: tensor and expert parallel ranks on the node's Ray --------------------------
@@ -326,7 +306,7 @@ SHARD_TOKENS = 24
 
 def _sharded_document() -> dict[str, Any]:
     """The tiny MoE (Mixtral-style) with attention split over 2 tensor-parallel ranks and its
-    experts over 2 expert-parallel ranks, one worker pod, no cache pool."""
+    experts over 2 expert-parallel ranks, two such workers (one pod each), no cache pool."""
     return {
         "apiVersion": "mainsail.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -338,7 +318,7 @@ def _sharded_document() -> dict[str, Any]:
                 "tensorParallel": 2, "expertParallel": {"min": 2, "max": 2},
             },
             "pools": {
-                "unified": {"replicas": 1, "resources": {"cpu": "100m", "memory": "3Gi"}},
+                "unified": {"replicas": 2, "resources": {"cpu": "100m", "memory": "3Gi"}},
                 "cache": {"enabled": False},
             },
         },
@@ -365,25 +345,33 @@ def _one_process_text(prompt: str) -> str:
     raise AssertionError("the reference engine did not finish")
 
 
-def test_a_sharded_moe_worker_serves_what_one_process_serves(tiny: Tiny) -> None:
-    """`engine.tensorParallel: 2`, `expertParallel: {min: 2, max: 2}` on the node: the worker
-    pod's Ray offers one CPU per rank (the operator's `num-cpus`), the worker places its two
-    rank actors there, and the router Service answers a greedy prompt — streamed and not —
-    with exactly what one unsharded engine process generates on the same checkpoint."""
+def test_two_sharded_moe_workers_each_serve_what_one_process_serves(tiny: Served) -> None:
+    """`engine.tensorParallel: 2`, `expertParallel: {min: 2, max: 2}`, two replicas, on the
+    node: each worker pod's Ray offers one CPU per rank (the operator's `num-cpus`), each
+    worker places its two rank actors on its own pod, both register under their pods' names,
+    and the router Service answers a greedy prompt — streamed and not, sent to each worker in
+    turn — with exactly what one unsharded engine process generates on the same checkpoint."""
     node, ns = tiny.node, tiny.ns
     delete_deployment(node, ns, "tiny")  # the 2-core node has no CPU for both routers
     expected = _one_process_text(PROMPT)
+    answers: dict[str, tuple[str, str, int]] = {}
     try:
         print(f"shards: apply -> Ready {apply_ready(node, ns, _sharded_document()):.1f} s")
-        base = f"http://{node.service_ip(ns, f'{SHARDED}-router')}:8000/v1"
-        key = client_key(credentials(node, ns, SHARDED))
-        whole, streamed, tokens = node.in_netns(
-            ask_greedy, base, key, "tiny-mixtral", PROMPT, SHARD_TOKENS, timeout=300
-        )
+        secret = credentials(node, ns, SHARDED)
+        shards = Served(node, ns, SHARDED, node.service_ip(ns, f"{SHARDED}-router"),
+                        client_key(secret), secret["adminToken"].strip())  # fmt: skip
+        pods = set(worker_pods(node, ns))
+        assert len(pods) == 2 and set(shards.workers()) == pods
+        for worker in sorted(pods):
+            with only_on(shards, worker):
+                answers[worker] = node.in_netns(
+                    ask_greedy, shards.base, shards.key, "tiny-mixtral", PROMPT, SHARD_TOKENS,
+                    timeout=300,
+                )  # fmt: skip
     except BaseException:
         print(diagnostics(node, ns, SHARDED))
         raise
     finally:  # its pods hold CPU until gone: the next module's deployment needs it
         with contextlib.suppress(subprocess.CalledProcessError, NodeError):
             delete_deployment(node, ns, SHARDED)
-    assert (whole, streamed, tokens) == (expected, expected, SHARD_TOKENS)
+    assert answers == dict.fromkeys(pods, (expected, expected, SHARD_TOKENS))
