@@ -1,4 +1,5 @@
-"""Fixtures for every tier: the generated tiny checkpoint, cached once per machine."""
+"""Fixtures and ordering for every tier: the generated tiny checkpoint, cached once per machine,
+and the tiers run cheapest first with the cluster tier last."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from hypothesis import settings
 # test timing itself. Slow examples still show in Hypothesis's statistics.
 settings.register_profile("mainsail", deadline=None)
 settings.load_profile("mainsail")
+
+from support.tiers import tier_rank  # noqa: E402  (after the Hypothesis profile on purpose)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Stable sort by tier: the order within a tier stays pytest's own."""
+    items.sort(key=lambda item: tier_rank(item.path))
 
 
 @pytest.fixture(scope="session")
