@@ -39,9 +39,10 @@ from mainsail.workers.engine.request_checks import EngineLimits, check_request
 from mainsail.workers.engine.sampler import SampleRequest, sample
 from mainsail.workers.engine.scheduler import Scheduler
 from mainsail.workers.engine.sequence import Sequence
+from mainsail.workers.engine.sharding import between_steps, scale_experts, start_sharded_runner
 from mainsail.workers.engine.tokenizer import Tokenizer
 from mainsail.workers.kvtier import BlockCodec, kv_namespace
-from mainsail.workers.models import AdapterSet, load_model, load_model_config, model_class
+from mainsail.workers.models import AdapterSet, load_model, load_model_config
 
 if TYPE_CHECKING:
     from mainsail.workers.parallel import ShardedRunner
@@ -99,8 +100,12 @@ class Engine:
         )
         self._adapters: AdapterSet | None = None
         self._runner: StepRunner
+        self._sharded: ShardedRunner | None = None
         if self.config.sharded:
-            self._runner = self._sharded_runner(blocks)
+            self._sharded, self._adapters = start_sharded_runner(
+                self.model_dir, self.model_config, self.config, blocks
+            )
+            self._runner = self._sharded
         else:
             model, _ = load_model(self.model_dir, self.config.dtype, self.config.device)
             if self.config.adapters:
@@ -145,49 +150,15 @@ class Engine:
             hash_seed=self.config.hash_seed,
         )
 
-    def _sharded_runner(self, blocks: int) -> StepRunner:
-        from mainsail.workers.parallel import ShardedRunner
-
-        adapters = sorted((name, str(path)) for name, path in self.config.adapters.items())
-        if adapters:
-            # Checked against the whole model (no weights: meta tensors) with the errors of an
-            # unsharded engine; this set gives names and slots, the ranks hold the factors.
-            with torch.device("meta"):
-                whole = model_class(self.model_config.architecture)(self.model_config)
-            self._adapters = AdapterSet(whole)
-            for name, path in adapters:
-                self._adapters.load(name, Path(path))
-
-        return ShardedRunner(
-            self.model_dir,
-            self.model_config,
-            tp=self.config.tensor_parallel,
-            ep=self.config.expert_parallel,
-            ep_max=self.config.expert_parallel_max,
-            warm_spares=self.config.warm_expert_ranks,
-            num_blocks=blocks,
-            block_size=self.config.block_size,
-            dtype=self.config.dtype,
-            device=self.config.device,
-            num_threads=self.config.num_threads or 1,
-            resources=self.config.rank_resources,
-            adapters=adapters,
-        )
-
     @property
     def sharded(self) -> ShardedRunner | None:
         """The sharded runner when the model runs in rank actors, else None."""
-        from mainsail.workers.parallel import ShardedRunner
-
-        return self._runner if isinstance(self._runner, ShardedRunner) else None
+        return self._sharded
 
     def scale_experts(self, expert_parallel: int) -> None:
         """Start moving a sharded MoE model to ``expert_parallel`` expert ranks while serving;
         the switch happens between two later steps (see `ShardedRunner.start_resize`)."""
-        runner = self.sharded
-        if runner is None:
-            raise ValueError("scale_experts needs an engine started with expert_parallel set")
-        runner.start_resize(expert_parallel)
+        scale_experts(self._sharded, expert_parallel)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -308,9 +279,7 @@ class Engine:
         """Run one scheduling step; outputs of requests that advanced or finished."""
         start = self._clock()
         self.last_step = None
-        sharded = self.sharded
-        if sharded is not None:
-            sharded.switch_if_ready()
+        between_steps(self._sharded)
         outputs, self._pending = self._pending, []
         if self._tier is not None:
             reserve = len(self._scheduler.running) + -(
@@ -439,9 +408,8 @@ class Engine:
         """Stop the tier's background threads (queued writes get a short grace period)."""
         if self._tier is not None:
             self._tier.close()
-        sharded = self.sharded
-        if sharded is not None:
-            sharded.close()
+        if self._sharded is not None:
+            self._sharded.close()
 
     def kv_snapshot(self) -> list[int]:
         """Every block hash whose KV this engine holds (for a router resync)."""
