@@ -8,31 +8,33 @@ socket write per worker message (its events, and on the last one `[DONE]` and th
 body), so a worker that sends several ready tokens at once costs one write, not several.
 Served by `mainsail.router.front.http_server`; also /health (200 once serving, with or without
 workers: a router whose pools are scaled to zero holds requests and must stay Ready)
-and /metrics (Prometheus text).
+and /metrics (Prometheus text). The admin endpoints (/workers, drain, expert parallelism,
+migration) are `admin_api.AdminApi`'s: this front checks their token first, as it checks
+client keys for /v1/, and dispatches to them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
-from mainsail.router.errors import RouterError, bad_request, not_found
+from mainsail.router.errors import RouterError, bad_request
+from mainsail.router.front.admin_api import AdminApi
 from mainsail.router.front.auth import Credentials
 from mainsail.router.front.http_wire import (
     ChunkWriter,
     Request,
     Response,
     StreamResponse,
+    json_body,
     json_response,
 )
 from mainsail.router.front.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
 from mainsail.router.front.openai_shapes import ChatShape, CompletionShape, Shape, sse_event
 from mainsail.router.routing.router import Router, RouteStream
-from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
 
 Endpoint = Callable[[Request], Awaitable[Response | StreamResponse]]
 _DONE = b"data: [DONE]\n\n"
@@ -53,13 +55,13 @@ class HttpFront:
         # Ready once serving, workers or not: a router with no worker registered holds requests
         # for pools scaled to zero (see routing/choose.py), so it must stay reachable.
         self.ready = ready or (lambda: True)
+        self.admin = AdminApi(router, self.credentials)
         self.routes: dict[str, dict[str, Endpoint]] = {
             "/v1/models": {"GET": self.models},
             "/v1/completions": {"POST": self.completions},
             "/v1/chat/completions": {"POST": self.chat},
             "/health": {"GET": self.health},
             "/metrics": {"GET": self.metrics},
-            "/workers": {"GET": self.workers},
         }
         self._http_errors = {
             status: router.metrics.requests.labels("http", f"http_{status}")
@@ -72,8 +74,8 @@ class HttpFront:
         if refusal is not None:
             return refusal
         methods = self.routes.get(request.path)
-        if methods is None and request.path.startswith(("/workers/", "/requests/")):
-            methods = self._admin(request)
+        if methods is None and self.admin.owns(request.path):
+            methods = self.admin.endpoints(request.path)
         if methods is None:
             err = RouterError(404, f"Unknown path {request.path}.", code="unknown_url")
             return json_response(err.body(), 404)
@@ -94,7 +96,8 @@ class HttpFront:
             return json_response(exc.body(), exc.status, exc.headers())
 
     def _refusal(self, request: Request) -> Response | None:
-        """401 when the path needs credentials the request lacks (see `auth.py`)."""
+        """401 when the path needs credentials the request lacks, 403 for an admin path of a
+        router without an admin token (see `auth.py`, `admin_api.py`)."""
         path = request.path
         raw = request.header(b"authorization")
         authorization = raw.decode("latin-1") if raw is not None else None
@@ -102,28 +105,16 @@ class HttpFront:
             if self.credentials.client_allowed(authorization):
                 return None
             message = "Incorrect or missing API key: send `Authorization: Bearer <key>`."
-        elif path == "/workers" or path.startswith(("/workers/", "/requests/")):
-            if not self.credentials.admin_enabled:
-                return self._admin_disabled()
-            if self.credentials.admin_allowed(authorization):
-                return None
-            message = "This admin endpoint needs `Authorization: Bearer <admin token>`."
+            err: RouterError | None = RouterError(401, message, code="invalid_api_key")
+        elif self.admin.owns(path):
+            err = self.admin.refusal(authorization)
         else:
             return None
-        err = RouterError(401, message, code="invalid_api_key")
-        self.router.metrics.requests.labels("http", "http_401").inc()
-        return json_response(err.body(), 401, [(b"www-authenticate", b"Bearer")])
-
-    def _admin_disabled(self) -> Response:
-        """403 for every admin call of a router started without an admin token: no bearer
-        can open it, so the answer says how to configure one instead."""
-        message = (
-            f"The admin API is disabled: this router has no admin token. Start it with "
-            f"{ADMIN_TOKEN_ENV} set and send `Authorization: Bearer <admin token>`."
-        )
-        err = RouterError(403, message, code="admin_disabled")
-        self.router.metrics.requests.labels("http", "http_403").inc()
-        return json_response(err.body(), 403)
+        if err is None:
+            return None
+        self.router.metrics.requests.labels("http", f"http_{err.status}").inc()
+        challenge = [(b"www-authenticate", b"Bearer")] if err.status == 401 else []
+        return json_response(err.body(), err.status, challenge)
 
     # ------------------------------------------------------------------ plain endpoints
 
@@ -149,84 +140,7 @@ class HttpFront:
     async def metrics(self, request: Request) -> Response:
         return Response(200, self.router.metrics.render(), b"text/plain; version=0.0.4")
 
-    def _admin(self, request: Request) -> dict[str, Endpoint] | None:
-        """`/workers/<id>/drain` (POST drains, DELETE undrains),
-        `/workers/<id>/experts` (POST, JSON body `{"expertParallel": <n>}`: elastic expert
-        parallelism, `Router.scale_experts`) and
-        `/requests/<id>/migrate` (POST, optional JSON body `{"worker": "<id>"}`)."""
-        parts = request.path.strip("/").split("/")
-        if len(parts) != 3:
-            return None
-        kind, ident, action = parts
-        if kind == "workers" and action == "drain":
-
-            async def drain(request: Request) -> Response:
-                on = request.method == "POST"
-                moved = await self.router.drain(ident, on)
-                return json_response({"worker": ident, "draining": on, "migrated": moved})
-
-            return {"POST": drain, "DELETE": drain}
-        if kind == "workers" and action == "experts":
-
-            async def experts(request: Request) -> Response:
-                body = self._json(request) if request.body else {}
-                degree = body.get("expertParallel") if isinstance(body, dict) else None
-                if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
-                    raise bad_request(
-                        "`expertParallel` must be an integer >= 1.", param="expertParallel"
-                    )
-                reply = await self.router.scale_experts(ident, degree)
-                current, target = reply.expert_parallel, reply.target
-                return json_response({"worker": ident, "expertParallel": current, "target": target})
-
-            return {"POST": experts}
-        if kind == "requests" and action == "migrate":
-
-            async def migrate(request: Request) -> Response:
-                body = self._json(request) if request.body else {}
-                target = body.get("worker") if isinstance(body, dict) else None
-                if target is not None and not isinstance(target, str):
-                    raise bad_request("`worker` must be a worker id string.", param="worker")
-                if target and self.router.registry.get(target) is None:
-                    raise not_found(f"No worker {target!r} is registered.")
-                if not await self.router.migrate(ident, target):
-                    raise not_found(f"No request {ident!r} is streaming here.")
-                return json_response({"request": ident, "migrating": True, "worker": target})
-
-            return {"POST": migrate}
-        return None
-
-    async def workers(self, request: Request) -> Response:
-        """Registered workers and their last reported load (for operators and debugging)."""
-        data = [
-            {
-                "id": e.worker_id,
-                "role": e.info.role or "unified",
-                "address": e.address,
-                "metrics_address": e.info.metrics_address,
-                "adapters": list(e.info.adapters),
-                "running": e.load.running,
-                "waiting": e.load.waiting,
-                "outstanding": e.outstanding,
-                "other_routers_in_flight": e.others,
-                "kv_blocks_used": e.load.kv_blocks_used,
-                "kv_blocks_total": e.load.kv_blocks_total,
-                "draining": e.draining,
-                "expert_parallel": e.load.expert_parallel,
-                "expert_parallel_target": e.load.expert_parallel_target,
-            }
-            for e in self.router.registry.entries()
-        ]
-        return json_response({"object": "list", "data": data})
-
     # ------------------------------------------------------------------ generation
-
-    def _json(self, request: Request) -> object:
-        # The server refuses bodies over max_body_bytes with 413 before we get here.
-        try:
-            return json.loads(request.body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"The request body is not valid JSON: {exc}") from None
 
     async def completions(self, request: Request) -> Response | StreamResponse:
         trace = self.router.tracing.begin("http", request.headers, request.path)
@@ -258,7 +172,7 @@ class HttpFront:
 
     def _completion_request(self, request: Request) -> tuple[CompletionRequest, pb.GenerateRequest]:
         """The parsed body and the request it asks for; `RouterError` (400) naming the field."""
-        body = parse_body(CompletionRequest, self._json(request))
+        body = parse_body(CompletionRequest, json_body(request))
         req = _sampling_request(body)
         if isinstance(body.prompt, str):
             req.prompt = body.prompt
@@ -272,7 +186,7 @@ class HttpFront:
 
     def _chat_request(self, request: Request) -> tuple[ChatCompletionRequest, pb.GenerateRequest]:
         """The parsed body and the request it asks for; `RouterError` (400) naming the field."""
-        body = parse_body(ChatCompletionRequest, self._json(request))
+        body = parse_body(ChatCompletionRequest, json_body(request))
         req = _sampling_request(body)
         if body.max_completion_tokens is not None:
             req.sampling.max_tokens = body.max_completion_tokens

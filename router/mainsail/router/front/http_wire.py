@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mainsail.router.errors import bad_request
+
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -73,3 +75,12 @@ def json_response(obj: Any, status: int = 200, headers: Headers | None = None) -
     """``obj`` as a compact JSON response."""
     body = json.dumps(obj, separators=(",", ":")).encode()
     return Response(status, body, b"application/json", headers or [])
+
+
+def json_body(request: Request) -> object:
+    """``request``'s body parsed as JSON; `RouterError` (400) saying why it is not JSON. (The
+    server refuses bodies over ``max_body_bytes`` with 413 before a front reads them.)"""
+    try:
+        return json.loads(request.body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}") from None
