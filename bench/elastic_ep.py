@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from mainsail.cli.local.stack import init_ray_retrying
+from mainsail.cli.local.ray_start import start_local_ray
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
 from mainsail.workers.parallel import ShardedRunner
@@ -190,14 +190,7 @@ def main() -> None:
     parser.add_argument("--strict", action="store_true", help="medians of done windows only")
     parser.add_argument("--no-restart", action="store_true", help="skip the restart timing")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init_ray_retrying(
-        lambda: ray.init(
-            num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1"
-        ),
-        ray.shutdown,
-        lambda message: print(message, flush=True),
-    )
+    start_local_ray(2, node_ip_address="127.0.0.1", progress=lambda m: print(m, flush=True))
     model = ensure_checkpoint("mixtral")
     config = EngineConfig(max_model_len=128, max_num_seqs=8, num_threads=1, rank_resources=RANK_CPU)
     windows: dict[tuple[str, str], list[dict[str, float]]] = {}

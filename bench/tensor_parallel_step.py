@@ -33,7 +33,7 @@ import time
 
 import ray
 
-from mainsail.cli.local.stack import init_ray_retrying
+from mainsail.cli.local.ray_start import start_local_ray
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.engine import Engine, EngineConfig, EngineRequest, SamplingParams
 
@@ -92,15 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.budget = min(args.rounds, 2), min(args.budget, 60.0)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    init_ray_retrying(
-        lambda: ray.init(
-            num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1"
-        ),
-        ray.shutdown,
-        lambda message: print(message, flush=True),
-    )
+    start_local_ray(2, node_ip_address="127.0.0.1", progress=lambda m: print(m, flush=True))
     model = ensure_checkpoint("llama")
     config = EngineConfig(
         max_model_len=args.prefill_tokens + 64,

@@ -1,4 +1,5 @@
-"""`mainsail up` starts local Ray again only when Ray's own fixed start-up wait ran out."""
+"""A local Ray start (`mainsail up`, the tests, the benchmarks: `start_local_ray`) is tried
+again only when Ray's own fixed start-up wait ran out."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from mainsail.cli.local.stack import init_ray_retrying
+from mainsail.cli.local.ray_start import init_ray_retrying
 
 SLOW = Exception(
     "The current node timed out during startup. This could happen because some of the "

@@ -21,14 +21,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from mainsail.cli.local.ports import RouterPorts, check_router_ports, replica_ports, router_ports
+from mainsail.cli.local.ray_start import Progress, start_local_ray
 from mainsail.cli.local.redis_server import RedisServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.deployment import ModelDeployment
@@ -39,56 +37,6 @@ from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
 from mainsail.workers.ray_actor import pool_resource
 from mainsail.workers.supervisor import WorkerSupervisor
 from mainsail.workers.worker_spec import WorkerSpec
-
-Progress = Callable[[str], None]
-
-
-RAY_START_ATTEMPTS = 3
-"""Local Ray starts tried before giving up: Ray waits a fixed 30 s for its raylet to register
-and fails the start on a machine busy enough to exceed it (seen on 2 cores under load)."""
-
-
-def init_ray_retrying(
-    init: Callable[[], object],
-    shutdown: Callable[[], None],
-    progress: Progress,
-    attempts: int = RAY_START_ATTEMPTS,
-) -> None:
-    """Start local Ray, starting it again when only Ray's own start-up wait ran out; any other
-    error is raised at once. A failed start is cleaned up before the next one (and before the
-    last failure is raised): `shutdown` alone does not stop what a start that never finished
-    launched (its GCS, raylet and monitors stay up, so every retry added load to a machine that
-    was already too slow), so the processes this process gained during the attempt are stopped
-    by their own ids."""
-    for attempt in range(1, attempts + 1):
-        before = _descendants()
-        try:
-            init()
-            return
-        except Exception as exc:  # Ray raises a bare Exception for this case
-            if "timed out during startup" not in str(exc):
-                raise
-            shutdown()
-            _stop_new_descendants(before)
-            if attempt == attempts:
-                raise
-            progress(f"Local Ray was slow to start ({exc}); starting it again")
-
-
-def _descendants() -> set[int]:
-    return {child.pid for child in psutil.Process().children(recursive=True)}
-
-
-def _stop_new_descendants(before: set[int], grace_s: float = 10.0) -> None:
-    """Terminate (then kill) this process's descendants that were not there in ``before``."""
-    new = [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
-    for child in new:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    _, alive = psutil.wait_procs(new, timeout=grace_s)
-    for child in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
 
 
 def check_sharding(model_dir: Path, engine: EngineSettings) -> None:
@@ -287,15 +235,6 @@ class LocalStack:
 
     def _start_ray(self) -> None:
         self.progress("Starting local Ray")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        # Ray waits 60 s for its dashboard process (started even without the UI, read when
-        # `ray` is imported); on a loaded machine that start alone took longer and ray.init
-        # failed outright ("Failed to start the dashboard").
-        os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
-        import ray
-
         total = self._total_replicas()
         # Ray installs a SIGTERM handler that kills the process before our cleanup runs;
         # keep ours so SIGTERM shuts the whole stack down in order.
@@ -308,17 +247,11 @@ class LocalStack:
         }
         # A sharded worker's rank actors each take one CPU bundle of its placement group.
         ranks = self.deployment.spec.engine.ranks if self.deployment.spec.engine.sharded else 0
-        init_ray_retrying(
-            lambda: ray.init(
-                num_cpus=max(1, total) + total * ranks,
-                resources=roles,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                namespace=f"mainsail-{self.deployment.metadata.name}",
-            ),
-            ray.shutdown,
-            self.progress,
+        start_local_ray(
+            max(1, total) + total * ranks,
+            resources=roles,
+            namespace=f"mainsail-{self.deployment.metadata.name}",
+            progress=self.progress,
         )
         self.ray_started = True
         if previous is not None and threading.current_thread() is threading.main_thread():
