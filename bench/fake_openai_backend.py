@@ -10,7 +10,8 @@ same timing whichever way it arrives:
   together in one write, with `stream_options.include_usage`), `GET /v1/models`,
   `GET /health`, and `GET /stats` (requests served per protocol, for the benchmark's spread);
 - gRPC: the real `WorkerService` over the same engine, registered with a Mainsail router by the
-  real `Registrar` when `--router host:port` is given (as `mainsail.workers.host` does).
+  real `Registrar` when `--router host:port` is given, and guarded by the worker token
+  (`MAINSAIL_WORKER_TOKEN`, which the router must share), as `mainsail.workers.host` does.
 
 Usage: `python bench/fake_openai_backend.py --ready-file F [--router 127.0.0.1:50051]`; the ready
 file receives `{"http_port": ..., "grpc_port": ...}` once both are serving.
@@ -38,6 +39,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.server import bind_socket
 from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.request_contract import DEFAULT_MAX_TOKENS
+from mainsail.spec.worker_auth import WorkerCredential, token_guard
 from mainsail.workers.engine import EngineRequest, SamplingParams
 from mainsail.workers.fake_engine import FakeEngine
 from mainsail.workers.kv_publisher import KVEventHub
@@ -161,7 +163,8 @@ async def serve(args: argparse.Namespace) -> None:
     hub = KVEventHub(args.worker_id, engine.drain_kv_events, engine.kv_snapshot)
     hub.start()
     service = WorkerService(args.worker_id, engine, hub, max_num_seqs=MAX_NUM_SEQS)
-    server = grpc.aio.server()
+    credential = WorkerCredential.from_env()
+    server = grpc.aio.server(interceptors=[token_guard(credential, "worker")])
     pb_grpc.add_WorkerServicer_to_server(service, server)
     grpc_port = server.add_insecure_port(f"{args.host}:{args.grpc_port}")
     await server.start()
@@ -185,7 +188,7 @@ async def serve(args: argparse.Namespace) -> None:
                 block_size=kv.block_size, hash_seed=kv.hash_seed, algorithm=kv.algorithm
             ),
         )
-        registrar = Registrar(args.router, info, service.load_snapshot)
+        registrar = Registrar(args.router, info, service.load_snapshot, credential=credential)
         tasks.append(asyncio.create_task(registrar.run()))
     while not http.started:
         await asyncio.sleep(0.01)

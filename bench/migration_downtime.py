@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import shutil
 import statistics
 import tempfile
@@ -36,11 +37,13 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.engine_settings import EngineSettings
+from mainsail.spec.worker_auth import WorkerCredential
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.host import WorkerHost
 from mainsail.workers.worker_spec import WorkerSpec
 
 MAX_POSITIONS = 16384
+WORKER = WorkerCredential(token=secrets.token_hex(32))  # the router's and the workers'
 
 
 def long_context_checkpoint(out: Path) -> Path:
@@ -118,7 +121,7 @@ async def main() -> None:
             fleet_port=0,
             max_model_len=max_len,
         )
-        server = RouterServer(config)
+        server = RouterServer(config, worker_credential=WORKER)
         await server.start()
         hosts = [
             WorkerHost(
@@ -129,7 +132,8 @@ async def main() -> None:
                     engine=engine,
                     router_address=f"127.0.0.1:{server.fleet_port}",
                     metrics_port=None,
-                )
+                ),
+                WORKER,
             )
             for i in range(2)
         ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import statistics
 import time
 from pathlib import Path
@@ -31,9 +32,12 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.router.server import RouterServer
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.engine_settings import EngineSettings
+from mainsail.spec.worker_auth import WorkerCredential
 from mainsail.workers.checkpoint.generator import ensure_checkpoint
 from mainsail.workers.host import WorkerHost
 from mainsail.workers.worker_spec import WorkerSpec
+
+WORKER = WorkerCredential(token=secrets.token_hex(32))  # the router's and the workers'
 
 
 async def measure(
@@ -46,7 +50,8 @@ async def measure(
             model_name="m", model_dir=model_dir, http_port=0, grpc_port=0, fleet_port=0,
             max_model_len=2048,
             request_role="decode", disaggregated=True, kv_hash=engine.kv_hash(),
-        )
+        ),
+        worker_credential=WORKER,
     )  # fmt: skip
     hosts = []
     try:
@@ -57,7 +62,8 @@ async def measure(
                     worker_id=f"w-{role}", role=role, model_name="m", model_dir=model_dir,
                     engine=engine, router_address=f"127.0.0.1:{router.fleet_port}",
                     redis_url=redis_url,
-                )
+                ),
+                WORKER,
             )  # fmt: skip
             await host.start()
             await host.wait_registered(60)

@@ -2,9 +2,10 @@
 
 Setup (all on loopback, each part its own process): one worker serving `FakeEngine` (tokens
 are instant, so the model's compute is out of the picture) through the real Worker gRPC
-service, and one router process. Measured in the same run:
+service, and one router process, sharing a worker token generated for the run. Measured in the
+same run:
 
-- direct: gRPC `Worker.Submit` straight to the worker (the baseline);
+- direct: gRPC `Worker.Submit` straight to the worker, with the token (the baseline);
 - router gRPC: `Inference.Generate` through the router;
 - router HTTP: `/v1/completions` with `stream: true` (SSE) through the router.
 
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.settings import RouterConfig
 from mainsail.spec import sse
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, WorkerCredential
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.worker_spec import WorkerSpec
 
@@ -42,6 +45,7 @@ MAX_TOKENS = 16
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 
 Timing = tuple[float, float]  # (ttft, e2e) seconds
+WORKER = WorkerCredential(token=secrets.token_hex(32))  # the router's and the worker's
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -57,7 +61,7 @@ async def _direct(stub: pb_grpc.WorkerStub, token_ids: list[int], i: int) -> Tim
         prompt_token_ids=token_ids,
         sampling=pb.SamplingParams(max_tokens=MAX_TOKENS),
     )
-    async for _ in stub.Submit(req):
+    async for _ in stub.Submit(req, metadata=WORKER.metadata):
         if not ttft:
             ttft = time.perf_counter() - t0
     return ttft, time.perf_counter() - t0
@@ -167,6 +171,7 @@ def main() -> int:
         max_model_len=1024,
     )
     (tmp / "router.json").write_text(config.model_dump_json())
+    env = {**os.environ, WORKER_TOKEN_ENV: str(WORKER.token)}
     router = subprocess.Popen(
         [
             sys.executable,
@@ -178,7 +183,8 @@ def main() -> int:
             str(tmp / "ready"),
             "--log-level",
             "WARNING",
-        ]
+        ],
+        env=env,
     )
     procs = [router]
     try:
@@ -196,7 +202,8 @@ def main() -> int:
         (tmp / "worker.json").write_text(spec.model_dump_json())
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "mainsail.workers", "--spec", str(tmp / "worker.json")]
+                [sys.executable, "-m", "mainsail.workers", "--spec", str(tmp / "worker.json")],
+                env=env,
             )
         )
         router_http = f"http://127.0.0.1:{ports['http_port']}"

@@ -3,7 +3,8 @@
 Setup (loopback, each part its own process): `--backends` fake model servers
 (`bench/fake_openai_backend.py`: one `FakeEngine` behind both OpenAI HTTP, which the peers
 proxy, and Mainsail's gRPC Worker API, which Mainsail's router calls; same tokens, same timing)
-and the three routers in front of all of them, each at its default routing policy. The peers
+and the three routers in front of all of them, each at its default routing policy (Mainsail's
+router and the backends' Worker API share a worker token generated for the run). The peers
 come from PyPI into their own venv (`--peers-dir`, default ~/.cache/mainsail/peers), never
 into the project's.
 
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -43,6 +45,7 @@ import psutil  # type: ignore[import-untyped]
 from mainsail.cli.local.redis_server import free_port
 from mainsail.router.settings import RouterConfig
 from mainsail.spec import sse
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV
 from mainsail.workers.checkpoint import ensure_checkpoint
 
 MAX_TOKENS = 16
@@ -92,15 +95,21 @@ def ensure_peers(root: Path) -> dict[str, str]:
 
 
 class Procs:
-    """Child processes, each in its own session; stopped with SIGTERM, then SIGKILL."""
+    """Child processes, each in its own session; stopped with SIGTERM, then SIGKILL. They share
+    one worker token (this environment's, else one for the run)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = dict(os.environ)
+        if not self.env.get(WORKER_TOKEN_ENV, "").strip():
+            self.env[WORKER_TOKEN_ENV] = secrets.token_hex(32)
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}.log").open("wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         self.procs.append(proc)
         return proc
 

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.settings import RouterConfig
 from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
 from mainsail.spec.tracing import Tracing
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV
 from mainsail.workers.checkpoint import ensure_checkpoint
 from mainsail.workers.worker_spec import WorkerSpec
 
@@ -138,10 +140,11 @@ def _stack(
     (tmp / f"{name}-router.json").write_text(config.model_dump_json())
     ready = tmp / f"{name}-ready"
     admin = f"{name}-admin"  # the router's admin token (without one /workers is refused)
+    env = {**os.environ, WORKER_TOKEN_ENV: secrets.token_hex(32)}  # the stack's worker plane
     router = subprocess.Popen(
         [sys.executable, "-m", "mainsail.router", "--config", str(tmp / f"{name}-router.json"),
          "--ready-file", str(ready), "--log-level", "WARNING"],
-        env={**os.environ, ADMIN_TOKEN_ENV: admin},
+        env={**env, ADMIN_TOKEN_ENV: admin},
     )  # fmt: skip
     procs.append(router)
     _wait_file(ready, router, f"{name} router")
@@ -159,7 +162,8 @@ def _stack(
     (tmp / f"{name}-worker.json").write_text(spec.model_dump_json())
     procs.append(
         subprocess.Popen(
-            [sys.executable, "-m", "mainsail.workers", "--spec", str(tmp / f"{name}-worker.json")]
+            [sys.executable, "-m", "mainsail.workers", "--spec", str(tmp / f"{name}-worker.json")],
+            env=env,
         )
     )
     http = f"http://127.0.0.1:{ports['http_port']}"

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from support.fleet import WORKER
 from support.reference import greedy_tokens
 
 from mainsail.cli.local.redis_server import RedisServer
@@ -44,7 +45,8 @@ async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir:
         RouterConfig(
             model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0, fleet_port=0,
             max_model_len=512, request_role="decode", disaggregated=True,
-        )
+        ),
+        worker_credential=WORKER,
     )  # fmt: skip
     hosts: dict[str, WorkerHost] = {}
     try:
@@ -54,7 +56,8 @@ async def test_prefill_on_one_worker_decode_on_another_via_redis(tiny_model_dir:
                 WorkerSpec(
                     worker_id=f"w-{role}", role=role, model_name="tiny", model_dir=tiny_model_dir,
                     router_address=f"127.0.0.1:{router.fleet_port}", redis_url=redis.url,
-                )
+                ),
+                WORKER,
             )  # fmt: skip
             await host.start()
             await host.wait_registered(30)
@@ -106,18 +109,21 @@ async def test_without_a_prefill_worker_requests_run_whole_on_decode(
         RouterConfig(
             model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0, fleet_port=0,
             max_model_len=512, request_role="decode", disaggregated=True,
-        )
+        ),
+        worker_credential=WORKER,
     )  # fmt: skip
     host = WorkerHost(
         WorkerSpec(
             worker_id="w-decode", role="decode", model_name="tiny", model_dir=tiny_model_dir,
             router_address=None,
-        )
+        ),
+        WORKER,
     )  # fmt: skip
     try:
         await router.start()
         host = WorkerHost(
-            host.spec.model_copy(update={"router_address": f"127.0.0.1:{router.fleet_port}"})
+            host.spec.model_copy(update={"router_address": f"127.0.0.1:{router.fleet_port}"}),
+            WORKER,
         )
         await host.start()
         await host.wait_registered(30)

@@ -230,6 +230,7 @@ def test_a_request_wakes_a_pool_scaled_to_zero(
                 worker = subprocess.Popen(
                     [sys.executable, "-m", "mainsail.workers", "--spec", str(spec_file)],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, **router.worker_env},
                 )  # fmt: skip
             reply = held.result(timeout=150)
         assert reply.status_code == 200, reply.text

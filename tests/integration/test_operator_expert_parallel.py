@@ -47,11 +47,11 @@ class ThreadWorker:
     """A `WorkerHost` on its own event loop in a thread (the test's own thread blocks on
     kubectl); `stop` deregisters it and releases its ranks."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, credential: WorkerCredential) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.host = WorkerHost(spec, credential=WorkerCredential())
+        self.host = WorkerHost(spec, credential=credential)
         self._run(self.host.start(), 300)
         self._run(self.host.wait_registered(60), 90)
 
@@ -139,7 +139,7 @@ def test_load_moves_the_expert_parallel_degree_up_and_idle_down(
         worker_id="moe-unified-0", model_name=MODEL, model_dir=mixtral,
         engine=engine, router_address=router.fleet, metrics_port=None,
     )  # fmt: skip
-    worker = ThreadWorker(spec)
+    worker = ThreadWorker(spec, router.worker)
     try:
         # idle at ep 1: the operator reads the worker's degree and holds it
         idle = wait_for(lambda: (s := _status(bed, ns)).get("current") == 1 and s, "ep 1 seen")

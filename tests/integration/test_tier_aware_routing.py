@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.fleet import WORKER
 from support.reference import greedy_tokens
 
 from mainsail.cli.local.redis_server import RedisServer
@@ -40,7 +41,8 @@ async def _worker(
         WorkerSpec(
             worker_id=name, model_name="tiny", model_dir=model_dir,
             router_address=f"127.0.0.1:{router.fleet_port}", redis_url=redis,
-        )
+        ),
+        WORKER,
     )  # fmt: skip
     await host.start()
     await host.wait_registered(30)
@@ -71,7 +73,8 @@ async def test_device_warm_beats_redis_warm_beats_cold(tiny_model_dir: Path) -> 
         RouterConfig(
             model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0, fleet_port=0,
             max_model_len=512,
-        )
+        ),
+        worker_credential=WORKER,
     )  # fmt: skip
     hosts: list[WorkerHost] = []
     prompt = torch.randint(3, 512, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(7))

@@ -14,6 +14,7 @@ span, and that tracing off records nothing.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ from mainsail.workers.worker_spec import WorkerSpec
 pytestmark = pytest.mark.integration
 
 KEY = "sk-tracing-test-key-5f3a"
-WORKER = WorkerCredential(token="worker-plane-token-for-tracing")
+WORKER = WorkerCredential(token=secrets.token_hex(32))
 MARKER = "zebra quokka marmalade"  # must never appear in a span
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"

@@ -9,6 +9,7 @@ all refused, and the clients' port never answers a Registry call.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import grpc
@@ -47,7 +48,7 @@ async def test_registration_over_mutual_tls_and_every_outsider_refused(
     tiny_model_dir: Path,
 ) -> None:
     material = issue()
-    credential = WorkerCredential(token="worker-plane-secret", tls=material)
+    credential = WorkerCredential(token=secrets.token_hex(32), tls=material)
     async with fleet(tiny_model_dir, workers=1, worker_credential=credential) as f:
         # The real worker registered over TLS (that is how `fleet` got past wait_registered).
         assert f.worker_ids() == {"w0"}

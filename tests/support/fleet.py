@@ -6,6 +6,7 @@ through its ports, as an outsider would."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from mainsail.workers.worker_spec import WorkerSpec
 
 CLIENT_KEYS = ("sk-tenant-a", "sk-tenant-b")
 ADMIN_TOKEN = "admin-secret"
-WORKER = WorkerCredential(token="worker-plane-secret")
+WORKER = WorkerCredential(token=secrets.token_hex(32))
 MODEL = "tiny"
 
 

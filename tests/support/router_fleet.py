@@ -5,6 +5,7 @@ active-active tests and `bench/router_fleet.py`. Workers find the routers throug
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from mainsail.workers.worker_spec import WorkerSpec
 MODEL = "tiny"
 CLIENT_KEY = "sk-fleet"
 ADMIN_TOKEN = "admin-fleet"
-WORKER = WorkerCredential(token="worker-plane-fleet")
+WORKER = WorkerCredential(token=secrets.token_hex(32))
 HEADERS = {"Authorization": f"Bearer {CLIENT_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

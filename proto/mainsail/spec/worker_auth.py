@@ -6,14 +6,20 @@ reads its KV events. Neither may be reachable with a client's API key (clients h
 they leak), nor with nothing at all. So the router and its workers share one token, and can
 additionally run router -> worker gRPC over mutual TLS:
 
-    MAINSAIL_WORKER_TOKEN     shared bearer token; when set, the router's `Registry` (on its
-                              own "fleet port") and the worker's `Worker` service refuse calls
-                              without `authorization: Bearer <token>` (UNAUTHENTICATED)
+    MAINSAIL_WORKER_TOKEN     shared bearer token: the router's `Registry` (on its own "fleet
+                              port") and the worker's `Worker` service refuse calls without
+                              `authorization: Bearer <token>` (UNAUTHENTICATED); a party
+                              started without one refuses every call (PERMISSION_DENIED,
+                              naming this setting), as no caller could prove anything to it
     MAINSAIL_WORKER_TLS_DIR   directory with `ca.crt`, `tls.crt`, `tls.key` (the layout of a
                               Kubernetes TLS Secret plus its CA); when set, workers serve the
                               Worker API and the router its fleet port over TLS, each requiring
                               a client certificate signed by the CA, and each presents its own
                               when calling the other
+
+Secure by default, like the router's admin API without its token: no token means closed, never
+open, so a router or worker started by hand without one serves no one on the worker plane
+instead of admitting anyone who can reach its port. There is no switch to open it.
 
 `mainsail up` generates a token itself (nothing to set up, everything bound to loopback); on a
 cluster the operator issues both into a Secret it owns (`secret_name`) and mounts them into
@@ -29,6 +35,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import grpc
 
@@ -47,6 +54,23 @@ UNAUTHENTICATED_DETAIL = (
     "This is a worker-facing API: send metadata `authorization: Bearer <worker token>` "
     f"(the router's and workers' {WORKER_TOKEN_ENV})."
 )
+Party = Literal["router", "worker"]
+"""Which server of the worker plane answers: the router's fleet port or a worker's API."""
+_DISABLED_WHAT: dict[Party, tuple[str, str]] = {
+    "router": ("Worker registration is disabled", "no worker can register with it"),
+    "worker": ("The Worker API is disabled", "no router or worker can call it"),
+}
+
+
+def disabled_detail(party: Party) -> str:
+    """What a party without a token answers every call (PERMISSION_DENIED): why, and the
+    setting that fixes it, since no bearer the caller could send would open it."""
+    what, effect = _DISABLED_WHAT[party]
+    return (
+        f"{what}: this {party} was started without {WORKER_TOKEN_ENV}, so {effect}. "
+        f"Start the router and its workers with the same {WORKER_TOKEN_ENV} "
+        "(`mainsail up` and the operator set one for you)."
+    )
 
 
 def secret_name(deployment: str) -> str:
@@ -80,7 +104,8 @@ class TLSMaterial:
 
 @dataclass(frozen=True)
 class WorkerCredential:
-    """What a party of the worker plane presents and accepts; empty means open (tests only)."""
+    """What a party of the worker plane presents and accepts. Without a token it presents
+    nothing and, as a server, accepts nothing (`refusal`)."""
 
     token: str | None = None
     tls: TLSMaterial | None = None
@@ -98,10 +123,15 @@ class WorkerCredential:
         """Call metadata carrying the token (empty without one)."""
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
+    @property
+    def enabled(self) -> bool:
+        """Whether this party, as a server, can accept anyone (it has a token)."""
+        return self.token is not None
+
     def allows(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
-        """Whether a call with ``metadata`` carries the token (always, when there is none)."""
+        """Whether a call with ``metadata`` carries the token (never, when there is none)."""
         if self.token is None:
-            return True
+            return False
         for key, value in metadata or ():
             if key != "authorization" or not isinstance(value, str):
                 continue
@@ -111,6 +141,18 @@ class WorkerCredential:
             ):
                 return True
         return False
+
+    def refusal(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None, party: Party
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """None when a call with ``metadata`` may proceed; else the status and detail that
+        ``party`` answers: PERMISSION_DENIED naming the missing setting when it has no token
+        (nothing the caller sends can help), UNAUTHENTICATED when the call lacks the token."""
+        if self.token is None:
+            return grpc.StatusCode.PERMISSION_DENIED, disabled_detail(party)
+        if self.allows(metadata):
+            return None
+        return grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """Mutual-TLS credentials for a server of the worker plane; None for plaintext."""
@@ -150,17 +192,18 @@ class WorkerCredential:
         return grpc.aio.secure_channel(address, tls, options=merged)
 
 
-def token_guard(credential: WorkerCredential) -> grpc.aio.ServerInterceptor:
-    """A server interceptor refusing every call without the worker token (UNAUTHENTICATED)."""
-    return _TokenGuard(credential)
+def token_guard(
+    credential: WorkerCredential, party: Party = "worker"
+) -> grpc.aio.ServerInterceptor:
+    """A server interceptor refusing every call without the worker token (UNAUTHENTICATED),
+    and every call at all when ``credential`` has none (PERMISSION_DENIED, `refusal`)."""
+    return _TokenGuard(credential, party)
 
 
 class _TokenGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, credential: WorkerCredential) -> None:
+    def __init__(self, credential: WorkerCredential, party: Party) -> None:
         self.credential = credential
-        self._deny = grpc.unary_unary_rpc_method_handler(_deny)
-        self._deny_stream = grpc.unary_stream_rpc_method_handler(_deny_stream)
-        self._deny_bidi = grpc.stream_stream_rpc_method_handler(_deny_bidi)
+        self.party = party
 
     async def intercept_service(
         self,
@@ -168,22 +211,26 @@ class _TokenGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)  # type: ignore[operator]
-        if handler is None or self.credential.allows(handler_call_details.invocation_metadata):
+        if handler is None:
+            return None
+        refused = self.credential.refusal(handler_call_details.invocation_metadata, self.party)
+        if refused is None:
             return handler  # type: ignore[no-any-return]
-        if handler.request_streaming and handler.response_streaming:
-            return self._deny_bidi
-        if handler.response_streaming:
-            return self._deny_stream
-        return self._deny
+        return _denying(handler, *refused)
 
 
-async def _deny(request: object, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+def _denying(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, detail: str
+) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s shape that aborts with ``code`` and ``detail``."""
 
+    async def deny(request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, detail)
 
-async def _deny_stream(request: object, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
-
-
-async def _deny_bidi(request: object, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny)
+    return grpc.unary_unary_rpc_method_handler(deny)

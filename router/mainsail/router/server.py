@@ -7,7 +7,8 @@ standard health, reflection) — and the workers' own "fleet port" (Registry onl
 separate listener: registration decides who receives users' prompts, so it gets the worker
 plane's credential on a port clients never need (a NetworkPolicy admits only worker pods to
 it), with mutual TLS when the worker plane has TLS material; a client port never answers a
-Registry call.
+Registry call. Without a worker token the fleet port refuses every call (PERMISSION_DENIED),
+and the start says so once, loudly: such a router serves no worker rather than any.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from mainsail.router.tracing import RouterTracing
 from mainsail.spec.keepalive import server_options
 from mainsail.spec.tokenizer import Tokenizer
 from mainsail.spec.tracing import ProviderFactory
-from mainsail.spec.worker_auth import WorkerCredential
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, WorkerCredential
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,14 @@ class RouterServer:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._grpc = server
         self._fleet = await self._start_fleet()
+        if not self.worker_credential.enabled:
+            log.warning(
+                "worker registration disabled: no %s, so the fleet port refuses every "
+                "Register, Heartbeat and Deregister (PERMISSION_DENIED) and no worker can "
+                "join; start the router and its workers with the same %s",
+                WORKER_TOKEN_ENV,
+                WORKER_TOKEN_ENV,
+            )
 
         sock = bind_socket(cfg.host, cfg.http_port)
         self.http_port = sock.getsockname()[1]

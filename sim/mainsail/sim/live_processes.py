@@ -8,6 +8,10 @@ carried its own copy of it. The simulator's live replay (`mainsail.sim.live`) is
 such a stack, so its harness sits beside it. Workers start from their spec's JSON (any pydantic
 model: `WorkerSpec`), because the simulator may not import the workers package.
 
+The processes of one run share one worker token (`MAINSAIL_WORKER_TOKEN`): the environment's,
+else one generated for the run, since a router or worker without one serves no one on the
+worker plane (`mainsail.spec.worker_auth`).
+
 Everything is bounded: each start and wait has a timeout, and a process that exits while it is
 awaited ends the wait at once with the tail of its log.
 """
@@ -15,6 +19,8 @@ awaited ends the wait at once with the tail of its log.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -26,6 +32,7 @@ import httpx
 from pydantic import BaseModel
 
 from mainsail.router.settings import RouterConfig
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV
 
 LOG_TAIL_CHARS = 1500
 """How much of a failed process's log an error carries."""
@@ -59,20 +66,33 @@ class LiveProcesses:
     """Processes started for one live run, logs and files under ``tmp``.
 
     ``env`` (default: this process's environment, as it is when a process starts) is every
-    process's environment. Each process runs in its own session, so a terminal's Ctrl-C reaches
-    only the run itself, which then calls `stop`.
+    process's environment, plus `worker_token` when it has no `MAINSAIL_WORKER_TOKEN`. Each
+    process runs in its own session, so a terminal's Ctrl-C reaches only the run itself, which
+    then calls `stop`.
     """
 
     def __init__(self, tmp: Path, env: Mapping[str, str] | None = None) -> None:
         self.tmp = tmp
         self.env = dict(env) if env is not None else None
+        self.worker_token = secrets.token_hex(32)  # the run's, unless the environment has one
         self.procs: list[subprocess.Popen[bytes]] = []
+
+    def environment(self) -> dict[str, str]:
+        """A process's environment, as of now (see the class)."""
+        env = dict(self.env if self.env is not None else os.environ)
+        if not env.get(WORKER_TOKEN_ENV, "").strip():
+            env[WORKER_TOKEN_ENV] = self.worker_token
+        return env
 
     def spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         """Start ``cmd``; its output goes to ``<tmp>/<name>.log``."""
         with self.log(name).open("wb") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
             )
         self.procs.append(proc)
         return proc

@@ -23,7 +23,7 @@ from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.spec.keepalive import server_options
 from mainsail.spec.tracing import ProviderFactory
-from mainsail.spec.worker_auth import WorkerCredential, token_guard
+from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, WorkerCredential, token_guard
 from mainsail.workers.engine import AsyncEngine, Engine, EngineConfig
 from mainsail.workers.expert_scaling import ExpertScaling
 from mainsail.workers.fake_engine import FakeEngine
@@ -176,8 +176,16 @@ class WorkerHost:
             experts=self.experts,
         )
         self.service = service
+        if not self.credential.enabled:
+            log.warning(
+                "Worker API disabled: no %s, so this worker refuses every call "
+                "(PERMISSION_DENIED) and no router can send it requests; start the worker "
+                "and its routers with the same %s",
+                WORKER_TOKEN_ENV,
+                WORKER_TOKEN_ENV,
+            )
         server = grpc.aio.server(
-            interceptors=[token_guard(self.credential)], options=server_options()
+            interceptors=[token_guard(self.credential, "worker")], options=server_options()
         )
         pb_grpc.add_WorkerServicer_to_server(service, server)
         bind = f"{spec.host}:{spec.port}"

@@ -7,7 +7,9 @@ Registration carries the KV hashing parameters; a router that disagrees refuses 
 and says why (`RegistrationRefused`), which the worker reports instead of serving traffic
 that would be mis-routed. When the router forgets the worker (restart, missed heartbeats) the
 next heartbeat says so and the worker registers again. Every call carries the worker-plane
-token (`mainsail.spec.worker_auth`). A refusal with `retry_after` > 0 is temporary (the id is
+token (`mainsail.spec.worker_auth`); a router that refuses the token (UNAUTHENTICATED) or has
+none itself (PERMISSION_DENIED) ends the session with its detail (`RegistrationRefused`), as
+retrying cannot help. A refusal with `retry_after` > 0 is temporary (the id is
 still held by a live worker, for example this worker's previous process): the worker waits and
 registers again instead of giving up.
 
@@ -32,6 +34,8 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.spec.worker_auth import WorkerCredential
 
 log = logging.getLogger(__name__)
+_CREDENTIAL_REFUSALS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+"""Registry answers about the worker token: final for this session (`mainsail.spec.worker_auth`)."""
 
 
 class RegistrationRefused(Exception):
@@ -113,9 +117,10 @@ class Registrar:
                         continue
                     await asyncio.sleep(interval)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                        self.refused = exc.details() or "UNAUTHENTICATED"
-                        raise RegistrationRefused(f"UNAUTHENTICATED: {self.refused}") from exc
+                    code = exc.code()
+                    if code in _CREDENTIAL_REFUSALS:
+                        self.refused = exc.details() or code.name
+                        raise RegistrationRefused(f"{code.name}: {self.refused}") from exc
                     log.debug("router unreachable (%s); retrying", exc.code().name)
                     self._set_registered(False)
                     await asyncio.sleep(self.retry_s)

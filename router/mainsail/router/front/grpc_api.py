@@ -6,7 +6,8 @@ server reflection are added by `server.py`, so `grpcurl` works without the .prot
 
 `Registry` is the worker plane's door, served only on the router's fleet port (`server.py`;
 mutual TLS there when the worker plane has TLS material): every call needs the worker token
-(`mainsail.spec.worker_auth`), never a client API key, and answers UNAUTHENTICATED otherwise.
+(`mainsail.spec.worker_auth`), never a client API key, and answers UNAUTHENTICATED otherwise;
+a router without a worker token answers every call PERMISSION_DENIED, naming the setting.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.router.errors import RouterError
 from mainsail.router.front.auth import Credentials
 from mainsail.router.routing.router import Router
-from mainsail.spec.worker_auth import UNAUTHENTICATED_DETAIL, WorkerCredential
+from mainsail.spec.worker_auth import WorkerCredential
 
 
 class InferenceService(pb_grpc.InferenceServicer):
@@ -86,9 +87,14 @@ class RegistryService(pb_grpc.RegistryServicer):
         self.credential = credential or WorkerCredential()
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        if not self.credential.allows(context.invocation_metadata()):
-            self.router.metrics.refusals.labels("unauthenticated").inc()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+        refused = self.credential.refusal(context.invocation_metadata(), "router")
+        if refused is not None:
+            code, detail = refused
+            reason = (
+                "unauthenticated" if code == grpc.StatusCode.UNAUTHENTICATED else "no worker token"
+            )
+            self.router.metrics.refusals.labels(reason).inc()
+            await context.abort(code, detail)
 
     async def Register(
         self, request: pb.WorkerInfo, context: grpc.aio.ServicerContext
