@@ -4,7 +4,8 @@ Two set-ups measured in the same run, interleaved (`--repeats` rounds of each, s
 noise hits both alike), each a router process and one worker process serving `FakeEngine`
 (instant tokens: only the serving path is measured), on loopback:
 
-- open: no client API keys, no worker token, plaintext router -> worker gRPC;
+- open: no client API keys, plaintext router -> worker gRPC; the worker-plane token is on here
+  too (`LiveProcesses` generates one), since a router or worker without one serves no one;
 - secured: client API keys (HTTP `Authorization`, gRPC metadata), the worker-plane token on
   every Registry/Worker call, and mutual TLS on router -> worker gRPC (`mainsail.spec.
   worker_tls`).

@@ -4,23 +4,39 @@ Registration decides who receives users' prompts, so it has its own listener: re
 (real engine, tiny checkpoint) register there over mutual TLS with the deployment's CA and
 the worker token, and serve. An outsider gets nowhere: plaintext, TLS without a client
 certificate, a certificate from another CA, and the right certificate without the token are
-all refused, and the clients' port never answers a Registry call.
+all refused, and the clients' port never answers a Registry call. A router started by hand
+without `MAINSAIL_WORKER_TOKEN` (a real `python -m mainsail.router` process) says so once at
+start and registers no one: a real worker with a token of its own is refused through the real
+`Registrar` with PERMISSION_DENIED naming the setting, as is every Registry call whatever it
+carries, and no request reaches that worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from support.fleet import MODEL, fleet
+from support.operator_harness import LoopbackRouter
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 from mainsail.spec.kvhash import KVHashConfig
-from mainsail.spec.worker_auth import TLS_SERVER_NAME, WorkerCredential
+from mainsail.spec.worker_auth import (
+    TLS_SERVER_NAME,
+    WORKER_TOKEN_ENV,
+    WorkerCredential,
+    disabled_detail,
+)
 from mainsail.spec.worker_tls import issue
+from mainsail.workers.fake_engine import FakeEngine
+from mainsail.workers.host import WorkerHost
+from mainsail.workers.registration import RegistrationRefused
+from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.security
 
@@ -107,3 +123,72 @@ async def test_registration_over_mutual_tls_and_every_outsider_refused(
         async with credential.open_channel(f.fleet) as channel:
             assert await _register(channel, credential.metadata)
         assert f.worker_ids() == {"w0", "evil"}
+
+
+async def test_a_router_without_a_worker_token_registers_no_one(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    router = await asyncio.to_thread(
+        LoopbackRouter, tiny_model_dir, tmp_path, model_name=MODEL, workers=(),
+        env={WORKER_TOKEN_ENV: ""},
+        config={"dispatch_timeout": 2.0, "cold_start_timeout": 2.0},
+    )  # fmt: skip
+    host: WorkerHost | None = None
+    try:
+        warnings = [
+            line
+            for line in (tmp_path / "router.log").read_text().splitlines()
+            if "worker registration disabled" in line
+        ]
+        assert len(warnings) == 1 and WORKER_TOKEN_ENV in warnings[0], warnings
+
+        # A real worker, with a token of its own, registering through the real Registrar.
+        hopeful = WorkerCredential(token=secrets.token_hex(32))
+        spec = WorkerSpec(
+            worker_id="w-hopeful", model_name=MODEL, model_dir=tiny_model_dir,
+            router_address=router.fleet, fake_engine=True, metrics_port=None,
+        )  # fmt: skip
+        host = WorkerHost(spec, hopeful)
+        await host.start()
+        with pytest.raises(RegistrationRefused) as refused:
+            await host.wait_registered(30)
+        assert "PERMISSION_DENIED" in str(refused.value)
+        assert disabled_detail("router") in str(refused.value)
+
+        # Every Registry call, whatever it carries, gets the same answer.
+        async with grpc.aio.insecure_channel(router.fleet) as channel:
+            registry = pb_grpc.RegistryStub(channel)
+            for md in ((), hopeful.metadata, (("authorization", "Bearer "),)):
+                calls = (
+                    registry.Register(_evil(), metadata=md, timeout=5),
+                    registry.Heartbeat(
+                        pb.HeartbeatRequest(worker_id="evil", load=pb.LoadSnapshot(running=1)),
+                        metadata=md,
+                        timeout=5,
+                    ),
+                    registry.Deregister(
+                        pb.DeregisterRequest(worker_id="evil"), metadata=md, timeout=5
+                    ),
+                )
+                for call in calls:
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await call
+                    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                    assert info.value.details() == disabled_detail("router")
+
+        # Nothing is routed to the would-be workers: none is listed, a request finds none.
+        assert await asyncio.to_thread(router.listed) == []
+        async with httpx.AsyncClient(timeout=60) as http:
+            reply = await http.post(
+                f"http://127.0.0.1:{router.http_port}/v1/completions",
+                json={"model": MODEL, "prompt": "hello", "max_tokens": 2},
+            )
+        assert reply.status_code == 503, reply.text
+        assert "No worker is registered" in reply.json()["error"]["message"]
+        engine = host.engine
+        assert isinstance(engine, FakeEngine)
+        assert engine.prompt_tokens == engine.finished == engine.running == 0
+    finally:
+        if host is not None:
+            await host.stop()
+        await asyncio.to_thread(router.stop)

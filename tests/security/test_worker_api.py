@@ -1,14 +1,18 @@
 """The attacker on the worker's own port: a real worker (real engine, tiny checkpoint).
 
 Without the worker-plane token nothing on the Worker API answers (SubmitMany, Submit, Abort,
-Load, KVEvents); with mutual TLS on, a client without a certificate from the deployment's CA
-cannot even connect; and a request outside the shared contract is refused for that request
-only, naming the field, while the stream keeps serving the others.
+Load, KVEvents); a worker started without a token of its own answers nobody at all
+(PERMISSION_DENIED naming `MAINSAIL_WORKER_TOKEN`, even to a caller with the deployment's
+token), and its engine never sees a request; with mutual TLS on, a client without a
+certificate from the deployment's CA cannot even connect; and a request outside the shared
+contract is refused for that request only, naming the field, while the stream keeps serving
+the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -17,13 +21,13 @@ import pytest
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
-from mainsail.spec.worker_auth import WorkerCredential
+from mainsail.spec.worker_auth import WorkerCredential, disabled_detail
 from mainsail.spec.worker_tls import issue
 from mainsail.workers.host import WorkerHost
 from mainsail.workers.worker_spec import WorkerSpec
 
 pytestmark = pytest.mark.security
-TOKEN = WorkerCredential(token="worker-secret")
+TOKEN = WorkerCredential(token=secrets.token_hex(32))
 
 
 async def _worker(model_dir: Path, credential: WorkerCredential) -> WorkerHost:
@@ -76,6 +80,41 @@ async def test_every_worker_rpc_needs_the_worker_token(tiny_model_dir: Path) -> 
             assert load.worker_id == "w0"
             chunks = [c async for c in stub.Submit(_request("r3"), metadata=TOKEN.metadata)]
             assert sum(len(c.token_ids) for c in chunks) == 3
+    finally:
+        await host.stop()
+
+
+async def test_a_worker_without_a_token_answers_no_one(tiny_model_dir: Path) -> None:
+    host = await _worker(tiny_model_dir, WorkerCredential())
+    try:
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            stub = pb_grpc.WorkerStub(channel)
+            for md in ((), TOKEN.metadata):
+                errors: list[grpc.aio.AioRpcError] = []
+                for unary in (
+                    stub.Load(pb.LoadRequest(), metadata=md, timeout=5),
+                    stub.Drain(pb.DrainRequest(drain=True), metadata=md, timeout=5),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await unary
+                    errors.append(info.value)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await anext(aiter(stub.Submit(_request("r1"), metadata=md, timeout=5)))
+                errors.append(info.value)
+                many = stub.SubmitMany(metadata=md, timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await many.write(pb.WorkerRequestBatch(requests=[_request("r2")]))
+                    await many.read()
+                errors.append(info.value)
+                kv = stub.ReceiveKV(iter([pb.KVStage(request_id="r3")]), metadata=md, timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await anext(aiter(kv))
+                errors.append(info.value)
+                assert [e.code() for e in errors] == [grpc.StatusCode.PERMISSION_DENIED] * 5
+                assert {e.details() for e in errors} == {disabled_detail("worker")}
+        assert host.engine is not None
+        seen = host.engine.metrics()
+        assert seen.prompt_tokens_total == seen.num_requests_finished == seen.running == 0
     finally:
         await host.stop()
 

@@ -267,7 +267,8 @@ class LoopbackRouter:
     default) and workers registered with it by the real `Registrar`, heartbeating whatever
     load the test sets (nothing is served). Workers come and go with `add_worker` /
     `remove_worker` (which deregisters, as a stopping worker does); ``workers=()`` leaves the
-    fleet to real workers, which need `worker` (in process) or `worker_env` (a process)."""
+    fleet to real workers, which need `worker` (in process) or `worker_env` (a process).
+    ``config`` overrides `RouterConfig` fields; the router logs to ``tmp/router.log``."""
 
     def __init__(
         self,
@@ -277,6 +278,7 @@ class LoopbackRouter:
         model_name: str = "tiny-auto",
         workers: tuple[tuple[str, str], ...] = (("w-0", "unified"),),
         env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         from mainsail.router.settings import RouterConfig
         from mainsail.spec.router_auth import ADMIN_TOKEN_ENV
@@ -288,14 +290,15 @@ class LoopbackRouter:
         self.worker = WorkerCredential.from_env(env)
         self.worker_env = {WORKER_TOKEN_ENV: self.worker.token or ""}
         self.model_name = model_name
-        config = RouterConfig(
+        settings = RouterConfig(
             model_name=model_name,
             model_dir=model_dir,
             http_port=self.http_port,
             grpc_port=0,
             fleet_port=0,
+            **(config or {}),
         )
-        (tmp / "router.json").write_text(config.model_dump_json())
+        (tmp / "router.json").write_text(settings.model_dump_json())
         ready = tmp / "router.ready"
         with (tmp / "router.log").open("ab") as out:
             self.proc = subprocess.Popen(
@@ -305,7 +308,7 @@ class LoopbackRouter:
                 env={**os.environ, ADMIN_TOKEN_ENV: LOOPBACK_ADMIN_TOKEN, **env},
             )  # fmt: skip
         ports = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), "router")
-        self.kv = config.kv_hash
+        self.kv = settings.kv_hash
         token = env.get(ADMIN_TOKEN_ENV, LOOPBACK_ADMIN_TOKEN)
         self.admin = {"Authorization": f"Bearer {token}"}  # opens its admin API
         self.grpc = f"127.0.0.1:{ports['grpc_port']}"
