@@ -1,6 +1,7 @@
 """`mainsail.sim.live_processes`, the live benchmarks' harness: a real router process and a
-real fake-engine worker process on loopback, started from their settings, registered, serving
-one request, then stopped; and a router that cannot start fails the wait with its log."""
+real fake-engine worker process on loopback, started from their settings, sharing the run's
+worker token, registered, serving one request, then stopped; and a router that cannot start
+fails the wait with its log."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ pytestmark = pytest.mark.integration
 def test_a_router_and_a_worker_start_register_serve_and_stop(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(WORKER_TOKEN_ENV, generate_token())
+    # No token in the environment: the run's processes share one of their own (a router or
+    # worker without one would serve no one).
+    monkeypatch.delenv(WORKER_TOKEN_ENV, raising=False)
     processes = LiveProcesses(tmp_path)
+    assert processes.environment()[WORKER_TOKEN_ENV] == processes.worker_token
     try:
         config = RouterConfig(
             model_name="tiny", model_dir=tiny_model_dir, http_port=0, grpc_port=0, fleet_port=0
@@ -48,6 +52,16 @@ def test_a_router_and_a_worker_start_register_serve_and_stop(
     finally:
         processes.stop()
     assert router.poll() is not None and not processes.procs
+
+
+def test_the_environment_token_wins_over_the_runs_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = generate_token()
+    monkeypatch.setenv(WORKER_TOKEN_ENV, token)
+    assert LiveProcesses(tmp_path).environment()[WORKER_TOKEN_ENV] == token
+    given = LiveProcesses(tmp_path, {WORKER_TOKEN_ENV: "  "})  # blank: none
+    assert given.environment() == {WORKER_TOKEN_ENV: given.worker_token}
 
 
 def test_a_router_that_exits_fails_the_wait_with_its_log(tmp_path: Path) -> None:
