@@ -71,23 +71,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
+from goodput_report import Run, TraceResult, percentile, plot, report
 
 from mainsail.router.settings import RouterConfig
 from mainsail.sim.cost import load_profile
 from mainsail.sim.goodput import (
     OURS,
     POLICY_LABELS,
-    TARGET,
     SLOFit,
     attainment_by,
     class_of,
     fit_line,
-    goodput,
     ideal_hit_rate,
-    jain,
     live_profiles,
     rotated,
     scale_outputs,
@@ -277,22 +274,6 @@ def calibrate(base: str, scaling: PromptScaling, args: argparse.Namespace) -> SL
 # ---------------------------------------------------------------- one trace
 
 
-@dataclass
-class Run:
-    """One replay of one policy at one rate."""
-
-    attainment: float
-    ttft_met: float
-    tpot_met: float
-    by_class: dict[str, float]
-    by_tenant: dict[str, float]
-    hit_rate: float
-    ttft_p50: float
-    ttft_p90: float
-    errors: int
-    load: float
-
-
 def one_run(
     base: str,
     slice_: list[TraceRequest],
@@ -332,15 +313,11 @@ def one_run(
         by_class=attainment_by([m.slo_class for m in metas], met),
         by_tenant=attainment_by([m.tenant for m in metas], met),
         hit_rate=sum(res.cached_tokens for res in results if not res.error) / max(1, prompt),
-        ttft_p50=_pct(ttfts, 0.5),
-        ttft_p90=_pct(ttfts, 0.9),
+        ttft_p50=percentile(ttfts, 0.5),
+        ttft_p90=percentile(ttfts, 0.9),
         errors=sum(1 for res in results if res.error),
         load=load,
     )
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else math.nan
 
 
 def build_slice(name: str, args: argparse.Namespace) -> tuple[list[TraceRequest], float]:
@@ -367,7 +344,7 @@ def run_trace(
     args: argparse.Namespace,
     deadline: float,
     trace_index: int,
-) -> dict[str, Any]:
+) -> TraceResult:
     slice_, base_rps = build_slice(name, args)
     ideal = ideal_hit_rate(slice_, args.max_blocks)
     runs: dict[tuple[str, float], list[Run]] = {}
@@ -392,131 +369,8 @@ def run_trace(
                 time.sleep(args.pause)
             step += 1
         done.append(rate)
-    return {
-        "name": name,
-        "slice": slice_,
-        "base_rps": base_rps,
-        "ideal": ideal,
-        "rates": done,
-        "runs": runs,
-    }
-
-
-# ---------------------------------------------------------------- report
-
-
-def _med(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if not math.isnan(x)]
-    return statistics.median(xs) if xs else math.nan
-
-
-def report(result: dict[str, Any], labels: list[str], args: argparse.Namespace) -> str:
-    rates: list[float] = result["rates"]
-    runs: dict[tuple[str, float], list[Run]] = result["runs"]
-    slice_: list[TraceRequest] = result["slice"]
-    out: list[str] = []
-    prompts = [
-        min(
-            args.max_blocks * args.tokens_per_block,
-            -(-r.input_tokens * args.tokens_per_block // 512),
-        )
-        for r in slice_
-    ]
-    keep = args.keep_one_in or KEEP_ONE_IN[result["name"]]
-    outputs = statistics.mean(r.output_tokens for r in slice_)
-    out.append(
-        f"\n## {result['name']}: {len(slice_)} requests (1 in {keep} conversations),"
-        f" {result['base_rps']:.3f} req/s at 1x; prompts {statistics.mean(prompts):.0f}"
-        f" tokens mean, outputs {outputs:.1f} tokens mean;"
-        f" ideal prefix hit rate {100 * result['ideal']:.1f} %; medians of {args.repeats}\n"
-    )
-    if not rates:
-        return "\n".join([*out, "(no rate step ran)"])
-    n = min(len(runs[label, rates[0]]) for label in labels)
-    out.append("| policy | goodput req/s | " + " | ".join(f"SLO met @{r:g}" for r in rates) + " |")
-    out.append("|---|---:|" + "---:|" * len(rates))
-    best_by: dict[str, float] = {}
-    for label in labels:
-        per_rep = [
-            goodput({r: runs[label, r][k].attainment for r in rates if k < len(runs[label, r])})
-            for k in range(n)
-        ]
-        best_by[label] = _med(per_rep)
-        cells = " | ".join(
-            f"{100 * _med([x.attainment for x in runs[label, r]]):.0f} %" for r in rates
-        )
-        out.append(f"| {label} | {best_by[label]:.2f} | {cells} |")
-    out.append("\nPrefix hit rate (cached / prompt tokens) and TTFT p90 at each rate (medians):\n")
-    out.append("| policy | " + " | ".join(f"hit @{r:g} | p90 ms @{r:g}" for r in rates) + " |")
-    out.append("|---|" + "---:|---:|" * len(rates))
-    for label in labels:
-        cells = " | ".join(
-            f"{100 * _med([x.hit_rate for x in runs[label, r]]):.1f} % | "
-            f"{1000 * _med([x.ttft_p90 for x in runs[label, r]]):.0f}"
-            for r in rates
-        )
-        out.append(f"| {label} | {cells} |")
-    ours = best_by.get(OURS, 0.0)
-    at = min(rates, key=lambda r: abs(r - ours)) if ours >= rates[0] else rates[0]
-    why = "the default profile's goodput rate" if ours >= rates[0] else "the lowest rate"
-    out.append(
-        f"\nAt {at:g} req/s ({why}): SLO attainment per class and"
-        " tenant (medians), Jain's index over the tenants' attainment\n"
-    )
-    classes = sorted({c for lb in labels for x in runs[lb, at] for c in x.by_class})
-    tenants = sorted({t for lb in labels for x in runs[lb, at] for t in x.by_tenant})
-    out.append(
-        "| policy | TTFT met | TPOT met | " + " | ".join(classes + tenants) + " | Jain | errors |"
-    )
-    out.append("|---|" + "---:|" * (len(classes) + len(tenants) + 4))
-    for label in labels:
-        xs = runs[label, at]
-        cl = [_med([x.by_class.get(c, math.nan) for x in xs]) for c in classes]
-        tn = [_med([x.by_tenant.get(t, math.nan) for x in xs]) for t in tenants]
-        j = _med([jain(list(x.by_tenant.values())) for x in xs])
-        split = [_med([x.ttft_met for x in xs]), _med([x.tpot_met for x in xs])]
-        row = [f"{100 * v:.0f} %" for v in split + cl + tn]
-        out.append(
-            f"| {label} | " + " | ".join(row) + f" | {j:.3f} | {sum(x.errors for x in xs)} |"
-        )
-    loads = [x.load for xs in runs.values() for x in xs]
-    out.append(
-        f"\nLoad average (1 min) at the replays: min {min(loads):.1f}, median "
-        f"{statistics.median(loads):.1f}, max {max(loads):.1f} ({os.cpu_count()} cores)"
-    )
-    return "\n".join(out)
-
-
-def plot(result: dict[str, Any], labels: list[str], path: Path, args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rates: list[float] = result["rates"]
-    runs: dict[tuple[str, float], list[Run]] = result["runs"]
-    if not rates:
-        return
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label in labels:
-        med = [100 * _med([x.attainment for x in runs[label, r]]) for r in rates]
-        lo = [100 * min(x.attainment for x in runs[label, r]) for r in rates]
-        hi = [100 * max(x.attainment for x in runs[label, r]) for r in rates]
-        yerr = [
-            [m - a for m, a in zip(med, lo, strict=True)],
-            [b - m for m, b in zip(med, hi, strict=True)],
-        ]
-        ax.errorbar(rates, med, yerr=yerr, marker="o", capsize=3, label=label)
-    ax.axhline(100 * TARGET, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("request rate (req/s)")
-    ax.set_ylabel("requests meeting TTFT and TPOT SLO (%)")
-    ax.set_title(
-        f"{result['name']}, live: {args.workers} x {args.model_size} CPU model, 2 shared cores"
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    keep = args.keep_one_in or KEEP_ONE_IN[name]
+    return TraceResult(name, slice_, base_rps, ideal, done, runs, keep)
 
 
 # ---------------------------------------------------------------- main
@@ -640,8 +494,9 @@ def main() -> int:
         f" {1000 * fit.tpot_s:.2f} ms)"
     )
     for result in results:
-        print(report(result, labels, args))
-        plot(result, labels, args.img / f"live_goodput_{result['name']}.png", args)
+        print(report(result, labels, scaling, args.repeats))
+        title = f"{result.name}, live: {args.workers} x {args.model_size} CPU model, 2 shared cores"
+        plot(result, labels, args.img / f"live_goodput_{result.name}.png", title)
     print(f"\n(wall time {time.monotonic() - t0:.0f} s; plots in {args.img}/)")
     return 0
 
