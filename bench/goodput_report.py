@@ -141,6 +141,65 @@ def report(result: TraceResult, labels: list[str], scaling: PromptScaling, repea
     return "\n".join(out)
 
 
+@dataclass(frozen=True)
+class Paired:
+    """Policy A against policy B over the replays they ran back to back (same rate step, same
+    repeat, so the same moment's machine load): how often A's attainment was above, below or
+    equal to B's, the median difference in percentage points, and the median ratio of A's
+    TTFT p90 to B's (below 1: A's tail is shorter)."""
+
+    led: int
+    trailed: int
+    tied: int
+    median_points: float
+    median_p90_ratio: float
+
+
+def paired(result: TraceResult, a: str, b: str, rates: Sequence[float]) -> Paired:
+    """Compare ``a`` with ``b`` repeat by repeat at each of ``rates``; a repeat only one of
+    them ran (a cut-short run) is left out."""
+    diffs: list[float] = []
+    ratios: list[float] = []
+    for rate in rates:
+        for x, y in zip(result.runs[a, rate], result.runs[b, rate], strict=False):
+            diffs.append(100 * (x.attainment - y.attainment))
+            if y.ttft_p90 > 0:
+                ratios.append(x.ttft_p90 / y.ttft_p90)
+    return Paired(
+        led=sum(d > 0 for d in diffs),
+        trailed=sum(d < 0 for d in diffs),
+        tied=sum(d == 0 for d in diffs),
+        median_points=median(diffs),
+        median_p90_ratio=median(ratios),
+    )
+
+
+def paired_table(result: TraceResult, labels: list[str], baseline: str) -> str:
+    """Markdown: every policy paired with ``baseline`` per rate and over all rates."""
+    rates = result.rates
+    others = [label for label in labels if label != baseline]
+    if not rates or baseline not in labels or not others:
+        return ""
+
+    def cell(p: Paired) -> str:
+        return (
+            f"{p.led} / {p.trailed} / {p.tied}, {p.median_points:+.0f} pts,"
+            f" p90 x{p.median_p90_ratio:.2f}"
+        )
+
+    out = [
+        f"\nPaired with {baseline} (same rate step and repeat, back to back): led / trailed /"
+        " tied in SLO attainment, median difference (points), median TTFT p90 ratio\n",
+        "| policy | " + " | ".join(f"@{r:g}" for r in rates) + " | all rates |",
+        "|---|" + "---:|" * (len(rates) + 1),
+    ]
+    for label in others:
+        cells = [cell(paired(result, label, baseline, [r])) for r in rates]
+        cells.append(cell(paired(result, label, baseline, rates)))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def plot(result: TraceResult, labels: list[str], path: Path, title: str) -> None:
     """Attainment vs rate per policy (median, whiskers to the lowest and highest repeat) and
     the 90 % target, as a PNG at ``path``; nothing when no rate step ran."""

@@ -37,9 +37,11 @@ Per rate step every policy runs once per repeat, the policy order rotated each t
 machine's drift hits them alike. Printed per trace: goodput (median over repeats of each
 repeat's goodput), attainment at each rate (median), prefix hit rate; at the default
 profile's goodput rate: attainment per class and tenant, Jain's index over the tenants, TTFT
-p50/p90. PNG plots of attainment vs rate go to `--img`. The load average is sampled at every
-replay and printed. Bounded: per request, per replay, and `--max-minutes` for the whole run
-(rate steps past it are skipped and said so).
+p50/p90; every policy paired with `--baseline` (least-work, the bar) repeat by repeat: led /
+trailed / tied, median difference in points, median TTFT p90 ratio. PNG plots of attainment
+vs rate go to `--img` (tables and plots: `bench/goodput_report.py`). The load average is
+sampled at every replay and printed. Bounded: per request, per replay, and `--max-minutes` for
+the whole run (rate steps past it are skipped and said so).
 
     .venv/bin/python bench/live_goodput.py              # both traces, ~25 min
     .venv/bin/python bench/live_goodput.py --quick      # smoke check, ~3 min
@@ -73,7 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from goodput_report import Run, TraceResult, percentile, plot, report
+from goodput_report import Run, TraceResult, paired_table, percentile, plot, report
 
 from mainsail.router.settings import RouterConfig
 from mainsail.sim.cost import load_profile
@@ -398,6 +400,11 @@ def main() -> int:
         help="Request rates (req/s) per trace: 'trace=r1,r2;trace=...'",
     )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--baseline",
+        default="least-work",
+        help="The policy every other one is paired with, repeat by repeat (the bar).",
+    )
     ap.add_argument("--requests", type=int, default=48, help="Requests in each trace slice.")
     ap.add_argument("--keep-one-in", type=int, default=0, help="Conversations kept (0: per trace).")
     ap.add_argument("--workers", type=int, default=2)
@@ -495,6 +502,7 @@ def main() -> int:
     )
     for result in results:
         print(report(result, labels, scaling, args.repeats))
+        print(paired_table(result, labels, args.baseline))
         title = f"{result.name}, live: {args.workers} x {args.model_size} CPU model, 2 shared cores"
         plot(result, labels, args.img / f"live_goodput_{result.name}.png", title)
     print(f"\n(wall time {time.monotonic() - t0:.0f} s; plots in {args.img}/)")
