@@ -1,7 +1,8 @@
 """Goodput on the real local stack: the highest request rate at which >= 90 % of requests meet
 their TTFT and TPOT SLOs, for this router's default profile and the baselines, on scaled
-slices of the Mooncake and Azure traces (the live half of issue 14; `bench/sim_goodput.py`
-is the simulated half and uses the same policy names, `mainsail.sim.goodput`).
+slices of the Mooncake and both Azure (conversation, code) traces (the live half of issue 14;
+`bench/sim_goodput.py` is the simulated half and uses the same policy names,
+`mainsail.sim.goodput`).
 
 The stack (loopback, each part its own process): `--workers` real workers (the real engine
 on the generated `--model-size` Llama checkpoint, CPU, one torch thread each, no Redis tier
@@ -18,7 +19,8 @@ Scaling (what the trace becomes, printed with the results):
   `--max-output` tokens), keeping the prompt:output proportion.
 - slice: Mooncake keeps every request of one in `--keep-one-in` conversations (so turns of a
   conversation stay together and the trace's reuse survives a short slice), the first
-  `--requests` of them; Azure (no shared prefixes) its first `--requests` requests.
+  `--requests` of them; Azure (no shared prefixes) its first `--requests` requests from
+  `--start` (Azure code: from 29 s, its first busy stretch, past a 28 s lull).
 - time: the slice's arrivals (Mooncake's 3 s timestamp quanta jittered as the simulator does)
   compressed so its mean rate is each tested rate.
 - tenants and classes: a request's conversation family (Mooncake) hashed onto four tenants
@@ -43,7 +45,7 @@ vs rate go to `--img` (tables and plots: `bench/goodput_report.py`). The load av
 sampled at every replay and printed. Bounded: per request, per replay, and `--max-minutes` for
 the whole run (rate steps past it are skipped and said so).
 
-    .venv/bin/python bench/live_goodput.py              # both traces, ~25 min
+    .venv/bin/python bench/live_goodput.py              # three traces, ~25 min
     .venv/bin/python bench/live_goodput.py --quick      # smoke check, ~3 min
     .venv/bin/python bench/live_goodput.py --traces mooncake --rates mooncake=5,6.5,8 \
         --policies "ours (default),least-work" --repeats 5 \
@@ -116,6 +118,13 @@ from mainsail.workers.worker_spec import WorkerSpec
 MODEL = "goodput"
 CLASSES = [SLOClass(name="interactive", priority=10), SLOClass(name="batch", priority=0)]
 KEEP_ONE_IN = {"mooncake": 16, "azure-conv": 1, "azure-code": 1}
+REQUESTS = "mooncake=48;azure-conv=64;azure-code=48"
+"""Azure conversation requests are short (~90 tokens scaled, no shared prefixes): more of them
+keep a replay at their higher rates a few seconds long instead of one burst."""
+START = "azure-code=29"
+"""Trace seconds skipped before the slice. Azure code opens with 12 requests, then 28 s of
+nothing: replayed as is, that lull would be most of every replay's wall time."""
+RATES = "mooncake=3.5,5,6.5;azure-conv=12,18,24;azure-code=4,8,12"
 
 
 # ---------------------------------------------------------------- the stack
@@ -325,8 +334,9 @@ def one_run(
 def build_slice(name: str, args: argparse.Namespace) -> tuple[list[TraceRequest], float]:
     """The trace slice (arrivals from 0) and its mean rate at 1x in requests/s."""
     full = load_trace(name)
+    full = [r for r in full if r.arrival_s >= args.start[name]]
     keep = args.keep_one_in if args.keep_one_in else KEEP_ONE_IN[name]
-    slice_ = thin_conversations(full, keep, args.requests)
+    slice_ = thin_conversations(full, keep, args.requests[name])
     slice_ = scale_trace(slice_, jitter_s=default_jitter_s(name), seed=args.seed)
     slice_.sort(key=lambda r: r.arrival_s)
     t0 = slice_[0].arrival_s
@@ -382,21 +392,28 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _rates(spec: str, name: str) -> list[float]:
+def _per_trace(spec: str, name: str, option: str) -> str:
+    """``name``'s value in ``'trace=value;trace=value'``; a bare value holds for every trace."""
+    if "=" not in spec:
+        return spec
     for part in spec.split(";"):
-        key, _, values = part.partition("=")
+        key, _, value = part.partition("=")
         if key.strip() == name:
-            return sorted(float(v) for v in values.split(","))
-    raise SystemExit(f"--rates has no entry for {name}")
+            return value
+    raise SystemExit(f"{option} has no entry for {name}")
+
+
+def _rates(spec: str, name: str) -> list[float]:
+    return sorted(float(v) for v in _per_trace(spec, name, "--rates").split(","))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--traces", default="mooncake,azure-conv")
+    ap.add_argument("--traces", default="mooncake,azure-conv,azure-code")
     ap.add_argument("--policies", default=",".join(POLICY_LABELS))
     ap.add_argument(
         "--rates",
-        default="mooncake=2,3.5,5,6.5;azure-conv=4,8,12,16",
+        default=RATES,
         help="Request rates (req/s) per trace: 'trace=r1,r2;trace=...'",
     )
     ap.add_argument("--repeats", type=int, default=3)
@@ -405,7 +422,16 @@ def main() -> int:
         default="least-work",
         help="The policy every other one is paired with, repeat by repeat (the bar).",
     )
-    ap.add_argument("--requests", type=int, default=48, help="Requests in each trace slice.")
+    ap.add_argument(
+        "--requests",
+        default=REQUESTS,
+        help="Requests in each trace slice: one number, or per trace as 'trace=n;trace=n'.",
+    )
+    ap.add_argument(
+        "--start",
+        default=START,
+        help="Trace seconds skipped before each slice, per trace as 'trace=s;trace=s' (others 0).",
+    )
     ap.add_argument("--keep-one-in", type=int, default=0, help="Conversations kept (0: per trace).")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model-size", choices=["tiny", "small"], default="tiny")
@@ -447,7 +473,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.quick:
-        args.repeats, args.requests, args.calibration_repeats = 1, 24, 4
+        args.repeats, args.requests, args.calibration_repeats = 1, "24", 4
         args.max_minutes = min(args.max_minutes, 4.0)
     if args.img is None:
         args.img = Path("out/live_goodput" if args.quick else "docs/img")
@@ -462,6 +488,9 @@ def main() -> int:
         raise SystemExit(f"unknown policies {unknown}; known: {', '.join(POLICY_LABELS)}")
     names = args.traces.split(",")
     rates = {n: _rates(args.rates, n) for n in names}
+    args.requests = {n: int(_per_trace(args.requests, n, "--requests")) for n in names}
+    starts = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in args.start.split(";"))}
+    args.start = {n: starts.get(n, 0.0) for n in names}
     if args.quick:
         rates = {n: r[-2:] for n, r in rates.items()}
     os.environ.setdefault(WORKER_TOKEN_ENV, generate_token())
