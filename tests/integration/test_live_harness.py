@@ -2,8 +2,10 @@
 
 Thirty Mooncake requests, shrunk to fit the tiny model, replayed open-loop over HTTP and a few
 over gRPC; the report must be sane: every request answered, client-side TTFT positive and no
-larger than end-to-end, hit rate a fraction, every request attributed to a worker. Bounded:
-startup 240 s, each replay 60 s, each request 30 s.
+larger than end-to-end, hit rate a fraction, every request attributed to a worker. A dozen
+Azure requests of each service (code, conversation) take the same path with the loader's fresh
+block ids: none may find another's prefix in cache. Bounded: startup 240 s, each replay 60 s,
+each request 30 s.
 """
 
 from __future__ import annotations
@@ -80,9 +82,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         proc.wait(10)
 
 
-def _requests(limit: int, time_scale: float) -> list[Any]:
-    trace = load_trace("mooncake", limit=limit)
-    trace = scale_trace(trace, jitter_s=default_jitter_s("mooncake"), seed=1)
+def _requests(limit: int, time_scale: float, name: str = "mooncake") -> list[Any]:
+    trace = load_trace(name, limit=limit)
+    trace = scale_trace(trace, jitter_s=default_jitter_s(name), seed=1)
     return build_requests(trace, SCALING, time_scale)
 
 
@@ -129,6 +131,22 @@ def test_grpc_replay_reports_workers_and_usage(stack: dict[str, Any]) -> None:
     _check(results, 8)
     live = summarise_live(results, SLOTargets(), "grpc", 1.0)
     assert live.summary.unfinished == 0 and 0.0 <= live.summary.hit_rate <= 1.0
+
+
+@pytest.mark.parametrize("name", ["azure-code", "azure-conv"])
+def test_azure_replay_shares_no_prefix(stack: dict[str, Any], name: str) -> None:
+    requests = _requests(12, time_scale=10.0, name=name)
+    assert len({r.prompt_token_ids[:16] for r in requests}) == 12  # every prompt its own
+
+    async def run() -> list[LiveResult]:
+        async with httpx.AsyncClient(base_url=stack["http"], timeout=30) as client:
+            return await replay(requests, HttpSender(client, stack["model"]), SETTINGS)
+
+    results = asyncio.run(run())
+    _check(results, 12)
+    assert [r.cached_tokens for r in results] == [0] * 12
+    live = summarise_live(results, SLOTargets(), "http", 1.0)
+    assert live.summary.unfinished == 0 and live.summary.hit_rate == 0.0
 
 
 def test_wall_time_bound_cuts_the_replay(stack: dict[str, Any]) -> None:
