@@ -34,15 +34,10 @@ tables to the longest sequence — Mainsail's CPU engine does — reads ``B * ma
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-
-REPLAYED_STEPS = 256
-"""Steps `StepCost.time_to_first_token` replays one by one; a longer backlog's rest is summed
-in closed form (a router predicts for every waiting request, often)."""
 
 
 class StepCost(BaseModel):
@@ -106,15 +101,17 @@ class StepCost(BaseModel):
         return self.step_time(0, 0.0, batch, context_tokens)
 
     def prefill_time(self, uncached_tokens: int, cached_tokens: int = 0) -> float:
-        """Seconds to prefill one prompt alone, in chunks of ``max_batched_tokens``."""
-        total = 0.0
-        done = 0
-        while done < uncached_tokens:
-            n = min(self.max_batched_tokens, uncached_tokens - done)
-            c = cached_tokens + done
-            total += self.step_time(n, attn_pairs(n, c), 0, 0)
-            done += n
-        return total
+        """Seconds to prefill one prompt alone, in chunks of ``max_batched_tokens``: one step
+        and one chunk per ``max_batched_tokens`` tokens; the chunks together attend like one
+        (``attn_pairs`` sums exactly over any chunking)."""
+        if uncached_tokens <= 0:
+            return 0.0
+        steps = -(-uncached_tokens // self.max_batched_tokens)
+        return (
+            steps * (self.step_overhead_s + self.seq_s)
+            + self.token_s * uncached_tokens
+            + self.attn_pair_s * attn_pairs(uncached_tokens, cached_tokens)
+        )
 
     def time_to_first_token(
         self,
@@ -127,82 +124,124 @@ class StepCost(BaseModel):
         after_idle: bool = False,
     ) -> float:
         """Seconds until a new request's first token on a worker that must first prefill
-        ``prefill_ahead`` tokens queued before it (``ahead_prompts`` prompts of equal length),
-        then its own ``uncached_tokens`` (after ``cached_tokens`` served from its prefix
-        cache), while ``decode_seqs`` running sequences holding ``decode_context`` context
-        tokens (as ``decode_attention`` reads them) decode one token per step.
+        ``prefill_ahead`` tokens queued before it in ``ahead_prompts`` prompts, then its own
+        ``uncached_tokens`` (after ``cached_tokens`` served from its prefix cache), while
+        ``decode_seqs`` running sequences holding ``decode_context`` context tokens decode
+        one token per step. In closed form, O(1) (the router prices every candidate worker
+        for every request); the formula and why it has this shape: `_closed_form`.
 
-        The engine's steps are replayed as it schedules them: every decode first (one token
-        each), then prefill chunks first come first served with what is left of
-        ``max_batched_tokens``, several prompts sharing a step; each chunk is charged its
-        tokens, its attention over what its prompt computed before, and its per-sequence
-        share. A prompt ahead that got its first token decodes from the next step on (its
-        output length is unknown; it is assumed to outlast this request's prefill). A worker
-        at ``max_num_seqs`` must first finish a sequence, which depends on output lengths
-        nobody knows: not charged (a lower bound there). ``after_idle``: the worker is idle
-        now, so the first step pays ``idle_wake_s``. Beyond `REPLAYED_STEPS` steps the rest
-        of the backlog is summed in closed form (`_rest`)."""
-        decodes = max(0, min(decode_seqs, self.max_num_seqs))
-        context = max(0, decode_context)
-        ahead = max(0, prefill_ahead)
-        count = min(max(1, ahead_prompts), ahead) if ahead else 0
-        queue: deque[list[int]] = deque(  # [tokens left, tokens done] per prompt, in order
-            [ahead // count + (1 if i < ahead % count else 0), 0] for i in range(count)
+        ``after_idle``: the worker is idle now, so the first step pays ``idle_wake_s``.
+        Otherwise it is busy, hence awake, but never predicted sooner than if it were idle
+        (its floor is this prompt alone plus the wake: work that arrived just before this
+        request woke it): queued work never makes a first token sooner, even across the idle
+        boundary."""
+        # conditional expressions, not min()/max(): the router runs this per candidate
+        uncached = uncached_tokens if uncached_tokens > 1 else 1  # the last token is computed
+        cached = cached_tokens if cached_tokens > 0 else 0
+        total = self._closed_form(
+            prefill_ahead if prefill_ahead > 0 else 0,
+            uncached,
+            cached,
+            decode_seqs if decode_seqs > 0 else 0,
+            decode_context if decode_context > 0 else 0,
+            ahead_prompts if ahead_prompts > 1 else 1,
         )
-        own = [max(1, uncached_tokens), max(0, cached_tokens)]  # the last token is computed
-        queue.append(own)
-        total = 0.0
-        first = after_idle
-        for _ in range(REPLAYED_STEPS):
-            if own[0] <= 0:
-                return total
-            budget = max(1, self.max_batched_tokens - decodes)
-            new, pairs, chunks = 0, 0.0, 0
-            for item in queue:  # first come first served: only the front prompts get budget
-                n = min(budget, item[0])
-                pairs += attn_pairs(n, item[1])
-                item[0] -= n
-                item[1] += n
-                new += n
-                chunks += 1
-                budget -= n
-                if budget <= 0:
-                    break
-            total += self.step_time(new, pairs, decodes, context, first, prefill_chunks=chunks)
-            first = False
-            context += decodes
-            while queue[0] is not own and queue[0][0] == 0:  # prefilled: it decodes from now
-                done = queue.popleft()[1]
-                if decodes < self.max_num_seqs:
-                    context = self._join_decodes(decodes, context, done)
-                    decodes += 1
-        if own[0] <= 0:
-            return total
-        return total + self._rest(list(queue), decodes, context)
+        wake = self.idle_wake_s
+        if after_idle:
+            return total + wake
+        if wake > 0:
+            alone = self.prefill_time(uncached, cached) + wake
+            return alone if alone > total else total
+        return total
 
-    def _rest(self, queue: list[list[int]], decodes: int, context: int) -> float:
-        """The steps left of a long backlog, summed in closed form: as many as its tokens
-        fill at the budget; its attention exactly (a prompt's chunks together attend like
-        one); one chunk per prompt plus one split per step; the decodes as they are now,
-        their context growing a token each per step."""
-        tokens = sum(left for left, _ in queue)
-        pairs = sum(left * (done + left / 2) for left, done in queue)
-        steps = math.ceil(tokens / max(1, self.max_batched_tokens - decodes))
-        per_step = self.decode_step_time(decodes, 0) if decodes else self.step_overhead_s
-        return (
-            steps * per_step
-            + self.token_s * tokens
-            + self.attn_pair_s * pairs
-            + self.seq_s * (len(queue) + steps - 1)
-            + self.kv_read_s * (steps * context + decodes * steps * (steps - 1) / 2)
+    def _closed_form(
+        self, ahead: int, uncached: int, cached: int, running: int, context: int, prompts: int
+    ) -> float:
+        """The engine's steps until this prompt's first token, summed in closed form.
+
+        How the engine (`mainsail.workers.engine.scheduler`) forms each step: every running
+        decode takes one token of ``max_batched_tokens``; prefill chunks take the rest, first
+        come first served, several prompts sharing a step; a waiting prompt is admitted only
+        while fewer than ``max_num_seqs`` sequences run; a prompt that got its first token
+        decodes from the next step on. With ``D`` decodes (at most ``max_num_seqs``), ``k``
+        prompts ahead of ``P`` tokens and this prompt's ``u`` tokens:
+
+            phase A, prefilling the prompts ahead: they join the decodes one by one, on
+                average (k - 1) / 2 of them:   d_A = min(S, D + (k - 1) / 2),  n_A = P / (B - d_A)
+            phase B, this prompt:              d_B = min(S, D + k),            n_B = u / (B - d_B)
+            steps N = ceil(n_A + n_B); the part step that rounding adds is charged at phase A's
+            decodes (so queueing more never moves steps into the dearer phase)
+
+            time = (N - n_B) * G(d_A, ctx_A) + n_B * G(d_B, ctx_B)          each step's fixed part
+                 + kv_read_s * d_A * N (N - 1) / 2                          decodes' context grows
+                 + token_s * (P + u) + seq_s * (k + N)                      tokens; a chunk per
+                                                                             prompt + a split a step
+                 + attn_pair_s * (P * l / 2 + u * (c + u / 2))             prefill attention
+                 + max(0, running + k + 1 - S) * G(S, ctx)                  waiting for free slots
+
+        where ``G(d, ctx) = step_overhead_s + decode_batch_s * min(1, d) + (token_s + seq_s) * d
+        + kv_read_s * ctx``, ``B = max_batched_tokens``, ``S = max_num_seqs``.
+
+        Three choices keep it monotone — more work of any kind (decodes, their context, prompts
+        ahead, their tokens, this prompt's uncached tokens) never predicts a sooner token —
+        where the old step replay was not (docs/benchmarks.md):
+
+        - The prompts ahead are taken as long as this one (``l = min(P, u + c)``) for their
+          attention and for the width they pad decodes to. The worker reports how many tokens
+          are queued and in how many prompts, not how they split; splitting them equally (the
+          least attention for that count) predicted more, shorter prompts sooner, and a queue
+          that gained a short prompt sooner.
+        - The decodes' context counts only when something decodes (``kv_blocks_used`` also
+          holds prompts mid-prefill); prompts ahead add theirs as they join (``P (k - 1) / 2k``
+          on average in phase A, ``P`` in phase B); with ``padded`` attention the batch reads
+          at least ``d * l`` once a prompt has joined (after the first of the ``k`` prompts
+          ahead: ``(k - 1) / k`` of phase A).
+        - Past ``max_num_seqs`` the engine admits no prompt until a sequence finishes: each
+          missing slot is charged one step of the full batch (a lower bound: output lengths
+          are unknown), and the prompts ahead still join (each replaces the one that finished).
+        """
+        budget, slots = self.max_batched_tokens, self.max_num_seqs
+        decodes = running if running < slots else slots
+        ctx = context if decodes else 0
+        own = uncached + cached
+        if ahead:
+            prompts = prompts if prompts < ahead else ahead
+            length = ahead if ahead < own else own
+        else:
+            prompts = length = 0
+        joined_a = (prompts - 1) / 2 if prompts > 1 else 0.0
+        d_a = decodes + joined_a
+        d_a = d_a if d_a < slots else slots
+        d_b = decodes + prompts
+        d_b = d_b if d_b < slots else slots
+        room_a, room_b = budget - d_a, budget - d_b
+        n_a = ahead / (room_a if room_a > 1 else 1.0)
+        n_b = uncached / (room_b if room_b > 1 else 1.0)
+        steps = math.ceil(n_a + n_b - 1e-9)
+        ctx_a = ctx + ahead * joined_a / prompts if prompts else ctx
+        ctx_b = ctx + ahead
+        if self.decode_attention == "padded":
+            padded_a = d_a * length * 2 * joined_a / prompts if joined_a else 0.0
+            if padded_a > ctx_a:  # a prompt has joined for (k - 1) / k of phase A
+                ctx_a = padded_a
+            if prompts and d_b * length > ctx_b:
+                ctx_b = d_b * length
+        fixed, kv_read, seq_s = self.step_overhead_s, self.kv_read_s, self.seq_s
+        per_decode, batch_s = self.token_s + seq_s, self.decode_batch_s
+        g_a = fixed + per_decode * d_a + kv_read * ctx_a + (batch_s * d_a if d_a < 1 else batch_s)
+        g_b = fixed + per_decode * d_b + kv_read * ctx_b + (batch_s * d_b if d_b < 1 else batch_s)
+        total = (
+            (steps - n_b) * g_a
+            + n_b * g_b
+            + kv_read * d_a * steps * (steps - 1) / 2
+            + self.token_s * (ahead + uncached)
+            + seq_s * (prompts + steps)
+            + self.attn_pair_s * (ahead * length / 2 + uncached * (cached + uncached / 2))
         )
-
-    def _join_decodes(self, decodes: int, context: int, length: int) -> int:
-        """Decode context after a sequence of ``length`` tokens joins ``decodes`` others."""
-        if self.decode_attention == "sum" or decodes == 0:
-            return context + length
-        width = max(length, -(-context // decodes))
-        return (decodes + 1) * width
+        missing = running + prompts + 1 - slots
+        if missing > 0:
+            total += missing * (fixed + batch_s + per_decode * slots + kv_read * ctx)
+        return total
 
 
 def attn_pairs(new_tokens: int, context_before: int) -> float:

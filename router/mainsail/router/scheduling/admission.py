@@ -18,18 +18,22 @@ the one the simulator replays and its calibration fits):
                   uncached      = prompt - hits(w) * block_size,
                   cached        = hits(w) * block_size,
                   decode_seqs   = w.running,
-                  decode_context= w.kv_blocks_used * block_size,
+                  decode_context= min(w.kv_blocks_used * block_size,
+                                      w.running * w.max_model_len),
                   after_idle    = w has nothing running, queued or in flight)
 
 ``queued_ahead`` is the prompt tokens of requests waiting in the router's flow queue that
 will be served before this one (on arrival: every request of the same or a higher band; on
 a re-check: the requests before it in the queue's service order), spread over the
-candidates. The prompts ahead are taken as equal in length (the worker reports only their
-count and total), and never longer than the worker's context. The cost model replays the
-engine's steps (decodes first, prefill chunks in the rest of the token budget, each chunk's
-attention and per-sequence share). A worker at its batch limit must also finish a sequence
-before it admits a new one; that time depends on output lengths nobody knows yet, so it is
-not charged (the prediction is a lower bound there, and the flow queue's bounds take over).
+candidates. There are at least as many prompts ahead as it takes to hold their tokens in the
+worker's context; no running sequence holds more than that context either (the KV blocks in
+use also hold prompts mid-prefill and, right after a burst, may exceed what decodes read).
+The cost model sums the engine's steps in closed form (decodes first, prefill chunks in the
+rest of the token budget, each chunk's attention and per-sequence share; prompts ahead join
+the decodes as they finish). A worker at its batch limit must also finish a sequence before
+it admits a new one; that time depends on output lengths nobody knows yet, so each missing
+slot is charged one decode step of the full batch (a lower bound there, and the flow
+queue's bounds take over).
 
 The request is admitted when ``min_w ttft(w) <= headroom * target``; otherwise refused with
 the best prediction, and ``retry_after`` = how much later the best worker would make it.
@@ -76,21 +80,24 @@ def predict_ttft(
 ) -> float:
     """Seconds from now to the first token of a request sent to ``worker`` now, behind
     ``queued_share`` prompt tokens in ``queued_requests`` requests still at the router."""
-    cached = min(prompt_tokens, hit_blocks * block_size)
+    # conditional expressions, not min()/max(): the `ttft` scorer runs this per candidate
+    cached = hit_blocks * block_size
+    cached = cached if cached < prompt_tokens else prompt_tokens
     ahead = worker.pending_prefill_tokens + math.ceil(queued_share)
-    prompts = max(
-        1,
-        worker.waiting + math.ceil(queued_requests),
-        math.ceil(ahead / worker.max_model_len),  # no prompt ahead is longer than the context
-    )
-    idle = not (worker.running or worker.waiting or worker.outstanding or ahead)
+    prompts = worker.waiting + math.ceil(queued_requests)
+    fewest = -(-ahead // worker.max_model_len)  # no prompt ahead is longer than the context
+    prompts = prompts if prompts > fewest else fewest
+    running = worker.running
+    context = worker.kv_blocks_used * block_size
+    most = running * worker.max_model_len  # nor any running sequence's context
+    idle = not (running or worker.waiting or worker.outstanding or ahead)
     return cost.time_to_first_token(
         prefill_ahead=ahead,
         uncached_tokens=prompt_tokens - cached,
         cached_tokens=cached,
-        decode_seqs=worker.running,
-        decode_context=worker.kv_blocks_used * block_size,
-        ahead_prompts=prompts,
+        decode_seqs=running,
+        decode_context=context if context < most else most,
+        ahead_prompts=prompts if prompts > 1 else 1,
         after_idle=idle,
     )
 

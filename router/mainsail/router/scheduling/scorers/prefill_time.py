@@ -9,7 +9,7 @@ reported in `LoadSnapshot.kv_cost`):
 ``prefix_seconds`` prices the prompt by where its leading blocks are: free in the worker's own
 cache, the fetch cost (round trip + bytes / bandwidth) for blocks it can read from its shared
 Redis tier when the engine would fetch them, a full recompute for the rest. Scored relative to
-the soonest candidate (see `_relative`): ``s_w = 1 - min(1, (t_w - m) / (m + slack))``,
+the soonest candidate (see `_seconds`): ``s_w = 1 - min(1, (t_w - m) / (m + slack))``,
 ``m = min t``, ``slack`` = 512 tokens at the cheapest candidate's prefill rate.
 
 Why one figure in seconds rather than a prefix fraction plus a backlog count: a cached prefix is
@@ -24,45 +24,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from mainsail.router.scheduling.scorers._relative import relative_headroom
+from mainsail.router.scheduling.scorers._seconds import (
+    fetch_policy,
+    kv_costs,
+    seconds_scores,
+    slack_tokens_of,
+)
 from mainsail.router.scheduling.types import SchedulingContext, WorkerSnapshot
-from mainsail.spec.kv_cost import FETCH_POLICIES, FetchCostModel, FetchPolicy, prefix_seconds
-
-_DEFAULT_BLOCK = 16
-
-
-def fetch_policy(w: WorkerSnapshot) -> FetchPolicy | None:
-    """The worker's tier fetch policy, None when it reads no tier."""
-    p = w.kv_fetch_policy
-    for known in FETCH_POLICIES:
-        if p == known:
-            return known
-    return None
-
-
-def fallback_kv_cost(
-    ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]
-) -> FetchCostModel:
-    """The cost model for a worker that has reported none: defaults, at the block size of
-    the candidates that did (or the request's)."""
-    for w in candidates:
-        if w.kv_cost is not None:
-            return FetchCostModel(block_bytes=0, block_size=w.kv_cost.block_size)
-    blocks = len(ctx.request.block_hashes)
-    size = ctx.request.prompt_tokens // blocks if blocks else _DEFAULT_BLOCK
-    return FetchCostModel(block_bytes=0, block_size=max(1, size))
+from mainsail.spec.kv_cost import FetchCostModel, prefix_seconds
 
 
 def expected_seconds(ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]) -> list[float]:
     """``t_w`` of the module docstring for each candidate (seconds)."""
     prompt = ctx.request.prompt_tokens
     hits, tier = ctx.prefix_hits, ctx.tier_hits
-    fallback: FetchCostModel | None = None
     out: list[float] = []
-    for w in candidates:
-        model = w.kv_cost
-        if model is None:
-            model = fallback = fallback or fallback_kv_cost(ctx, candidates)
+    for w, model in zip(candidates, kv_costs(ctx, candidates), strict=True):
         wid = w.worker_id
         ahead = w.pending_prefill_tokens * model.prefill_s_per_token
         out.append(
@@ -90,12 +67,10 @@ class PrefillTimeScorer:
     )
 
     def __init__(self, slack_tokens: float = 512.0) -> None:
-        if slack_tokens <= 0:
-            raise ValueError(f"slack_tokens must be > 0, got {slack_tokens}")
-        self.slack_tokens = slack_tokens
+        self.slack_tokens = slack_tokens_of(slack_tokens)
 
     def score(self, ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]) -> list[float]:
         seconds = expected_seconds(ctx, candidates)
         rates = [w.kv_cost.prefill_s_per_token for w in candidates if w.kv_cost is not None]
         rate = min(rates) if rates else FetchCostModel(0, 1).prefill_s_per_token
-        return relative_headroom(seconds, max(self.slack_tokens * rate, 1e-9))
+        return seconds_scores(seconds, self.slack_tokens * rate)

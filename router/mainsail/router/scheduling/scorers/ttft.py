@@ -10,13 +10,15 @@ Formula, per candidate ``w`` with its step cost model ``C_w`` (`WorkerSnapshot.s
         + predict_ttft(C_w, w, prompt, ready_w, block size,         `admission.predict_ttft`
                        queued_requests = max(0, outstanding - running - waiting))
 
-``predict_ttft`` replays the worker's engine steps (`StepCost.time_to_first_token`): its
-running sequences decode one token per step, taking their share of every step's token budget
-and time, while the prompt tokens queued there (``pending_prefill_tokens``, in ``waiting``
+``predict_ttft`` sums the worker's engine steps in closed form (`StepCost.time_to_first_token`,
+O(1) per candidate from the snapshot's aggregates, no loop over queued requests): its running
+sequences decode one token per step, taking their share of every step's token budget and
+time, while the prompt tokens queued there (``pending_prefill_tokens``, in ``waiting``
 prompts plus the router's in-flight requests its last report does not show yet) and then this
-prompt's uncached part are prefilled in chunks. Scored relative to the soonest candidate (see
-`_relative`): ``s_w = 1 - min(1, (t_w - m) / (m + slack))``, ``m = min t``, ``slack`` = the
-time the cheapest candidate takes to prefill ``slack_tokens`` (512) alone.
+prompt's uncached part are prefilled in chunks; prompts ahead join the decodes as they finish.
+Scored relative to the soonest candidate (`_seconds`): ``s_w = 1 - min(1, (t_w - m) / (m +
+slack))``, ``m = min t``, ``slack`` = the time the cheapest candidate takes to prefill
+``slack_tokens`` (512) alone.
 
 Why, next to `prefill-time`: `prefill-time` counts prefill only, so a worker whose batch is
 full of long decodes looks as fast as an idle one; the default profile leans on request counts
@@ -37,8 +39,12 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from mainsail.router.scheduling.admission import predict_ttft
-from mainsail.router.scheduling.scorers._relative import relative_headroom
-from mainsail.router.scheduling.scorers.prefill_time import fallback_kv_cost, fetch_policy
+from mainsail.router.scheduling.scorers._seconds import (
+    fetch_policy,
+    kv_costs,
+    seconds_scores,
+    slack_tokens_of,
+)
 from mainsail.router.scheduling.types import SchedulingContext, WorkerSnapshot
 from mainsail.spec.kv_cost import FetchCostModel, decide_fetch
 from mainsail.spec.step_cost import StepCost
@@ -70,24 +76,26 @@ def ready_blocks(
     share of them (as `mainsail.spec.kv_cost.prefix_seconds` prices them)."""
     reusable = max(0, (prompt - 1) // kv.block_size)
     ready = min(max(local, 0), reusable)
-    policy = fetch_policy(w)
-    if policy is not None and tier > ready:
+    if tier > ready and w.kv_fetch_policy:
+        policy = fetch_policy(w)
         extra = min(tier, reusable) - ready
-        if extra > 0 and decide_fetch(policy, kv, extra):
+        if policy is not None and extra > 0 and decide_fetch(policy, kv, extra):
             return ready + extra, kv.fetch_seconds(extra)
     return ready, 0.0
 
 
-def expected_ttft(ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]) -> list[float]:
-    """``t_w`` of the module docstring for each candidate (seconds)."""
+def expected_ttft(
+    ctx: SchedulingContext,
+    candidates: Sequence[WorkerSnapshot],
+    kvs: Sequence[FetchCostModel] | None = None,
+) -> list[float]:
+    """``t_w`` of the module docstring for each candidate (seconds): O(1) each, the step cost
+    model's closed form over the aggregates the snapshot carries (no per-request loop).
+    ``kvs``: the candidates' `kv_costs`, when the caller has them already."""
     prompt = ctx.request.prompt_tokens
     hits, tier = ctx.prefix_hits, ctx.tier_hits
-    fallback: FetchCostModel | None = None
     out: list[float] = []
-    for w in candidates:
-        kv = w.kv_cost
-        if kv is None:
-            kv = fallback = fallback or fallback_kv_cost(ctx, candidates)
+    for w, kv in zip(candidates, kvs or kv_costs(ctx, candidates), strict=True):
         wid = w.worker_id
         ready, fetch_s = ready_blocks(kv, w, prompt, hits.get(wid, 0), tier.get(wid, 0))
         unreported = w.outstanding - w.running - w.waiting
@@ -130,15 +138,14 @@ class TTFTScorer:
     )
 
     def __init__(self, slack_tokens: int = 512) -> None:
-        if slack_tokens <= 0:
-            raise ValueError(f"slack_tokens must be > 0, got {slack_tokens}")
-        self.slack_tokens = slack_tokens
+        self.slack_tokens = int(slack_tokens_of(slack_tokens))
 
     def score(self, ctx: SchedulingContext, candidates: Sequence[WorkerSnapshot]) -> list[float]:
-        seconds = expected_ttft(ctx, candidates)
+        kvs = kv_costs(ctx, candidates)
+        seconds = expected_ttft(ctx, candidates, kvs)
         costs: dict[int, StepCost] = {}  # workers usually share one model: price each once
-        for w in candidates:
-            cost = step_cost_of(w, w.kv_cost or fallback_kv_cost(ctx, candidates))
+        for w, kv in zip(candidates, kvs, strict=True):
+            cost = step_cost_of(w, kv)
             costs[id(cost)] = cost
         slack = min((c.prefill_time(self.slack_tokens) for c in costs.values()), default=1.0)
-        return relative_headroom(seconds, max(slack, 1e-9))
+        return seconds_scores(seconds, slack)
