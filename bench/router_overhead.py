@@ -207,9 +207,10 @@ def main() -> int:
             )
         )
         router_http = f"http://127.0.0.1:{ports['http_port']}"
-        deadline = time.monotonic() + 60
-        while httpx.get(router_http + "/health").status_code != 200:
-            if time.monotonic() > deadline:
+        deadline = time.monotonic() + 180  # a busy machine: the worker imports torch
+        # /health answers 200 with no worker too (a pool at zero is ready): wait for the worker.
+        while httpx.get(router_http + "/health").json().get("workers") != 1:
+            if time.monotonic() > deadline or procs[-1].poll() is not None:
                 raise RuntimeError("worker did not register")
             time.sleep(0.1)
         from mainsail.spec.tokenizer import Tokenizer

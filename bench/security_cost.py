@@ -82,7 +82,7 @@ class Stack:
             router_address=ports.fleet, port=free_port(), fake_engine=True,
         )  # fmt: skip
         self.processes.start_worker("worker", spec)
-        self.processes.wait_registered([ports.http], 1, timeout=60)
+        self.processes.wait_registered([ports.http], 1, timeout=180)  # busy: torch imports
         return ports.http, ports.grpc
 
     def stop(self) -> None:
