@@ -1,23 +1,32 @@
 """End to end: a sharded worker that loses one rank fails over like a dead worker (issue 13).
 
-`mainsail up` with two tensor-parallel workers (tp=2 on the tiny Llama: each worker drives two
-rank actors on the stack's local Ray). While a greedy stream is served by one of them, one of
-*its* rank actors is SIGKILLed (never the worker itself). The worker's next step finds the
-rank gone (`ShardLost`, an `EngineFatalError`), the worker actor ends its process (the cluster
-path: `ray_actor._die`), the router sees a dead worker and continues the stream on the other
-worker by recompute (the dead worker's KV died with it), and the client gets exactly the tokens
-of an undisturbed run. The supervisor then starts a replacement with fresh ranks, which
-registers again and serves the same tokens.
+`mainsail up` with two sharded workers, in three layouts (one stack each):
 
-How a rank is found: rank actors are processes descending from this stack's `mainsail up`
-whose title is ``ray::RankActor``; a worker drives its ranks over Ray's direct actor calls, so
-the ranks of one worker are those listening on a port the worker process is connected to.
+* ``tp``: tensor-parallel tiny Llama, tp=2 (two rank actors per worker);
+* ``ep``: expert-parallel tiny Mixtral, tp=1 and ep=2 (rank 0 holds attention and half of
+  the experts, rank 1 only the other half: a step's tokens are dispatched to it and
+  combined back);
+* ``elastic``: the same Mixtral started at ep=1 (range 1..2) and scaled to ep=2 through the
+  router's admin API before the stream (`POST /workers/<id>/experts`), so the killed rank is
+  one that joined the serving worker. The expert-parallel autoscaler is kept from acting
+  (one round a day): it would move the degree on its own.
+
+While a greedy stream is served by one worker, one of *its* rank actors (the last rank: the
+expert-only one for ep) is SIGKILLed, never the worker itself. The worker's next step finds
+the rank gone (`ShardLost`, an `EngineFatalError`), the worker actor ends its process
+(`ray_actor._die`), the router sees a dead worker and continues the stream on the other
+worker by recompute (the dead worker's KV died with it), and the client gets exactly the
+tokens of an undisturbed run. The supervisor then starts a replacement with fresh ranks (at
+the range's minimum for elastic), which registers again and serves the same tokens.
+
+The rank's pid comes from the stack's Ray (`support.stack_ranks`), never from a process name.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,76 +34,123 @@ import httpx
 import psutil
 import pytest
 from support.stack import admin, running_stack, worker_pid, worker_pids
+from support.stack_ranks import joined_ray, rank_pids, wait_rank_pids
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 
-DEPLOYMENT = """\
-apiVersion: mainsail.dev/v1alpha1
-kind: ModelDeployment
-metadata:
-  name: tp-up
-spec:
-  model: {name: tiny-llama, generate: llama}
-  engine: {maxModelLen: 1024, maxNumSeqs: 8, tensorParallel: 2}
-  pools:
-    unified: {replicas: 2}
-    cache: {enabled: false}
-"""
 TOKENS = 400
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    workdir = tmp_path_factory.mktemp("up-tp")
-    spec = workdir / "tp.yaml"
-    spec.write_text(DEPLOYMENT)
-    with running_stack(workdir, ["-f", str(spec), "--http-port", "0", "--grpc-port", "0"]) as e:
-        yield e
+@dataclass(frozen=True)
+class Layout:
+    """One sharded worker layout: its deployment and what the test expects of it."""
+
+    name: str
+    model: str
+    generate: str
+    engine: str
+    """`spec.engine`'s parallel fields, as YAML flow-map entries."""
+    scale_to: int | None = None
+    """Expert-parallel degree every worker is moved to before the stream (elastic)."""
+    restarted_ranks: int = 2
+    """Ranks a replacement worker starts with."""
+    args: tuple[str, ...] = ()
+
+    def deployment(self) -> str:
+        return f"""\
+apiVersion: mainsail.dev/v1alpha1
+kind: ModelDeployment
+metadata:
+  name: {self.name}
+spec:
+  model: {{name: {self.model}, generate: {self.generate}}}
+  engine: {{maxModelLen: 1024, maxNumSeqs: 8, {self.engine}}}
+  pools:
+    unified: {{replicas: 2}}
+    cache: {{enabled: false}}
+"""
 
 
-def rank_pids(stack: dict[str, Any], worker_pid: int) -> list[int]:
-    """The rank actors ``worker_pid`` drives (see the module doc)."""
-    ours = psutil.Process(stack["up_pid"]).children(recursive=True)
-    ranks = set()
-    for proc in ours:
-        try:
-            if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::RankActor"):
-                ranks.add(proc.pid)
-        except psutil.NoSuchProcess:
-            continue
-    listening = {
-        c.laddr.port: c.pid
-        for c in psutil.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN and c.pid in ranks and c.laddr
-    }
-    dialled = {c.raddr.port for c in psutil.Process(worker_pid).net_connections("tcp") if c.raddr}
-    return sorted({listening[p] for p in dialled if p in listening})
+LAYOUTS = [
+    Layout("tp-up", "tiny-llama", "llama", "tensorParallel: 2"),
+    Layout("ep-up", "tiny-moe", "mixtral", "expertParallel: {min: 2, max: 2}"),
+    Layout(
+        "elastic-up",
+        "tiny-moe",
+        "mixtral",
+        "expertParallel: {min: 1, max: 2}",
+        scale_to=2,
+        restarted_ranks=1,
+        args=("--autoscale-seconds", "86400"),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS, ids=["tp", "ep", "elastic"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    layout: Layout = request.param
+    workdir = tmp_path_factory.mktemp(layout.name)
+    spec = workdir / "deployment.yaml"
+    spec.write_text(layout.deployment())
+    args = ["-f", str(spec), "--http-port", "0", "--grpc-port", "0", *layout.args]
+    with running_stack(workdir, args) as endpoints, joined_ray(endpoints):
+        yield {**endpoints, "layout": layout}
 
 
 def _request(stack: dict[str, Any]) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         model=stack["model"],
-        prompt="Two ranks hold this worker's heads, and one of them",
+        prompt="Two ranks hold this worker's shards, and one of them",
         sampling=pb.SamplingParams(max_tokens=TOKENS, temperature=0, ignore_eos=True),
     )
 
 
-@pytest.mark.timeout(900)
+def _workers(stack: dict[str, Any]) -> list[dict[str, Any]]:
+    reply = httpx.get(stack["http"] + "/workers", headers=admin(stack), timeout=10)
+    workers: list[dict[str, Any]] = reply.json()["data"]
+    return workers
+
+
+def _scale_every_worker(stack: dict[str, Any], degree: int, timeout: float) -> None:
+    """Ask each worker for ``degree`` expert ranks (the router's admin API) and wait until
+    every one reports serving at it."""
+    for worker in _workers(stack):
+        reply = httpx.post(
+            f"{stack['http']}/workers/{worker['id']}/experts",
+            json={"expertParallel": degree},
+            headers=admin(stack),
+            timeout=60,
+        )
+        assert reply.status_code == 200 and reply.json()["target"] == degree, reply.text
+    deadline = time.monotonic() + timeout
+    while {w["expert_parallel"] for w in _workers(stack)} != {degree}:
+        assert time.monotonic() < deadline, f"not at ep {degree}: {_workers(stack)}"
+        time.sleep(1)
+
+
+@pytest.mark.timeout(1200)
 def test_a_rank_killed_mid_stream_moves_the_request_token_identically(
     stack: dict[str, Any],
 ) -> None:
+    layout: Layout = stack["layout"]
     request = _request(stack)
     with grpc.insecure_channel(stack["grpc"]) as channel:
         stub = pb_grpc.InferenceStub(channel)
         reference = [t for r in stub.Generate(request, timeout=300) for t in r.token_ids]
         assert len(reference) == TOKENS
+        if layout.scale_to is not None:
+            _scale_every_worker(stack, layout.scale_to, timeout=300)
         workers = worker_pids(stack)
-        ranks = {w: rank_pids(stack, pid) for w, pid in workers.items()}
-        assert all(len(r) == 2 for r in ranks.values()), ranks  # tp=2: two ranks each
-        assert not set(ranks["tp-up-unified-0"]) & set(ranks["tp-up-unified-1"]), ranks
+        ranks = {w: rank_pids(stack, w) for w in workers}
+        assert all(len(r["ranks"]) == 2 for r in ranks.values()), ranks  # two ranks each
+        assert not {*ranks[f"{layout.name}-unified-0"]["ranks"]} & {
+            *ranks[f"{layout.name}-unified-1"]["ranks"]
+        }, ranks
         tokens: list[int] = []
         served_by: list[str] = []
         victim: tuple[str, int] | None = None
@@ -103,7 +159,7 @@ def test_a_rank_killed_mid_stream_moves_the_request_token_identically(
             tokens += last.token_ids
             served_by.append(last.worker_id)
             if victim is None and len(tokens) >= 20:
-                victim = (last.worker_id, ranks[last.worker_id][-1])
+                victim = (last.worker_id, ranks[last.worker_id]["ranks"][-1])
                 psutil.Process(victim[1]).kill()
     assert victim is not None, "the stream finished before a rank could be killed"
     assert last.finish_reason == "length" and not last.error, last.error
@@ -130,8 +186,8 @@ def test_a_rank_killed_mid_stream_moves_the_request_token_identically(
         time.sleep(1)
     else:
         raise AssertionError(f"{victim[0]} was not replaced")
-    fresh = rank_pids(stack, again)
-    assert len(fresh) == 2 and not set(fresh) & set(ranks[victim[0]]), (fresh, ranks)
+    fresh = wait_rank_pids(stack, victim[0], layout.restarted_ranks, timeout=120)["ranks"]
+    assert not set(fresh) & set(ranks[victim[0]]["ranks"]), (fresh, ranks)
     others = next(w for w in workers if w != victim[0])
     httpx.post(
         f"{stack['http']}/workers/{others}/drain", headers=admin(stack), timeout=10

@@ -251,6 +251,18 @@ class WorkerHost:
         """Liveness probe used by the launcher."""
         return self.address
 
+    async def rank_pids(self) -> dict[str, list[int]]:
+        """The process ids of this worker's rank actors, each asked through Ray: ``ranks`` in
+        rank order, ``spares`` the warm spares; both empty when the model runs in this
+        process. Tests kill one rank by it (a worker that loses a rank must fail over like a
+        dead worker) instead of by process name, which would hit other stacks' ranks."""
+        runner = self.engine.engine.sharded if isinstance(self.engine, AsyncEngine) else None
+        if runner is None:
+            return {"ranks": [], "spares": []}
+        ranks = [await h.actor.pid.remote() for h in list(runner.handles)]
+        spares = [await h.actor.pid.remote() for h in runner.spares]
+        return {"ranks": ranks, "spares": spares}
+
     async def stop(self) -> None:
         """Deregister, stop serving and stop the engine."""
         if self._experts_task is not None:

@@ -93,6 +93,11 @@ class WorkerActor:
         """The actor's process id (tests kill a worker by it)."""
         return os.getpid()
 
+    async def rank_pids(self) -> dict[str, list[int]]:
+        """This worker's rank actors' process ids, as Ray reports them (`WorkerHost.rank_pids`);
+        tests kill one rank by it."""
+        return await self.host.rank_pids()
+
     async def watch(self) -> None:
         """Returns when `stop` was called; the supervisor's call fails when the actor dies."""
         if self._stopped is None:

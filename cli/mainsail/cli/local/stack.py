@@ -97,6 +97,7 @@ class LocalStack:
     fleet_port: int = 0
     supervisor: WorkerSupervisor | None = None
     ray_started: bool = False
+    ray_address: str | None = None  # the local Ray's GCS, for tools that join it (tests)
     _supervisor_thread: threading.Thread | None = None
     _supervisor_stop: threading.Event | None = None
     _experts: tuple[threading.Thread, threading.Event] | None = None
@@ -250,10 +251,13 @@ class LocalStack:
         start_local_ray(
             max(1, total) + total * ranks,
             resources=roles,
-            namespace=f"mainsail-{self.deployment.metadata.name}",
+            namespace=self._ray_namespace,
             progress=self.progress,
         )
         self.ray_started = True
+        import ray
+
+        self.ray_address = ray.get_runtime_context().gcs_address
         if previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
 
@@ -340,6 +344,10 @@ class LocalStack:
         """Where the expert-parallel autoscaler writes its status (`mainsail status`)."""
         return self._workdir / "status.json"
 
+    @property
+    def _ray_namespace(self) -> str:
+        return f"mainsail-{self.deployment.metadata.name}"
+
     def _dial_host(self) -> str:
         """The address this process reaches its own routers at (loopback for a wildcard)."""
         host = self.options.host
@@ -366,6 +374,10 @@ class LocalStack:
             "router_log": str(self._workdir / "router.log"),
             "admin_token": os.environ.get(ADMIN_TOKEN_ENV, "").strip(),
             "admin_token_file": str(self.admin_token_file),
+            # Ray's own address and the namespace of the worker actors (named as the workers
+            # they host): a tool joining it can ask a worker about its rank actors.
+            "ray_address": self.ray_address,
+            "ray_namespace": self._ray_namespace,
             "status_file": (
                 str(self.status_file) if self.deployment.spec.engine.expert_parallel else None
             ),
