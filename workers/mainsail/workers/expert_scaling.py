@@ -92,14 +92,15 @@ class ExpertScaling:
 
     async def refresh(self) -> None:
         """Read the expert load from rank 0 (on the engine thread) if the last read is older
-        than ``refresh_s``; a failure keeps the old figures (a dead rank is the engine's)."""
+        than ``refresh_s``; a failure keeps the old figures. A dead rank (`ShardLost`, an
+        `EngineFatalError`) ends the worker there as after a step (`AsyncEngine._fatal`)."""
         now = self._clock()
         if self._read_at is not None and now - self._read_at < self._refresh_s:
             return
         self._read_at = now
         try:
             load = await self.engine.call(_expert_load)
-        except Exception as exc:  # ShardLost and friends: the engine reports them
+        except Exception as exc:  # ShardLost: the engine has ended the worker already
             log.warning("could not read the expert load: %s", exc)
             return
         self._load = tuple(load)

@@ -32,6 +32,7 @@ from mainsail.workers.kv_publisher import KVEventHub
 from mainsail.workers.kvtier import RedisTierFactory
 from mainsail.workers.metrics_endpoint import CacheConfig, MetricsServer, serve_worker_metrics
 from mainsail.workers.migration import KVMigrator
+from mainsail.workers.rank_watch import watch_ranks
 from mainsail.workers.router_discovery import RouterDiscovery
 from mainsail.workers.service import WorkerService
 from mainsail.workers.submit_streams import ServingEngine
@@ -90,6 +91,7 @@ class WorkerHost:
         self._registration: asyncio.Task[None] | None = None
         self.experts: ExpertScaling | None = None  # sharded MoE: degree, expert load
         self._experts_task: asyncio.Task[None] | None = None
+        self._rank_watch: asyncio.Task[None] | None = None  # sharded: idle liveness check
         self.address = ""
 
     async def start(self) -> str:
@@ -136,6 +138,8 @@ class WorkerHost:
             engine, snapshot = real, real.kv_snapshot
             tier_snapshot = real.kv_tier_snapshot
             migrator = self.migrator = KVMigrator(real, self.credential)
+            if real.engine.sharded is not None:
+                self._rank_watch = asyncio.get_running_loop().create_task(watch_ranks(real))
             if ExpertScaling.applies(real.engine):
                 self.experts = ExpertScaling(real)
                 self._experts_task = asyncio.get_running_loop().create_task(self.experts.run())
@@ -265,10 +269,11 @@ class WorkerHost:
 
     async def stop(self) -> None:
         """Deregister, stop serving and stop the engine."""
-        if self._experts_task is not None:
-            self._experts_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._experts_task
+        for task in (self._rank_watch, self._experts_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self.experts is not None:
             await self.experts.close()
         if self._registration is not None:

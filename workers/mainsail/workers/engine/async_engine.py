@@ -266,12 +266,8 @@ class AsyncEngine:
             try:
                 outputs = engine.step()
             except EngineFatalError as exc:
-                # The engine cannot go on (a rank of a sharded model died): the host ends the
-                # worker so the router moves its requests, as for any dead worker.
-                log.error("engine cannot continue: %s", exc)
-                if self.on_fatal is not None:
-                    self.on_fatal(exc)
-                outputs = engine.fail_all(f"{type(exc).__name__}: {exc}")
+                self._fatal(exc)
+                continue
             except Exception as exc:
                 log.exception("engine step crashed; failing all requests")
                 outputs = engine.fail_all(f"{type(exc).__name__}: {exc}")
@@ -300,10 +296,25 @@ class AsyncEngine:
                     continue
                 try:
                     command.future.set_result(command.fn(self.engine))
+                except EngineFatalError as exc:  # a rank died under a call, not a step
+                    self._fatal(exc)  # first: the caller may look at the worker's end
+                    command.future.set_exception(exc)
                 except Exception as exc:
                     command.future.set_exception(exc)
             else:
                 self.engine.abort(command.request_id)
+
+    def _fatal(self, exc: EngineFatalError) -> None:
+        """The engine cannot go on (a rank of a sharded model died), whether a step, a call
+        (the expert-load read, a migration) or the idle liveness check found it: the host
+        ends the worker so the router moves its requests, as for any dead worker."""
+        log.error("engine cannot continue: %s", exc)
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+        outputs = self.engine.fail_all(f"{type(exc).__name__}: {exc}")
+        self._publish()
+        for out in outputs:
+            self._deliver(out.request_id, out)
 
     def _publish(self) -> None:
         metrics = self.engine.metrics()

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
 CALL_TIMEOUT_S = 600.0
+ALIVE_TIMEOUT_S = 10.0
+"""How long a liveness query (`RayRanks.check_alive`) waits: a rank that answers later is
+left to the next step (only a rank Ray reports dead ends the worker)."""
 # How much lower than serving the ranks run preparation for a new placement (0 = as high;
 # 10 measured no better for serving and slower to scale up on two shared cores).
 PREPARE_NICE = 0
@@ -122,6 +125,29 @@ class RayRanks:
             self.lost = f"rank call {method} failed: {type(exc).__name__}: {exc}"[:2000]
             log.error("sharded worker lost a rank: %s", self.lost)
             raise ShardLost(self.lost) from exc
+
+    def check_alive(self, handles: Sequence[RankHandle], timeout: float = ALIVE_TIMEOUT_S) -> None:
+        """Ask each rank a question answered at once (`RankActor.ready`): a rank whose process
+        died fails it, and the worker is lost as after a failed `call` (`ShardLost`). Why:
+        an idle worker runs no steps, so without this a dead rank is found only by the next
+        request. A rank that has not answered within ``timeout`` (a loaded machine) counts
+        as alive; its next call decides."""
+        import ray
+
+        if self.lost is not None:
+            raise ShardLost(self.lost)
+        refs = [h.actor.ready.remote() for h in handles]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for handle, ref in zip(handles, refs, strict=True):
+            if ref not in ready:
+                log.warning("rank %d did not answer a liveness query in %s s", handle.rank, timeout)
+                continue
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                self.lost = f"rank {handle.rank} is dead: {type(exc).__name__}: {exc}"[:2000]
+                log.error("sharded worker lost a rank: %s", self.lost)
+                raise ShardLost(self.lost) from exc
 
     def renumber(self, handle: RankHandle, rank: int) -> None:
         """Give a started, not yet joined rank (a warm spare) the number ``rank``; waits

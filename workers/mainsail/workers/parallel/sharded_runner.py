@@ -183,6 +183,12 @@ class ShardedRunner:
             slices.append(blocks[..., held.start : held.stop, :].contiguous())
         self.ranks.call(self.attention, "write_blocks", list(block_ids), each=slices)
 
+    def check_alive(self) -> None:
+        """`ShardLost` if a serving rank's process died (`RayRanks.check_alive`). Spares and
+        ranks still joining are not asked: they serve nothing, and a resize reports its own
+        failure. Run on the engine thread like a step, so the ranks asked are the members."""
+        self.ranks.check_alive(self.handles)
+
     # Elastic expert parallelism -------------------------------------------------------
 
     def expert_load(self) -> list[float]:
