@@ -199,3 +199,62 @@ def test_a_rank_killed_mid_stream_moves_the_request_token_identically(
         assert [t for r in responses for t in r.token_ids] == reference
     finally:
         httpx.delete(f"{stack['http']}/workers/{others}/drain", headers=admin(stack), timeout=10)
+
+
+IDLE_TOKENS = 32
+NOTICE_S = 30.0
+
+
+def _listed(stack: dict[str, Any], worker_id: str) -> str | None:
+    """The address the router lists for ``worker_id`` (None: not listed)."""
+    return next((w["address"] for w in _workers(stack) if w["id"] == worker_id), None)
+
+
+@pytest.mark.timeout(1200)
+def test_a_rank_killed_while_idle_ends_the_worker_before_any_request(
+    stack: dict[str, Any],
+) -> None:
+    """No request reaches the worker: its idle rank check (`rank_watch`) finds the dead rank
+    and the worker ends, so the router drops it within `NOTICE_S` and the supervisor starts a
+    replacement, which serves the undisturbed tokens."""
+    layout: Layout = stack["layout"]
+    victim, other = f"{layout.name}-unified-0", f"{layout.name}-unified-1"
+    if layout.scale_to is not None:
+        _scale_every_worker(stack, layout.scale_to, timeout=300)
+    ranks = wait_rank_pids(stack, victim, 2, timeout=600)["ranks"]
+    wait_rank_pids(stack, other, 2, timeout=600)
+    request = _request(stack)
+    request.sampling.max_tokens = IDLE_TOKENS
+    with grpc.insecure_channel(stack["grpc"]) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        reference = [t for r in stub.Generate(request, timeout=300) for t in r.token_ids]
+    assert len(reference) == IDLE_TOKENS
+    old_pid, old_address = worker_pid(stack, victim), _listed(stack, victim)
+    assert old_address is not None
+
+    psutil.Process(ranks[-1]).kill()
+    killed = time.monotonic()
+    while _listed(stack, victim) == old_address:
+        assert time.monotonic() - killed < NOTICE_S, f"{victim} still listed after {NOTICE_S} s"
+        time.sleep(0.25)
+    dropped = time.monotonic() - killed
+    assert not psutil.pid_exists(old_pid) or (
+        psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
+    )
+    print(f"{layout.name}: worker with a dead idle rank dropped after {dropped:.1f} s")
+
+    deadline = time.monotonic() + 600
+    while _listed(stack, victim) is None:
+        assert time.monotonic() < deadline, f"{victim} was not replaced"
+        time.sleep(1)
+    fresh = wait_rank_pids(stack, victim, layout.restarted_ranks, timeout=120)["ranks"]
+    assert not set(fresh) & set(ranks), (fresh, ranks)
+    httpx.post(f"{stack['http']}/workers/{other}/drain", headers=admin(stack), timeout=10)
+    try:
+        with grpc.insecure_channel(stack["grpc"]) as channel:
+            responses = list(pb_grpc.InferenceStub(channel).Generate(request, timeout=300))
+        assert {r.worker_id for r in responses if r.worker_id} == {victim}
+        assert [t for r in responses for t in r.token_ids] == reference
+        assert not responses[-1].error
+    finally:
+        httpx.delete(f"{stack['http']}/workers/{other}/drain", headers=admin(stack), timeout=10)
