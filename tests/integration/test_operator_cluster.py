@@ -399,11 +399,17 @@ def test_scaling_down_drains_the_chosen_worker_before_kuberay_removes_its_pod(
         assert group()["scaleStrategy"] == {"workersToDelete": ["tiny-unified-1"]}
         draining = {w["id"]: w["draining"] for w in router.listed()}
         assert draining == {"tiny-unified-0": False, "tiny-unified-1": True}
-        events = bed.kubectl(
-            "get", "events", "-n", ns, "--field-selector", "involvedObject.name=tiny", "-o", "json"
-        ).stdout
-        drained = [e for e in json.loads(events)["items"] if e["reason"] == "Drained"]
-        assert drained and "tiny-unified-1" in drained[0]["message"]
+
+        def drained_events() -> list[dict[str, Any]]:
+            # Events are posted after the patch that lowers the group, not with it: poll.
+            events = bed.kubectl(
+                "get", "events", "-n", ns, "--field-selector", "involvedObject.name=tiny",
+                "-o", "json",
+            ).stdout  # fmt: skip
+            return [e for e in json.loads(events)["items"] if e["reason"] == "Drained"]
+
+        drained = wait_for(drained_events, "a Drained event")
+        assert "tiny-unified-1" in drained[0]["message"]
     finally:
         router.stop()
 
