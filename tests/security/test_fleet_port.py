@@ -22,6 +22,7 @@ import httpx
 import pytest
 from support.fleet import MODEL, fleet
 from support.operator_harness import LoopbackRouter
+from support.registry_calls import expect_every_registry_call_refused
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -157,24 +158,11 @@ async def test_a_router_without_a_worker_token_registers_no_one(
 
         # Every Registry call, whatever it carries, gets the same answer.
         async with grpc.aio.insecure_channel(router.fleet) as channel:
-            registry = pb_grpc.RegistryStub(channel)
-            for md in ((), hopeful.metadata, (("authorization", "Bearer "),)):
-                calls = (
-                    registry.Register(_evil(), metadata=md, timeout=5),
-                    registry.Heartbeat(
-                        pb.HeartbeatRequest(worker_id="evil", load=pb.LoadSnapshot(running=1)),
-                        metadata=md,
-                        timeout=5,
-                    ),
-                    registry.Deregister(
-                        pb.DeregisterRequest(worker_id="evil"), metadata=md, timeout=5
-                    ),
-                )
-                for call in calls:
-                    with pytest.raises(grpc.aio.AioRpcError) as info:
-                        await call
-                    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-                    assert info.value.details() == disabled_detail("router")
+            await expect_every_registry_call_refused(
+                channel, _evil(), "evil",
+                ((), hopeful.metadata, (("authorization", "Bearer "),)),
+                grpc.StatusCode.PERMISSION_DENIED, disabled_detail("router"),
+            )  # fmt: skip
 
         # Nothing is routed to the would-be workers: none is listed, a request finds none.
         assert await asyncio.to_thread(router.listed) == []

@@ -17,6 +17,7 @@ import grpc
 import httpx
 import pytest
 from support.fleet import MODEL, WORKER, Fleet, fleet
+from support.registry_calls import expect_every_registry_call_refused
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -74,22 +75,11 @@ async def test_the_registry_refuses_callers_without_the_worker_token(tiny_model_
                 assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
         async with grpc.aio.insecure_channel(f.fleet) as channel:
             registry = pb_grpc.RegistryStub(channel)
-            for md in ((), f.metadata(0), (("authorization", f"Bearer {'x' * 43}"),)):
-                calls = (
-                    registry.Register(_info("evil", "127.0.0.1:1"), metadata=md, timeout=5),
-                    registry.Heartbeat(
-                        pb.HeartbeatRequest(worker_id="w0", load=pb.LoadSnapshot(running=999)),
-                        metadata=md,
-                        timeout=5,
-                    ),
-                    registry.Deregister(
-                        pb.DeregisterRequest(worker_id="w0"), metadata=md, timeout=5
-                    ),
-                )
-                for call in calls:
-                    with pytest.raises(grpc.aio.AioRpcError) as info:
-                        await call
-                    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            await expect_every_registry_call_refused(
+                channel, _info("evil", "127.0.0.1:1"), "w0",
+                ((), f.metadata(0), (("authorization", f"Bearer {'x' * 43}"),)),
+                grpc.StatusCode.UNAUTHENTICATED,
+            )  # fmt: skip
             assert {e.worker_id: e.address for e in f.router.registry.entries()} == before
             assert f.router.registry.get("w0").load.running != 999  # type: ignore[union-attr]
 

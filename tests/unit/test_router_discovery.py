@@ -13,8 +13,8 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import grpc
 import pytest
+from support.registry_calls import registry_on_loopback
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -64,14 +64,8 @@ class RecordingRegistry(pb_grpc.RegistryServicer):
 
 @asynccontextmanager
 async def registry_server(registry: RecordingRegistry) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    pb_grpc.add_RegistryServicer_to_server(registry, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(grace=None)
+    async with registry_on_loopback(registry) as address:
+        yield address
 
 
 def free_address() -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.registry_calls import registry_on_loopback
 
 from mainsail.proto.v1 import mainsail_pb2 as pb
 from mainsail.proto.v1 import mainsail_pb2_grpc as pb_grpc
@@ -93,14 +94,8 @@ def test_the_disabled_detail_names_the_setting_and_the_party() -> None:
 @asynccontextmanager
 async def registry(router: Router, credential: WorkerCredential) -> AsyncIterator[str]:
     """The router's `Registry` on a loopback port, as its fleet port serves it."""
-    server = grpc.aio.server()
-    pb_grpc.add_RegistryServicer_to_server(RegistryService(router, credential), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(grace=None)
+    async with registry_on_loopback(RegistryService(router, credential)) as address:
+        yield address
 
 
 def _info(router: Router, worker_id: str) -> pb.WorkerInfo:
