@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from support.registry_calls import registry_on_loopback
@@ -60,12 +58,6 @@ class RecordingRegistry(pb_grpc.RegistryServicer):
     ) -> pb.DeregisterReply:
         self.deregistered.append(request.worker_id)
         return pb.DeregisterReply()
-
-
-@asynccontextmanager
-async def registry_server(registry: RecordingRegistry) -> AsyncIterator[str]:
-    async with registry_on_loopback(registry) as address:
-        yield address
 
 
 def free_address() -> str:
@@ -127,7 +119,7 @@ def test_discovery_from_a_spec_prefers_dns() -> None:
 
 async def test_one_session_per_router_each_told_its_own_share() -> None:
     a, b = RecordingRegistry("ra"), RecordingRegistry("rb")
-    async with registry_server(a) as addr_a, registry_server(b) as addr_b:
+    async with registry_on_loopback(a) as addr_a, registry_on_loopback(b) as addr_b:
         registrar = fleet(FakeDiscovery([addr_a, addr_b]), {"ra": 3, "rb": 1})
         task = asyncio.create_task(registrar.run())
         try:
@@ -149,7 +141,7 @@ async def test_one_session_per_router_each_told_its_own_share() -> None:
 async def test_follows_routers_coming_and_going_and_a_dead_one_blocks_nobody() -> None:
     a, b = RecordingRegistry("ra"), RecordingRegistry("rb")
     dead = free_address()
-    async with registry_server(a) as addr_a, registry_server(b) as addr_b:
+    async with registry_on_loopback(a) as addr_a, registry_on_loopback(b) as addr_b:
         discovery = FakeDiscovery([dead, addr_a])
         registrar = fleet(discovery)
         task = asyncio.create_task(registrar.run())
@@ -178,7 +170,7 @@ async def test_follows_routers_coming_and_going_and_a_dead_one_blocks_nobody() -
 
 async def test_a_refusal_ends_only_that_routers_session() -> None:
     good, bad = RecordingRegistry("ra"), RecordingRegistry("rb", refuse="model mismatch: x")
-    async with registry_server(good) as addr_good, registry_server(bad) as addr_bad:
+    async with registry_on_loopback(good) as addr_good, registry_on_loopback(bad) as addr_bad:
         registrar = fleet(FakeDiscovery([addr_good, addr_bad]))
         task = asyncio.create_task(registrar.run())
         try:

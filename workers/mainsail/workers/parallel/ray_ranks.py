@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from mainsail.workers.engine.errors import EngineFatalError
 from mainsail.workers.rank_actor import RankActor, RankSetup
@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
 CALL_TIMEOUT_S = 600.0
-ALIVE_TIMEOUT_S = 10.0
-"""How long a liveness query (`RayRanks.check_alive`) waits: a rank that answers later is
-left to the next step (only a rank Ray reports dead ends the worker)."""
 # How much lower than serving the ranks run preparation for a new placement (0 = as high;
 # 10 measured no better for serving and slower to scale up on two shared cores).
 PREPARE_NICE = 0
@@ -57,6 +54,42 @@ class RankHandle:
     rank: int
     actor: Any
     group: Any
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What one liveness query heard: the ranks Ray reports dead (rank, why) and the ranks
+    that had not answered when the wait ended."""
+
+    dead: tuple[tuple[int, str], ...] = ()
+    silent: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LivenessQuery:
+    """A liveness question sent to some ranks (`RayRanks.ask_alive`), answers pending."""
+
+    handles: tuple[RankHandle, ...]
+    refs: tuple[Any, ...]
+
+    def hear(self, timeout: float) -> Liveness:
+        """Wait up to ``timeout`` s for the answers. Touches no worker state, so it may run
+        off the engine thread: a hung rank then holds no step."""
+        import ray
+
+        ready, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
+        answered = set(ready)
+        dead: list[tuple[int, str]] = []
+        silent: list[int] = []
+        for handle, ref in zip(self.handles, self.refs, strict=True):
+            if ref not in answered:
+                silent.append(handle.rank)
+                continue
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                dead.append((handle.rank, f"{type(exc).__name__}: {exc}"))
+        return Liveness(tuple(dead), tuple(silent))
 
 
 class RayRanks:
@@ -126,28 +159,19 @@ class RayRanks:
             log.error("sharded worker lost a rank: %s", self.lost)
             raise ShardLost(self.lost) from exc
 
-    def check_alive(self, handles: Sequence[RankHandle], timeout: float = ALIVE_TIMEOUT_S) -> None:
-        """Ask each rank a question answered at once (`RankActor.ready`): a rank whose process
-        died fails it, and the worker is lost as after a failed `call` (`ShardLost`). Why:
-        an idle worker runs no steps, so without this a dead rank is found only by the next
-        request. A rank that has not answered within ``timeout`` (a loaded machine) counts
-        as alive; its next call decides."""
-        import ray
-
+    def ask_alive(self, handles: Sequence[RankHandle]) -> LivenessQuery:
+        """Send each rank a question it answers at once (`RankActor.ready`), without waiting
+        for the answers (`LivenessQuery.hear` waits, on any thread). Why: an idle worker runs
+        no steps, so without this a dead or hung rank is found only by the next request."""
         if self.lost is not None:
             raise ShardLost(self.lost)
-        refs = [h.actor.ready.remote() for h in handles]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        for handle, ref in zip(handles, refs, strict=True):
-            if ref not in ready:
-                log.warning("rank %d did not answer a liveness query in %s s", handle.rank, timeout)
-                continue
-            try:
-                ray.get(ref)
-            except Exception as exc:
-                self.lost = f"rank {handle.rank} is dead: {type(exc).__name__}: {exc}"[:2000]
-                log.error("sharded worker lost a rank: %s", self.lost)
-                raise ShardLost(self.lost) from exc
+        return LivenessQuery(tuple(handles), tuple(h.actor.ready.remote() for h in handles))
+
+    def lose(self, reason: str) -> NoReturn:
+        """Mark the worker lost for ``reason`` (every later call fails) and raise `ShardLost`."""
+        self.lost = reason[:2000]
+        log.error("sharded worker lost a rank: %s", self.lost)
+        raise ShardLost(self.lost)
 
     def renumber(self, handle: RankHandle, rank: int) -> None:
         """Give a started, not yet joined rank (a warm spare) the number ``rank``; waits

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -51,7 +52,7 @@ from mainsail.workers.parallel.plan import (
     warm_spares_wanted,
 )
 from mainsail.workers.parallel.rank import Membership
-from mainsail.workers.parallel.ray_ranks import RankHandle, RayRanks
+from mainsail.workers.parallel.ray_ranks import LivenessQuery, RankHandle, RayRanks
 from mainsail.workers.parallel.recent_load import RecentLoad, observe
 from mainsail.workers.parallel.shard_model import model_shape
 from mainsail.workers.rank_actor import RankSetup
@@ -183,11 +184,21 @@ class ShardedRunner:
             slices.append(blocks[..., held.start : held.stop, :].contiguous())
         self.ranks.call(self.attention, "write_blocks", list(block_ids), each=slices)
 
-    def check_alive(self) -> None:
-        """`ShardLost` if a serving rank's process died (`RayRanks.check_alive`). Spares and
+    def ask_alive(self) -> LivenessQuery:
+        """Send the serving ranks a liveness question (`RayRanks.ask_alive`). Spares and
         ranks still joining are not asked: they serve nothing, and a resize reports its own
         failure. Run on the engine thread like a step, so the ranks asked are the members."""
-        self.ranks.check_alive(self.handles)
+        return self.ranks.ask_alive(self.handles)
+
+    def serves_with(self, handles: Sequence[RankHandle]) -> bool:
+        """Whether ``handles`` are still exactly the serving ranks (no resize since)."""
+        return len(handles) == len(self.handles) and all(
+            a is b for a, b in zip(handles, self.handles, strict=True)
+        )
+
+    def lose(self, reason: str) -> NoReturn:
+        """End the worker as a failed step does (`ShardLost`); engine thread."""
+        self.ranks.lose(reason)
 
     # Elastic expert parallelism -------------------------------------------------------
 
