@@ -78,9 +78,8 @@ from pathlib import Path
 
 import httpx
 from goodput_report import Run, TraceResult, paired_table, percentile, plot, report
+from goodput_stack import MODEL, Stack
 
-from mainsail.router.settings import RouterConfig
-from mainsail.sim.cost import load_profile
 from mainsail.sim.goodput import (
     OURS,
     POLICY_LABELS,
@@ -89,7 +88,6 @@ from mainsail.sim.goodput import (
     class_of,
     fit_line,
     ideal_hit_rate,
-    live_profiles,
     rotated,
     scale_outputs,
     tenant_of,
@@ -105,18 +103,10 @@ from mainsail.sim.live import (
     build_requests,
     replay,
 )
-from mainsail.sim.live_processes import LiveProcesses
 from mainsail.sim.traces import TraceRequest, default_jitter_s, load_trace, scale_trace
-from mainsail.spec.admission import Admission
-from mainsail.spec.engine_settings import EngineSettings
 from mainsail.spec.routing_profile import RoutingProfile
-from mainsail.spec.slo import SLO, RequestTargetBounds, SLOClass
 from mainsail.spec.worker_auth import WORKER_TOKEN_ENV, generate_token
-from mainsail.workers.checkpoint import ensure_checkpoint
-from mainsail.workers.worker_spec import WorkerSpec
 
-MODEL = "goodput"
-CLASSES = [SLOClass(name="interactive", priority=10), SLOClass(name="batch", priority=0)]
 KEEP_ONE_IN = {"mooncake": 16, "azure-conv": 1, "azure-code": 1}
 REQUESTS = "mooncake=48;azure-conv=64;azure-code=48"
 """Azure conversation requests are short (~90 tokens scaled, no shared prefixes): more of them
@@ -125,76 +115,6 @@ START = "azure-code=29"
 """Trace seconds skipped before the slice. Azure code opens with 12 requests, then 28 s of
 nothing: replayed as is, that lull would be most of every replay's wall time."""
 RATES = "mooncake=3.5,5,6.5;azure-conv=12,18,24;azure-code=4,8,12"
-
-
-# ---------------------------------------------------------------- the stack
-
-
-class Stack:
-    """One router per policy and ``workers`` real-engine workers registered with all."""
-
-    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
-        self.args = args
-        self.processes = LiveProcesses(tmp)
-        self.http: dict[str, str] = {}
-        self.engine = EngineSettings(
-            block_size=16,
-            max_model_len=args.tokens_per_block * args.max_blocks + args.max_output + 64,
-            max_num_seqs=32,
-            max_batched_tokens=256,
-            num_kv_blocks=args.kv_blocks,
-        )
-
-    def start(self, labels: Sequence[str], extra: dict[str, RoutingProfile]) -> None:
-        model_dir = ensure_checkpoint("llama", size=self.args.model_size)
-        profiles = {**live_profiles(), **extra}
-        # Targets come per request (headers); let them be as tight as the tiny model needs.
-        slo = SLO(
-            classes=CLASSES, request_bounds=RequestTargetBounds(min_ttft_ms=1, min_tpot_ms=0.1)
-        )
-        admission = Admission()
-        if self.args.step_cost:
-            # The `ttft` scorer replays this model; refusal stays out of the comparison
-            # (headroom 100: no request here is predicted at 100x its target).
-            cost = load_profile(self.args.step_cost).step_cost()
-            limits = {
-                "max_num_seqs": self.engine.max_num_seqs,
-                "max_batched_tokens": self.engine.max_batched_tokens,
-            }
-            admission = Admission(step_cost=cost.model_copy(update=limits), headroom=100)
-        fleet: list[str] = []
-        for i, label in enumerate(labels):
-            config = RouterConfig(
-                admission=admission,
-                model_name=MODEL,
-                model_dir=model_dir,
-                max_model_len=self.engine.max_model_len,
-                kv_hash=self.engine.kv_hash(),
-                profile=profiles[label],
-                slo=slo,
-                http_port=0,
-                grpc_port=0,
-                fleet_port=0,
-            )
-            _, ports = self.processes.start_router(f"router{i}", config, log_level="WARNING")
-            self.http[label] = ports.http
-            fleet.append(ports.fleet)
-        for k in range(self.args.workers):
-            spec = WorkerSpec(
-                worker_id=f"w{k}",
-                model_name=MODEL,
-                model_dir=model_dir,
-                engine=self.engine,
-                router_address=fleet[0],
-                router_addresses=tuple(fleet[1:]),
-                metrics_port=None,
-                torch_threads=1,
-            )
-            self.processes.start_worker(f"worker{k}", spec)
-        self.processes.wait_registered(self.http.values(), self.args.workers, timeout=300)
-
-    def stop(self) -> None:
-        self.processes.stop()
 
 
 # ---------------------------------------------------------------- sending

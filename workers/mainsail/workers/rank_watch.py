@@ -7,7 +7,9 @@ request, which had to be moved. Every `CHECK_S` this asks each serving rank a qu
 answers at once (`RankActor.ready`). A rank Ray reports dead, or one that has answered none
 of the questions for `HUNG_S` (its process stopped or wedged, which Ray does not see), ends
 the worker exactly as a failed step does, so the router deregisters it and the supervisor
-replaces it.
+replaces it. Warm spare ranks (elastic expert parallelism) are asked too, busy or idle: a dead
+one is released and replaced (`ShardedRunner.drop_dead_spares`), which costs the worker
+nothing, instead of being found by the scale-up that takes it.
 
 Only the sending and the verdict run on the engine thread (`AsyncEngine.call`), between two
 steps like the expert-load read and an elastic switch, so the ranks asked are the members and
@@ -88,6 +90,9 @@ async def watch_ranks(
     while True:
         await asyncio.sleep(every_s)
         try:
+            runner = engine.engine.sharded
+            if runner is not None:
+                await asyncio.to_thread(runner.drop_dead_spares, answer_s)
             query = await engine.call(ask_idle_ranks)
             if query is None:  # busy (its steps call every rank) or not sharded
                 silent_since = {}

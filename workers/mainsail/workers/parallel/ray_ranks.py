@@ -173,15 +173,25 @@ class RayRanks:
         log.error("sharded worker lost a rank: %s", self.lost)
         raise ShardLost(self.lost)
 
-    def renumber(self, handle: RankHandle, rank: int) -> None:
+    def renumber(self, handle: RankHandle, rank: int) -> bool:
         """Give a started, not yet joined rank (a warm spare) the number ``rank``; waits
-        until its process has finished importing (`ShardRank.renumber`)."""
-        self.call([handle], "renumber", rank)
+        until its process has finished importing (`ShardRank.renumber`). False, and the
+        spare released, if it failed: a spare serves nothing, so unlike a member's its loss
+        must not end the worker (the caller starts a new rank instead)."""
+        import ray
+
+        try:
+            ray.get(handle.actor.call.remote("renumber", rank), timeout=CALL_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("warm spare rank %d is gone (%s); a new rank is started", handle.rank, exc)
+            self.release([handle])
+            return False
         members = self._members.get(id(handle.group))
         if members is not None:
             members.discard(handle.rank)
             members.add(rank)
         handle.rank = rank
+        return True
 
     def release(self, handles: Sequence[RankHandle]) -> None:
         """Kill these ranks' actors; remove each placement group once all its ranks are gone."""

@@ -280,6 +280,24 @@ class ShardedRunner:
                     return
                 self._spares += spare
 
+    def drop_dead_spares(self, timeout: float) -> list[int]:
+        """Ask the warm spares whether they live, release the ones Ray reports dead and
+        start replacements; the numbers of those dropped. Any thread: spares take part in
+        no step. Why: a dead spare is otherwise found only when a scale-up takes it."""
+        spares = self.spares
+        if not spares:
+            return []
+        heard = self.ranks.ask_alive(spares).hear(timeout)
+        dead = {rank for rank, _ in heard.dead}
+        with self._lock:  # a spare taken by a scale-up meanwhile is no longer ours to drop
+            gone = [h for h in self._spares if h.rank in dead and any(h is s for s in spares)]
+            self._spares = [h for h in self._spares if all(h is not g for g in gone)]
+        if gone:
+            log.warning("warm spare ranks %s are dead; starting new ones", [h.rank for h in gone])
+            self.ranks.release(gone)
+            self.refill_spares()
+        return [h.rank for h in gone]
+
     def _take_spare(self) -> RankHandle | None:
         """A warm spare, waiting for one being started (its bundle would otherwise keep the
         rank started instead from being placed); None if there is none."""
@@ -297,8 +315,7 @@ class ShardedRunner:
             joining: list[RankHandle] = []
             for rank in range(len(self.handles), size):
                 spare = self._take_spare()
-                if spare is not None:
-                    self.ranks.renumber(spare, rank)
+                if spare is not None and self.ranks.renumber(spare, rank):
                     joining.append(spare)
                 else:
                     joining += self.ranks.spawn([rank], build_nice=self.ranks.prepare_nice)
@@ -350,12 +367,11 @@ class ShardedRunner:
         warm spares as are wanted, release the others."""
         with self._lock:
             room = self.spares_wanted() - len(self._spares) - int(self._refilling)
-            kept = list(leaving[: max(0, room)])
-        for handle in kept:
-            self.ranks.renumber(handle, next(self._spare_numbers))
+            keep = list(leaving[: max(0, room)])
+        self.ranks.release(leaving[len(keep) :])
+        kept = [h for h in keep if self.ranks.renumber(h, next(self._spare_numbers))]
         with self._lock:
             self._spares += kept
-        self.ranks.release(leaving[len(kept) :])
 
     @property
     def resizing(self) -> Resize | None:
