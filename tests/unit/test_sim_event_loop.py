@@ -116,3 +116,21 @@ def test_same_seed_same_report(policy: str) -> None:
     b = summarise(run_policy(policy, _trace(), P, settings), SLOTargets())
     assert (a.ttft, a.tpot, a.e2e, a.hit_rate) == (b.ttft, b.tpot, b.e2e, b.hit_rate)
     assert a.unfinished == 0
+
+
+def test_the_router_sees_blocks_holding_tokens_not_the_output_reserved_at_admission() -> None:
+    """The engine grows a sequence's blocks as tokens are computed; the simulator reserves the
+    whole output at admission for its own accounting. The snapshot (read by the `ttft` scorer
+    as decode context and by `kv-utilization`) must report what the engine would."""
+    loop, done = Loop(), list[SimRequest]()
+    w = _worker(loop, done)
+    req = SimRequest(0, 0.0, 1500, 800, list(range(93)))  # 94 prompt blocks, 144 in all
+    w.enqueue(req, 0.0)
+    assert w.kv.used_blocks == 144  # reserved: prompt and output
+    assert w.snapshot().kv_blocks_used == 64  # the first 1024-token chunk is what is held
+    loop.run(w, until=0.2)  # prefill done, decoding
+    held = -(-req.context // 16)
+    assert 94 <= held < 144
+    assert w.snapshot().kv_blocks_used == held
+    loop.run(w)
+    assert done == [req] and w.snapshot().kv_blocks_used == 0

@@ -110,7 +110,7 @@ class SimWorker:
                 running=len(self.running),
                 waiting=len(self.waiting) + self.loading,
                 max_num_seqs=self.profile.max_num_seqs,
-                kv_blocks_used=self.kv.used_blocks,
+                kv_blocks_used=self._blocks_holding_tokens(),
                 kv_blocks_total=self.kv.capacity,
                 adapters=frozenset(),
                 max_model_len=self._max_model_len,
@@ -124,6 +124,22 @@ class SimWorker:
             )
             self._snapshot = snap
         return snap
+
+    def _blocks_holding_tokens(self) -> int:
+        """KV blocks in use as the real engine counts them: shared blocks once, and each
+        running request's own blocks up to its computed context. Why not `kv.used_blocks`: the
+        simulator reserves a request's whole output at admission (its KV accounting), while
+        the engine grows a sequence's blocks token by token; the router reads this figure as
+        decode context (`ttft` scorer, admission) and as memory pressure (`kv-utilization`),
+        so reserved blocks would make a worker with long outputs ahead look busier than the
+        real one would report."""
+        bs = self.block_size
+        chunk = {id(r): n for r, n in self._chunks}  # in the step now: booked, as the engine does
+        reserved = holding = 0
+        for r in self.running:
+            reserved += r.private_blocks
+            holding += max(0, -(-(r.context + chunk.get(id(r), 0)) // bs) - r.committed)
+        return self.kv.used_blocks - reserved + holding
 
     def enqueue(self, req: SimRequest, now: float) -> None:
         """A request arrives from the router at ``now``."""
