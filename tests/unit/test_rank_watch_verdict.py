@@ -6,11 +6,16 @@ hung bound, counted from its first silence, and any answer starts the count agai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import cast
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mainsail.workers.parallel.ray_ranks import Liveness
-from mainsail.workers.rank_watch import verdict
+from mainsail.workers.engine import Engine
+from mainsail.workers.parallel.ray_ranks import Liveness, LivenessQuery, ShardLost
+from mainsail.workers.rank_watch import end_if_serving, verdict
 
 HUNG = 60.0
 
@@ -61,3 +66,34 @@ def test_no_rank_is_called_hung_before_it_was_silent_for_the_bound(
         else:
             assert overdue and reason.startswith(f"rank {overdue[0]} is hung")
             return
+
+
+class _Runner:
+    """The two calls `end_if_serving` makes of a `ShardedRunner`."""
+
+    def __init__(self, serving: bool) -> None:
+        self.serving = serving
+
+    def serves_with(self, handles: object) -> bool:
+        return self.serving
+
+    def lose(self, reason: str) -> None:
+        raise ShardLost(reason)
+
+
+@dataclass
+class _Engine:
+    sharded: _Runner | None
+
+
+QUERY = LivenessQuery(handles=(), refs=())
+
+
+def test_a_verdict_ends_the_worker_while_the_ranks_asked_still_serve_it() -> None:
+    with pytest.raises(ShardLost, match="rank 1 is hung"):
+        end_if_serving(cast(Engine, _Engine(_Runner(serving=True))), QUERY, "rank 1 is hung")
+
+
+def test_a_verdict_about_ranks_a_resize_replaced_since_is_dropped() -> None:
+    end_if_serving(cast(Engine, _Engine(_Runner(serving=False))), QUERY, "rank 1 is hung")
+    end_if_serving(cast(Engine, _Engine(None)), QUERY, "rank 1 is hung")  # engine unsharded
