@@ -32,6 +32,7 @@ from mainsail.workers.engine.errors import EngineFatalError
 if TYPE_CHECKING:
     from mainsail.workers.engine import Engine
     from mainsail.workers.engine.async_engine import AsyncEngine
+    from mainsail.workers.parallel import ShardedRunner
     from mainsail.workers.parallel.ray_ranks import Liveness, LivenessQuery
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,17 @@ def end_if_serving(engine: Engine, query: LivenessQuery, reason: str) -> None:
         runner.lose(reason)
 
 
+async def _check_spares(runner: ShardedRunner, answer_s: float) -> None:
+    """`ShardedRunner.drop_dead_spares` off the engine thread. A failure here is logged and
+    the watch goes on: spares serve nothing, and the members' check decides the worker."""
+    try:
+        await asyncio.to_thread(runner.drop_dead_spares, answer_s)
+    except EngineFatalError:
+        raise
+    except Exception as exc:
+        log.warning("checking the warm spare ranks failed: %s", exc)
+
+
 async def watch_ranks(
     engine: AsyncEngine,
     every_s: float = CHECK_S,
@@ -92,7 +104,7 @@ async def watch_ranks(
         try:
             runner = engine.engine.sharded
             if runner is not None:
-                await asyncio.to_thread(runner.drop_dead_spares, answer_s)
+                await _check_spares(runner, answer_s)
             query = await engine.call(ask_idle_ranks)
             if query is None:  # busy (its steps call every rank) or not sharded
                 silent_since = {}
