@@ -20,7 +20,13 @@ Progress = Callable[[str], None]
 
 RAY_START_ATTEMPTS = 3
 """Local Ray starts tried before giving up: Ray waits a fixed 30 s for its raylet to register
-and fails the start on a machine busy enough to exceed it (seen on 2 cores under load)."""
+and fails the start on a machine busy enough to exceed it (seen on 2 cores under load).
+
+Why retry rather than start Ray some other way: the 30 s is a constant inside
+`ray._private.node.Node` (``raylet_start_wait_time_s``, no setting or environment variable),
+and `ray start --head` builds the same `Node`, so starting the head with the CLI in a process
+group of our own would meet the same bound. Starting again, after stopping what the failed
+start left (`init_ray_retrying`), is the one lever short of patching Ray."""
 
 RAY_ENV_DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",
