@@ -80,7 +80,10 @@ def end_if_serving(engine: Engine, query: LivenessQuery, reason: str) -> None:
 
 async def _check_spares(runner: ShardedRunner, answer_s: float) -> None:
     """`ShardedRunner.drop_dead_spares` off the engine thread. A failure here is logged and
-    the watch goes on: spares serve nothing, and the members' check decides the worker."""
+    the watch goes on: spares serve nothing, and the members' check decides the worker. No
+    thread hop when there is no spare (every worker that is not elastic, most checks)."""
+    if not runner.spares:
+        return
     try:
         await asyncio.to_thread(runner.drop_dead_spares, answer_s)
     except EngineFatalError:
